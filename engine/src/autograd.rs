@@ -1,0 +1,304 @@
+//! Reverse-mode automatic differentiation.
+//!
+//! An op records itself (an [`Op`]) on its output only when gradients are enabled and one of its
+//! inputs tracks gradients, so frozen parameters cost no backward work and keep no activations.
+//! `backward` sorts the recorded graph topologically, walks it in reverse, and calls each op
+//! family's backward rule (one `match` in [`Op::as_backward`]). Rules run with recording off and
+//! are written with engine ops, so they work on every device and dtype.
+
+use crate::ops;
+use crate::{Error, Result, Tensor, TensorId};
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+thread_local! {
+    static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Whether ops record themselves on this thread.
+pub fn is_grad_enabled() -> bool {
+    GRAD_ENABLED.with(|g| g.get())
+}
+
+/// Run `f` with recording switched to `enabled`, restoring the previous state afterwards (also on
+/// panic).
+pub fn with_grad_enabled<R>(enabled: bool, f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            GRAD_ENABLED.with(|g| g.set(self.0));
+        }
+    }
+    let _restore = Restore(GRAD_ENABLED.with(|g| g.replace(enabled)));
+    f()
+}
+
+/// Run `f` without recording any op (inference, optimizer updates).
+pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
+    with_grad_enabled(false, f)
+}
+
+/// The record an op leaves on its output.
+pub(crate) enum Op {
+    View(ops::view::ViewOp),
+    Unary(ops::unary::UnaryOp),
+    Binary(ops::binary::BinaryOp),
+    Reduce(ops::reduce::ReduceOp),
+    Matmul(ops::matmul::MatmulOp),
+    Index(ops::index::IndexOp),
+    Norm(ops::norm::NormOp),
+    Activation(ops::activation::ActivationOp),
+    Rope(ops::rope::RopeOp),
+    Attention(ops::attention::AttentionOp),
+    Loss(ops::loss::LossOp),
+    Checkpoint(CheckpointOp),
+}
+
+/// What every op family implements for the autograd walk.
+pub(crate) trait BackwardOp {
+    /// The op's name, as listed in [`ops::OP_NAMES`].
+    fn name(&self) -> &'static str;
+    /// The tensors the op read (gradients may flow to those that track).
+    fn inputs(&self) -> Vec<&Tensor>;
+    /// Given the gradient of the loss with respect to `out`, add the gradients of the inputs.
+    fn backward(&self, out: &Tensor, grad: &Tensor, grads: &mut Grads) -> Result<()>;
+}
+
+impl Op {
+    pub(crate) fn as_backward(&self) -> &dyn BackwardOp {
+        match self {
+            Op::View(o) => o,
+            Op::Unary(o) => o,
+            Op::Binary(o) => o,
+            Op::Reduce(o) => o,
+            Op::Matmul(o) => o,
+            Op::Index(o) => o,
+            Op::Norm(o) => o,
+            Op::Activation(o) => o,
+            Op::Rope(o) => o,
+            Op::Attention(o) => o,
+            Op::Loss(o) => o,
+            Op::Checkpoint(o) => o,
+        }
+    }
+
+    pub(crate) fn name(&self) -> &'static str {
+        self.as_backward().name()
+    }
+}
+
+/// Record `op` only when recording is on and some input tracks gradients.
+pub(crate) fn record(inputs: &[&Tensor], op: impl FnOnce() -> Op) -> Option<Op> {
+    (is_grad_enabled() && inputs.iter().any(|t| t.tracks_grad())).then(op)
+}
+
+/// Gradients being accumulated during one backward walk.
+pub(crate) struct Grads {
+    map: HashMap<TensorId, Tensor>,
+}
+
+impl Grads {
+    /// Add `grad` to the gradient of `t` (ignored if `t` does not track gradients). The first
+    /// gradient is moved in; later ones are added.
+    pub(crate) fn add(&mut self, t: &Tensor, grad: Tensor) -> Result<()> {
+        if !t.tracks_grad() {
+            return Ok(());
+        }
+        if grad.shape() != t.shape() {
+            return Err(Error::shapes_note("backward", &[t.shape(), grad.shape()], "gradient shape differs from its tensor"));
+        }
+        self.add_by_id(t.id(), grad)
+    }
+
+    fn add_by_id(&mut self, id: TensorId, grad: Tensor) -> Result<()> {
+        let g = match self.map.remove(&id) {
+            Some(prev) => prev.add(&grad)?,
+            None => grad,
+        };
+        self.map.insert(id, g);
+        Ok(())
+    }
+}
+
+/// Gradients of variables, keyed by tensor id.
+#[derive(Default)]
+pub struct GradStore {
+    map: HashMap<TensorId, Tensor>,
+}
+
+impl GradStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The gradient of variable `t`, if any reached it.
+    pub fn get(&self, t: &Tensor) -> Option<&Tensor> {
+        self.map.get(&t.id())
+    }
+
+    pub fn get_id(&self, id: TensorId) -> Option<&Tensor> {
+        self.map.get(&id)
+    }
+
+    pub fn remove(&mut self, t: &Tensor) -> Option<Tensor> {
+        self.map.remove(&t.id())
+    }
+
+    pub fn insert(&mut self, t: &Tensor, grad: Tensor) {
+        self.map.insert(t.id(), grad);
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = &TensorId> {
+        self.map.keys()
+    }
+
+    /// Add every gradient of `other` into this store (micro-batch accumulation).
+    pub fn accumulate(&mut self, other: GradStore) -> Result<()> {
+        for (id, g) in other.map {
+            let g = match self.map.remove(&id) {
+                Some(prev) => crate::no_grad(|| prev.add(&g))?,
+                None => g,
+            };
+            self.map.insert(id, g);
+        }
+        Ok(())
+    }
+}
+
+/// Nodes reachable from `root` through recorded ops, inputs before outputs.
+fn topo_sort(root: &Tensor) -> Vec<Tensor> {
+    let mut order = Vec::new();
+    let mut seen = HashSet::new();
+    // Iterative DFS (graphs of deep models overflow a recursive one).
+    let mut stack: Vec<(Tensor, bool)> = vec![(root.clone(), false)];
+    while let Some((t, expanded)) = stack.pop() {
+        if expanded {
+            order.push(t);
+            continue;
+        }
+        if !seen.insert(t.id()) {
+            continue;
+        }
+        let Some(op) = t.op() else { continue };
+        let inputs: Vec<Tensor> = op.as_backward().inputs().into_iter().filter(|i| i.op().is_some()).cloned().collect();
+        stack.push((t, true));
+        for i in inputs {
+            if !seen.contains(&i.id()) {
+                stack.push((i, false));
+            }
+        }
+    }
+    order
+}
+
+pub(crate) fn backward(root: &Tensor) -> Result<GradStore> {
+    let mut store = GradStore::new();
+    backward_into(root, &mut store)?;
+    Ok(store)
+}
+
+pub(crate) fn backward_into(root: &Tensor, store: &mut GradStore) -> Result<()> {
+    let seed = root.ones_like()?;
+    backward_with_seed(root, seed, store)
+}
+
+/// The walk: seed the root's gradient, visit recorded ops in reverse topological order, and leave
+/// the gradients of variables in `store` (added to what it already holds).
+pub(crate) fn backward_with_seed(root: &Tensor, seed: Tensor, store: &mut GradStore) -> Result<()> {
+    if !root.tracks_grad() {
+        return Err(Error::invalid("backward", format!("tensor {:?} does not require a gradient", root.shape())));
+    }
+    let order = topo_sort(root);
+    let mut grads = Grads { map: HashMap::new() };
+    grads.add(root, seed)?;
+    crate::no_grad(|| -> Result<()> {
+        for node in order.iter().rev() {
+            let Some(op) = node.op() else { continue };
+            // Intermediate gradients are released as soon as they have been propagated.
+            let Some(grad) = grads.map.remove(&node.id()) else { continue };
+            op.as_backward().backward(node, &grad, &mut grads)?;
+        }
+        Ok(())
+    })?;
+    let mut out = GradStore { map: grads.map };
+    std::mem::swap(&mut out, store);
+    store.accumulate(out)
+}
+
+/// A function whose activations are recomputed during backward instead of being kept.
+pub type CheckpointFn = Arc<dyn Fn(&[Tensor]) -> Result<Tensor> + Send + Sync>;
+
+pub(crate) struct CheckpointOp {
+    f: CheckpointFn,
+    inputs: Vec<Tensor>,
+}
+
+/// Activation checkpointing: run `f(inputs)` now without keeping its activations, and re-run it
+/// during backward to get gradients for `inputs` and for every variable `f` uses.
+///
+/// ```
+/// use std::sync::Arc;
+/// use vlm4vla_engine::{checkpoint, Device, DType, Tensor};
+/// let w = Tensor::rand_normal(0., 1., &[4, 4], DType::F64, Device::Cpu, 0).unwrap().variable();
+/// let x = Tensor::rand_normal(0., 1., &[2, 4], DType::F64, Device::Cpu, 1).unwrap();
+/// let w2 = w.clone();
+/// let y = checkpoint(Arc::new(move |xs| xs[0].matmul(&w2)?.tanh()), &[x]).unwrap();
+/// let g = y.sum_all().unwrap().backward().unwrap();
+/// assert!(g.get(&w).is_some());
+/// ```
+pub fn checkpoint(f: CheckpointFn, inputs: &[Tensor]) -> Result<Tensor> {
+    if !is_grad_enabled() {
+        return f(inputs);
+    }
+    // Run with recording on to learn whether anything inside needs a gradient, then drop the graph
+    // (and with it every activation) by keeping only a detached output.
+    let out = f(inputs)?;
+    if !out.tracks_grad() {
+        return Ok(out);
+    }
+    let detached = out.detach();
+    drop(out);
+    let op = Op::Checkpoint(CheckpointOp { f, inputs: inputs.to_vec() });
+    Ok(detached.view_with(detached.layout().clone(), Some(op)))
+}
+
+impl BackwardOp for CheckpointOp {
+    fn name(&self) -> &'static str {
+        "checkpoint"
+    }
+
+    fn inputs(&self) -> Vec<&Tensor> {
+        self.inputs.iter().collect()
+    }
+
+    fn backward(&self, _out: &Tensor, grad: &Tensor, grads: &mut Grads) -> Result<()> {
+        // Fresh leaves over the same storage stand in for the inputs during the re-run.
+        let fresh: Vec<Tensor> =
+            self.inputs.iter().map(|t| if t.tracks_grad() { t.variable() } else { t.detach() }).collect();
+        let out = with_grad_enabled(true, || (self.f)(&fresh))?;
+        if !out.tracks_grad() {
+            return Ok(());
+        }
+        let mut inner = GradStore::new();
+        backward_with_seed(&out, grad.clone(), &mut inner)?;
+        for (orig, f) in self.inputs.iter().zip(&fresh) {
+            if let Some(g) = inner.map.remove(&f.id()) {
+                grads.add(orig, g)?;
+            }
+        }
+        // What remains are the variables used inside `f`.
+        for (id, g) in inner.map {
+            grads.add_by_id(id, g)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,148 @@
+//! The CPU backend: the reference implementation of every op, mirrored file for file with
+//! `ops/`. Kernels are generic over the two compute types (f32, f64); bf16 and f16 tensors are
+//! converted to f32 on the way in and back on the way out.
+
+pub(crate) mod activation;
+pub(crate) mod attention;
+pub(crate) mod index;
+pub(crate) mod loss;
+pub(crate) mod matmul;
+pub(crate) mod norm;
+pub(crate) mod reduce;
+pub(crate) mod rope;
+pub(crate) mod unary;
+
+use crate::{CpuStorage, DType, Error, Layout, Result, WithDType};
+use std::borrow::Cow;
+
+/// A tensor's elements in compute precision, contiguous, borrowed when no conversion is needed.
+pub(crate) enum Floats<'a> {
+    F32(Cow<'a, [f32]>),
+    F64(Cow<'a, [f64]>),
+}
+
+/// A kernel's output in compute precision.
+pub(crate) enum FloatVec {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+pub(crate) fn floats<'a>(s: &'a CpuStorage, l: &Layout) -> Floats<'a> {
+    fn borrow<'a, T: WithDType + Clone>(v: &'a [T], l: &Layout) -> Cow<'a, [T]> {
+        match l.contiguous_range() {
+            Some(r) => Cow::Borrowed(&v[r]),
+            None => Cow::Owned(l.offsets().map(|o| v[o]).collect()),
+        }
+    }
+    match s {
+        CpuStorage::F32(v) => Floats::F32(borrow(v, l)),
+        CpuStorage::F64(v) => Floats::F64(borrow(v, l)),
+        other => Floats::F32(Cow::Owned(other.gather_as::<f32>(l))),
+    }
+}
+
+impl FloatVec {
+    /// Store in `dtype` (bf16/f16 are rounded from f32).
+    pub(crate) fn into_storage(self, dtype: DType) -> CpuStorage {
+        match self {
+            FloatVec::F64(v) => {
+                if dtype == DType::F64 {
+                    CpuStorage::F64(v)
+                } else {
+                    CpuStorage::F64(v).to_dtype(&Layout::contiguous(&[0]), dtype)
+                }
+            }
+            FloatVec::F32(v) => match dtype {
+                DType::F32 => CpuStorage::F32(v),
+                DType::BF16 => CpuStorage::BF16(v.iter().map(|&x| half::bf16::from_f32(x)).collect()),
+                DType::F16 => CpuStorage::F16(v.iter().map(|&x| half::f16::from_f32(x)).collect()),
+                _ => {
+                    let n = v.len();
+                    CpuStorage::F32(v).to_dtype(&Layout::contiguous(&[n]), dtype)
+                }
+            },
+        }
+    }
+}
+
+/// Apply a generic kernel to one input: `float_map!(floats, x => kernel(&x))`.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! float_map {
+    ($a:expr, $x:ident => $body:expr) => {
+        match $a {
+            $crate::cpu::Floats::F32($x) => $crate::cpu::FloatVec::F32($body),
+            $crate::cpu::Floats::F64($x) => $crate::cpu::FloatVec::F64($body),
+        }
+    };
+}
+
+/// Apply a generic kernel to inputs that share a compute type. Evaluates to `Result<T>`; the
+/// closure-like body gets typed slices.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! float_zip {
+    ($op:expr, ($($a:expr),+), ($($x:ident),+) => $body:expr) => {{
+        #[allow(unused_parens)]
+        match ($($a),+) {
+            ($($crate::cpu::Floats::F32($x)),+) => Ok($crate::cpu::FloatVec::F32($body)),
+            ($($crate::cpu::Floats::F64($x)),+) => Ok($crate::cpu::FloatVec::F64($body)),
+            #[allow(unreachable_patterns)]
+            _ => Err($crate::Error::invalid($op, "operands computed in different precisions")),
+        }
+    }};
+}
+
+/// Copy `src` (row-major, contiguous) into the strided view `dst_layout` of `dst`.
+pub(crate) fn copy_into_view(dst: &mut CpuStorage, dst_layout: &Layout, src: &CpuStorage) -> Result<()> {
+    if dst.dtype() != src.dtype() {
+        return Err(Error::dtype("copy_into_view", src.dtype(), format!("destination is {}", dst.dtype())));
+    }
+    fn go<T: WithDType>(d: &mut [T], l: &Layout, s: &[T]) {
+        match l.contiguous_range() {
+            Some(r) => d[r].copy_from_slice(s),
+            None => {
+                for (o, &v) in l.offsets().zip(s) {
+                    d[o] = v;
+                }
+            }
+        }
+    }
+    match (dst, src) {
+        (CpuStorage::U8(d), CpuStorage::U8(s)) => go(d, dst_layout, s),
+        (CpuStorage::I64(d), CpuStorage::I64(s)) => go(d, dst_layout, s),
+        (CpuStorage::F16(d), CpuStorage::F16(s)) => go(d, dst_layout, s),
+        (CpuStorage::BF16(d), CpuStorage::BF16(s)) => go(d, dst_layout, s),
+        (CpuStorage::F32(d), CpuStorage::F32(s)) => go(d, dst_layout, s),
+        (CpuStorage::F64(d), CpuStorage::F64(s)) => go(d, dst_layout, s),
+        _ => unreachable!("dtypes checked above"),
+    }
+    Ok(())
+}
+
+/// Size of the rows a last-dim op works on: (rows, width).
+pub(crate) fn rows_of(shape: &[usize]) -> (usize, usize) {
+    let w = shape.last().copied().unwrap_or(1);
+    let n: usize = shape.iter().product();
+    (if w == 0 { 0 } else { n / w }, w)
+}
+
+/// Split `[outer, d, inner]` around `dim`.
+pub(crate) fn split_at_dim(shape: &[usize], dim: usize) -> (usize, usize, usize) {
+    let outer = shape[..dim].iter().product();
+    let inner = shape[dim + 1..].iter().product();
+    (outer, shape[dim], inner)
+}
+
+/// Run `f` over row chunks in parallel when the work is big enough to pay for the threads.
+pub(crate) fn par_rows<T: Send>(out: &mut [T], width: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
+    use rayon::prelude::*;
+    if width == 0 {
+        return;
+    }
+    if out.len() >= 1 << 15 {
+        out.par_chunks_mut(width).enumerate().for_each(|(i, row)| f(i, row));
+    } else {
+        out.chunks_mut(width).enumerate().for_each(|(i, row)| f(i, row));
+    }
+}

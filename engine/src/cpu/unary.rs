@@ -1,0 +1,122 @@
+//! CPU kernels for elementwise unary ops and their derivatives.
+
+use crate::dtype::Float;
+use crate::ops::unary::UnaryKind;
+use rayon::prelude::*;
+
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+const GELU_C: f64 = 0.044_715;
+
+#[inline(always)]
+fn sigmoid<T: Float>(x: T) -> T {
+    T::ONE / (T::ONE + (-x).exp())
+}
+
+#[inline(always)]
+fn f<T: Float>(kind: UnaryKind, x: T) -> T {
+    match kind {
+        UnaryKind::Neg => -x,
+        UnaryKind::Exp => x.exp(),
+        UnaryKind::Log => x.ln(),
+        UnaryKind::Sqrt => x.sqrt(),
+        UnaryKind::Rsqrt => T::ONE / x.sqrt(),
+        UnaryKind::Sqr => x * x,
+        UnaryKind::Recip => T::ONE / x,
+        UnaryKind::Powf(e) => x.powf(T::c(e)),
+        UnaryKind::Abs => x.abs(),
+        UnaryKind::Clamp(lo, hi) => x.max(T::c(lo)).min(T::c(hi)),
+        UnaryKind::Affine(m, a) => x * T::c(m) + T::c(a),
+        UnaryKind::Sin => x.sin(),
+        UnaryKind::Cos => x.cos(),
+        UnaryKind::Tanh => x.tanh(),
+        UnaryKind::Sigmoid => sigmoid(x),
+        UnaryKind::Relu => x.max(T::ZERO),
+        UnaryKind::Silu => x * sigmoid(x),
+        UnaryKind::Gelu => T::c(0.5) * x * (T::ONE + (x * T::c(std::f64::consts::FRAC_1_SQRT_2)).erf()),
+        UnaryKind::GeluTanh => {
+            let u = T::c(SQRT_2_OVER_PI) * (x + T::c(GELU_C) * x * x * x);
+            T::c(0.5) * x * (T::ONE + u.tanh())
+        }
+        UnaryKind::QuickGelu => x * sigmoid(T::c(1.702) * x),
+    }
+}
+
+/// `f'(x)`, given the input `x` and the output `y`.
+#[inline(always)]
+fn df<T: Float>(kind: UnaryKind, x: T, y: T) -> T {
+    match kind {
+        UnaryKind::Neg => -T::ONE,
+        UnaryKind::Exp => y,
+        UnaryKind::Log => T::ONE / x,
+        UnaryKind::Sqrt => T::c(0.5) / y,
+        UnaryKind::Rsqrt => T::c(-0.5) * y * y * y,
+        UnaryKind::Sqr => T::c(2.0) * x,
+        UnaryKind::Recip => -(y * y),
+        UnaryKind::Powf(e) => T::c(e) * x.powf(T::c(e - 1.0)),
+        UnaryKind::Abs => {
+            if x > T::ZERO {
+                T::ONE
+            } else if x < T::ZERO {
+                -T::ONE
+            } else {
+                T::ZERO
+            }
+        }
+        UnaryKind::Clamp(lo, hi) => {
+            if x >= T::c(lo) && x <= T::c(hi) {
+                T::ONE
+            } else {
+                T::ZERO
+            }
+        }
+        UnaryKind::Affine(m, _) => T::c(m),
+        UnaryKind::Sin => x.cos(),
+        UnaryKind::Cos => -x.sin(),
+        UnaryKind::Tanh => T::ONE - y * y,
+        UnaryKind::Sigmoid => y * (T::ONE - y),
+        UnaryKind::Relu => {
+            if x > T::ZERO {
+                T::ONE
+            } else {
+                T::ZERO
+            }
+        }
+        UnaryKind::Silu => {
+            let s = sigmoid(x);
+            s * (T::ONE + x * (T::ONE - s))
+        }
+        UnaryKind::Gelu => {
+            let cdf = T::c(0.5) * (T::ONE + (x * T::c(std::f64::consts::FRAC_1_SQRT_2)).erf());
+            let pdf = (T::c(-0.5) * x * x).exp() * T::c(0.398_942_280_401_432_7);
+            cdf + x * pdf
+        }
+        UnaryKind::GeluTanh => {
+            let u = T::c(SQRT_2_OVER_PI) * (x + T::c(GELU_C) * x * x * x);
+            let t = u.tanh();
+            let du = T::c(SQRT_2_OVER_PI) * (T::ONE + T::c(3.0 * GELU_C) * x * x);
+            T::c(0.5) * (T::ONE + t) + T::c(0.5) * x * (T::ONE - t * t) * du
+        }
+        UnaryKind::QuickGelu => {
+            let s = sigmoid(T::c(1.702) * x);
+            s + T::c(1.702) * x * s * (T::ONE - s)
+        }
+    }
+}
+
+const PAR_MIN: usize = 1 << 16;
+
+pub(crate) fn forward<T: Float>(kind: UnaryKind, x: &[T]) -> Vec<T> {
+    if x.len() >= PAR_MIN {
+        x.par_iter().map(|&v| f(kind, v)).collect()
+    } else {
+        x.iter().map(|&v| f(kind, v)).collect()
+    }
+}
+
+pub(crate) fn backward<T: Float>(kind: UnaryKind, x: &[T], y: &[T], g: &[T]) -> Vec<T> {
+    if x.len() >= PAR_MIN {
+        (x, y, g).into_par_iter().map(|(&x, &y, &g)| g * df(kind, x, y)).collect()
+    } else {
+        x.iter().zip(y).zip(g).map(|((&x, &y), &g)| g * df(kind, x, y)).collect()
+    }
+}

@@ -1,0 +1,48 @@
+//! The vlm4vla engine: tensors with strided views, a reverse-mode autograd, a CPU backend (the
+//! reference) with a CUDA backend to follow, optimizers and safetensors I/O.
+//!
+//! ```
+//! use vlm4vla_engine::{Device, DType, Tensor};
+//! let x = Tensor::rand_normal(0., 1., &[3, 4], DType::F64, Device::Cpu, 7).unwrap().variable();
+//! let loss = x.tanh().unwrap().sqr().unwrap().sum_all().unwrap();
+//! let grads = loss.backward().unwrap();
+//! assert_eq!(grads.get(&x).unwrap().shape(), &[3, 4]);
+//! ```
+
+pub mod autograd;
+pub(crate) mod cpu;
+pub mod dtype;
+pub mod error;
+pub mod ops;
+pub mod shape;
+pub mod storage;
+pub mod tensor;
+
+mod device;
+
+pub use autograd::{checkpoint, is_grad_enabled, no_grad, with_grad_enabled, CheckpointFn, GradStore};
+pub use device::Device;
+pub use dtype::{DType, Float, WithDType};
+pub use error::{Error, Result};
+pub use ops::binary::CmpKind;
+pub use ops::{AttentionMask, AttentionOutput, RmsNormKind};
+pub use shape::{Dim, Layout};
+pub use storage::{CpuStorage, Storage};
+pub use tensor::{Tensor, TensorId};
+
+/// The features this build was compiled with.
+pub fn enabled_features() -> Vec<&'static str> {
+    let mut f = vec!["cpu"];
+    if cfg!(feature = "cuda") {
+        f.push("cuda");
+    }
+    f
+}
+
+pub(crate) fn cuda_unavailable_reason() -> String {
+    if cfg!(feature = "cuda") {
+        "the CUDA backend is not implemented yet in this build".into()
+    } else {
+        "this build has no CUDA support (rebuild with `--features cuda`)".into()
+    }
+}

@@ -1,0 +1,37 @@
+//! Every op family in one file each: the public functions, their shape and dtype checks, the
+//! dispatch to a backend, and the backward rule.
+
+pub(crate) mod activation;
+pub(crate) mod attention;
+pub(crate) mod binary;
+pub(crate) mod index;
+pub(crate) mod loss;
+pub(crate) mod matmul;
+pub(crate) mod norm;
+pub(crate) mod reduce;
+pub(crate) mod rope;
+pub(crate) mod unary;
+pub(crate) mod view;
+
+pub use attention::{AttentionMask, AttentionOutput};
+pub use norm::RmsNormKind;
+
+/// The names of every op the graph can record, by family. Tests use this list: each
+/// differentiable op needs a gradcheck entry and a property test.
+pub fn op_names() -> Vec<&'static str> {
+    [
+        view::NAMES,
+        unary::NAMES,
+        binary::NAMES,
+        reduce::NAMES,
+        matmul::NAMES,
+        index::NAMES,
+        norm::NAMES,
+        activation::NAMES,
+        rope::NAMES,
+        attention::NAMES,
+        loss::NAMES,
+        &["checkpoint"],
+    ]
+    .concat()
+}

@@ -1,0 +1,5 @@
+use crate::Case;
+
+pub fn cases() -> Vec<Case> {
+    vec![]
+}
