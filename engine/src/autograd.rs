@@ -106,7 +106,11 @@ impl Grads {
             return Ok(());
         }
         if grad.shape() != t.shape() {
-            return Err(Error::shapes_note("backward", &[t.shape(), grad.shape()], "gradient shape differs from its tensor"));
+            return Err(Error::shapes_note(
+                "backward",
+                &[t.shape(), grad.shape()],
+                "gradient shape differs from its tensor",
+            ));
         }
         self.add_by_id(t.id(), grad)
     }

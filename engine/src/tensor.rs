@@ -91,7 +91,10 @@ impl Tensor {
     pub fn from_vec<T: WithDType>(data: Vec<T>, shape: &[usize], device: Device) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         if n != data.len() {
-            return Err(Error::invalid("from_vec", format!("{} elements for shape {shape:?} ({n} elements)", data.len())));
+            return Err(Error::invalid(
+                "from_vec",
+                format!("{} elements for shape {shape:?} ({n} elements)", data.len()),
+            ));
         }
         Tensor::from_cpu(CpuStorage::from_vec(data), shape, None).to_device(device)
     }
@@ -154,7 +157,14 @@ impl Tensor {
     }
 
     /// Normal samples (Box–Muller over a seeded ChaCha8 stream).
-    pub fn rand_normal(mean: f64, std: f64, shape: &[usize], dtype: DType, device: Device, seed: u64) -> Result<Tensor> {
+    pub fn rand_normal(
+        mean: f64,
+        std: f64,
+        shape: &[usize],
+        dtype: DType,
+        device: Device,
+        seed: u64,
+    ) -> Result<Tensor> {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let n: usize = shape.iter().product();
@@ -327,7 +337,11 @@ impl Tensor {
         let a = ts[0];
         for t in &ts[1..] {
             if t.dtype() != a.dtype() {
-                return Err(Error::dtype(op, t.dtype(), format!("operands must share a dtype ({} and {})", a.dtype(), t.dtype())));
+                return Err(Error::dtype(
+                    op,
+                    t.dtype(),
+                    format!("operands must share a dtype ({} and {})", a.dtype(), t.dtype()),
+                ));
             }
             if t.device() != a.device() {
                 return Err(Error::DeviceMismatch { op, a: a.device(), b: t.device() });

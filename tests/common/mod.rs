@@ -137,7 +137,12 @@ pub fn assert_close(op: &str, ours: &Tensor, reference: &Nd, atol: f64, rtol: f6
     let got = ours.to_vec::<f64>().unwrap();
     for (i, (&a, &b)) in got.iter().zip(&reference.data).enumerate() {
         let ok = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= atol + rtol * b.abs();
-        assert!(ok, "{op}: element {i} ({:?}) ours {a} reference {b} (shape {:?})", reference.index_of(i), reference.shape);
+        assert!(
+            ok,
+            "{op}: element {i} ({:?}) ours {a} reference {b} (shape {:?})",
+            reference.index_of(i),
+            reference.shape
+        );
     }
 }
 

@@ -18,10 +18,7 @@ pub fn cases() -> Vec<Case> {
             op: "broadcast_as",
             run: || gradcheck("broadcast_as", &[x(&[3, 1], 4)], |v| v[0].broadcast_as(&[2, 3, 5])?.sin()),
         },
-        Case {
-            op: "contiguous",
-            run: || gradcheck("contiguous", &[x(&[3, 4], 5)], |v| v[0].t()?.contiguous()?.sin()),
-        },
+        Case { op: "contiguous", run: || gradcheck("contiguous", &[x(&[3, 4], 5)], |v| v[0].t()?.contiguous()?.sin()) },
         // Finite differences through an f32 round trip only resolve ~1e-2 (the rounding step is
         // 1e-8 against an FD step of 1e-6), so this entry checks the exact derivative instead:
         // d/dx Σ p·cast(x)² = 2·p·cast(x), cast back to f64.

@@ -39,7 +39,9 @@ impl Tensor {
         out_shape.extend([m, n]);
         let dtype = self.dtype();
         let data = self.with_cpu(|sa, _| rhs.with_cpu(|sb, _| cpu::matmul::matmul(sa, &la, sb, &lb, dtype)))?;
-        Ok(Tensor::from_op(data, &out_shape, &[self, rhs], || Op::Matmul(MatmulOp { lhs: self.clone(), rhs: rhs.clone() })))
+        Ok(Tensor::from_op(data, &out_shape, &[self, rhs], || {
+            Op::Matmul(MatmulOp { lhs: self.clone(), rhs: rhs.clone() })
+        }))
     }
 }
 

@@ -7,11 +7,23 @@ use crate::{cpu, CpuStorage, Dim, Error, Result, Tensor};
 pub(crate) const NAMES: &[&str] = &["sum", "mean", "max", "min", "norm_l2"];
 
 pub(crate) enum ReduceOp {
-    Sum { arg: Tensor },
-    Mean { arg: Tensor, count: usize },
+    Sum {
+        arg: Tensor,
+    },
+    Mean {
+        arg: Tensor,
+        count: usize,
+    },
     /// Max/min route the gradient to the selected index (the first one on ties).
-    Select { arg: Tensor, dim: usize, indices: Vec<i64>, is_max: bool },
-    NormL2 { arg: Tensor },
+    Select {
+        arg: Tensor,
+        dim: usize,
+        indices: Vec<i64>,
+        is_max: bool,
+    },
+    NormL2 {
+        arg: Tensor,
+    },
 }
 
 impl Tensor {
@@ -53,7 +65,9 @@ impl Tensor {
                 cur
             }))
         })?;
-        Ok(Tensor::from_op(data.into_storage(dtype), &out_shape, &[self], || Op::Reduce(ReduceOp::Sum { arg: self.clone() })))
+        Ok(Tensor::from_op(data.into_storage(dtype), &out_shape, &[self], || {
+            Op::Reduce(ReduceOp::Sum { arg: self.clone() })
+        }))
     }
 
     pub fn sum_keepdim(&self, dim: impl Dim) -> Result<Tensor> {
@@ -167,7 +181,9 @@ impl Tensor {
             let x = cpu::floats(s, l);
             Ok(crate::float_map!(x, v => vec![cpu::reduce::norm_l2(&v)]))
         })?;
-        Ok(Tensor::from_op(data.into_storage(dtype), &[], &[self], || Op::Reduce(ReduceOp::NormL2 { arg: self.clone() })))
+        Ok(Tensor::from_op(data.into_storage(dtype), &[], &[self], || {
+            Op::Reduce(ReduceOp::NormL2 { arg: self.clone() })
+        }))
     }
 }
 
@@ -184,7 +200,10 @@ impl BackwardOp for ReduceOp {
 
     fn inputs(&self) -> Vec<&Tensor> {
         match self {
-            ReduceOp::Sum { arg } | ReduceOp::Mean { arg, .. } | ReduceOp::Select { arg, .. } | ReduceOp::NormL2 { arg } => {
+            ReduceOp::Sum { arg }
+            | ReduceOp::Mean { arg, .. }
+            | ReduceOp::Select { arg, .. }
+            | ReduceOp::NormL2 { arg } => {
                 vec![arg]
             }
         }

@@ -8,8 +8,26 @@ use crate::autograd::{BackwardOp, Grads, Op};
 use crate::{cpu, Error, Result, Tensor};
 
 pub(crate) const NAMES: &[&str] = &[
-    "neg", "exp", "log", "sqrt", "rsqrt", "sqr", "recip", "powf", "abs", "clamp", "affine", "sin", "cos", "tanh",
-    "sigmoid", "relu", "silu", "gelu", "gelu_tanh", "quick_gelu",
+    "neg",
+    "exp",
+    "log",
+    "sqrt",
+    "rsqrt",
+    "sqr",
+    "recip",
+    "powf",
+    "abs",
+    "clamp",
+    "affine",
+    "sin",
+    "cos",
+    "tanh",
+    "sigmoid",
+    "relu",
+    "silu",
+    "gelu",
+    "gelu_tanh",
+    "quick_gelu",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq)]

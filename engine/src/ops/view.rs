@@ -38,7 +38,8 @@ impl Tensor {
     /// Reorder dimensions (a view).
     pub fn permute(&self, perm: &[usize]) -> Result<Tensor> {
         let mut seen = vec![false; self.rank()];
-        if perm.len() != self.rank() || perm.iter().any(|&p| p >= self.rank() || std::mem::replace(&mut seen[p], true)) {
+        if perm.len() != self.rank() || perm.iter().any(|&p| p >= self.rank() || std::mem::replace(&mut seen[p], true))
+        {
             return Err(Error::shapes_note("permute", &[self.shape(), perm], "not a permutation of the dims"));
         }
         let layout = self.layout().permute(perm);
@@ -182,7 +183,11 @@ impl Tensor {
             if d == 1 && self.shape()[extra + i] != 1 {
                 dims.push(extra + i);
             } else if d != self.shape()[extra + i] {
-                return Err(Error::shapes_note("sum_to_shape", &[self.shape(), shape], "not a broadcast of the target"));
+                return Err(Error::shapes_note(
+                    "sum_to_shape",
+                    &[self.shape(), shape],
+                    "not a broadcast of the target",
+                ));
             }
         }
         self.sum_dims_keepdim(&dims)?.reshape(shape)
