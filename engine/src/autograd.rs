@@ -131,6 +131,12 @@ pub struct GradStore {
     map: HashMap<TensorId, Tensor>,
 }
 
+impl std::fmt::Debug for GradStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GradStore({} gradients)", self.map.len())
+    }
+}
+
 impl GradStore {
     pub fn new() -> Self {
         Self::default()

@@ -18,15 +18,15 @@ pub enum Error {
     Invalid { op: &'static str, msg: String },
 
     /// Operands of different dtypes, or a dtype the op does not support.
-    #[error("{op}: unsupported dtype {got:?}{}", fmt_note(.note))]
+    #[error("{op}: unsupported dtype {got}{}", fmt_note(.note))]
     DType { op: &'static str, got: DType, note: String },
 
     /// Operands that live on different devices.
-    #[error("{op}: operands on different devices ({a:?} and {b:?})")]
+    #[error("{op}: operands on different devices ({a} and {b})")]
     DeviceMismatch { op: &'static str, a: Device, b: Device },
 
     /// A device that is not available in this build or on this machine.
-    #[error("device {device:?} is not available: {reason}")]
+    #[error("device {device} is not available: {reason}")]
     DeviceUnavailable { device: Device, reason: String },
 
     /// A gradient is needed through an op that has no backward rule.

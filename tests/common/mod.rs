@@ -213,8 +213,9 @@ pub fn count(kind: &str, op: &str, n: usize) {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("case-counts");
     let _ = std::fs::create_dir_all(&dir);
     let path = dir.join(format!("{}.txt", std::process::id()));
+    // One write per line: O_APPEND keeps lines from parallel test threads whole.
     if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-        let _ = writeln!(f, "{kind} {op} {n}");
+        let _ = f.write_all(format!("{kind} {op} {n}\n").as_bytes());
     }
 }
 
