@@ -13,6 +13,7 @@ pub mod autograd;
 pub(crate) mod cpu;
 pub mod dtype;
 pub mod error;
+pub mod io;
 pub mod ops;
 pub mod shape;
 pub mod storage;
@@ -24,6 +25,7 @@ pub use autograd::{checkpoint, is_grad_enabled, no_grad, with_grad_enabled, Chec
 pub use device::Device;
 pub use dtype::{DType, Float, WithDType};
 pub use error::{Error, Result};
+pub use io::{LoadOptions, SafeTensorsFile};
 pub use ops::binary::CmpKind;
 pub use ops::{AttentionMask, AttentionOutput, RmsNormKind};
 pub use shape::{Dim, Layout};
