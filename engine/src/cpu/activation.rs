@@ -1,1 +1,56 @@
-//! CPU kernels for the activation family.
+//! CPU kernels for the gated activations: rows of a merged `gate|up` tensor (`2F` wide) map to
+//! rows of `act(gate) · up` (`F` wide); the backward writes the whole `2F`-wide gradient row in
+//! the same pass.
+
+use crate::dtype::Float;
+use crate::ops::activation::GateKind;
+
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+const GELU_C: f64 = 0.044_715;
+
+/// `(act(x), act'(x))`.
+#[inline(always)]
+fn act<T: Float>(kind: GateKind, x: T) -> (T, T) {
+    match kind {
+        GateKind::Silu => {
+            let s = T::ONE / (T::ONE + (-x).exp());
+            (x * s, s * (T::ONE + x * (T::ONE - s)))
+        }
+        GateKind::GeluTanh => {
+            let u = T::c(SQRT_2_OVER_PI) * (x + T::c(GELU_C) * x * x * x);
+            let t = u.tanh();
+            let du = T::c(SQRT_2_OVER_PI) * (T::ONE + T::c(3.0 * GELU_C) * x * x);
+            (T::c(0.5) * x * (T::ONE + t), T::c(0.5) * (T::ONE + t) + T::c(0.5) * x * (T::ONE - t * t) * du)
+        }
+    }
+}
+
+/// `out[r, j] = act(x[r, j]) · x[r, f + j]` for contiguous `x` of rows `2f` wide.
+pub(crate) fn forward<T: Float>(kind: GateKind, x: &[T], f: usize) -> Vec<T> {
+    let rows = if f == 0 { 0 } else { x.len() / (2 * f) };
+    let mut out = vec![T::ZERO; rows * f];
+    super::par_rows(&mut out, f, |r, o| {
+        let (gate, up) = x[r * 2 * f..(r + 1) * 2 * f].split_at(f);
+        for ((o, &a), &b) in o.iter_mut().zip(gate).zip(up) {
+            *o = act(kind, a).0 * b;
+        }
+    });
+    out
+}
+
+/// `dgate = g · up · act'(gate)`, `dup = g · act(gate)`, written side by side as the `2f`-wide
+/// gradient of `x`.
+pub(crate) fn backward<T: Float>(kind: GateKind, x: &[T], g: &[T], f: usize) -> Vec<T> {
+    let mut dx = vec![T::ZERO; x.len()];
+    super::par_rows(&mut dx, 2 * f, |r, d| {
+        let (gate, up) = x[r * 2 * f..(r + 1) * 2 * f].split_at(f);
+        let g = &g[r * f..(r + 1) * f];
+        let (dgate, dup) = d.split_at_mut(f);
+        for j in 0..f {
+            let (a, da) = act(kind, gate[j]);
+            dgate[j] = g[j] * up[j] * da;
+            dup[j] = g[j] * a;
+        }
+    });
+    dx
+}

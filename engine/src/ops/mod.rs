@@ -14,6 +14,10 @@ pub(crate) mod unary;
 pub(crate) mod view;
 
 pub use attention::{AttentionMask, AttentionOutput};
+pub use loss::{
+    bce_with_logits, bce_with_logits_composite, cross_entropy, cross_entropy_composite, huber, huber_composite, mse,
+    mse_composite, Reduction,
+};
 pub use norm::RmsNormKind;
 
 /// The names of every op the graph can record, by family. Tests use this list: each
