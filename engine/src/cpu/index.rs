@@ -1,1 +1,244 @@
-//! CPU kernels for the index family.
+//! CPU kernels for joining and indexing. Data movement (cat, index_select, gather,
+//! masked_scatter, where_cond and their row/element-routing backwards) is generic over every
+//! element type, so token ids and masks move exactly; the accumulating kernels (index_add,
+//! scatter_add) are generic over the compute floats.
+//!
+//! Shapes are split around the indexed dim as `[outer, d, inner]` (see `split_at_dim`); indices
+//! arrive already validated as `usize` in `0..d`.
+
+use crate::dtype::Float;
+use crate::shape::contiguous_strides;
+use crate::{CpuStorage, DType, Layout, Result, WithDType};
+use std::borrow::Cow;
+
+/// A tensor's elements as a contiguous `[T]`, borrowed when the layout is already contiguous.
+fn elems<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<Cow<'a, [T]>> {
+    let v = s.as_slice::<T>()?;
+    Ok(match l.contiguous_range() {
+        Some(r) => Cow::Borrowed(&v[r]),
+        None => Cow::Owned(l.offsets().map(|o| v[o]).collect()),
+    })
+}
+
+/// Run `$body` (a `Vec<$T>`) with `$T` bound to the element type of `$dtype`; wrap it as storage.
+macro_rules! by_dtype {
+    ($dtype:expr, $T:ident => $body:expr) => {
+        match $dtype {
+            DType::U8 => {
+                type $T = u8;
+                CpuStorage::U8($body)
+            }
+            DType::I64 => {
+                type $T = i64;
+                CpuStorage::I64($body)
+            }
+            DType::F16 => {
+                type $T = half::f16;
+                CpuStorage::F16($body)
+            }
+            DType::BF16 => {
+                type $T = half::bf16;
+                CpuStorage::BF16($body)
+            }
+            DType::F32 => {
+                type $T = f32;
+                CpuStorage::F32($body)
+            }
+            DType::F64 => {
+                type $T = f64;
+                CpuStorage::F64($body)
+            }
+        }
+    };
+}
+
+/// Concatenate along a dim: part `i` contributes `widths[i]` (= its dim size × inner) contiguous
+/// elements to each of the `outer` output rows.
+pub(crate) fn cat(
+    parts: &[(&CpuStorage, &Layout)],
+    dtype: DType,
+    outer: usize,
+    widths: &[usize],
+) -> Result<CpuStorage> {
+    fn go<T: WithDType>(parts: &[Cow<'_, [T]>], outer: usize, widths: &[usize]) -> Vec<T> {
+        let total: usize = widths.iter().sum();
+        let mut out = Vec::with_capacity(outer * total);
+        for o in 0..outer {
+            for (p, &w) in parts.iter().zip(widths) {
+                out.extend_from_slice(&p[o * w..(o + 1) * w]);
+            }
+        }
+        out
+    }
+    Ok(by_dtype!(dtype, T => {
+        let parts = parts.iter().map(|(s, l)| elems::<T>(s, l)).collect::<Result<Vec<_>>>()?;
+        go(&parts, outer, widths)
+    }))
+}
+
+/// `out[o, j, :] = x[o, idx[j], :]` for `x: [outer, d, inner]`, `out: [outer, idx.len(), inner]`.
+pub(crate) fn index_select(
+    s: &CpuStorage,
+    l: &Layout,
+    dtype: DType,
+    (outer, d, inner): (usize, usize, usize),
+    idx: &[usize],
+) -> Result<CpuStorage> {
+    fn go<T: WithDType>(x: &[T], outer: usize, d: usize, inner: usize, idx: &[usize]) -> Vec<T> {
+        let n = idx.len();
+        let mut out = vec![T::from_f64(0.0); outer * n * inner];
+        super::par_rows(&mut out, inner, |r, row| {
+            let src = ((r / n) * d + idx[r % n]) * inner;
+            row.copy_from_slice(&x[src..src + inner]);
+        });
+        out
+    }
+    Ok(by_dtype!(dtype, T => go(&elems::<T>(s, l)?, outer, d, inner, idx)))
+}
+
+/// Backward of index_select: `out[o, idx[j], :] += g[o, j, :]` into zeros of `[outer, d, inner]`
+/// (repeated indices accumulate).
+pub(crate) fn index_add<T: Float>(g: &[T], (outer, d, inner): (usize, usize, usize), idx: &[usize]) -> Vec<T> {
+    let n = idx.len();
+    let mut out = vec![T::ZERO; outer * d * inner];
+    super::par_rows(&mut out, d * inner, |o, block| {
+        for (j, &k) in idx.iter().enumerate() {
+            let src = &g[(o * n + j) * inner..(o * n + j + 1) * inner];
+            for (a, &b) in block[k * inner..(k + 1) * inner].iter_mut().zip(src) {
+                *a += b;
+            }
+        }
+    });
+    out
+}
+
+/// For each position `p` of an index tensor of `ishape` (row-major), the storage offset in a
+/// contiguous tensor of `xshape` of `p` with its `dim` coordinate set to 0; plus the stride of
+/// `dim` in that tensor. The target of `p` is `base + idx[p] · stride`.
+fn index_bases(xshape: &[usize], ishape: &[usize], dim: usize) -> (Layout, usize) {
+    let mut strides = contiguous_strides(xshape);
+    let stride = strides[dim];
+    strides[dim] = 0;
+    (Layout::new(ishape.to_vec(), strides, 0), stride)
+}
+
+/// torch.gather: `out[p] = x[p with dim ← idx[p]]`, `out` of `ishape`.
+pub(crate) fn gather(
+    s: &CpuStorage,
+    l: &Layout,
+    dtype: DType,
+    idx: &[usize],
+    ishape: &[usize],
+    dim: usize,
+) -> Result<CpuStorage> {
+    fn go<T: WithDType>(x: &[T], xshape: &[usize], idx: &[usize], ishape: &[usize], dim: usize) -> Vec<T> {
+        let (bases, stride) = index_bases(xshape, ishape, dim);
+        bases.offsets().zip(idx).map(|(b, &k)| x[b + k * stride]).collect()
+    }
+    Ok(by_dtype!(dtype, T => go(&elems::<T>(s, l)?, l.shape(), idx, ishape, dim)))
+}
+
+/// `out[p with dim ← idx[p]] += src[p]` over the positions `p` of `ishape`; `out` has `xshape`.
+fn scatter_add_into<T: Float>(out: &mut [T], xshape: &[usize], src: &[T], idx: &[usize], ishape: &[usize], dim: usize) {
+    let (bases, stride) = index_bases(xshape, ishape, dim);
+    for ((b, &k), &v) in bases.offsets().zip(idx).zip(src) {
+        out[b + k * stride] += v;
+    }
+}
+
+/// torch.scatter_add (out of place): a copy of `x` with `src` (of `ishape`) added at the indices.
+pub(crate) fn scatter_add<T: Float>(
+    x: &[T],
+    xshape: &[usize],
+    src: &[T],
+    idx: &[usize],
+    ishape: &[usize],
+    dim: usize,
+) -> Vec<T> {
+    let mut out = x.to_vec();
+    scatter_add_into(&mut out, xshape, src, idx, ishape, dim);
+    out
+}
+
+/// Backward of gather: `g` (of `ishape`) scattered-added into zeros of `xshape`.
+pub(crate) fn gather_backward<T: Float>(
+    g: &[T],
+    xshape: &[usize],
+    idx: &[usize],
+    ishape: &[usize],
+    dim: usize,
+) -> Vec<T> {
+    let mut out = vec![T::ZERO; xshape.iter().product()];
+    scatter_add_into(&mut out, xshape, g, idx, ishape, dim);
+    out
+}
+
+/// Rows `rows[m]` (of width `w`) of `x` replaced by row `m` of `src`.
+pub(crate) fn masked_scatter(
+    (xs, xl): (&CpuStorage, &Layout),
+    (ss, sl): (&CpuStorage, &Layout),
+    dtype: DType,
+    rows: &[usize],
+    w: usize,
+) -> Result<CpuStorage> {
+    fn go<T: WithDType>(x: &[T], src: &[T], rows: &[usize], w: usize) -> Vec<T> {
+        let mut out = x.to_vec();
+        for (m, &r) in rows.iter().enumerate() {
+            out[r * w..(r + 1) * w].copy_from_slice(&src[m * w..(m + 1) * w]);
+        }
+        out
+    }
+    Ok(by_dtype!(dtype, T => go(&elems::<T>(xs, xl)?, &elems::<T>(ss, sl)?, rows, w)))
+}
+
+/// The rows `rows` (of width `w`) of `x`, stacked: `[rows.len(), w]`.
+pub(crate) fn take_rows(s: &CpuStorage, l: &Layout, dtype: DType, rows: &[usize], w: usize) -> Result<CpuStorage> {
+    fn go<T: WithDType>(x: &[T], rows: &[usize], w: usize) -> Vec<T> {
+        let mut out = Vec::with_capacity(rows.len() * w);
+        for &r in rows {
+            out.extend_from_slice(&x[r * w..(r + 1) * w]);
+        }
+        out
+    }
+    Ok(by_dtype!(dtype, T => go(&elems::<T>(s, l)?, rows, w)))
+}
+
+/// A copy of `x` with the rows `rows` (of width `w`) zeroed.
+pub(crate) fn zero_rows(s: &CpuStorage, l: &Layout, dtype: DType, rows: &[usize], w: usize) -> Result<CpuStorage> {
+    fn go<T: WithDType>(x: &[T], rows: &[usize], w: usize) -> Vec<T> {
+        let mut out = x.to_vec();
+        for &r in rows {
+            out[r * w..(r + 1) * w].fill(T::from_f64(0.0));
+        }
+        out
+    }
+    Ok(by_dtype!(dtype, T => go(&elems::<T>(s, l)?, rows, w)))
+}
+
+/// `out[i] = if mask[i] { a[i] } else { b[i] }` (all of one shape).
+pub(crate) fn where_cond(
+    mask: &[bool],
+    (sa, la): (&CpuStorage, &Layout),
+    (sb, lb): (&CpuStorage, &Layout),
+    dtype: DType,
+) -> Result<CpuStorage> {
+    fn go<T: WithDType>(mask: &[bool], a: &[T], b: &[T]) -> Vec<T> {
+        mask.iter().zip(a.iter().zip(b)).map(|(&m, (&x, &y))| if m { x } else { y }).collect()
+    }
+    Ok(by_dtype!(dtype, T => go(mask, &elems::<T>(sa, la)?, &elems::<T>(sb, lb)?)))
+}
+
+/// Backward of where_cond for one branch: `g` where `mask == branch`, zero elsewhere.
+pub(crate) fn where_backward(
+    mask: &[bool],
+    s: &CpuStorage,
+    l: &Layout,
+    dtype: DType,
+    branch: bool,
+) -> Result<CpuStorage> {
+    fn go<T: WithDType>(mask: &[bool], g: &[T], branch: bool) -> Vec<T> {
+        let zero = T::from_f64(0.0);
+        mask.iter().zip(g).map(|(&m, &v)| if m == branch { v } else { zero }).collect()
+    }
+    Ok(by_dtype!(dtype, T => go(mask, &elems::<T>(s, l)?, branch)))
+}
