@@ -118,11 +118,7 @@ fn frozen_params_record_nothing_and_get_no_gradient() {
 fn optimizer_on_a_store_leaves_frozen_params_alone() {
     let mut ps = store();
     ps.freeze_prefix("model.vision_tower.");
-    let loss = ps
-        .iter()
-        .map(|(_, t)| t.sqr().unwrap().sum_all().unwrap())
-        .reduce(|a, b| a.add(&b).unwrap())
-        .unwrap();
+    let loss = ps.iter().map(|(_, t)| t.sqr().unwrap().sum_all().unwrap()).reduce(|a, b| a.add(&b).unwrap()).unwrap();
     let grads = loss.backward().unwrap();
     let mut opt = AdamW::new(AdamWConfig::default()).unwrap();
     opt.step(&ps, &grads, 0.1).unwrap();

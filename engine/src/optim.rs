@@ -74,6 +74,10 @@ struct ParamState {
     master: Option<Vec<f32>>,
 }
 
+fn state_err(kind: &str, name: &str, msg: impl Into<String>) -> Error {
+    Error::tensor(format!("{kind} state"), name, msg)
+}
+
 fn is_low(dtype: DType) -> bool {
     matches!(dtype, DType::BF16 | DType::F16)
 }
@@ -91,7 +95,7 @@ impl OptimState {
     }
 
     fn err(&self, name: &str, msg: impl Into<String>) -> Error {
-        Error::tensor(format!("{} state", self.kind), name, msg)
+        state_err(self.kind, name, msg)
     }
 
     /// Update every parameter that has a gradient; `rule(t)` gives the update rule for a
@@ -143,24 +147,26 @@ impl OptimState {
     /// The state of `name`, created (zeroed buffers) on its first step and reconciled with the
     /// parameter's dtype: a master copy exists exactly while the parameter is bf16/f16.
     fn prepare(&mut self, name: &str, p: &Tensor) -> Result<&mut ParamState> {
-        let n = p.elem_count();
-        let nbuf = self.buffer_names.len();
+        let (n, nbuf) = (p.elem_count(), self.buffer_names.len());
         let wide = p.dtype() == DType::F64;
-        if let Some(st) = self.params.get(name) {
-            if st.shape != p.shape() {
-                return Err(self.err(name, format!("state has shape {:?}, parameter has {:?}", st.shape, p.shape())));
-            }
-            if matches!(st.buffers, Buffers::F64(_)) != wide {
-                return Err(self.err(
-                    name,
-                    format!("state precision does not match the {} parameter (dtype changed after a step)", p.dtype()),
-                ));
-            }
-        } else {
-            let buffers = if wide { Buffers::F64(vec![vec![0.0; n]; nbuf]) } else { Buffers::F32(vec![vec![0.0; n]; nbuf]) };
-            self.params.insert(name.to_string(), ParamState { shape: p.shape().to_vec(), step: 0, buffers, master: None });
+        let kind = self.kind;
+        let st = self.params.entry(name.to_string()).or_insert_with(|| {
+            let buffers =
+                if wide { Buffers::F64(vec![vec![0.0; n]; nbuf]) } else { Buffers::F32(vec![vec![0.0; n]; nbuf]) };
+            ParamState { shape: p.shape().to_vec(), step: 0, buffers, master: None }
+        });
+        if st.shape != p.shape() {
+            return Err(state_err(
+                kind,
+                name,
+                format!("state has shape {:?}, parameter has {:?}", st.shape, p.shape()),
+            ));
         }
-        let st = self.params.get_mut(name).ok_or_else(|| Error::tensor("optimizer", name, "state vanished"))?;
+        if matches!(st.buffers, Buffers::F64(_)) != wide {
+            let msg =
+                format!("state precision does not match the {} parameter (dtype changed after a step)", p.dtype());
+            return Err(state_err(kind, name, msg));
+        }
         if !is_low(p.dtype()) {
             st.master = None;
         } else if st.master.is_none() {
@@ -282,12 +288,14 @@ fn apply<R: UpdateRule>(
     g.with_cpu(|gs, gl| {
         let gf = cpu::floats(gs, gl);
         let mut guard = p.write_storage();
-        let ps = match &mut *guard {
-            Storage::Cpu(ps) => ps,
-        };
+        let Storage::Cpu(ps) = &mut *guard;
         match (ps, &mut st.buffers, &mut st.master) {
-            (CpuStorage::F64(v), Buffers::F64(b), _) => fused_update(&mut v[range], &as_f64(&gf), b, LowCopy::None, rule),
-            (CpuStorage::F32(v), Buffers::F32(b), _) => fused_update(&mut v[range], &as_f32(&gf), b, LowCopy::None, rule),
+            (CpuStorage::F64(v), Buffers::F64(b), _) => {
+                fused_update(&mut v[range], &as_f64(&gf), b, LowCopy::None, rule)
+            }
+            (CpuStorage::F32(v), Buffers::F32(b), _) => {
+                fused_update(&mut v[range], &as_f32(&gf), b, LowCopy::None, rule)
+            }
             (CpuStorage::BF16(v), Buffers::F32(b), Some(m)) => {
                 fused_update(m, &as_f32(&gf), b, LowCopy::Bf16(&mut v[range]), rule)
             }
@@ -295,7 +303,11 @@ fn apply<R: UpdateRule>(
                 fused_update(m, &as_f32(&gf), b, LowCopy::F16(&mut v[range]), rule)
             }
             (ps, _, _) => {
-                return Err(Error::tensor(kind, name, format!("no update for a {} parameter with this state", ps.dtype())))
+                return Err(Error::tensor(
+                    kind,
+                    name,
+                    format!("no update for a {} parameter with this state", ps.dtype()),
+                ))
             }
         }
         Ok(())

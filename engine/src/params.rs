@@ -22,7 +22,7 @@ struct Param {
 
 impl Param {
     fn new(t: &Tensor) -> Result<Param> {
-        let detached = t.detach().contiguous()?.detach();
+        let detached = t.detach().contiguous()?;
         Ok(Param { variable: detached.variable(), requires_grad: detached.dtype().is_float(), detached })
     }
 

@@ -145,13 +145,13 @@ impl UpdateRule for SgdRule {
                 for ((p, &g), b) in p.iter_mut().zip(g).zip(buf.iter_mut()) {
                     let d = if with_wd { g + wd * *p } else { g };
                     *b = if self.first { d } else { *b * mu + d };
-                    *p = *p + neg_lr * *b;
+                    *p += neg_lr * *b;
                 }
             }
             _ => {
                 for (p, &g) in p.iter_mut().zip(g) {
                     let d = if with_wd { g + wd * *p } else { g };
-                    *p = *p + neg_lr * d;
+                    *p += neg_lr * d;
                 }
             }
         }
