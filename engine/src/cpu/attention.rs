@@ -1,1 +1,269 @@
-//! CPU kernels for the attention family.
+//! CPU kernels for attention: the reference the CUDA flash kernel is tested against.
+//!
+//! Inputs arrive heads-first and contiguous: q `[B, Hq, Lq, D]`, k `[B, Hkv, Lk, D]`,
+//! v `[B, Hkv, Lk, Dv]`. Work is parallel over (batch, query head); each task walks blocks of
+//! `BLOCK_Q` query rows, computes the block's scores against the union of the rows' key ranges
+//! with one GEMM, applies the mask and a stable softmax per row, and multiplies by V with a second
+//! GEMM. Outputs are written seq-first (`[B, L, H, X]`), the layout the op returns.
+
+use crate::dtype::Float;
+use crate::ops::attention::{AttnDims, KeyMask};
+use rayon::prelude::*;
+
+/// Query rows per block: the score block is `BLOCK_Q × Lk`.
+const BLOCK_Q: usize = 64;
+
+/// Below this many multiply-adds the (batch, head) loop runs on one thread.
+const PAR_MIN_FLOPS: usize = 1 << 16;
+
+/// `dst[m×n] (row stride dst_rs) = (accumulate ? dst : 0) + beta · a[m×k] · b[k×n]`, with `a` and `b`
+/// given by row and column strides.
+#[allow(clippy::too_many_arguments)]
+fn gemm<T: Float>(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [T],
+    dst_rs: usize,
+    accumulate: bool,
+    (a, a_rs, a_cs): (&[T], usize, usize),
+    (b, b_rs, b_cs): (&[T], usize, usize),
+    beta: T,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
+    assert!(last(m, n, dst_rs, 1) < dst.len(), "attention gemm: destination out of bounds");
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                dst[r * dst_rs..r * dst_rs + n].fill(T::ZERO);
+            }
+        }
+        return;
+    }
+    assert!(last(m, k, a_rs, a_cs) < a.len(), "attention gemm: lhs out of bounds");
+    assert!(last(k, n, b_rs, b_cs) < b.len(), "attention gemm: rhs out of bounds");
+    // SAFETY: the asserts above check that the last element each stride pattern touches lies
+    // inside its slice (strides are non-negative, so every other element does too); `dst` is
+    // borrowed exclusively.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            T::ONE,
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// The union `[lo, hi)` of the key ranges of rows `i0..i1` of batch row `b` (empty ranges skipped).
+fn block_keys(keys: &KeyMask, dims: &AttnDims, b: usize, i0: usize, i1: usize) -> (usize, usize) {
+    let rows = &keys.ranges[b * dims.lq + i0..b * dims.lq + i1];
+    rows.iter().filter(|(lo, hi)| lo < hi).fold((usize::MAX, 0), |(l, h), &(lo, hi)| (l.min(lo), h.max(hi)))
+}
+
+/// Overwrite `row` (scores of keys `lo..`) with the mask's `-inf` for keys query `i` may not see.
+fn mask_row<T: Float>(row: &mut [T], keys: &KeyMask, dims: &AttnDims, b: usize, i: usize, lo: usize) {
+    let (rlo, rhi) = keys.ranges[b * dims.lq + i];
+    let pad = keys.padding.as_ref().map(|p| &p[b * dims.lk..(b + 1) * dims.lk]);
+    for (j, s) in row.iter_mut().enumerate() {
+        let key = lo + j;
+        if key < rlo || key >= rhi || pad.is_some_and(|p| !p[key]) {
+            *s = T::NEG_INFINITY;
+        }
+    }
+}
+
+/// Run `f(b, h, chunks...)` for every (batch, query head) in parallel when the work is big enough.
+fn for_each_head<T: Float>(dims: &AttnDims, chunks: Vec<(&mut [T], usize)>, f: impl Fn(usize, &mut [&mut [T]]) + Sync) {
+    let n = dims.b * dims.hq;
+    // Split each buffer into one chunk per (b, h), then regroup the chunks per task.
+    let mut per_task: Vec<Vec<&mut [T]>> = (0..n).map(|_| Vec::with_capacity(chunks.len())).collect();
+    for (buf, width) in chunks {
+        if width == 0 {
+            per_task.iter_mut().for_each(|t| t.push(&mut []));
+            continue;
+        }
+        for (t, c) in per_task.iter_mut().zip(buf.chunks_mut(width)) {
+            t.push(c);
+        }
+    }
+    let flops = n * dims.lq * dims.lk * (dims.d + dims.dv);
+    if flops >= PAR_MIN_FLOPS {
+        per_task.par_iter_mut().enumerate().for_each(|(bh, c)| f(bh, c));
+    } else {
+        per_task.iter_mut().enumerate().for_each(|(bh, c)| f(bh, c));
+    }
+}
+
+/// Reorder `[B, H, L, X]` into `[B, L, H, X]`.
+fn seq_first<T: Copy>(x: &[T], b: usize, h: usize, l: usize, w: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(x.len());
+    for bi in 0..b {
+        for li in 0..l {
+            for hi in 0..h {
+                let at = ((bi * h + hi) * l + li) * w;
+                out.extend_from_slice(&x[at..at + w]);
+            }
+        }
+    }
+    out
+}
+
+/// Forward: `(out [B, Lq, Hq, Dv], lse [B, Hq, Lq])`.
+pub(crate) fn forward<T: Float>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    dims: &AttnDims,
+    keys: &KeyMask,
+    scale: f64,
+) -> (Vec<T>, Vec<T>) {
+    let AttnDims { lq, lk, hq, hkv, d, dv, .. } = *dims;
+    let group = hq / hkv;
+    let scale = T::c(scale);
+    let mut out = vec![T::ZERO; dims.b * hq * lq * dv];
+    let mut lse = vec![T::NEG_INFINITY; dims.b * hq * lq];
+    for_each_head(dims, vec![(&mut out, lq * dv), (&mut lse, lq)], |bh, bufs| {
+        let (b, h) = (bh / hq, bh % hq);
+        let kvh = b * hkv + h / group;
+        let qs = &q[bh * lq * d..(bh + 1) * lq * d];
+        let ks = &k[kvh * lk * d..(kvh + 1) * lk * d];
+        let vs = &v[kvh * lk * dv..(kvh + 1) * lk * dv];
+        let [o, l] = bufs else { unreachable!("two buffers per task") };
+        let mut s = vec![T::ZERO; BLOCK_Q.min(lq) * lk];
+        for i0 in (0..lq).step_by(BLOCK_Q) {
+            let i1 = (i0 + BLOCK_Q).min(lq);
+            let m = i1 - i0;
+            let (lo, hi) = block_keys(keys, dims, b, i0, i1);
+            if lo >= hi {
+                continue;
+            }
+            let n = hi - lo;
+            let s = &mut s[..m * n];
+            // S = scale · Q_blk K[lo..hi]ᵀ
+            gemm((m, n, d), s, n, false, (&qs[i0 * d..], d, 1), (&ks[lo * d..], 1, d), scale);
+            for (r, row) in s.chunks_mut(n).enumerate() {
+                mask_row(row, keys, dims, b, i0 + r, lo);
+                let max = row.iter().fold(T::NEG_INFINITY, |a, &x| a.max(x));
+                if max == T::NEG_INFINITY {
+                    row.fill(T::ZERO);
+                    continue;
+                }
+                let mut sum = T::ZERO;
+                for x in row.iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                let inv = T::ONE / sum;
+                row.iter_mut().for_each(|x| *x *= inv);
+                l[i0 + r] = max + sum.ln();
+            }
+            // O_blk = P V[lo..hi]
+            gemm((m, dv, n), &mut o[i0 * dv..], dv, false, (s, n, 1), (&vs[lo * dv..], dv, 1), T::ONE);
+        }
+    });
+    (seq_first(&out, dims.b, hq, lq, dv), lse)
+}
+
+/// Backward from the saved lse: `(dq [B, Lq, Hq, D], dk [B, Lk, Hkv, D], dv [B, Lk, Hkv, Dv])`.
+/// `o` and `g` are the output and its gradient, heads-first `[B, Hq, Lq, Dv]`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward<T: Float>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    o: &[T],
+    g: &[T],
+    lse: &[T],
+    dims: &AttnDims,
+    keys: &KeyMask,
+    scale: f64,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let AttnDims { b: nb, lq, lk, hq, hkv, d, dv } = *dims;
+    let group = hq / hkv;
+    let scale = T::c(scale);
+    let mut dq = vec![T::ZERO; nb * hq * lq * d];
+    // Per query head dK/dV, summed over each group afterwards (every task owns its own slice).
+    let mut dk_h = vec![T::ZERO; nb * hq * lk * d];
+    let mut dv_h = vec![T::ZERO; nb * hq * lk * dv];
+    for_each_head(dims, vec![(&mut dq, lq * d), (&mut dk_h, lk * d), (&mut dv_h, lk * dv)], |bh, bufs| {
+        let (b, h) = (bh / hq, bh % hq);
+        let kvh = b * hkv + h / group;
+        let qs = &q[bh * lq * d..(bh + 1) * lq * d];
+        let os = &o[bh * lq * dv..(bh + 1) * lq * dv];
+        let gs = &g[bh * lq * dv..(bh + 1) * lq * dv];
+        let ls = &lse[bh * lq..(bh + 1) * lq];
+        let ks = &k[kvh * lk * d..(kvh + 1) * lk * d];
+        let vs = &v[kvh * lk * dv..(kvh + 1) * lk * dv];
+        let [dq, dk, dvv] = bufs else { unreachable!("three buffers per task") };
+        let cap = BLOCK_Q.min(lq) * lk;
+        let (mut p, mut ds) = (vec![T::ZERO; cap], vec![T::ZERO; cap]);
+        for i0 in (0..lq).step_by(BLOCK_Q) {
+            let i1 = (i0 + BLOCK_Q).min(lq);
+            let m = i1 - i0;
+            let (lo, hi) = block_keys(keys, dims, b, i0, i1);
+            if lo >= hi {
+                continue;
+            }
+            let n = hi - lo;
+            let (p, ds) = (&mut p[..m * n], &mut ds[..m * n]);
+            let q_blk = (&qs[i0 * d..], d, 1);
+            let g_blk = (&gs[i0 * dv..], dv, 1);
+            // P = exp(scale · Q Kᵀ − lse), zero where masked or where the row sees no key.
+            gemm((m, n, d), p, n, false, q_blk, (&ks[lo * d..], 1, d), scale);
+            for (r, row) in p.chunks_mut(n).enumerate() {
+                let l = ls[i0 + r];
+                mask_row(row, keys, dims, b, i0 + r, lo);
+                if l == T::NEG_INFINITY {
+                    row.fill(T::ZERO);
+                } else {
+                    row.iter_mut().for_each(|x| *x = (*x - l).exp());
+                }
+            }
+            // dV += Pᵀ dO
+            gemm((n, dv, m), &mut dvv[lo * dv..], dv, true, (p, 1, n), g_blk, T::ONE);
+            // dP = dO Vᵀ, then dS = P ∘ (dP − D) with Dᵢ = Σ dOᵢ·Oᵢ.
+            gemm((m, n, dv), ds, n, false, g_blk, (&vs[lo * dv..], 1, dv), T::ONE);
+            for r in 0..m {
+                let i = i0 + r;
+                let di: T = gs[i * dv..(i + 1) * dv].iter().zip(&os[i * dv..(i + 1) * dv]).map(|(&a, &b)| a * b).sum();
+                for (s, &pv) in ds[r * n..(r + 1) * n].iter_mut().zip(&p[r * n..(r + 1) * n]) {
+                    *s = pv * (*s - di);
+                }
+            }
+            // dQ = scale · dS K ; dK += scale · dSᵀ Q
+            gemm((m, d, n), &mut dq[i0 * d..], d, false, (ds, n, 1), (&ks[lo * d..], d, 1), scale);
+            gemm((n, d, m), &mut dk[lo * d..], d, true, (ds, 1, n), q_blk, scale);
+        }
+    });
+    let sum_groups = |x: Vec<T>, w: usize| -> Vec<T> {
+        if group == 1 {
+            return seq_first(&x, nb, hkv, lk, w);
+        }
+        let per = lk * w;
+        let mut acc = vec![T::ZERO; nb * hkv * per];
+        for (bh, chunk) in x.chunks(per.max(1)).enumerate().take(nb * hq) {
+            let (b, h) = (bh / hq, bh % hq);
+            let dst = &mut acc[(b * hkv + h / group) * per..][..per];
+            dst.iter_mut().zip(chunk).for_each(|(a, &c)| *a += c);
+        }
+        seq_first(&acc, nb, hkv, lk, w)
+    };
+    (seq_first(&dq, nb, hq, lq, d), sum_groups(dk_h, d), sum_groups(dv_h, dv))
+}

@@ -1,1 +1,56 @@
-//! CPU kernels for the rope family.
+//! CPU kernels for rotary position embedding (rotate-half form).
+//!
+//! x and its gradient are contiguous `[B, L, H, D]` rows of `D`; the tables are contiguous
+//! `[L, D]` or `[B, L, D]`. Each row reads the table row of its (batch, position).
+
+use crate::dtype::Float;
+
+/// Sizes of one rope call; `batched` when the tables carry a batch dim.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RopeDims {
+    pub b: usize,
+    pub l: usize,
+    pub h: usize,
+    pub d: usize,
+    pub batched: bool,
+}
+
+/// Apply `f(row, table_offset, out_row)` to every `[D]` row, in parallel when big.
+fn rows<T: Float>(dims: RopeDims, f: impl Fn(usize, usize, &mut [T]) + Sync + Send) -> Vec<T> {
+    let RopeDims { b, l, h, d, batched } = dims;
+    let mut out = vec![T::ZERO; b * l * h * d];
+    super::par_rows(&mut out, d, |r, row| {
+        let pos = r / h; // (batch, position) index
+        let t = if batched { pos } else { pos % l };
+        f(r * d, t * d, row)
+    });
+    out
+}
+
+/// `out = x·cos + rotate_half(x)·sin`: for `j < D/2`, `out[j] = x[j]c[j] − x[j+D/2]s[j]` and
+/// `out[j+D/2] = x[j+D/2]c[j+D/2] + x[j]s[j+D/2]`.
+pub(crate) fn forward<T: Float>(x: &[T], cos: &[T], sin: &[T], dims: RopeDims) -> Vec<T> {
+    let half = dims.d / 2;
+    rows(dims, |xo, to, out| {
+        let (x, c, s) = (&x[xo..xo + dims.d], &cos[to..to + dims.d], &sin[to..to + dims.d]);
+        for j in 0..half {
+            let (a, b) = (x[j], x[j + half]);
+            out[j] = a * c[j] - b * s[j];
+            out[j + half] = b * c[j + half] + a * s[j + half];
+        }
+    })
+}
+
+/// `dx = g·cos + rotate_halfᵀ(g·sin)`: for `j < D/2`, `dx[j] = g[j]c[j] + g[j+D/2]s[j+D/2]` and
+/// `dx[j+D/2] = g[j+D/2]c[j+D/2] − g[j]s[j]`.
+pub(crate) fn backward<T: Float>(g: &[T], cos: &[T], sin: &[T], dims: RopeDims) -> Vec<T> {
+    let half = dims.d / 2;
+    rows(dims, |go, to, out| {
+        let (g, c, s) = (&g[go..go + dims.d], &cos[to..to + dims.d], &sin[to..to + dims.d]);
+        for j in 0..half {
+            let (a, b) = (g[j], g[j + half]);
+            out[j] = a * c[j] + b * s[j + half];
+            out[j + half] = b * c[j + half] - a * s[j];
+        }
+    })
+}

@@ -1,22 +1,30 @@
-//! Scaled dot-product attention with masks and GQA. (Stub.)
+//! Scaled dot-product attention as one fused autograd op, with masks (full, causal, prefix-LM,
+//! block-diagonal segments), optional key padding and GQA/MQA; plus its composite twin built from
+//! primitive ops.
+//!
+//! Layout is `[batch, seq, heads, head_dim]`: q `[B, Lq, Hq, D]`, k `[B, Lk, Hkv, D]`,
+//! v `[B, Lk, Hkv, Dv]`, out `[B, Lq, Hq, Dv]`, lse `[B, Hq, Lq]`. Query head `h` reads kv head
+//! `h / (Hq / Hkv)`; repeated K/V are never materialised. Every mask kind gives each query row a
+//! contiguous range of keys (then thinned by key padding), which is what the kernels consume.
+//!
+//! Backward is one fused primitive from the saved log-sum-exp: `P = exp(S·scale − lse)`,
+//! `dV = Pᵀ dO`, `dP = dO Vᵀ`, `Dᵢ = Σ dOᵢ·Oᵢ`, `dS = P∘(dP − D)`, `dQ = scale·dS K`,
+//! `dK = scale·dSᵀ Q`, with dK and dV summed over the query heads of a group.
 
-use crate::autograd::{BackwardOp, Grads};
-use crate::{Result, Tensor};
+use crate::autograd::{BackwardOp, Grads, Op};
+use crate::cpu::{self, FloatVec, Floats};
+use crate::{CpuStorage, DType, Error, Layout, Result, Tensor};
 
-pub(crate) const NAMES: &[&str] = &[];
+pub(crate) const NAMES: &[&str] = &["attention"];
 
-pub(crate) enum AttentionOp {}
-
-impl BackwardOp for AttentionOp {
-    fn name(&self) -> &'static str {
-        match *self {}
-    }
-    fn inputs(&self) -> Vec<&Tensor> {
-        match *self {}
-    }
-    fn backward(&self, _out: &Tensor, _grad: &Tensor, _grads: &mut Grads) -> Result<()> {
-        match *self {}
-    }
+pub(crate) struct AttentionOp {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    keys: KeyMask,
+    /// `[B, Hq, Lq]`, in compute precision (f32, or f64 for f64 inputs).
+    lse: Tensor,
+    scale: f64,
 }
 
 /// Which keys each query may see (combined with an optional key-padding mask).
@@ -35,7 +43,363 @@ pub enum AttentionMask {
 
 /// The attention output and the per-row log-sum-exp of the scaled, masked scores (what the
 /// backward needs); `lse` is `-inf` for rows that see no key, whose output is zero.
+#[derive(Clone, Debug)]
 pub struct AttentionOutput {
     pub out: Tensor,
     pub lse: Tensor,
+}
+
+/// The problem sizes of one attention call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AttnDims {
+    pub b: usize,
+    pub lq: usize,
+    pub lk: usize,
+    pub hq: usize,
+    pub hkv: usize,
+    pub d: usize,
+    pub dv: usize,
+}
+
+/// The resolved mask: for every (batch, query) the key range `[lo, hi)` its mask kind allows,
+/// and the key-padding flags (`[B, Lk]`, true = real key) if any.
+#[derive(Clone, Debug)]
+pub(crate) struct KeyMask {
+    pub ranges: Vec<(usize, usize)>,
+    pub padding: Option<Vec<bool>>,
+}
+
+impl KeyMask {
+    /// Whether query `i` of batch row `b` sees key `j`.
+    #[inline]
+    pub(crate) fn allows(&self, dims: &AttnDims, b: usize, i: usize, j: usize) -> bool {
+        let (lo, hi) = self.ranges[b * dims.lq + i];
+        j >= lo && j < hi && self.padding.as_ref().is_none_or(|p| p[b * dims.lk + j])
+    }
+}
+
+const OP: &str = "attention";
+
+/// Check shapes and dtypes; resolve the mask into per-row key ranges.
+fn prepare(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &AttentionMask,
+    key_padding: Option<&Tensor>,
+    scale: f64,
+) -> Result<(AttnDims, KeyMask)> {
+    Tensor::same_dtype_device(OP, &[q, k, v])?;
+    if !q.dtype().is_float() {
+        return Err(Error::dtype(OP, q.dtype(), "q, k and v must be float tensors"));
+    }
+    let (qs, ks, vs) = (q.shape(), k.shape(), v.shape());
+    if qs.len() != 4 || ks.len() != 4 || vs.len() != 4 {
+        return Err(Error::shapes_note(OP, &[qs, ks, vs], "q, k, v must be rank 4 [batch, seq, heads, head_dim]"));
+    }
+    let dims = AttnDims { b: qs[0], lq: qs[1], lk: ks[1], hq: qs[2], hkv: ks[2], d: qs[3], dv: vs[3] };
+    if ks[0] != dims.b || vs[0] != dims.b {
+        return Err(Error::shapes_note(OP, &[qs, ks, vs], "batch sizes differ"));
+    }
+    if ks[3] != dims.d {
+        return Err(Error::shapes_note(OP, &[qs, ks, vs], "q and k head dims differ"));
+    }
+    if vs[1] != dims.lk || vs[2] != dims.hkv {
+        return Err(Error::shapes_note(OP, &[qs, ks, vs], "k and v differ in sequence length or heads"));
+    }
+    if dims.hkv == 0 || !dims.hq.is_multiple_of(dims.hkv) {
+        return Err(Error::shapes_note(
+            OP,
+            &[qs, ks, vs],
+            format!("query heads {} not a multiple of kv heads {}", dims.hq, dims.hkv),
+        ));
+    }
+    if !scale.is_finite() {
+        return Err(Error::invalid(OP, format!("scale {scale} is not finite")));
+    }
+    let padding = match key_padding {
+        None => None,
+        Some(p) => {
+            if !matches!(p.dtype(), DType::U8 | DType::I64) {
+                return Err(Error::dtype(OP, p.dtype(), "key_padding must be u8 or i64 (nonzero = real key)"));
+            }
+            if p.shape() != [dims.b, dims.lk] {
+                return Err(Error::shapes_note(OP, &[qs, ks, p.shape()], "key_padding must be [batch, kv_seq]"));
+            }
+            Some(p.to_vec::<i64>()?.into_iter().map(|x| x != 0).collect())
+        }
+    };
+    let ranges = key_ranges(mask, &dims, qs, ks)?;
+    Ok((dims, KeyMask { ranges, padding }))
+}
+
+/// The key range `[lo, hi)` of every (batch, query) row, validating the mask's parameters.
+fn key_ranges(mask: &AttentionMask, dims: &AttnDims, qs: &[usize], ks: &[usize]) -> Result<Vec<(usize, usize)>> {
+    let (b, lq, lk) = (dims.b, dims.lq, dims.lk);
+    let same_len = || {
+        if lq == lk {
+            Ok(())
+        } else {
+            Err(Error::shapes_note(OP, &[qs, ks], "this mask needs equal query and key lengths"))
+        }
+    };
+    let mut ranges = Vec::with_capacity(b * lq);
+    match mask {
+        AttentionMask::Full => ranges.resize(b * lq, (0, lk)),
+        AttentionMask::Causal => {
+            for _ in 0..b {
+                // Query i sees keys j ≤ i + lk − lq, i.e. j < i + 1 + lk − lq (empty when negative).
+                ranges.extend((0..lq).map(|i| (0, (i + 1 + lk).saturating_sub(lq).min(lk))));
+            }
+        }
+        AttentionMask::PrefixLm(prefix) => {
+            same_len()?;
+            if prefix.len() != b {
+                return Err(Error::invalid(OP, format!("{} prefix lengths for batch {b}", prefix.len())));
+            }
+            if let Some(p) = prefix.iter().find(|&&p| p > lk) {
+                return Err(Error::invalid(OP, format!("prefix length {p} exceeds sequence length {lk}")));
+            }
+            for &p in prefix {
+                ranges.extend((0..lq).map(|i| (0, (i + 1).max(p))));
+            }
+        }
+        AttentionMask::Segments(cu) => {
+            same_len()?;
+            let valid = cu.first() == Some(&0) && cu.last() == Some(&lq) && cu.windows(2).all(|w| w[0] <= w[1]);
+            if !valid {
+                return Err(Error::invalid(
+                    OP,
+                    format!("cumulative segment lengths {cu:?} must start at 0, not decrease and end at {lq}"),
+                ));
+            }
+            let mut row = Vec::with_capacity(lq);
+            for w in cu.windows(2) {
+                row.extend((w[0]..w[1]).map(|_| (w[0], w[1])));
+            }
+            for _ in 0..b {
+                ranges.extend_from_slice(&row);
+            }
+        }
+    }
+    Ok(ranges)
+}
+
+/// The elements of a `[B, L, H, X]` tensor in `[B, H, L, X]` order, in compute precision.
+fn heads_first<'a>(s: &'a CpuStorage, l: &Layout) -> Floats<'a> {
+    cpu::floats(s, &l.permute(&[0, 2, 1, 3]))
+}
+
+/// Fused scaled dot-product attention: `softmax(q kᵀ · scale + mask) v` per head, computed with a
+/// stable softmax in f32 (f64 for f64 inputs).
+///
+/// Shapes: q `[B, Lq, Hq, D]`, k `[B, Lk, Hkv, D]`, v `[B, Lk, Hkv, Dv]` (any strided views) with
+/// `Hq % Hkv == 0`; `key_padding` is `[B, Lk]` u8 or i64, nonzero for real keys. Returns out
+/// `[B, Lq, Hq, Dv]` in q's dtype and lse `[B, Hq, Lq]` (f32, or f64 for f64 inputs; it carries no
+/// gradient). Rows that see no key get a zero output, `lse = -inf` and zero gradients.
+///
+/// ```
+/// use vlm4vla_engine::{AttentionMask, Device, DType, Tensor};
+/// let q = Tensor::rand_normal(0., 1., &[1, 3, 2, 4], DType::F32, Device::Cpu, 0).unwrap();
+/// let k = Tensor::rand_normal(0., 1., &[1, 3, 1, 4], DType::F32, Device::Cpu, 1).unwrap();
+/// let a = q.attention(&k, &k, &AttentionMask::Causal, None, 0.5).unwrap();
+/// assert_eq!(a.out.shape(), &[1, 3, 2, 4]);
+/// assert_eq!(a.lse.shape(), &[1, 2, 3]);
+/// ```
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &AttentionMask,
+    key_padding: Option<&Tensor>,
+    scale: f64,
+) -> Result<AttentionOutput> {
+    let (dims, keys) = prepare(q, k, v, mask, key_padding, scale)?;
+    let dtype = q.dtype();
+    let (out, lse) = q.with_cpu(|qs, ql| {
+        k.with_cpu(|ks, kl| {
+            v.with_cpu(|vs, vl| match (heads_first(qs, ql), heads_first(ks, kl), heads_first(vs, vl)) {
+                (Floats::F32(q), Floats::F32(k), Floats::F32(v)) => {
+                    let (o, l) = cpu::attention::forward(&q, &k, &v, &dims, &keys, scale);
+                    Ok((FloatVec::F32(o), FloatVec::F32(l)))
+                }
+                (Floats::F64(q), Floats::F64(k), Floats::F64(v)) => {
+                    let (o, l) = cpu::attention::forward(&q, &k, &v, &dims, &keys, scale);
+                    Ok((FloatVec::F64(o), FloatVec::F64(l)))
+                }
+                _ => Err(Error::invalid(OP, "operands computed in different precisions")),
+            })
+        })
+    })?;
+    let lse = Tensor::from_cpu(lse.into_storage(dtype.compute()), &[dims.b, dims.hq, dims.lq], None);
+    let out_shape = [dims.b, dims.lq, dims.hq, dims.dv];
+    let out = Tensor::from_op(out.into_storage(dtype), &out_shape, &[q, k, v], || {
+        Op::Attention(AttentionOp { q: q.clone(), k: k.clone(), v: v.clone(), keys, lse: lse.clone(), scale })
+    });
+    Ok(AttentionOutput { out, lse })
+}
+
+/// The composite twin of [`attention`], from primitive ops (permute, matmul, scale, an additive
+/// and a 0/1 mask tensor, max_keepdim, exp, sum_keepdim, div; GQA by broadcasting K/V heads).
+/// Rows that see no key come out as zeros, like the fused op. Returns only the output
+/// `[B, Lq, Hq, Dv]`; tests compare it (forward and gradients) with the fused op.
+pub fn attention_composite(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &AttentionMask,
+    key_padding: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
+    let (dims, keys) = prepare(q, k, v, mask, key_padding, scale)?;
+    let AttnDims { b, lq, lk, hq, hkv, d, dv } = dims;
+    let group = hq / hkv;
+    let dtype = q.dtype();
+    // [B, L, H, X] → [B, H, L, X]; kv heads repeated per group by a broadcast (whose backward sums).
+    let repeat = |t: &Tensor, x: usize| -> Result<Tensor> {
+        t.permute(&[0, 2, 1, 3])?
+            .reshape(&[b, hkv, 1, lk, x])?
+            .broadcast_as(&[b, hkv, group, lk, x])?
+            .reshape(&[b, hq, lk, x])
+    };
+    let qh = q.permute(&[0, 2, 1, 3])?;
+    let kh = repeat(k, d)?;
+    let vh = repeat(v, dv)?;
+    let scores = qh.matmul(&kh.t()?)?.scale(scale)?;
+    let mut additive = vec![0f64; b * lq * lk];
+    let mut allowed = vec![0f64; b * lq * lk];
+    let mut empty = vec![1f64; b * lq];
+    for bi in 0..b {
+        for i in 0..lq {
+            for j in 0..lk {
+                let at = (bi * lq + i) * lk + j;
+                if keys.allows(&dims, bi, i, j) {
+                    allowed[at] = 1.0;
+                    empty[bi * lq + i] = 0.0;
+                } else {
+                    additive[at] = -1e30;
+                }
+            }
+        }
+    }
+    let constant = |data: Vec<f64>, shape: &[usize]| -> Result<Tensor> {
+        Tensor::from_vec(data, shape, q.device())?.to_dtype(dtype)
+    };
+    let additive = constant(additive, &[b, 1, lq, lk])?;
+    let allowed = constant(allowed, &[b, 1, lq, lk])?;
+    let empty = constant(empty, &[b, 1, lq, 1])?;
+    let masked = scores.add(&additive)?;
+    let max = masked.max_keepdim(3)?.detach();
+    let e = masked.sub(&max)?.exp()?.mul(&allowed)?;
+    // Empty rows: e is all zero; adding 1 to their denominator keeps them at 0 instead of NaN.
+    let p = e.div(&e.sum_keepdim(3)?.add(&empty)?)?;
+    p.matmul(&vh)?.permute(&[0, 2, 1, 3])
+}
+
+impl Tensor {
+    /// Fused attention with `self` as the queries; see [`attention`].
+    pub fn attention(
+        &self,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &AttentionMask,
+        key_padding: Option<&Tensor>,
+        scale: f64,
+    ) -> Result<AttentionOutput> {
+        attention(self, k, v, mask, key_padding, scale)
+    }
+
+    /// The composite twin with `self` as the queries; see [`attention_composite`].
+    pub fn attention_composite(
+        &self,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &AttentionMask,
+        key_padding: Option<&Tensor>,
+        scale: f64,
+    ) -> Result<Tensor> {
+        attention_composite(self, k, v, mask, key_padding, scale)
+    }
+}
+
+impl BackwardOp for AttentionOp {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+
+    fn inputs(&self) -> Vec<&Tensor> {
+        vec![&self.q, &self.k, &self.v]
+    }
+
+    fn backward(&self, out: &Tensor, grad: &Tensor, grads: &mut Grads) -> Result<()> {
+        let (q, k, v) = (&self.q, &self.k, &self.v);
+        let dims = AttnDims {
+            b: q.shape()[0],
+            lq: q.shape()[1],
+            lk: k.shape()[1],
+            hq: q.shape()[2],
+            hkv: k.shape()[2],
+            d: q.shape()[3],
+            dv: v.shape()[3],
+        };
+        // The output and its gradient in q's compute precision (a bf16 output is read as f32).
+        let compute = q.dtype().compute();
+        let out = out.to_dtype(compute)?;
+        let grad = grad.to_dtype(compute)?;
+        let (dq, dk, dv) = q.with_cpu(|qs, ql| {
+            k.with_cpu(|ks, kl| {
+                v.with_cpu(|vs, vl| {
+                    out.with_cpu(|os, ol| {
+                        grad.with_cpu(|gs, gl| {
+                            self.lse.with_cpu(|ls, ll| {
+                                let all = (
+                                    heads_first(qs, ql),
+                                    heads_first(ks, kl),
+                                    heads_first(vs, vl),
+                                    heads_first(os, ol),
+                                    heads_first(gs, gl),
+                                    cpu::floats(ls, ll),
+                                );
+                                match all {
+                                    (
+                                        Floats::F32(q),
+                                        Floats::F32(k),
+                                        Floats::F32(v),
+                                        Floats::F32(o),
+                                        Floats::F32(g),
+                                        Floats::F32(l),
+                                    ) => {
+                                        let (a, b, c) = cpu::attention::backward(
+                                            &q, &k, &v, &o, &g, &l, &dims, &self.keys, self.scale,
+                                        );
+                                        Ok((FloatVec::F32(a), FloatVec::F32(b), FloatVec::F32(c)))
+                                    }
+                                    (
+                                        Floats::F64(q),
+                                        Floats::F64(k),
+                                        Floats::F64(v),
+                                        Floats::F64(o),
+                                        Floats::F64(g),
+                                        Floats::F64(l),
+                                    ) => {
+                                        let (a, b, c) = cpu::attention::backward(
+                                            &q, &k, &v, &o, &g, &l, &dims, &self.keys, self.scale,
+                                        );
+                                        Ok((FloatVec::F64(a), FloatVec::F64(b), FloatVec::F64(c)))
+                                    }
+                                    _ => Err(Error::invalid(OP, "operands computed in different precisions")),
+                                }
+                            })
+                        })
+                    })
+                })
+            })
+        })?;
+        for (t, data) in [(q, dq), (k, dk), (v, dv)] {
+            if t.tracks_grad() {
+                grads.add(t, Tensor::from_cpu(data.into_storage(t.dtype()), t.shape(), None))?;
+            }
+        }
+        Ok(())
+    }
 }
