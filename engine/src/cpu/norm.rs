@@ -248,7 +248,7 @@ pub(crate) fn layer_norm_forward<T: Float>(
         for (j, (o, &v)) in yr.iter_mut().zip(xr).enumerate() {
             let mut h = (v - mean) * rstd;
             if let Some(w) = w {
-                h = h * w[j];
+                h *= w[j];
             }
             if let Some(b) = b {
                 h += b[j];
