@@ -83,10 +83,10 @@ fn checkpoint_gives_the_same_gradients_as_the_plain_path() {
     let block = |xs: &[Tensor], w1: &Tensor, w2: &Tensor| -> vlm4vla::engine::Result<Tensor> {
         xs[0].matmul(w1)?.gelu()?.matmul(w2)?.add(&xs[0])
     };
-    let plain = block(&[inp.clone()], &w1, &w2).unwrap().sqr().unwrap().sum_all().unwrap();
+    let plain = block(std::slice::from_ref(&inp), &w1, &w2).unwrap().sqr().unwrap().sum_all().unwrap();
     let gp = plain.backward().unwrap();
     let (c1, c2) = (w1.clone(), w2.clone());
-    let ck = checkpoint(Arc::new(move |xs: &[Tensor]| block(xs, &c1, &c2)), &[inp.clone()]).unwrap();
+    let ck = checkpoint(Arc::new(move |xs: &[Tensor]| block(xs, &c1, &c2)), std::slice::from_ref(&inp)).unwrap();
     // The checkpointed output holds no graph of the block (only the checkpoint record).
     assert!(ck.tracks_grad());
     let gc = ck.sqr().unwrap().sum_all().unwrap().backward().unwrap();
@@ -96,9 +96,9 @@ fn checkpoint_gives_the_same_gradients_as_the_plain_path() {
     // Two checkpointed blocks in a row.
     let (c1, c2) = (w1.clone(), w2.clone());
     let f: vlm4vla::engine::CheckpointFn = Arc::new(move |xs: &[Tensor]| block(xs, &c1, &c2));
-    let y = checkpoint(f.clone(), &[checkpoint(f, &[inp.clone()]).unwrap()]).unwrap();
+    let y = checkpoint(f.clone(), &[checkpoint(f, std::slice::from_ref(&inp)).unwrap()]).unwrap();
     let g2 = y.sum_all().unwrap().backward().unwrap();
-    let y_plain = block(&[block(&[inp.clone()], &w1, &w2).unwrap()], &w1, &w2).unwrap();
+    let y_plain = block(&[block(std::slice::from_ref(&inp), &w1, &w2).unwrap()], &w1, &w2).unwrap();
     let gp2 = y_plain.sum_all().unwrap().backward().unwrap();
     for t in [&w1, &w2, &inp] {
         close(g2.get(t).unwrap(), gp2.get(t).unwrap(), 1e-12);

@@ -1,6 +1,9 @@
 //! Property tests of the gated activations (swiglu, geglu) against naive f64 references and
 //! against their composite twins, over odd shapes and strided views; plus the error paths.
 
+// Naive references index plain arrays by position on purpose.
+#![allow(clippy::needless_range_loop)]
+
 mod common;
 
 use common::{arb_shape, arb_view, assert_close, config, count, input, tol, values, Nd, ViewKind};

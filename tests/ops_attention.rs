@@ -2,6 +2,9 @@
 //! sum), forward and lse, over every mask kind, key padding, GQA/MQA, odd lengths, strided inputs
 //! and F32/F64/BF16; gradients against the composite twin; error paths.
 
+// Naive references index plain arrays by position on purpose.
+#![allow(clippy::needless_range_loop)]
+
 mod common;
 
 use common::{assert_close, count, input, tol, values, Nd, ViewKind};
@@ -47,7 +50,7 @@ fn sees(mask: &AttentionMask, pad: Option<&Nd>, b: usize, i: usize, j: usize, lq
             seg(i) == seg(j)
         }
     };
-    by_mask && pad.map_or(true, |p| p.get(&[b, j]) != 0.0)
+    by_mask && pad.is_none_or(|p| p.get(&[b, j]) != 0.0)
 }
 
 /// Naive attention in f64: `(out [B, Lq, Hq, Dv], lse [B, Hq, Lq])`.
@@ -155,7 +158,7 @@ impl Problem {
         let v = make([self.b, self.lk, self.hkv, self.dv], self.makes[2], dtype, self.seed.wrapping_add(2));
         let pad = self.padding.as_ref().map(|p| {
             let t = Tensor::from_vec(p.clone(), &[self.b, self.lk], Device::Cpu).unwrap();
-            if self.seed % 2 == 0 {
+            if self.seed.is_multiple_of(2) {
                 t.to_dtype(DType::U8).unwrap()
             } else {
                 t

@@ -1,10 +1,15 @@
 //! Property tests of the broadcasting binary ops and comparisons against naive references.
 
+// Naive references index plain arrays by position on purpose.
+#![allow(clippy::needless_range_loop)]
+
 mod common;
 
 use common::{arb_shape, arb_view, assert_close, count, input, tol, values, Nd};
 use proptest::prelude::*;
 use vlm4vla::engine::{DType, Device, Tensor};
+
+type BinaryCase = (&'static str, fn(&Tensor, &Tensor) -> vlm4vla::engine::Result<Tensor>, fn(f64, f64) -> f64);
 
 /// Broadcast-compatible pair: `b` has a suffix of `a`'s dims, some replaced by 1.
 fn arb_pair() -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
@@ -54,7 +59,7 @@ proptest! {
         let a = input(&sa, va, -2.0, 2.0, dtype, seed, Device::Cpu);
         let b = input(&sb, vb, 0.5, 2.0, dtype, seed + 1, Device::Cpu);
         let (na, nb) = (values(&a), values(&b));
-        let ops: [(&str, fn(&Tensor, &Tensor) -> vlm4vla::engine::Result<Tensor>, fn(f64, f64) -> f64); 6] = [
+        let ops: [BinaryCase; 6] = [
             ("add", |a, b| a.add(b), |x, y| x + y),
             ("sub", |a, b| a.sub(b), |x, y| x - y),
             ("mul", |a, b| a.mul(b), |x, y| x * y),

@@ -3,6 +3,9 @@
 //! backward, over odd shapes, strided/narrowed/broadcast inputs and every data dtype; plus the
 //! error paths.
 
+// Naive references index plain arrays by position on purpose.
+#![allow(clippy::needless_range_loop)]
+
 mod common;
 
 use common::{arb_shape, arb_view, assert_close, count, input, tol, values, Nd, ViewKind};

@@ -2,6 +2,9 @@
 //! f64 references and against their composite twins, over odd shapes, strided views, every
 //! reduction, ignored rows and extreme logits; plus the error paths.
 
+// Naive references index plain arrays by position on purpose.
+#![allow(clippy::needless_range_loop)]
+
 mod common;
 
 use common::{arb_shape, arb_view, assert_close, config, count, input, tol, values, Nd, ViewKind};
@@ -138,7 +141,7 @@ fn check_ce_ref(
     let x = input(shape, view, -range, range, dtype, seed, CPU);
     let t = ce_targets(n, c, ignore, seed, view == ViewKind::Narrowed);
     let tv = t.to_vec::<i64>().unwrap();
-    let (out, probe, g) = run(&[x.clone()], &[true], seed, |v| cross_entropy(&v[0], &t, ignore, reduction));
+    let (out, probe, g) = run(std::slice::from_ref(&x), &[true], seed, |v| cross_entropy(&v[0], &t, ignore, reduction));
     let (want, want_grad) = ce_ref(&values(&x), &tv, ignore, reduction, &probe);
     let (atol, rtol) = tol(dtype);
     assert_eq!(out.dtype(), dtype);
@@ -175,7 +178,7 @@ proptest! {
         count("property", "cross_entropy", 1);
         let x = input(&shape, view, -5.0, 5.0, dtype, seed, CPU);
         let t = ce_targets(shape[0], shape[1], -100, seed, false);
-        let fused = run(&[x.clone()], &[true], seed, |v| cross_entropy(&v[0], &t, -100, reduction));
+        let fused = run(std::slice::from_ref(&x), &[true], seed, |v| cross_entropy(&v[0], &t, -100, reduction));
         let twin = run(&[x], &[true], seed, |v| cross_entropy_composite(&v[0], &t, -100, reduction));
         assert_runs_close("cross_entropy vs composite", &fused, &twin, twin_tol(dtype));
     }
@@ -203,7 +206,8 @@ fn cross_entropy_extreme_logits_stay_finite() {
             v[c + 4] = 1e4;
             let x = Tensor::from_vec(v, &[n, c], CPU).unwrap().to_dtype(dtype).unwrap();
             let t = Tensor::from_vec(vec![2i64, 3, 0, -100, 8, 5], &[n], CPU).unwrap();
-            let (out, probe, g) = run(&[x.clone()], &[true], 3, |v| cross_entropy(&v[0], &t, -100, reduction));
+            let (out, probe, g) =
+                run(std::slice::from_ref(&x), &[true], 3, |v| cross_entropy(&v[0], &t, -100, reduction));
             all_finite("cross_entropy", &out);
             all_finite("cross_entropy grad", g[0].as_ref().unwrap());
             let (want, want_grad) = ce_ref(&values(&x), &t.to_vec::<i64>().unwrap(), -100, reduction, &probe);

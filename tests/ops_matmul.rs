@@ -1,5 +1,8 @@
 //! Property tests of batched, broadcast, transposed matmul against a naive triple loop.
 
+// Naive references index plain arrays by position on purpose.
+#![allow(clippy::needless_range_loop)]
+
 mod common;
 
 use common::{arb_dim, assert_close, count, input, tol, values, Nd, ViewKind};

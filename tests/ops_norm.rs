@@ -3,6 +3,9 @@
 //! views in F32/F64/BF16, fused backward against the composite twins' backward, extreme values,
 //! wide rows (8192) on the parallel path, and error paths.
 
+// Naive references index plain arrays by position on purpose.
+#![allow(clippy::needless_range_loop)]
+
 mod common;
 
 use common::{arb_shape, arb_view, assert_close, config, count, input, tol, values, Nd, ViewKind};

@@ -1,6 +1,9 @@
 //! RoPE against a naive f64 reference over odd shapes, strided inputs, `[L, D]` and `[B, L, D]`
 //! tables and F32/F64/BF16; gradients against the composite twin; error paths.
 
+// Naive references index plain arrays by position on purpose.
+#![allow(clippy::needless_range_loop)]
+
 mod common;
 
 use common::{arb_view, assert_close, count, input, tol, values, Nd, ViewKind};

@@ -1,5 +1,8 @@
 //! Property tests of the elementwise unary ops against naive f64 references.
 
+// Naive references index plain arrays by position on purpose.
+#![allow(clippy::needless_range_loop)]
+
 mod common;
 
 use common::{arb_shape, arb_view, assert_close, count, input, tol, values, Nd};

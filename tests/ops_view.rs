@@ -1,5 +1,8 @@
 //! Property tests of views: they alias storage correctly and compose.
 
+// Naive references index plain arrays by position on purpose.
+#![allow(clippy::needless_range_loop)]
+
 mod common;
 
 use common::{arb_shape, arb_view, assert_close, count, input, values, Nd};

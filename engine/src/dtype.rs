@@ -146,7 +146,8 @@ pub mod num_like {
         fn erf(self) -> Self;
         fn max(self, o: Self) -> Self;
         fn min(self, o: Self) -> Self;
-        fn is_finite(self) -> bool;
+        fn is_finite(&self) -> bool;
+        fn is_nan(&self) -> bool;
     }
 
     macro_rules! num_like {
@@ -204,8 +205,12 @@ pub mod num_like {
                     <$t>::min(self, o)
                 }
                 #[inline(always)]
-                fn is_finite(self) -> bool {
-                    <$t>::is_finite(self)
+                fn is_finite(&self) -> bool {
+                    <$t>::is_finite(*self)
+                }
+                #[inline(always)]
+                fn is_nan(&self) -> bool {
+                    <$t>::is_nan(*self)
                 }
             }
         };

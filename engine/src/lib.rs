@@ -29,7 +29,7 @@ pub use dtype::{DType, Float, WithDType};
 pub use error::{Error, Result};
 pub use io::{LoadOptions, SafeTensorsFile};
 pub use ops::binary::CmpKind;
-pub use ops::{AttentionMask, AttentionOutput, RmsNormKind};
+pub use ops::{attention, AttentionMask, AttentionOutput, Reduction, RmsNormKind};
 pub use optim::{clip_grad_norm, grad_norm, AdamW, AdamWConfig, LrSchedule, NamedParams, Sgd, SgdConfig};
 pub use params::ParamStore;
 pub use shape::{Dim, Layout};

@@ -125,7 +125,7 @@ pub(crate) fn copy_into_view(dst: &mut CpuStorage, dst_layout: &Layout, src: &Cp
 pub(crate) fn rows_of(shape: &[usize]) -> (usize, usize) {
     let w = shape.last().copied().unwrap_or(1);
     let n: usize = shape.iter().product();
-    (if w == 0 { 0 } else { n / w }, w)
+    (n.checked_div(w).unwrap_or(0), w)
 }
 
 /// Split `[outer, d, inner]` around `dim`.

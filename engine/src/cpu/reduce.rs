@@ -36,7 +36,7 @@ pub(crate) fn select_dim<T: Float>(x: &[T], shape: &[usize], dim: usize, is_max:
                 let v = x[(o * d + k) * inner + i];
                 let better = if is_max { v > best } else { v < best };
                 // NaN propagates: once seen it is kept.
-                if better || (v != v && best == best) {
+                if better || (v.is_nan() && !best.is_nan()) {
                     best = v;
                     bi = k;
                 }

@@ -13,12 +13,13 @@ pub(crate) mod rope;
 pub(crate) mod unary;
 pub(crate) mod view;
 
-pub use attention::{AttentionMask, AttentionOutput};
+pub use attention::{attention, attention_composite, AttentionMask, AttentionOutput};
 pub use loss::{
     bce_with_logits, bce_with_logits_composite, cross_entropy, cross_entropy_composite, huber, huber_composite, mse,
     mse_composite, Reduction,
 };
 pub use norm::RmsNormKind;
+pub use rope::rope_composite;
 
 /// The names of every op the graph can record, by family. Tests use this list: each
 /// differentiable op needs a gradcheck entry and a property test.
