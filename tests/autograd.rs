@@ -134,3 +134,18 @@ fn deep_graphs_do_not_overflow_the_stack() {
     let g = h.sum_all().unwrap().backward().unwrap();
     close(g.get(&w).unwrap(), &Tensor::ones(&[2], DType::F64, Device::Cpu).unwrap(), 0.0);
 }
+
+#[test]
+fn reaching_an_op_without_backward_is_an_error() {
+    use vlm4vla::engine::{attention, AttentionMask};
+    let q = x(&[1, 3, 2, 4], 16).variable();
+    let k = x(&[1, 3, 2, 4], 17);
+    let v = x(&[1, 3, 2, 4], 18);
+    let a = attention(&q, &k, &v, &AttentionMask::Causal, None, 0.5).unwrap();
+    // The output has a backward rule ...
+    assert!(a.out.sum_all().unwrap().backward().unwrap().get(&q).is_some());
+    // ... the log-sum-exp does not: using it must fail loudly, naming the op.
+    assert!(a.lse.tracks_grad());
+    let err = a.lse.sum_all().unwrap().add(&a.out.sum_all().unwrap()).unwrap().backward().unwrap_err().to_string();
+    assert!(err.contains("attention_lse") && err.contains("no backward rule"), "{err}");
+}

@@ -333,34 +333,6 @@ fn attention_errors() {
     assert!(q.attention(&k, &k, &AttentionMask::PrefixLm(vec![0, 5]), None, 1.0).is_ok());
 }
 
-/// CPU timings for the size the report quotes: `cargo test --release --test ops_attention --
-/// --ignored --nocapture`.
-#[test]
-#[ignore]
-fn attention_timing_b2_l256_h8_d64() {
-    let shape = [2, 256, 8, 64];
-    let r = |seed| Tensor::rand_normal(0., 1., &shape, DType::F32, Device::Cpu, seed).unwrap().variable();
-    let (q, k, v) = (r(1), r(2), r(3));
-    let median = |mut xs: Vec<f64>| {
-        xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        xs[xs.len() / 2]
-    };
-    for mask in [AttentionMask::Full, AttentionMask::Causal] {
-        let (mut fwd, mut bwd) = (vec![], vec![]);
-        for _ in 0..11 {
-            let t0 = std::time::Instant::now();
-            let a = q.attention(&k, &v, &mask, None, 0.125).unwrap();
-            fwd.push(t0.elapsed().as_secs_f64() * 1e3);
-            let loss = a.out.sum_all().unwrap();
-            let t1 = std::time::Instant::now();
-            let g = loss.backward().unwrap();
-            bwd.push(t1.elapsed().as_secs_f64() * 1e3);
-            assert!(g.get(&q).is_some());
-        }
-        println!("attention {mask:?} B=2 L=256 H=8 D=64 f32: forward {:.2} ms, backward {:.2} ms (median of 11; backward includes the sum's gradient)", median(fwd), median(bwd));
-    }
-}
-
 /// Zero-sized batch, sequence and head dims give empty (or zero) outputs, never a panic.
 #[test]
 fn attention_empty_shapes() {

@@ -53,6 +53,9 @@ pub(crate) enum Op {
     Attention(ops::attention::AttentionOp),
     Loss(ops::loss::LossOp),
     Checkpoint(CheckpointOp),
+    /// An output that depends on tracked inputs but has no backward rule: reaching it while a
+    /// gradient flows is an error, never a silent cut.
+    NoBackward(NoBackwardOp),
 }
 
 /// What every op family implements for the autograd walk.
@@ -80,6 +83,7 @@ impl Op {
             Op::Attention(o) => o,
             Op::Loss(o) => o,
             Op::Checkpoint(o) => o,
+            Op::NoBackward(o) => o,
         }
     }
 
@@ -310,5 +314,25 @@ impl BackwardOp for CheckpointOp {
             grads.add_by_id(id, g)?;
         }
         Ok(())
+    }
+}
+
+/// The record of an output without a backward rule (e.g. attention's log-sum-exp).
+pub(crate) struct NoBackwardOp {
+    pub(crate) name: &'static str,
+    pub(crate) inputs: Vec<Tensor>,
+}
+
+impl BackwardOp for NoBackwardOp {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn inputs(&self) -> Vec<&Tensor> {
+        self.inputs.iter().collect()
+    }
+
+    fn backward(&self, _out: &Tensor, _grad: &Tensor, _grads: &mut Grads) -> Result<()> {
+        Err(Error::NoBackward { op: self.name })
     }
 }

@@ -195,8 +195,8 @@ fn heads_first<'a>(s: &'a CpuStorage, l: &Layout) -> Floats<'a> {
 ///
 /// Shapes: q `[B, Lq, Hq, D]`, k `[B, Lk, Hkv, D]`, v `[B, Lk, Hkv, Dv]` (any strided views) with
 /// `Hq % Hkv == 0`; `key_padding` is `[B, Lk]` u8 or i64, nonzero for real keys. Returns out
-/// `[B, Lq, Hq, Dv]` in q's dtype and lse `[B, Hq, Lq]` (f32, or f64 for f64 inputs; it carries no
-/// gradient). Rows that see no key get a zero output, `lse = -inf` and zero gradients.
+/// `[B, Lq, Hq, Dv]` in q's dtype and lse `[B, Hq, Lq]` (f32, or f64 for f64 inputs; it has no
+/// backward rule: a loss that uses it fails at `backward` with `Error::NoBackward`). Rows that see no key get a zero output, `lse = -inf` and zero gradients.
 ///
 /// ```
 /// use vlm4vla_engine::{AttentionMask, Device, DType, Tensor};
@@ -236,7 +236,18 @@ pub fn attention(
     let out = Tensor::from_op(out.into_storage(dtype), &out_shape, &[q, k, v], || {
         Op::Attention(AttentionOp { q: q.clone(), k: k.clone(), v: v.clone(), keys, lse: lse.clone(), scale })
     });
-    Ok(AttentionOutput { out, lse })
+    // The returned lse is recorded without a backward rule, so using it in a loss is an error
+    // at backward time rather than a silently missing gradient.
+    let lse_out = lse.view_with(
+        lse.layout().clone(),
+        crate::autograd::record(&[q, k, v], || {
+            Op::NoBackward(crate::autograd::NoBackwardOp {
+                name: "attention_lse",
+                inputs: vec![q.clone(), k.clone(), v.clone()],
+            })
+        }),
+    );
+    Ok(AttentionOutput { out, lse: lse_out })
 }
 
 /// The composite twin of [`attention`], from primitive ops (permute, matmul, scale, an additive

@@ -1,0 +1,69 @@
+//! The contract between a vision-language backbone and the VLA policy.
+
+use vlm4vla_engine::{ParamStore, Result, Tensor};
+
+/// A batch prepared by a family's processor.
+///
+/// Sequences are **left-padded** to a common length `L`, so every row's prompt ends at `L − 1`
+/// and rows appended after the prompt (the action queries) start at `L` in every row.
+#[derive(Clone, Debug)]
+pub struct BackboneInput {
+    /// Family-specific pixels: `[B, 3, H, W]` (PaliGemma, Kosmos-2) or Qwen's patch rows
+    /// `[Σ patches, 1176]` for the whole batch.
+    pub pixel_values: Tensor,
+    /// Qwen only: `(t, h, w)` patch grid per image.
+    pub image_grid_thw: Option<Vec<[usize; 3]>>,
+    /// `[B, L]` i64 token ids.
+    pub input_ids: Tensor,
+    /// `[B, L]` u8, 1 on real tokens, 0 on padding.
+    pub attention_mask: Tensor,
+    /// `[B, L]` u8 per-token type mask the family needs: Qwen `mm_token_type_ids` (1 on image
+    /// pads), PaliGemma `token_type_ids` (0 on the prefix, 1 on a suffix), Kosmos-2
+    /// `image_embeds_position_mask` (1 where image embeddings go).
+    pub token_type: Tensor,
+}
+
+/// Last-layer hidden states and where the appended rows are.
+#[derive(Clone, Debug)]
+pub struct BackboneOutput {
+    /// `[B, L + Q, hidden]`, after the final norm.
+    pub hidden: Tensor,
+    /// The sequence positions of the `Q` appended rows (`L..L + Q`).
+    pub appended: std::ops::Range<usize>,
+}
+
+/// Parameter groups, for freezing and for parameter counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ParamGroup {
+    Vision,
+    Connector,
+    LanguageModel,
+    Embeddings,
+}
+
+impl ParamGroup {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParamGroup::Vision => "vision",
+            ParamGroup::Connector => "connector",
+            ParamGroup::LanguageModel => "language_model",
+            ParamGroup::Embeddings => "embeddings",
+        }
+    }
+}
+
+/// What the VLA policy needs from any family.
+pub trait Backbone: Send + Sync {
+    /// The family name (`qwen2_5_vl`, `paligemma`, `kosmos2`).
+    fn family(&self) -> &'static str;
+    /// Width of the language model's hidden states (and of the appended embeddings).
+    fn hidden_size(&self) -> usize;
+    /// The parameters, keyed by their on-disk checkpoint names.
+    fn params(&self) -> &ParamStore;
+    /// Which group a parameter name belongs to.
+    fn group_of(&self, name: &str) -> ParamGroup;
+    /// Run the full model over image tokens + prompt tokens + `extra` rows `[B, Q, hidden]`
+    /// appended after the prompt. The appended rows see every real prompt token and the
+    /// appended rows before them (causal among themselves); prompt tokens never see them.
+    fn forward(&self, input: &BackboneInput, extra: Option<&Tensor>) -> Result<BackboneOutput>;
+}

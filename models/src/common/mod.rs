@@ -1,0 +1,3 @@
+//! What the families share: the `Backbone` trait the VLA policy drives.
+
+pub mod backbone;
