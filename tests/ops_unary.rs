@@ -52,7 +52,7 @@ fn cases() -> Vec<UnaryCase> {
 }
 
 proptest! {
-    #![proptest_config(common::config(24))]
+    #![proptest_config(common::config(64))]
 
     #[test]
     fn unary_ops_match_reference(
