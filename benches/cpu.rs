@@ -104,6 +104,9 @@ fn norm_rows(rows: usize, width: usize) -> Result<Vec<Row>> {
 }
 
 fn main() -> Result<()> {
+    // Other processes skew CPU timings badly on a 2-core machine: record the load we ran under.
+    let load =
+        std::fs::read_to_string("/proc/loadavg").ok().and_then(|s| s.split_whitespace().next().map(String::from));
     let mut rows = Vec::new();
     for n in [512, 1024, 2048] {
         rows.push(matmul_row(n, n, n, if n == 2048 { 3 } else { 5 })?);
@@ -140,8 +143,10 @@ fn main() -> Result<()> {
     md.push_str("# CPU benchmarks\n\n");
     md.push_str(&format!(
         "Machine: {cpu}, {threads} threads. Commit {commit}, {date}. Command: `cargo bench --bench cpu`.\n\
+         1-minute load average when the run started: {}.\n\
          Median of 3–7 runs after a warm-up; f32; attention GFLOP/s count the score and value GEMMs \
-         (halved for causal; backward counted as 2.5× forward).\n\n"
+         (halved for causal; backward counted as 2.5× forward).\n\n",
+        load.as_deref().unwrap_or("unknown")
     ));
     md.push_str("| op | shape | time (ms) | rate |\n|---|---|---:|---:|\n");
     for r in &rows {
