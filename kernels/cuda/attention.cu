@@ -51,7 +51,7 @@ struct AttnParams {
     int n_segments;
     float scale;
 };
-static_assert(sizeof(AttnParams) == 8 * 24 + 16 + 40, "AttnParams layout");
+static_assert(sizeof(AttnParams) == 248, "AttnParams layout");
 
 __device__ __forceinline__ i64 offset(const Strides& s, int b, int h, int l) {
     return (i64)b * s.b + (i64)h * s.h + (i64)l * s.l;

@@ -124,6 +124,11 @@ impl Compiler {
         GLOBAL.get_or_init(Compiler::new).as_ref().map_err(Clone::clone)
     }
 
+    /// Use `dir` (or no folder) as the on-disk cache instead of `$VLM4VLA_KERNEL_CACHE`.
+    pub fn set_disk_cache(&mut self, dir: Option<PathBuf>) {
+        self.disk = dir;
+    }
+
     pub fn nvrtc(&self) -> &Nvrtc {
         &self.nvrtc
     }

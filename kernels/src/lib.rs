@@ -15,6 +15,7 @@
 
 mod compile;
 mod nvrtc;
+pub mod params;
 pub mod paths;
 
 pub use compile::{arch_for_capability, parse_ptxas, Compiled, Compiler, Resources};

@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use vlm4vla_kernels::{Compiler, Kernel, Resources, KERNELS};
+use vlm4vla_kernels::{kernel, Compiler, Kernel, Resources, KERNELS};
 
 const ARCHS: &[&str] = &["sm_90a", "sm_80"];
 
@@ -66,16 +66,48 @@ fn check_arch(compiler: &Compiler, arch: &'static str) -> (Vec<Row>, Vec<String>
     (rows, failures)
 }
 
-#[test]
-fn every_kernel_compiles_with_nvrtc() {
-    let compiler = match Compiler::new() {
-        Ok(c) => c,
+/// A compiler, or `None` (with a note) when NVRTC is missing and `CI` is unset; with `CI` set a
+/// missing NVRTC fails the test.
+fn compiler_or_skip() -> Option<Compiler> {
+    match Compiler::new() {
+        Ok(c) => Some(c),
         Err(e) if std::env::var_os("CI").is_some() => panic!("CI is set but NVRTC is unavailable: {e}"),
         Err(e) => {
             eprintln!("skipping the NVRTC compile check (set CI=1 to make this an error): {e}");
-            return;
+            None
         }
-    };
+    }
+}
+
+#[test]
+fn compiled_kernels_are_cached_in_memory_and_on_disk() {
+    let Some(mut first) = compiler_or_skip() else { return };
+    let dir = std::env::temp_dir().join(format!("vlm4vla-kernel-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    first.set_disk_cache(Some(dir.clone()));
+    let unary = kernel("unary").expect("unary family");
+    let a = first.compile(unary, "sm_80").expect("unary compiles");
+    let again = first.compile(unary, "sm_80").expect("cached");
+    assert!(std::sync::Arc::ptr_eq(&a, &again), "the second compile must come from the memory cache");
+    let files: Vec<PathBuf> =
+        std::fs::read_dir(&dir).expect("cache folder").filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let ptx = files.iter().find(|p| p.extension().is_some_and(|e| e == "ptx")).expect("a .ptx in the cache");
+    assert!(files.iter().any(|p| p.extension().is_some_and(|e| e == "cubin")), "a .cubin in the cache");
+    // Mark the cached PTX: a fresh compiler must return the marked text, not recompile.
+    std::fs::write(ptx, format!("{}// read from the disk cache\n", a.ptx)).expect("rewrite the cached ptx");
+    let mut second = compiler_or_skip().expect("NVRTC loaded once already");
+    second.set_disk_cache(Some(dir.clone()));
+    let b = second.compile(unary, "sm_80").expect("from disk");
+    assert!(b.ptx.ends_with("// read from the disk cache\n"));
+    assert_eq!(a.cubin, b.cubin);
+    let other_arch = second.compile(unary, "sm_90a").expect("sm_90a compiles");
+    assert!(!other_arch.ptx.contains("read from the disk cache"), "another arch is another cache entry");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn every_kernel_compiles_with_nvrtc() {
+    let Some(compiler) = compiler_or_skip() else { return };
     // One thread per architecture (NVRTC is thread-safe across programs).
     let per_arch: Vec<(Vec<Row>, Vec<String>)> = std::thread::scope(|s| {
         let compiler = &compiler;
