@@ -159,7 +159,7 @@ pub static KERNELS: &[Kernel] = &[
         "attention",
         [op("attention", Dirs::Both), op("attention_dq", Dirs::Bwd)],
         fast_math: true,
-        must_not_spill: false
+        must_not_spill: true
     ),
     family!(
         "loss",
