@@ -204,8 +204,10 @@ __device__ void attention_bwd(const AttnParams p, const T* __restrict__ q, const
         dka[t] = 0.0f;
         dva[t] = 0.0f;
     }
+    // Causal: query i sees key j only if i >= j - (Lk - Lq), so earlier queries are skipped.
+    const int i_start = p.mask == MASK_CAUSAL ? max(0, (int)blockIdx.x * ATT_WARPS - (p.lk - p.lq)) : 0;
     for (int h = hk * group; h < (hk + 1) * group; ++h) {
-        for (int i0 = 0; i0 < p.lq; i0 += ATT_QTILE) {
+        for (int i0 = i_start; i0 < p.lq; i0 += ATT_QTILE) {
             __syncthreads();
             for (int idx = threadIdx.x; idx < ATT_QTILE * p.d; idx += blockDim.x) {
                 const int r = idx / p.d, c = idx - r * p.d;
