@@ -60,10 +60,7 @@ impl Nvrtc {
     /// `libnvrtc-builtins.so.*` next to it is loaded first with global visibility, so NVRTC finds
     /// it even when its folder is not on the loader's path (the pip wheels carry no RUNPATH).
     pub fn load(path: &Path) -> Result<Nvrtc, Error> {
-        let builtins = path.parent().and_then(builtins_next_to).and_then(|b| {
-            // SAFETY: loading NVIDIA's builtins library runs no initialisers with preconditions.
-            unsafe { libloading::os::unix::Library::open(Some(&b), libc_flags()).ok() }.map(Library::from)
-        });
+        let builtins = path.parent().and_then(builtins_next_to).and_then(|b| load_global(&b));
         // SAFETY: libnvrtc's initialisers have no preconditions; symbols are checked below.
         let lib = unsafe { Library::new(path) }
             .map_err(|e| Error::Load { path: path.display().to_string(), reason: e.to_string() })?;
@@ -195,9 +192,18 @@ impl Nvrtc {
     }
 }
 
-/// `RTLD_NOW | RTLD_GLOBAL`.
-fn libc_flags() -> c_int {
-    libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL
+/// Load `path` with global symbol visibility (`RTLD_NOW | RTLD_GLOBAL`).
+#[cfg(unix)]
+fn load_global(path: &Path) -> Option<Library> {
+    use libloading::os::unix::{Library as UnixLibrary, RTLD_GLOBAL, RTLD_NOW};
+    // SAFETY: loading NVIDIA's builtins library runs no initialisers with preconditions.
+    unsafe { UnixLibrary::open(Some(path), RTLD_NOW | RTLD_GLOBAL) }.ok().map(Library::from)
+}
+
+/// Elsewhere the loader finds the builtins next to NVRTC by itself.
+#[cfg(not(unix))]
+fn load_global(_path: &Path) -> Option<Library> {
+    None
 }
 
 /// The `libnvrtc-builtins.so.*` in `dir`, if there is one (not the `.alt` variant).
