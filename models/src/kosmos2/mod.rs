@@ -157,7 +157,8 @@ impl Kosmos2 {
         let shapes = param_shapes(&cfg);
         let expected: HashSet<&str> = shapes.iter().map(|(n, _)| n.as_str()).collect();
         for name in params.names() {
-            if !expected.contains(name.as_str()) && !(cfg.tie_word_embeddings && name == text::LM_HEAD) {
+            let tied_copy = cfg.tie_word_embeddings && name == text::LM_HEAD;
+            if !(expected.contains(name.as_str()) || tied_copy) {
                 return Err(Error::tensor(
                     SOURCE,
                     name,

@@ -53,7 +53,7 @@ impl Kosmos2Processor {
             return Err(Error::Invalid { op: OP, msg: format!("empty image ({h}×{w})") });
         }
         if rgb.len() != h * w * 3 {
-            let channels = if rgb.len() % (h * w) == 0 {
+            let channels = if rgb.len().is_multiple_of(h * w) {
                 format!("{} channels", rgb.len() / (h * w))
             } else {
                 "a size that is not a multiple of h×w".to_string()
