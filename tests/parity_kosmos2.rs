@@ -217,6 +217,14 @@ fn real_parameter_count() {
     assert_eq!(count("vision_model."), 303_179_776);
     assert_eq!(count("image_to_text_projection."), 19_015_680);
     assert_eq!(count("text_model."), 1_342_289_920);
+    use vlm4vla::models::kosmos2::group_of;
+    use vlm4vla::models::ParamGroup;
+    let by_group = |g: ParamGroup| -> usize {
+        shapes.iter().filter(|(n, _)| group_of(n) == g).map(|(_, s)| s.iter().product::<usize>()).sum()
+    };
+    assert_eq!(by_group(ParamGroup::Embeddings), 133_195_776);
+    assert_eq!(by_group(ParamGroup::LanguageModel), 1_342_289_920 - 133_195_776);
+    assert_eq!(by_group(ParamGroup::Connector), 19_015_680);
     // The class defaults parse to the same config.
     assert_eq!(Kosmos2Config::from_json(r#"{"model_type": "kosmos-2"}"#).unwrap(), cfg);
 }
@@ -389,4 +397,60 @@ fn bad_images_are_errors() {
     inp.token_type = Tensor::zeros(&[1, 13], DType::U8, Device::Cpu).unwrap();
     let e = err_of(m.forward(&inp, None));
     assert!(e.contains("image_embeds_position_mask"), "{e}");
+}
+
+#[test]
+fn loads_checkpoint_directories_single_and_sharded() {
+    use vlm4vla::engine::io;
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kosmos2-load-{}", std::process::id()));
+    let reference = model();
+    let ws = weights();
+    let all: Vec<(&str, &Tensor)> = ws.iter().collect();
+
+    let single = base.join("single");
+    std::fs::create_dir_all(&single).unwrap();
+    std::fs::copy(fixture("config.json"), single.join("config.json")).unwrap();
+    io::save(single.join("model.safetensors"), &all, None).unwrap();
+
+    let sharded = base.join("sharded");
+    std::fs::create_dir_all(&sharded).unwrap();
+    std::fs::copy(fixture("config.json"), sharded.join("config.json")).unwrap();
+    let (a, b) = all.split_at(all.len() / 2);
+    io::save(sharded.join("model-00001-of-00002.safetensors"), a, None).unwrap();
+    io::save(sharded.join("model-00002-of-00002.safetensors"), b, None).unwrap();
+    let map: serde_json::Map<String, serde_json::Value> = a
+        .iter()
+        .map(|(n, _)| (n.to_string(), "model-00001-of-00002.safetensors".into()))
+        .chain(b.iter().map(|(n, _)| (n.to_string(), "model-00002-of-00002.safetensors".into())))
+        .collect();
+    let index = serde_json::json!({ "metadata": {}, "weight_map": map });
+    std::fs::write(sharded.join("model.safetensors.index.json"), index.to_string()).unwrap();
+
+    let case = SafeTensorsFile::open(fixture("case_b1.safetensors")).unwrap();
+    let want = reference.forward_trace(&input(&case)).unwrap().logits.to_vec::<f32>().unwrap();
+    for dir in [&single, &sharded] {
+        let m = Kosmos2::load(dir, DType::F32).unwrap();
+        assert_eq!(m.params().len(), reference.params().len());
+        let got = m.forward_trace(&input(&case)).unwrap().logits.to_vec::<f32>().unwrap();
+        assert_eq!(got, want, "{}", dir.display());
+    }
+    let e = err_of(Kosmos2::load(base.join("nowhere"), DType::F32));
+    assert!(e.contains("nowhere"), "{e}");
+    std::fs::remove_dir_all(&base).unwrap();
+}
+
+#[test]
+fn bf16_forward_tracks_f32() {
+    let case = SafeTensorsFile::open(fixture("case_b2.safetensors")).unwrap();
+    let inp = input(&case);
+    let want = model().forward_trace(&inp).unwrap().last_hidden;
+    let mut ps = weights();
+    ps.to_dtype(DType::BF16).unwrap();
+    let m = Kosmos2::from_params(Kosmos2Config::tiny(), ps).unwrap();
+    let got = m.forward_trace(&inp).unwrap().last_hidden;
+    assert_eq!(got.dtype(), DType::BF16);
+    let real: Vec<bool> = inp.attention_mask.to_vec::<i64>().unwrap().iter().map(|&x| x != 0).collect();
+    let (abs, _) = compare(&got, &want, Some(&real), 0.0, 1.0);
+    println!("bf16 vs f32 last hidden: max abs err {abs:.3e}");
+    assert!(abs < 0.25, "bf16 last hidden differs from f32 by {abs}");
 }
