@@ -1,1 +1,369 @@
-//! (Being built: see the issue tracker.)
+//! Kosmos-2 (`microsoft/kosmos-2-patch14-224`): a CLIP ViT-L/14 vision tower, a latent-query
+//! connector and a Magneto-style decoder, mirroring `Kosmos2ForConditionalGeneration` in
+//! transformers 5.24.0 (`models/kosmos2/modeling_kosmos2.py`), loaded by on-disk tensor name.
+//!
+//! ```
+//! use vlm4vla_engine::DType;
+//! use vlm4vla_models::kosmos2::{Kosmos2, Kosmos2Config, Kosmos2Processor};
+//! let cfg = Kosmos2Config::tiny();
+//! let model = Kosmos2::random(cfg.clone(), 0, DType::F32).unwrap();
+//! let proc = Kosmos2Processor::new(&cfg);
+//! let rgb = vec![128u8; 28 * 28 * 3];
+//! let pixels = proc.preprocess(&rgb, 28, 28).unwrap();
+//! let batch = proc.collate(&[pixels], &[vec![20, 21, 22]]).unwrap();
+//! let trace = model.forward_trace(&batch).unwrap();
+//! assert_eq!(trace.logits.shape(), &[1, 14, 128]);
+//! ```
+
+mod clip;
+pub mod config;
+mod connector;
+mod nn;
+pub mod processor;
+mod text;
+
+pub use config::{Activation, Kosmos2Config, TextConfig, VisionConfig};
+pub use processor::Kosmos2Processor;
+
+use crate::common::backbone::{Backbone, BackboneInput, BackboneOutput, ParamGroup};
+use std::collections::HashSet;
+use std::path::Path;
+use vlm4vla_engine::{DType, Device, Error, ParamStore, Result, SafeTensorsFile, Tensor};
+
+const SOURCE: &str = "Kosmos2";
+
+/// Every parameter's on-disk name and shape, in a fixed order (vision, connector, text). With
+/// tied embeddings there is no `text_model.lm_head.weight`. Computed without allocating.
+pub fn param_shapes(cfg: &Kosmos2Config) -> Vec<(String, Vec<usize>)> {
+    let mut out: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut add = |n: String, s: &[usize]| out.push((n, s.to_vec()));
+    let v = &cfg.vision;
+    let (vd, vp) = (v.hidden_size, clip::PREFIX);
+    add(format!("{vp}.embeddings.class_embedding"), &[vd]);
+    add(format!("{vp}.embeddings.patch_embedding.weight"), &[vd, v.num_channels, v.patch_size, v.patch_size]);
+    add(format!("{vp}.embeddings.position_embedding.weight"), &[v.num_positions(), vd]);
+    add(format!("{vp}.pre_layrnorm.weight"), &[vd]);
+    add(format!("{vp}.pre_layrnorm.bias"), &[vd]);
+    for i in 0..v.num_hidden_layers {
+        let l = format!("{vp}.encoder.layers.{i}");
+        for p in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+            add(format!("{l}.self_attn.{p}.weight"), &[vd, vd]);
+            add(format!("{l}.self_attn.{p}.bias"), &[vd]);
+        }
+        add(format!("{l}.layer_norm1.weight"), &[vd]);
+        add(format!("{l}.layer_norm1.bias"), &[vd]);
+        add(format!("{l}.mlp.fc1.weight"), &[v.intermediate_size, vd]);
+        add(format!("{l}.mlp.fc1.bias"), &[v.intermediate_size]);
+        add(format!("{l}.mlp.fc2.weight"), &[vd, v.intermediate_size]);
+        add(format!("{l}.mlp.fc2.bias"), &[vd]);
+        add(format!("{l}.layer_norm2.weight"), &[vd]);
+        add(format!("{l}.layer_norm2.bias"), &[vd]);
+    }
+    add(format!("{vp}.post_layernorm.weight"), &[vd]);
+    add(format!("{vp}.post_layernorm.bias"), &[vd]);
+
+    let t = &cfg.text;
+    let (d, cp) = (t.embed_dim, connector::PREFIX);
+    add(format!("{cp}.dense.weight"), &[d, vd]);
+    add(format!("{cp}.dense.bias"), &[d]);
+    add(format!("{cp}.latent_query"), &[cfg.latent_query_num, d]);
+    for p in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+        add(format!("{cp}.x_attn.{p}.weight"), &[d, d]);
+        add(format!("{cp}.x_attn.{p}.bias"), &[d]);
+    }
+
+    let tp = text::PREFIX;
+    add(text::EMBED.to_string(), &[t.vocab_size, d]);
+    for i in 0..t.layers {
+        let l = format!("{tp}.layers.{i}");
+        for p in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+            add(format!("{l}.self_attn.{p}.weight"), &[d, d]);
+            add(format!("{l}.self_attn.{p}.bias"), &[d]);
+        }
+        add(format!("{l}.self_attn.inner_attn_ln.weight"), &[d]);
+        add(format!("{l}.self_attn.inner_attn_ln.bias"), &[d]);
+        add(format!("{l}.self_attn_layer_norm.weight"), &[d]);
+        add(format!("{l}.self_attn_layer_norm.bias"), &[d]);
+        add(format!("{l}.ffn.fc1.weight"), &[t.ffn_dim, d]);
+        add(format!("{l}.ffn.fc1.bias"), &[t.ffn_dim]);
+        add(format!("{l}.ffn.fc2.weight"), &[d, t.ffn_dim]);
+        add(format!("{l}.ffn.fc2.bias"), &[d]);
+        add(format!("{l}.ffn.ffn_layernorm.weight"), &[t.ffn_dim]);
+        add(format!("{l}.ffn.ffn_layernorm.bias"), &[t.ffn_dim]);
+        add(format!("{l}.final_layer_norm.weight"), &[d]);
+        add(format!("{l}.final_layer_norm.bias"), &[d]);
+    }
+    add(format!("{tp}.layer_norm.weight"), &[d]);
+    add(format!("{tp}.layer_norm.bias"), &[d]);
+    if !cfg.tie_word_embeddings {
+        add(text::LM_HEAD.to_string(), &[t.vocab_size, d]);
+    }
+    out
+}
+
+/// Total number of parameters of `cfg` (1,664,485,376 for `kosmos-2-patch14-224`).
+pub fn num_params(cfg: &Kosmos2Config) -> usize {
+    param_shapes(cfg).iter().map(|(_, s)| s.iter().product::<usize>()).sum()
+}
+
+/// Which group a Kosmos-2 parameter name belongs to.
+pub fn group_of(name: &str) -> ParamGroup {
+    if name.starts_with("vision_model.") {
+        ParamGroup::Vision
+    } else if name.starts_with("image_to_text_projection.") {
+        ParamGroup::Connector
+    } else if name == text::EMBED || name == text::LM_HEAD {
+        ParamGroup::Embeddings
+    } else {
+        ParamGroup::LanguageModel
+    }
+}
+
+/// Everything one forward pass produces, for parity tests and inspection.
+#[derive(Clone, Debug)]
+pub struct Kosmos2Trace {
+    /// Every vision encoder layer's output, `[B, 1 + N, vision hidden]`.
+    pub vision_layers: Vec<Tensor>,
+    /// The connector output, `[B, latent_query_num, embed_dim]`.
+    pub image_features: Tensor,
+    /// Every decoder block's output, `[B, T, embed_dim]`.
+    pub layers: Vec<Tensor>,
+    /// After the final LayerNorm, `[B, T, embed_dim]`.
+    pub last_hidden: Tensor,
+    /// `[B, T, vocab]`.
+    pub logits: Tensor,
+}
+
+/// The Kosmos-2 model: a config and its parameters by on-disk name.
+#[derive(Clone)]
+pub struct Kosmos2 {
+    cfg: Kosmos2Config,
+    params: ParamStore,
+}
+
+impl std::fmt::Debug for Kosmos2 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kosmos2").field("cfg", &self.cfg).field("params", &self.params.len()).finish()
+    }
+}
+
+impl Kosmos2 {
+    /// Build from named parameters. Every name of [`param_shapes`] must be present with exactly
+    /// that shape, and no other name may be (a `text_model.lm_head.weight` in a tied checkpoint
+    /// is dropped: it equals the embeddings). All parameters must share one float dtype.
+    /// `requires_grad` flags are kept.
+    pub fn from_params(cfg: Kosmos2Config, params: ParamStore) -> Result<Kosmos2> {
+        cfg.validate().map_err(|msg| Error::Invalid { op: "Kosmos2::from_params", msg })?;
+        let shapes = param_shapes(&cfg);
+        let expected: HashSet<&str> = shapes.iter().map(|(n, _)| n.as_str()).collect();
+        for name in params.names() {
+            let tied_copy = cfg.tie_word_embeddings && name == text::LM_HEAD;
+            if !(expected.contains(name.as_str()) || tied_copy) {
+                return Err(Error::tensor(
+                    SOURCE,
+                    name,
+                    "unexpected tensor: Kosmos-2 with this config has no such parameter",
+                ));
+            }
+        }
+        let mut store = ParamStore::new();
+        let mut dtype: Option<(DType, &str)> = None;
+        for (name, shape) in &shapes {
+            if !params.contains(name) {
+                return Err(Error::tensor(SOURCE, name, format!("missing (expected shape {shape:?})")));
+            }
+            let t = params.get(name)?;
+            if t.shape() != shape.as_slice() {
+                return Err(Error::tensor(SOURCE, name, format!("expected shape {shape:?}, found {:?}", t.shape())));
+            }
+            if !t.dtype().is_float() {
+                return Err(Error::tensor(SOURCE, name, format!("expected a float tensor, found {}", t.dtype())));
+            }
+            match dtype {
+                None => dtype = Some((t.dtype(), name)),
+                Some((d, first)) if d != t.dtype() => {
+                    return Err(Error::tensor(
+                        SOURCE,
+                        name,
+                        format!("dtype {} differs from `{first}` ({d}); convert the store first", t.dtype()),
+                    ))
+                }
+                _ => {}
+            }
+            store.insert(name.clone(), &t)?;
+            store.set_requires_grad(name, params.requires_grad(name)?)?;
+        }
+        Ok(Kosmos2 { cfg, params: store })
+    }
+
+    /// A randomly initialised model (seeded, reproducible): Linear and embedding weights
+    /// N(0, 0.02²) (the checkpoint's `init_std`), latent queries N(0, 1), the class embedding
+    /// N(0, 1/hidden), LayerNorms at identity, biases zero, the padding row of the embeddings zero.
+    pub fn random(cfg: Kosmos2Config, seed: u64, dtype: DType) -> Result<Kosmos2> {
+        if !dtype.is_float() {
+            return Err(Error::Invalid { op: "Kosmos2::random", msg: format!("dtype {dtype} is not a float dtype") });
+        }
+        let mut ps = ParamStore::new();
+        for (i, (name, shape)) in param_shapes(&cfg).into_iter().enumerate() {
+            let s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i as u64);
+            let dev = Device::Cpu;
+            let is_norm = name.contains("layer_norm")
+                || name.contains("layrnorm")
+                || name.contains("layernorm")
+                || name.contains("inner_attn_ln");
+            let t = if name.ends_with("latent_query") {
+                Tensor::rand_normal(0.0, 1.0, &shape, dtype, dev, s)?
+            } else if name.ends_with("class_embedding") {
+                Tensor::rand_normal(0.0, (shape[0] as f64).powf(-0.5), &shape, dtype, dev, s)?
+            } else if is_norm && name.ends_with(".weight") {
+                Tensor::ones(&shape, dtype, dev)?
+            } else if shape.len() == 1 {
+                Tensor::zeros(&shape, dtype, dev)?
+            } else if name == text::EMBED {
+                let mut v = Tensor::rand_normal(0.0, 0.02, &shape, DType::F32, dev, s)?.to_vec::<f32>()?;
+                let pad = cfg.text.pad_token_id as usize;
+                v[pad * shape[1]..(pad + 1) * shape[1]].fill(0.0);
+                Tensor::from_vec(v, &shape, dev)?.to_dtype(dtype)?
+            } else {
+                Tensor::rand_normal(0.0, 0.02, &shape, dtype, dev, s)?
+            };
+            ps.insert(name, &t)?;
+        }
+        Ok(Kosmos2 { cfg, params: ps })
+    }
+
+    /// Load a checkpoint directory (`config.json` + `model.safetensors`, or the shards listed by
+    /// `model.safetensors.index.json`), converting every tensor to `dtype`.
+    pub fn load(dir: impl AsRef<Path>, dtype: DType) -> Result<Kosmos2> {
+        let dir = dir.as_ref();
+        let cfg = Kosmos2Config::from_file(dir.join("config.json"))?;
+        let files = checkpoint_files(dir)?;
+        let mut ps = ParamStore::new();
+        for f in files {
+            let st = SafeTensorsFile::open(&f)?;
+            for name in st.names() {
+                if ps.contains(name) {
+                    return Err(Error::tensor(&f, name, "appears in more than one shard"));
+                }
+                ps.insert(name, &st.get(name, Some(dtype))?)?;
+            }
+        }
+        Self::from_params(cfg, ps)
+    }
+
+    pub fn config(&self) -> &Kosmos2Config {
+        &self.cfg
+    }
+
+    /// The parameters, by on-disk name (mutable for freezing and dtype changes).
+    pub fn params_mut(&mut self) -> &mut ParamStore {
+        &mut self.params
+    }
+
+    /// The image embeddings the decoder receives: `[B, latent_query_num, embed_dim]`.
+    pub fn image_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let vis = clip::forward(&self.cfg.vision, &self.params, pixel_values)?;
+        connector::forward(&self.cfg, &self.params, &vis.features)
+    }
+
+    /// The full forward pass with every intermediate the parity tests compare.
+    pub fn forward_trace(&self, input: &BackboneInput) -> Result<Kosmos2Trace> {
+        let (vision_layers, image_features, layers, last_hidden) = self.run(input, None)?;
+        let logits = text::logits(&self.cfg, &self.params, &last_hidden)?;
+        Ok(Kosmos2Trace { vision_layers, image_features, layers, last_hidden, logits })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn run(&self, input: &BackboneInput, extra: Option<&Tensor>) -> Result<(Vec<Tensor>, Tensor, Vec<Tensor>, Tensor)> {
+        let ids = &input.input_ids;
+        if ids.rank() != 2 || ids.dtype() != DType::I64 {
+            return Err(Error::Invalid {
+                op: SOURCE,
+                msg: format!("input_ids must be [batch, len] i64, found {:?} {}", ids.shape(), ids.dtype()),
+            });
+        }
+        let (b, l) = (ids.shape()[0], ids.shape()[1]);
+        if input.pixel_values.rank() != 4 || input.pixel_values.shape()[0] != b {
+            return Err(Error::Invalid {
+                op: SOURCE,
+                msg: format!(
+                    "pixel_values must be [{b}, {}, {}, {}] (one image per sequence), found {:?}",
+                    self.cfg.vision.num_channels,
+                    self.cfg.vision.image_size,
+                    self.cfg.vision.image_size,
+                    input.pixel_values.shape()
+                ),
+            });
+        }
+        let attn = text::mask_u8("attention_mask", &input.attention_mask, b, l)?;
+        let img_mask = text::mask_u8("image_embeds_position_mask", &input.token_type, b, l)?;
+        let vis = clip::forward(&self.cfg.vision, &self.params, &input.pixel_values)?;
+        let image = connector::forward(&self.cfg, &self.params, &vis.features)?;
+        let h = text::embed(&self.cfg.text, &self.params, ids, &img_mask, &image, extra)?;
+        let key_padding = match extra {
+            Some(x) => {
+                let ones = Tensor::ones(&[b, x.shape()[1]], DType::U8, attn.device())?;
+                Tensor::cat(&[&attn, &ones], 1)?
+            }
+            None => attn,
+        };
+        let (layers, last) = text::decode(&self.cfg.text, &self.params, h, &key_padding)?;
+        Ok((vis.layers, image, layers, last))
+    }
+}
+
+impl Backbone for Kosmos2 {
+    fn family(&self) -> &'static str {
+        "kosmos2"
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.cfg.text.embed_dim
+    }
+
+    fn params(&self) -> &ParamStore {
+        &self.params
+    }
+
+    fn group_of(&self, name: &str) -> ParamGroup {
+        group_of(name)
+    }
+
+    /// The decoder's last hidden states (after the final LayerNorm). Appended rows are treated
+    /// like token embeddings: scaled by `sqrt(embed_dim)`, given the positions that follow each
+    /// row's last real token, causal among themselves and seeing every real prompt token.
+    fn forward(&self, input: &BackboneInput, extra: Option<&Tensor>) -> Result<BackboneOutput> {
+        let l = input.input_ids.shape().get(1).copied().unwrap_or(0);
+        let q = extra.map_or(0, |x| x.shape().get(1).copied().unwrap_or(0));
+        let (_, _, _, hidden) = self.run(input, extra)?;
+        Ok(BackboneOutput { hidden, appended: l..l + q })
+    }
+}
+
+/// The safetensors files of a checkpoint directory.
+fn checkpoint_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if !index.is_file() {
+        return Err(Error::file(dir, "no model.safetensors or model.safetensors.index.json"));
+    }
+    let text = std::fs::read_to_string(&index).map_err(|e| Error::io(format!("reading {}", index.display()), e))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::file(&index, format!("invalid JSON: {e}")))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::file(&index, "`weight_map` must be an object"))?;
+    let mut files: Vec<String> = Vec::new();
+    for (name, f) in map {
+        let f = f.as_str().ok_or_else(|| Error::file(&index, format!("`weight_map.{name}` must be a file name")))?;
+        if !files.iter().any(|x| x == f) {
+            files.push(f.to_string());
+        }
+    }
+    files.sort();
+    Ok(files.into_iter().map(|f| dir.join(f)).collect())
+}
