@@ -376,3 +376,21 @@ fn bad_inputs_are_errors_naming_the_culprit() {
     let err = good.forward(&bad, None).unwrap_err().to_string();
     assert!(err.contains("token_type_ids"), "{err}");
 }
+
+/// The same model in bf16 runs (pixels and image features cast to the weight dtype, the embedding
+/// scale rounded to bf16) and stays close to f32.
+#[test]
+fn bf16_parameters_run_close_to_f32() {
+    let mut model = PaliGemma::random(PaliGemmaConfig::tiny(), 7, DType::F32).unwrap();
+    let input = tiny_batch(&model, 2);
+    let reference = model.forward(&input, None).unwrap().hidden;
+    model.params_mut().to_dtype(DType::BF16).unwrap();
+    assert_eq!(model.dtype().unwrap(), DType::BF16);
+    let hidden = model.forward(&input, None).unwrap().hidden;
+    assert_eq!(hidden.dtype(), DType::BF16);
+    let diff =
+        hidden.to_dtype(DType::F32).unwrap().sub(&reference).unwrap().norm_l2().unwrap().to_scalar::<f64>().unwrap();
+    let rel = diff / reference.norm_l2().unwrap().to_scalar::<f64>().unwrap();
+    println!("bf16 vs f32 last hidden: relative error {rel:.2e}");
+    assert!(rel < 3e-2, "bf16 relative error {rel}");
+}
