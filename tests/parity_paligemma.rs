@@ -394,3 +394,22 @@ fn bf16_parameters_run_close_to_f32() {
     println!("bf16 vs f32 last hidden: relative error {rel:.2e}");
     assert!(rel < 3e-2, "bf16 relative error {rel}");
 }
+
+/// Parameter groups cover the model as MODELS.md splits it, and a frozen vision tower gets no
+/// gradient while the rest still does.
+#[test]
+fn groups_and_freezing() {
+    use vlm4vla::models::ParamGroup;
+    let mut model = PaliGemma::random(PaliGemmaConfig::tiny(), 4, DType::F32).unwrap();
+    assert_eq!(model.group_of("vision_tower.encoder.layers.0.mlp.fc1.weight"), ParamGroup::Vision);
+    assert_eq!(model.group_of("multi_modal_projector.linear.bias"), ParamGroup::Connector);
+    assert_eq!(model.group_of("language_model.model.embed_tokens.weight"), ParamGroup::Embeddings);
+    assert_eq!(model.group_of("language_model.model.layers.1.mlp.up_proj.weight"), ParamGroup::LanguageModel);
+    let frozen = model.params_mut().freeze_prefix("vision_tower.");
+    assert_eq!(frozen, param_shapes(model.config()).iter().filter(|(n, _)| n.starts_with("vision_tower.")).count());
+    let input = tiny_batch(&model, 3);
+    let grads = model.forward(&input, None).unwrap().hidden.sum_all().unwrap().backward().unwrap();
+    for (name, t) in model.params().iter() {
+        assert_eq!(grads.get(t).is_some(), !name.starts_with("vision_tower."), "{name}");
+    }
+}
