@@ -1,0 +1,119 @@
+//! The Gemma (1) decoder as PaliGemma drives it, mirroring transformers 5.24.0
+//! `models/gemma/modeling_gemma.py` and the embedding merge of `models/paligemma/modeling_paligemma.py`.
+//!
+//! Text embeddings are scaled by `sqrt(hidden)` (the scale first rounded to the weight dtype);
+//! projected image features replace the image-token rows unscaled. Layers are pre-norm with
+//! Gemma's `(1 + w)` RMSNorm, MQA/GQA attention with half-split RoPE (θ from the config,
+//! positions 1-based), a tanh-GeGLU MLP and no biases; a final RMSNorm; `lm_head` is tied to the
+//! embedding unless the config says otherwise.
+
+use super::config::{PaliGemmaConfig, TextConfig};
+use super::names::{EMBED, LM_HEAD, TEXT};
+use super::siglip::{activation, linear};
+use vlm4vla_engine::{AttentionMask, DType, Device, Error, ParamStore, Result, RmsNormKind, Tensor};
+
+/// `sqrt(hidden)` rounded to `dtype`, as `embed_scale.to(weight.dtype)` does.
+fn embed_scale(hidden: usize, dtype: DType) -> Result<f64> {
+    let s = (hidden as f64).sqrt();
+    Ok(Tensor::full(s, &[1], dtype, Device::Cpu)?.to_vec::<f64>()?[0])
+}
+
+/// Token embeddings `[B, L, hidden]` of `ids` `[B, L]`, scaled; image tokens whose id is outside
+/// the vocabulary look up row 0 (they are overwritten by image features anyway). Lookups of the
+/// pad id pass no gradient to its row (`nn.Embedding(padding_idx=pad)`).
+pub(crate) fn embed(cfg: &PaliGemmaConfig, ps: &ParamStore, ids: &[i64], b: usize, l: usize) -> Result<Tensor> {
+    let t = &cfg.text;
+    let table = ps.get(&format!("{EMBED}.weight"))?;
+    let mut lookup = Vec::with_capacity(ids.len());
+    for (i, &id) in ids.iter().enumerate() {
+        if id == cfg.image_token_id && id >= t.vocab_size as i64 {
+            lookup.push(0);
+        } else if id < 0 || id >= t.vocab_size as i64 {
+            return Err(Error::tensor(
+                "paligemma input",
+                "input_ids",
+                format!("id {id} at [{}, {}] is outside the vocabulary 0..{}", i / l, i % l, t.vocab_size),
+            ));
+        } else {
+            lookup.push(id);
+        }
+    }
+    let idx = Tensor::from_vec(lookup, &[b * l], table.device())?;
+    let mut e = table.index_select(0, &idx)?.reshape(&[b, l, t.hidden_size])?;
+    if let Some(pad) = t.pad_token_id {
+        if e.tracks_grad() && ids.contains(&pad) {
+            let m: Vec<u8> = ids.iter().map(|&id| u8::from(id == pad)).collect();
+            let m = Tensor::from_vec(m, &[b, l, 1], table.device())?;
+            e = Tensor::where_cond(&m, &e.detach(), &e)?;
+        }
+    }
+    e.scale(embed_scale(t.hidden_size, table.dtype())?)
+}
+
+/// RoPE tables `[L, head_dim]` for positions `start, start + 1, …`, computed in f32 as
+/// `GemmaRotaryEmbedding` does (`inv_freq = 1 / θ^(2i/d)`, `cat(freqs, freqs)`), cast to `dtype`.
+fn rope_tables(t: &TextConfig, start: usize, len: usize, dtype: DType) -> Result<(Tensor, Tensor)> {
+    let d = t.head_dim;
+    let half = d / 2;
+    let theta = t.rope_theta as f32;
+    let inv: Vec<f32> = (0..half).map(|i| 1.0f32 / theta.powf((2 * i) as f32 / d as f32)).collect();
+    let mut cos = Vec::with_capacity(len * d);
+    let mut sin = Vec::with_capacity(len * d);
+    for p in start..start + len {
+        for _ in 0..2 {
+            for &f in &inv {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+    }
+    let cos = Tensor::from_vec(cos, &[len, d], Device::Cpu)?.to_dtype(dtype)?;
+    let sin = Tensor::from_vec(sin, &[len, d], Device::Cpu)?.to_dtype(dtype)?;
+    Ok((cos, sin))
+}
+
+fn rms(ps: &ParamStore, name: &str, x: &Tensor, eps: f64) -> Result<Tensor> {
+    let w = ps.get(&format!("{name}.weight"))?;
+    x.rms_norm(Some(&w), eps, RmsNormKind::Gemma)
+}
+
+/// Run the decoder layers over `x` `[B, L, hidden]` (positions 1..=L) and the final norm.
+/// Pushes every layer's output to `trace` when given.
+pub(crate) fn decoder(
+    t: &TextConfig,
+    ps: &ParamStore,
+    mut x: Tensor,
+    mask: &AttentionMask,
+    key_padding: Option<&Tensor>,
+    mut trace: Option<&mut Vec<Tensor>>,
+) -> Result<Tensor> {
+    let (b, l) = (x.shape()[0], x.shape()[1]);
+    let (hq, hkv, hd) = (t.num_attention_heads, t.num_key_value_heads, t.head_dim);
+    let (cos, sin) = rope_tables(t, 1, l, x.dtype())?;
+    let scale = (hd as f64).powf(-0.5);
+    for i in 0..t.num_hidden_layers {
+        let p = format!("{TEXT}layers.{i}.");
+        let a = rms(ps, &format!("{p}input_layernorm"), &x, t.rms_norm_eps)?;
+        let q = linear(ps, &format!("{p}self_attn.q_proj"), &a, false)?.reshape(&[b, l, hq, hd])?;
+        let k = linear(ps, &format!("{p}self_attn.k_proj"), &a, false)?.reshape(&[b, l, hkv, hd])?;
+        let v = linear(ps, &format!("{p}self_attn.v_proj"), &a, false)?.reshape(&[b, l, hkv, hd])?;
+        let (q, k) = (q.rope(&cos, &sin)?, k.rope(&cos, &sin)?);
+        let o = q.attention(&k, &v, mask, key_padding, scale)?.out.reshape(&[b, l, hq * hd])?;
+        x = x.add(&linear(ps, &format!("{p}self_attn.o_proj"), &o, false)?)?;
+        let m = rms(ps, &format!("{p}post_attention_layernorm"), &x, t.rms_norm_eps)?;
+        let gate = activation(&linear(ps, &format!("{p}mlp.gate_proj"), &m, false)?, t.hidden_act)?;
+        let up = linear(ps, &format!("{p}mlp.up_proj"), &m, false)?;
+        x = x.add(&linear(ps, &format!("{p}mlp.down_proj"), &gate.mul(&up)?, false)?)?;
+        if let Some(tr) = trace.as_deref_mut() {
+            tr.push(x.clone());
+        }
+    }
+    rms(ps, &format!("{TEXT}norm"), &x, t.rms_norm_eps)
+}
+
+/// Logits `[B, L, vocab]` from the final hidden states (tied to the embedding unless untied).
+pub(crate) fn lm_head(cfg: &PaliGemmaConfig, ps: &ParamStore, hidden: &Tensor) -> Result<Tensor> {
+    let name = if cfg.tie_word_embeddings { format!("{EMBED}.weight") } else { format!("{LM_HEAD}.weight") };
+    hidden.matmul(&ps.get(&name)?.t()?)
+}

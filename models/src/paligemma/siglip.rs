@@ -1,0 +1,102 @@
+//! The SigLIP vision tower as PaliGemma uses it, mirroring transformers 5.24.0
+//! `models/siglip/modeling_siglip.py` (`SiglipVisionTransformer` without the pooling head).
+//!
+//! Patch embedding (a stride-`p` convolution with bias, done as one matmul over the flattened
+//! patches) + learned positions, pre-LN encoder layers (MHA with biases, tanh-GELU MLP), then
+//! `post_layernorm`; the whole `last_hidden_state` `[B, (S/p)², hidden]` is the output.
+
+use super::config::{Activation, VisionConfig};
+use super::names::VISION;
+use vlm4vla_engine::{AttentionMask, Error, ParamStore, Result, Tensor};
+
+/// `x Wᵀ (+ b)` with the parameters `{prefix}.weight` / `{prefix}.bias`.
+pub(crate) fn linear(ps: &ParamStore, prefix: &str, x: &Tensor, bias: bool) -> Result<Tensor> {
+    let w = ps.get(&format!("{prefix}.weight"))?;
+    let y = x.matmul(&w.t()?)?;
+    if bias {
+        y.add(&ps.get(&format!("{prefix}.bias"))?)
+    } else {
+        Ok(y)
+    }
+}
+
+pub(crate) fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
+    match act {
+        Activation::GeluTanh => x.gelu_tanh(),
+        Activation::Gelu => x.gelu(),
+        Activation::QuickGelu => x.quick_gelu(),
+    }
+}
+
+fn layer_norm(ps: &ParamStore, prefix: &str, x: &Tensor, eps: f64) -> Result<Tensor> {
+    let w = ps.get(&format!("{prefix}.weight"))?;
+    let b = ps.get(&format!("{prefix}.bias"))?;
+    x.layer_norm(Some(&w), Some(&b), eps)
+}
+
+/// Check `pixel_values` is `[B, C, S, S]` for this tower.
+pub(crate) fn check_pixels(cfg: &VisionConfig, pixels: &Tensor) -> Result<()> {
+    let s = pixels.shape();
+    let want = [cfg.num_channels, cfg.image_size, cfg.image_size];
+    if s.len() != 4 || s[1..] != want || s[0] == 0 {
+        return Err(Error::tensor(
+            "paligemma input",
+            "pixel_values",
+            format!("expected shape [B, {}, {}, {}] with B ≥ 1, found {s:?}", want[0], want[1], want[2]),
+        ));
+    }
+    if !pixels.dtype().is_float() {
+        return Err(Error::tensor(
+            "paligemma input",
+            "pixel_values",
+            format!("expected a float tensor (normalised pixels), found {}", pixels.dtype()),
+        ));
+    }
+    Ok(())
+}
+
+/// Run the tower over `pixels` `[B, C, S, S]`; returns the post-LN last hidden state
+/// `[B, N, hidden]` and pushes every encoder layer's output to `trace` when given.
+pub(crate) fn forward(
+    cfg: &VisionConfig,
+    ps: &ParamStore,
+    pixels: &Tensor,
+    mut trace: Option<&mut Vec<Tensor>>,
+) -> Result<Tensor> {
+    check_pixels(cfg, pixels)?;
+    let (b, c, p, g) = (pixels.shape()[0], cfg.num_channels, cfg.patch_size, cfg.grid());
+    let h = cfg.hidden_size;
+    let conv_w = ps.get(&format!("{VISION}embeddings.patch_embedding.weight"))?;
+    let conv_b = ps.get(&format!("{VISION}embeddings.patch_embedding.bias"))?;
+    let pos = ps.get(&format!("{VISION}embeddings.position_embedding.weight"))?;
+    // [B, C, g·p, g·p] → [B, g, g, C, p, p] → rows of C·p·p values in (c, py, px) order, the
+    // conv weight's own order, patches row-major over the grid.
+    let patches = pixels
+        .to_dtype(conv_w.dtype())?
+        .reshape(&[b, c, g, p, g, p])?
+        .permute(&[0, 2, 4, 1, 3, 5])?
+        .reshape(&[b, g * g, c * p * p])?;
+    let w = conv_w.reshape(&[h, c * p * p])?;
+    let mut x = patches.matmul(&w.t()?)?.add(&conv_b)?.add(&pos)?;
+
+    let heads = cfg.num_attention_heads;
+    let hd = cfg.head_dim();
+    let n = g * g;
+    let scale = (hd as f64).powf(-0.5);
+    for i in 0..cfg.num_hidden_layers {
+        let l = format!("{VISION}encoder.layers.{i}.");
+        let a = layer_norm(ps, &format!("{l}layer_norm1"), &x, cfg.layer_norm_eps)?;
+        let q = linear(ps, &format!("{l}self_attn.q_proj"), &a, true)?.reshape(&[b, n, heads, hd])?;
+        let k = linear(ps, &format!("{l}self_attn.k_proj"), &a, true)?.reshape(&[b, n, heads, hd])?;
+        let v = linear(ps, &format!("{l}self_attn.v_proj"), &a, true)?.reshape(&[b, n, heads, hd])?;
+        let o = q.attention(&k, &v, &AttentionMask::Full, None, scale)?.out.reshape(&[b, n, h])?;
+        x = x.add(&linear(ps, &format!("{l}self_attn.out_proj"), &o, true)?)?;
+        let m = layer_norm(ps, &format!("{l}layer_norm2"), &x, cfg.layer_norm_eps)?;
+        let m = activation(&linear(ps, &format!("{l}mlp.fc1"), &m, true)?, cfg.hidden_act)?;
+        x = x.add(&linear(ps, &format!("{l}mlp.fc2"), &m, true)?)?;
+        if let Some(t) = trace.as_deref_mut() {
+            t.push(x.clone());
+        }
+    }
+    layer_norm(ps, &format!("{VISION}post_layernorm"), &x, cfg.layer_norm_eps)
+}
