@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use vlm4vla::env::tasks::{LIFT_Z, PLATE_SUCCESS_RADIUS, SIDE_STRIP};
-use vlm4vla::env::world::{GRASP_Z, OBJECT_HALF};
+use vlm4vla::env::world::{GRASP_Z, MIN_GRIPPER_GAP, OBJECT_HALF};
 use vlm4vla::env::{
     collect_demonstrations, colour_in_instruction, evaluate, random_policy, swap_colour_word, zero_policy, Colour,
     EnvConfig, EpisodeResult, EpisodeSpec, EvalOptions, EvalReport, Goal, Gripper, InstructionMode, Object,
@@ -86,6 +86,7 @@ fn scenes_follow_the_layout_rules() {
     let c = cfg(32);
     let mut env = TabletopEnv::new(c.clone()).unwrap();
     let mut counts = [0usize; 7];
+    let mut far_starts = 0;
     for seed in 0..400 {
         env.reset(seed, None).unwrap();
         let w = env.world();
@@ -102,9 +103,12 @@ fn scenes_follow_the_layout_rules() {
             assert!(d2 > (PLATE_SUCCESS_RADIUS as i64 + 2 * OBJECT_HALF as i64).pow(2), "seed {seed}: on the plate");
         }
         assert!(!env.task().is_success(w), "seed {seed}: solved at reset");
+        let g = w.gripper;
+        far_starts += w.objects.iter().all(|o| ((o.x - g.x) as i64).pow(2) + ((o.y - g.y) as i64).pow(2) >= (MIN_GRIPPER_GAP as i64 - 1).pow(2)) as usize;
         assert!(w.gripper.open && w.gripper.z == UNITS && w.gripper.held.is_none());
     }
     assert!(counts[3] > 100 && counts[4] > 100, "{counts:?}");
+    assert!(far_starts >= 396, "gripper starts clear of the objects: {far_starts}/400");
 }
 
 #[test]

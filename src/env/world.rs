@@ -28,6 +28,9 @@ pub const GRASP_Z: i32 = frac(1, 4);
 pub const SPAWN_MARGIN: i32 = frac(20, 100);
 /// The gripper starts in `[GRIPPER_MARGIN, UNITS - GRIPPER_MARGIN]`, fully lifted and open.
 pub const GRIPPER_MARGIN: i32 = frac(15, 100);
+/// The gripper starts at least this far (x/y) from every object centre (when it can within 200
+/// draws), so its lifted fingers hide no object in the first frame.
+pub const MIN_GRIPPER_GAP: i32 = frac(20, 100);
 /// Smallest distance between two object centres at the start.
 pub const MIN_OBJECT_GAP: i32 = frac(16, 100);
 /// Smallest distance between an object centre and the plate centre at the start.
@@ -270,8 +273,13 @@ pub fn generate(cfg: &EnvConfig, seed: u64, family: Option<TaskFamily>) -> (Worl
         .map(|(i, &(x, y))| Object { colour: colours[i], shape: shapes[i], x, y, z: 0 })
         .collect();
     let margin = GRIPPER_MARGIN..=UNITS - GRIPPER_MARGIN;
-    let gripper =
-        Gripper { x: rng.gen_range(margin.clone()), y: rng.gen_range(margin), z: UNITS, open: true, held: None };
+    let mut gripper = Gripper { x: 0, y: 0, z: UNITS, open: true, held: None };
+    for _ in 0..200 {
+        (gripper.x, gripper.y) = (rng.gen_range(margin.clone()), rng.gen_range(margin.clone()));
+        if positions.iter().all(|&(x, y)| !within(x, y, gripper.x, gripper.y, MIN_GRIPPER_GAP - 1)) {
+            break;
+        }
+    }
     let target = rng.gen_range(0..n);
     let goal = match family {
         TaskFamily::Reach => Goal::Reach,
