@@ -104,7 +104,10 @@ fn scenes_follow_the_layout_rules() {
         }
         assert!(!env.task().is_success(w), "seed {seed}: solved at reset");
         let g = w.gripper;
-        far_starts += w.objects.iter().all(|o| ((o.x - g.x) as i64).pow(2) + ((o.y - g.y) as i64).pow(2) >= (MIN_GRIPPER_GAP as i64 - 1).pow(2)) as usize;
+        far_starts +=
+            w.objects.iter().all(|o| {
+                ((o.x - g.x) as i64).pow(2) + ((o.y - g.y) as i64).pow(2) >= (MIN_GRIPPER_GAP as i64 - 1).pow(2)
+            }) as usize;
         assert!(w.gripper.open && w.gripper.z == UNITS && w.gripper.held.is_none());
     }
     assert!(counts[3] > 100 && counts[4] > 100, "{counts:?}");
@@ -123,12 +126,7 @@ fn expert_solves_every_family() {
             steps.push(n);
         }
         steps.sort();
-        println!(
-            "expert {:<15} success {ok}/200, steps median {} max {}",
-            family.name(),
-            steps[100],
-            steps[199]
-        );
+        println!("expert {:<15} success {ok}/200, steps median {} max {}", family.name(), steps[100], steps[199]);
         assert!(ok >= 190, "{}: expert solved {ok}/200", family.name());
     }
 }

@@ -187,8 +187,7 @@ pub fn evaluate(
             if active.is_empty() {
                 break;
             }
-            let obs: Vec<Observation> =
-                active.par_iter().map(|&i| envs[i].0.observe_with(envs[i].1.clone())).collect();
+            let obs: Vec<Observation> = active.par_iter().map(|&i| envs[i].0.observe_with(envs[i].1.clone())).collect();
             let chunks = policy(&obs)?;
             if chunks.len() != obs.len() {
                 return Err(invalid(format!(

@@ -103,7 +103,10 @@ impl EnvConfig {
             return bad("horizon", format!("{} is outside 1..=10000", self.horizon));
         }
         if self.min_objects < 2 || self.min_objects > self.max_objects {
-            return bad("min_objects", format!("{} must be in 2..=max_objects ({})", self.min_objects, self.max_objects));
+            return bad(
+                "min_objects",
+                format!("{} must be in 2..=max_objects ({})", self.min_objects, self.max_objects),
+            );
         }
         if self.max_objects > Colour::ALL.len() {
             return bad("max_objects", format!("{} exceeds the {} colours", self.max_objects, Colour::ALL.len()));
@@ -159,8 +162,9 @@ impl Observation {
 /// Saves a square RGB buffer (`size * size * 3` bytes) as a PNG file.
 pub fn save_png(rgb: &[u8], size: usize, path: impl AsRef<std::path::Path>) -> Result<()> {
     let path = path.as_ref();
-    let img = image::RgbImage::from_raw(size as u32, size as u32, rgb.to_vec())
-        .ok_or_else(|| Error::file(path, format!("image buffer has {} bytes, expected {}", rgb.len(), size * size * 3)))?;
+    let img = image::RgbImage::from_raw(size as u32, size as u32, rgb.to_vec()).ok_or_else(|| {
+        Error::file(path, format!("image buffer has {} bytes, expected {}", rgb.len(), size * size * 3))
+    })?;
     img.save(path).map_err(|e| Error::file(path, format!("cannot write PNG: {e}")))
 }
 

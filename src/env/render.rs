@@ -107,7 +107,8 @@ impl Canvas<'_> {
 
     fn rect(&mut self, cx: i32, cy: i32, hx: i32, hy: i32, rgb: [u8; 3]) {
         let two_s = 2 * self.size;
-        let covered = |c: i32, h: i32, p: i64| ((2 * p + 1) * UNITS as i64 - c as i64 * two_s).abs() <= h as i64 * two_s;
+        let covered =
+            |c: i32, h: i32, p: i64| ((2 * p + 1) * UNITS as i64 - c as i64 * two_s).abs() <= h as i64 * two_s;
         let cols: Vec<i64> = self.span(cx, hx).filter(|&p| covered(cx, hx, p)).collect();
         let (Some(&x0), Some(&x1)) = (cols.first(), cols.last()) else { return };
         let row_bytes: Vec<u8> = (x0..=x1).flat_map(|_| rgb).collect();

@@ -49,7 +49,8 @@ pub enum Colour {
 }
 
 impl Colour {
-    pub const ALL: [Colour; 6] = [Colour::Red, Colour::Green, Colour::Blue, Colour::Yellow, Colour::Purple, Colour::Cyan];
+    pub const ALL: [Colour; 6] =
+        [Colour::Red, Colour::Green, Colour::Blue, Colour::Yellow, Colour::Purple, Colour::Cyan];
 
     /// The word instructions use.
     pub fn name(self) -> &'static str {
@@ -242,9 +243,8 @@ pub fn generate(cfg: &EnvConfig, seed: u64, family: Option<TaskFamily>) -> (Worl
     let n = rng.gen_range(cfg.min_objects..=cfg.max_objects);
     let mut colours = Colour::ALL;
     colours.shuffle(&mut rng);
-    let shapes: Vec<Shape> = (0..n)
-        .map(|_| if cfg.mixed_shapes && rng.gen_bool(0.5) { Shape::Ball } else { Shape::Block })
-        .collect();
+    let shapes: Vec<Shape> =
+        (0..n).map(|_| if cfg.mixed_shapes && rng.gen_bool(0.5) { Shape::Ball } else { Shape::Block }).collect();
     let spawn = SPAWN_MARGIN..=UNITS - SPAWN_MARGIN;
     let (plate, positions) = 'scene: loop {
         let plate = Plate { x: rng.gen_range(spawn.clone()), y: rng.gen_range(spawn.clone()) };
