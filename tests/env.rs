@@ -332,7 +332,7 @@ fn rendering_sizes_content_and_png() {
     if let Some(out) = std::env::var_os("VLM4VLA_ENV_DUMP") {
         let out = std::path::PathBuf::from(out);
         std::fs::create_dir_all(&out).unwrap();
-        for size in [64usize, 224] {
+        for size in [56usize, 64, 224] {
             let specs = EpisodeSpec::balanced(&TaskFamily::ALL, 40, 1);
             for d in collect_demonstrations(&cfg(size), &specs).unwrap() {
                 println!("{size}px {}: {}", d.family.name(), d.instruction);
