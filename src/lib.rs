@@ -6,3 +6,5 @@
 
 pub use vlm4vla_engine as engine;
 pub use vlm4vla_models as models;
+
+pub mod env;
