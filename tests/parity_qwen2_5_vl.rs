@@ -77,60 +77,69 @@ fn norm(t: &Tensor) -> f64 {
     t.to_vec::<f64>().unwrap().iter().map(|x| x * x).sum()
 }
 
-fn parity_case(name: &str) {
-    let model = fixture_model();
+/// Our model in `dtype` against the reference (computed by transformers in float64, stored as
+/// f32). f64 checks the algorithm with a wide margin; f32 is the path that runs in practice.
+fn parity_case(name: &str, dtype: DType) {
+    let mut model = fixture_model();
+    model.params_mut().to_dtype(dtype).unwrap();
     let t = load_map(&format!("case_{name}.safetensors"));
     let input = case_input(&t);
     let trace = model.forward_trace(&input).unwrap();
+    // f64 reproduces transformers' float64 run to the f32 storage rounding of the reference, so it
+    // is held 10× tighter than the brief's 1e-5 / 1e-4.
+    let (tol, grad_tol) = if dtype == DType::F64 { (1e-6, 1e-6) } else { (1e-5, 1e-4) };
     let real: Vec<bool> = t["attention_mask"].to_vec::<i64>().unwrap().iter().map(|&m| m != 0).collect();
     let mut worst = HashMap::new();
     let feats = trace.image_features.as_ref().unwrap();
-    worst.insert("image_features", compare(&format!("{name} image_features"), feats, &t["image_features"], None, 1e-5));
+    worst.insert("image_features", compare(&format!("{name} image_features"), feats, &t["image_features"], None, tol));
     let mut e = 0f64;
     for (i, blk) in trace.vision_blocks.iter().enumerate() {
-        e = e.max(compare(&format!("{name} vision block {i}"), blk, &t[&format!("vision.{i}")], None, 1e-5));
+        e = e.max(compare(&format!("{name} vision block {i}"), blk, &t[&format!("vision.{i}")], None, tol));
     }
     worst.insert("vision_blocks", e);
     let mut e = 0f64;
     for (i, layer) in trace.layers.iter().enumerate() {
-        e = e.max(compare(&format!("{name} layer {i}"), layer, &t[&format!("layer.{i}")], Some(&real), 1e-5));
+        e = e.max(compare(&format!("{name} layer {i}"), layer, &t[&format!("layer.{i}")], Some(&real), tol));
     }
     worst.insert("layers", e);
     worst.insert(
         "last_hidden",
-        compare(&format!("{name} last_hidden"), &trace.last_hidden, &t["last_hidden"], Some(&real), 1e-5),
+        compare(&format!("{name} last_hidden"), &trace.last_hidden, &t["last_hidden"], Some(&real), tol),
     );
-    worst.insert("logits", compare(&format!("{name} logits"), &trace.logits, &t["logits"], Some(&real), 1e-5));
+    worst.insert("logits", compare(&format!("{name} logits"), &trace.logits, &t["logits"], Some(&real), tol));
 
+    let probe = t["probe"].to_dtype(dtype).unwrap();
+    let probe2 = t["probe2"].to_dtype(dtype).unwrap();
     let loss = trace
         .last_hidden
-        .mul(&t["probe"])
+        .mul(&probe)
         .unwrap()
         .sum_all()
         .unwrap()
-        .add(&trace.logits.mul(&t["probe2"]).unwrap().sum_all().unwrap())
+        .add(&trace.logits.mul(&probe2).unwrap().sum_all().unwrap())
         .unwrap();
     let ref_loss = t["loss"].to_vec::<f64>().unwrap()[0];
-    let our_loss = loss.to_scalar::<f32>().unwrap() as f64;
+    let our_loss = loss.to_scalar::<f64>().unwrap();
     assert!((our_loss - ref_loss).abs() <= 1e-4 * (1.0 + ref_loss.abs()), "{name}: loss {our_loss} vs {ref_loss}");
     let grads = loss.backward().unwrap();
     let global: f64 = t.iter().filter(|(k, _)| k.starts_with("grad.")).map(|(_, g)| norm(g)).sum::<f64>().sqrt();
     let mut worst_grad = 0f64;
     let mut n = 0;
     for (pname, p) in model.params().iter() {
-        let reference = t.get(&format!("grad.{pname}")).unwrap_or_else(|| panic!("{name}: no reference grad for {pname}"));
+        let reference =
+            t.get(&format!("grad.{pname}")).unwrap_or_else(|| panic!("{name}: no reference grad for {pname}"));
         let ours = grads.get(p).unwrap_or_else(|| panic!("{name}: no gradient for {pname}"));
         assert_eq!(ours.shape(), reference.shape(), "{pname}");
         let a = ours.to_vec::<f64>().unwrap();
         let b = reference.to_vec::<f64>().unwrap();
         let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f64, f64::max) / global;
-        assert!(err <= 1e-4, "{name}: gradient of {pname}: max error {err:e} × global norm {global}");
+        assert!(err <= grad_tol, "{name}: gradient of {pname}: max error {err:e} × global norm {global}");
         worst_grad = worst_grad.max(err);
         n += 1;
     }
     assert_eq!(n, t.keys().filter(|k| k.starts_with("grad.")).count());
     eprintln!(
-        "qwen2_5_vl parity {name}: image_features {:.2e}, vision blocks {:.2e}, layers {:.2e}, last_hidden {:.2e}, \
+        "qwen2_5_vl parity {name} ({dtype}): image_features {:.2e}, vision blocks {:.2e}, layers {:.2e}, last_hidden {:.2e}, \
          logits {:.2e} (max |Δ|/(1+|ref|)); gradients {worst_grad:.2e} × global norm {global:.3e}",
         worst["image_features"], worst["vision_blocks"], worst["layers"], worst["last_hidden"], worst["logits"]
     );
@@ -138,17 +147,20 @@ fn parity_case(name: &str) {
 
 #[test]
 fn parity_batch_of_one() {
-    parity_case("b1");
+    parity_case("b1", DType::F32);
+    parity_case("b1", DType::F64);
 }
 
 #[test]
 fn parity_left_padded_batch_of_two() {
-    parity_case("b2");
+    parity_case("b2", DType::F32);
+    parity_case("b2", DType::F64);
 }
 
 #[test]
 fn parity_window_padding() {
-    parity_case("window");
+    parity_case("window", DType::F32);
+    parity_case("window", DType::F64);
 }
 
 #[test]
@@ -299,9 +311,7 @@ fn appended_rows_continue_the_prompt() {
     let ids = input.input_ids.to_vec::<i64>().unwrap();
     let mask = input.attention_mask.to_vec::<u8>().unwrap();
     let types = input.token_type.to_vec::<u8>().unwrap();
-    let widen = |v: &[i64], x: i64| -> Vec<i64> {
-        v.chunks(l).flat_map(|r| r.iter().copied().chain([x])).collect()
-    };
+    let widen = |v: &[i64], x: i64| -> Vec<i64> { v.chunks(l).flat_map(|r| r.iter().copied().chain([x])).collect() };
     let widen8 = |v: &[u8], x: u8| -> Vec<u8> { v.chunks(l).flat_map(|r| r.iter().copied().chain([x])).collect() };
     let longer = BackboneInput {
         input_ids: Tensor::from_vec(widen(&ids, token), &[b, l + 1], Device::Cpu).unwrap(),
@@ -313,7 +323,13 @@ fn appended_rows_continue_the_prompt() {
     let real: Vec<bool> = mask.iter().map(|&m| m != 0).collect();
     let prompt = out.hidden.narrow(1, 0, l).unwrap();
     compare("prompt rows with extra rows", &prompt, &plain.hidden, Some(&real), 1e-6);
-    compare("appended row", &out.hidden.narrow(1, l, 1).unwrap(), &reference.hidden.narrow(1, l, 1).unwrap(), None, 1e-5);
+    compare(
+        "appended row",
+        &out.hidden.narrow(1, l, 1).unwrap(),
+        &reference.hidden.narrow(1, l, 1).unwrap(),
+        None,
+        1e-5,
+    );
 }
 
 fn err_text<T>(r: vlm4vla::engine::Result<T>) -> String {
@@ -336,7 +352,10 @@ fn bad_input_gives_clear_errors() {
     let i = wrong.iter().position(|(n, _)| n == "model.layers.1.self_attn.k_proj.weight").unwrap();
     wrong[i].1 = Tensor::zeros(&[48, 48], DType::F32, Device::Cpu).unwrap();
     let e = err_text(Qwen25Vl::from_params(cfg.clone(), store(&wrong)));
-    assert!(e.contains("model.layers.1.self_attn.k_proj.weight") && e.contains("[24, 48]") && e.contains("[48, 48]"), "{e}");
+    assert!(
+        e.contains("model.layers.1.self_attn.k_proj.weight") && e.contains("[24, 48]") && e.contains("[48, 48]"),
+        "{e}"
+    );
 
     let mut extra = ws.clone();
     extra.push(("model.layers.9.mlp.up_proj.weight".into(), Tensor::zeros(&[2], DType::F32, Device::Cpu).unwrap()));
@@ -347,10 +366,9 @@ fn bad_input_gives_clear_errors() {
     let renamed: Vec<_> = ws
         .iter()
         .map(|(n, t)| {
-            let n = n.strip_prefix("visual.").map_or_else(
-                || n.replacen("model.", "model.language_model.", 1),
-                |r| format!("model.visual.{r}"),
-            );
+            let n = n
+                .strip_prefix("visual.")
+                .map_or_else(|| n.replacen("model.", "model.language_model.", 1), |r| format!("model.visual.{r}"));
             (n, t.clone())
         })
         .collect();

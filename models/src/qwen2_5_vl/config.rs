@@ -209,8 +209,7 @@ impl Qwen25VlConfig {
 
     /// Parse `config.json` text; `source` names it in errors.
     pub fn from_json_str(text: &str, source: &str) -> Result<Self> {
-        let root: Value =
-            serde_json::from_str(text).map_err(|e| Error::file(source, format!("invalid JSON: {e}")))?;
+        let root: Value = serde_json::from_str(text).map_err(|e| Error::file(source, format!("invalid JSON: {e}")))?;
         let top = root.as_object().ok_or_else(|| Error::file(source, "the config must be a JSON object"))?;
         let p = Parser { source };
         p.model_type(top, "model_type", &["qwen2_5_vl"], true)?;
@@ -277,13 +276,11 @@ impl Qwen25VlConfig {
         };
         let fullatt = match vision_obj.get("fullatt_block_indexes") {
             None | Some(Value::Null) => vec![7, 15, 23, 31],
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|v| v.as_u64().map(|x| x as usize))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| {
+            Some(Value::Array(a)) => {
+                a.iter().map(|v| v.as_u64().map(|x| x as usize)).collect::<Option<Vec<_>>>().ok_or_else(|| {
                     Error::file(source, "field `vision_config.fullatt_block_indexes` must be a list of integers")
-                })?,
+                })?
+            }
             Some(v) => {
                 return Err(Error::file(
                     source,
@@ -308,11 +305,8 @@ impl Qwen25VlConfig {
         };
         // Pre-v5 saves put `tie_word_embeddings` inside text_config; transformers forwards it.
         let tie_top = p.bool(top, "", "tie_word_embeddings", Some(false))?;
-        let tie_text = if std::ptr::eq(text_obj, top) {
-            false
-        } else {
-            p.bool(text_obj, tp, "tie_word_embeddings", Some(false))?
-        };
+        let tie_text =
+            if std::ptr::eq(text_obj, top) { false } else { p.bool(text_obj, tp, "tie_word_embeddings", Some(false))? };
         let cfg = Qwen25VlConfig {
             text,
             vision,
@@ -469,7 +463,9 @@ impl Parser<'_> {
     fn model_type(&self, obj: &Map<String, Value>, field: &str, allowed: &[&str], required: bool) -> Result<()> {
         match obj.get("model_type") {
             None | Some(Value::Null) if !required => Ok(()),
-            None | Some(Value::Null) => Err(self.err(format!("field `{field}` is missing (expected \"{}\")", allowed[0]))),
+            None | Some(Value::Null) => {
+                Err(self.err(format!("field `{field}` is missing (expected \"{}\")", allowed[0])))
+            }
             Some(Value::String(s)) if allowed.contains(&s.as_str()) => Ok(()),
             Some(v) => Err(self.err(format!(
                 "field `{field}` has unsupported value {v} (expected {})",
@@ -482,7 +478,9 @@ impl Parser<'_> {
         match obj.get("hidden_act") {
             None | Some(Value::Null) => Ok(()),
             Some(Value::String(s)) if s == "silu" => Ok(()),
-            Some(v) => Err(self.err(format!("field `{prefix}hidden_act` has unsupported value {v} (expected \"silu\")"))),
+            Some(v) => {
+                Err(self.err(format!("field `{prefix}hidden_act` has unsupported value {v} (expected \"silu\")")))
+            }
         }
     }
 
@@ -505,7 +503,9 @@ impl Parser<'_> {
         match (self.get(obj, key), default) {
             (None, Some(d)) => Ok(d),
             (None, None) => Err(self.err(format!("field `{prefix}{key}` is missing"))),
-            (Some(v), _) => v.as_i64().ok_or_else(|| self.err(format!("field `{prefix}{key}` must be an integer, got {v}"))),
+            (Some(v), _) => {
+                v.as_i64().ok_or_else(|| self.err(format!("field `{prefix}{key}` must be an integer, got {v}")))
+            }
         }
     }
 
@@ -513,7 +513,9 @@ impl Parser<'_> {
         match (self.get(obj, key), default) {
             (None, Some(d)) => Ok(d),
             (None, None) => Err(self.err(format!("field `{prefix}{key}` is missing"))),
-            (Some(v), _) => v.as_f64().ok_or_else(|| self.err(format!("field `{prefix}{key}` must be a number, got {v}"))),
+            (Some(v), _) => {
+                v.as_f64().ok_or_else(|| self.err(format!("field `{prefix}{key}` must be a number, got {v}")))
+            }
         }
     }
 
@@ -521,7 +523,9 @@ impl Parser<'_> {
         match (self.get(obj, key), default) {
             (None, Some(d)) => Ok(d),
             (None, None) => Err(self.err(format!("field `{prefix}{key}` is missing"))),
-            (Some(v), _) => v.as_bool().ok_or_else(|| self.err(format!("field `{prefix}{key}` must be a boolean, got {v}"))),
+            (Some(v), _) => {
+                v.as_bool().ok_or_else(|| self.err(format!("field `{prefix}{key}` must be a boolean, got {v}")))
+            }
         }
     }
 
@@ -558,13 +562,19 @@ impl Parser<'_> {
             if let Some(v) = self.get(params, key) {
                 match v.as_str() {
                     Some("default") | Some("mrope") => {}
-                    _ => return Err(self.err(format!("field `{field}.{key}` has unsupported value {v} (expected \"mrope\" or \"default\")"))),
+                    _ => {
+                        return Err(self.err(format!(
+                            "field `{field}.{key}` has unsupported value {v} (expected \"mrope\" or \"default\")"
+                        )))
+                    }
                 }
             }
         }
         let theta = match self.get(params, "rope_theta") {
             None => theta_default,
-            Some(v) => v.as_f64().ok_or_else(|| self.err(format!("field `{field}.rope_theta` must be a number, got {v}")))?,
+            Some(v) => {
+                v.as_f64().ok_or_else(|| self.err(format!("field `{field}.rope_theta` must be a number, got {v}")))?
+            }
         };
         let section = match self.get(params, "mrope_section") {
             None => [16, 24, 24],

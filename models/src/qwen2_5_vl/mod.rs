@@ -96,7 +96,11 @@ impl Qwen25Vl {
             match &dtype {
                 None => {
                     if !t.dtype().is_float() {
-                        return Err(Error::tensor(STORE, name, format!("expected a float tensor, found {}", t.dtype())));
+                        return Err(Error::tensor(
+                            STORE,
+                            name,
+                            format!("expected a float tensor, found {}", t.dtype()),
+                        ));
                     }
                     dtype = Some((t.dtype(), name.clone()));
                 }
@@ -124,7 +128,10 @@ impl Qwen25Vl {
     pub fn random(cfg: Qwen25VlConfig, seed: u64, dtype: DType) -> Result<Self> {
         cfg.validate().map_err(|m| Error::file("qwen2_5_vl config", m))?;
         if !dtype.is_float() {
-            return Err(Error::Invalid { op: "Qwen25Vl::random", msg: format!("parameters must be float, got {dtype}") });
+            return Err(Error::Invalid {
+                op: "Qwen25Vl::random",
+                msg: format!("parameters must be float, got {dtype}"),
+            });
         }
         let mut params = ParamStore::new();
         for (i, (name, shape)) in param_shapes(&cfg).into_iter().enumerate() {
@@ -197,7 +204,10 @@ impl Qwen25Vl {
         let mask_vec: Vec<u8> = input.attention_mask.to_vec::<i64>()?.iter().map(|&x| u8::from(x != 0)).collect();
         let type_vec: Vec<u8> = input.token_type.to_vec::<i64>()?.iter().map(|&x| u8::from(x != 0)).collect();
         if let Some(bad) = id_vec.iter().find(|&&t| t < 0 || t as usize >= cfg.text.vocab_size) {
-            return Err(Error::Invalid { op, msg: format!("token id {bad} outside the vocabulary 0..{}", cfg.text.vocab_size) });
+            return Err(Error::Invalid {
+                op,
+                msg: format!("token id {bad} outside the vocabulary 0..{}", cfg.text.vocab_size),
+            });
         }
         for i in 0..b * l {
             if mask_vec[i] != 0 && (id_vec[i] == cfg.image_token_id) != (type_vec[i] != 0) {
@@ -227,7 +237,8 @@ impl Qwen25Vl {
 
         let embed = self.params.get("model.embed_tokens.weight")?;
         let h = cfg.text.hidden_size;
-        let mut x = embed.index_select(0, &Tensor::from_vec(id_vec.clone(), &[b * l], Device::Cpu)?)?.reshape(&[b, l, h])?;
+        let mut x =
+            embed.index_select(0, &Tensor::from_vec(id_vec.clone(), &[b * l], Device::Cpu)?)?.reshape(&[b, l, h])?;
         let (mut image_features, mut vision_blocks) = (None, Vec::new());
         if !grids.is_empty() {
             let out = vision::forward(&cfg.vision, &self.params, &input.pixel_values, &grids, trace)?;

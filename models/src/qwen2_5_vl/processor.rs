@@ -78,7 +78,10 @@ pub fn preprocess(rgb: &[u8], height: usize, width: usize, cfg: &Qwen25VlConfig)
     let v = &cfg.vision;
     let (p, m, tp) = (v.patch_size, v.spatial_merge_size, v.temporal_patch_size);
     if v.in_channels != 3 {
-        return Err(Error::Invalid { op: OP, msg: format!("the config expects {} channels; only RGB is supported", v.in_channels) });
+        return Err(Error::Invalid {
+            op: OP,
+            msg: format!("the config expects {} channels; only RGB is supported", v.in_channels),
+        });
     }
     if height == 0 || width == 0 {
         return Err(Error::Invalid { op: OP, msg: format!("image has zero size ({height}×{width})") });
@@ -101,9 +104,7 @@ pub fn preprocess(rgb: &[u8], height: usize, width: usize, cfg: &Qwen25VlConfig)
     if height % factor != 0 || width % factor != 0 {
         return Err(Error::Invalid {
             op: OP,
-            msg: format!(
-                "image sides {height}×{width} must be multiples of {factor}; resize first (see smart_resize)"
-            ),
+            msg: format!("image sides {height}×{width} must be multiples of {factor}; resize first (see smart_resize)"),
         });
     }
     let mean: Vec<f32> = CLIP_MEAN.iter().map(|&x| x as f32).collect();
@@ -202,7 +203,12 @@ pub struct PromptLayout {
 /// `<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n`
 /// then per image `<|vision_start|><|image_pad|>×n<|vision_end|>`, the prompt's ids,
 /// `<|im_end|>\n<|im_start|>assistant\n`. `n = t·h·w / merge²` per image grid.
-pub fn chat_layout(chat: &ChatTokens, prompt_ids: &[i64], image_grids: &[[usize; 3]], cfg: &Qwen25VlConfig) -> PromptLayout {
+pub fn chat_layout(
+    chat: &ChatTokens,
+    prompt_ids: &[i64],
+    image_grids: &[[usize; 3]],
+    cfg: &Qwen25VlConfig,
+) -> PromptLayout {
     let mut ids = vec![chat.im_start];
     ids.extend(&chat.system);
     ids.push(chat.newline);

@@ -80,8 +80,7 @@ pub fn rope_index(
 pub fn mrope_tables(cfg: &TextConfig, positions: &[Vec<[i64; 3]>]) -> Result<(Tensor, Tensor)> {
     let hd = cfg.head_dim();
     let half = hd / 2;
-    let inv: Vec<f32> =
-        (0..half).map(|i| 1.0f32 / (cfg.rope_theta as f32).powf((2 * i) as f32 / hd as f32)).collect();
+    let inv: Vec<f32> = (0..half).map(|i| 1.0f32 / (cfg.rope_theta as f32).powf((2 * i) as f32 / hd as f32)).collect();
     let mut axis = Vec::with_capacity(half);
     for (a, &s) in cfg.mrope_section.iter().enumerate() {
         axis.extend(std::iter::repeat_n(a, s));
@@ -124,8 +123,14 @@ pub fn forward(
     for i in 0..cfg.num_hidden_layers {
         let p = |s: &str| param(params, &format!("model.layers.{i}.{s}"));
         let n = x.rms_norm(Some(&p("input_layernorm.weight")?), eps, RmsNormKind::Plain)?;
-        let w = Tensor::cat(&[&p("self_attn.q_proj.weight")?, &p("self_attn.k_proj.weight")?, &p("self_attn.v_proj.weight")?], 0)?;
-        let bias = Tensor::cat(&[&p("self_attn.q_proj.bias")?, &p("self_attn.k_proj.bias")?, &p("self_attn.v_proj.bias")?], 0)?;
+        let w = Tensor::cat(
+            &[&p("self_attn.q_proj.weight")?, &p("self_attn.k_proj.weight")?, &p("self_attn.v_proj.weight")?],
+            0,
+        )?;
+        let bias = Tensor::cat(
+            &[&p("self_attn.q_proj.bias")?, &p("self_attn.k_proj.bias")?, &p("self_attn.v_proj.bias")?],
+            0,
+        )?;
         let qkv = linear(&n, &w, Some(&bias))?;
         let q = qkv.narrow(2, 0, h)?.reshape(&[b, l, hq, hd])?.rope(cos, sin)?;
         let k = qkv.narrow(2, h, kv)?.reshape(&[b, l, hkv, hd])?.rope(cos, sin)?;

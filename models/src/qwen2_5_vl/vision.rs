@@ -97,15 +97,13 @@ impl VisionPlan {
     pub fn rope_tables(&self, cfg: &VisionConfig) -> Result<(Tensor, Tensor)> {
         let hd = cfg.head_dim();
         let spatial = hd / 2;
-        let inv: Vec<f32> = (0..spatial / 2)
-            .map(|k| 1.0f32 / (cfg.rope_theta as f32).powf((2 * k) as f32 / spatial as f32))
-            .collect();
+        let inv: Vec<f32> =
+            (0..spatial / 2).map(|k| 1.0f32 / (cfg.rope_theta as f32).powf((2 * k) as f32 / spatial as f32)).collect();
         let n = self.positions.len();
         let mut cos = Vec::with_capacity(n * hd);
         let mut sin = Vec::with_capacity(n * hd);
         for &(ph, pw) in &self.positions {
-            let angles: Vec<f32> =
-                inv.iter().map(|f| ph as f32 * f).chain(inv.iter().map(|f| pw as f32 * f)).collect();
+            let angles: Vec<f32> = inv.iter().map(|f| ph as f32 * f).chain(inv.iter().map(|f| pw as f32 * f)).collect();
             for _ in 0..2 {
                 cos.extend(angles.iter().map(|a| a.cos()));
                 sin.extend(angles.iter().map(|a| a.sin()));
@@ -143,7 +141,10 @@ pub fn forward(
         });
     }
     if !pixel_values.dtype().is_float() {
-        return Err(Error::Invalid { op: OP, msg: format!("pixel_values must be float, got {}", pixel_values.dtype()) });
+        return Err(Error::Invalid {
+            op: OP,
+            msg: format!("pixel_values must be float, got {}", pixel_values.dtype()),
+        });
     }
     let plan = VisionPlan::new(cfg, grids)?;
     let hidden = cfg.hidden_size;
