@@ -268,6 +268,7 @@ fn every_trainable_parameter_gets_a_gradient() {
     let model = Qwen25Vl::random(Qwen25VlConfig::tiny(), 3, DType::F32).unwrap();
     let t = load_map("case_b2.safetensors");
     let input = case_input(&t);
+    let start = std::time::Instant::now();
     let trace = model.forward_trace(&input).unwrap();
     let probe = Tensor::rand_normal(0., 1., trace.last_hidden.shape(), DType::F32, Device::Cpu, 1).unwrap();
     let probe2 = Tensor::rand_normal(0., 1., trace.logits.shape(), DType::F32, Device::Cpu, 2).unwrap();
@@ -280,6 +281,7 @@ fn every_trainable_parameter_gets_a_gradient() {
         .add(&trace.logits.mul(&probe2).unwrap().sum_all().unwrap())
         .unwrap();
     let grads = loss.backward().unwrap();
+    eprintln!("qwen2_5_vl tiny forward + backward, 2 images (56×56, 56×112): {:?}", start.elapsed());
     let trainable = model.params().trainable();
     assert_eq!(trainable.len(), model.params().len());
     for (name, p) in trainable {
@@ -398,4 +400,42 @@ fn bad_input_gives_clear_errors() {
     input.image_grid_thw = Some(vec![[1, 4, 8]]);
     let e = err_text(model.forward(&input, None));
     assert!(e.contains("pixel_values") || e.contains("image tokens"), "{e}");
+}
+
+#[test]
+fn real_size_window_plan_and_rope_index_match_the_worked_224_example() {
+    use vlm4vla::models::qwen2_5_vl::{text::rope_index, vision::VisionPlan};
+    let cfg = Qwen25VlConfig::qwen2_5_vl_3b();
+    let plan = VisionPlan::new(&cfg.vision, &[[1, 16, 16]]).unwrap();
+    let mut want = Vec::new();
+    for wy in 0..2 {
+        for wx in 0..2 {
+            for y in 0..4 {
+                want.extend((0..4).map(|x| (wy * 4 + y) * 8 + wx * 4 + x));
+            }
+        }
+    }
+    assert_eq!(plan.window_index, want);
+    assert_eq!(plan.cu_window_seqlens, vec![0, 64, 128, 192, 256]);
+    assert_eq!(plan.cu_seqlens, vec![0, 256]);
+
+    let layout = chat_layout(&ChatTokens::qwen2_5_vl(), &[74785, 419, 2168, 13], &[[1, 16, 16]], &cfg);
+    let pos = rope_index(&[layout.mm_token_type_ids.clone()], &[vec![1; 89]], &[[1, 16, 16]], 2).unwrap();
+    let p = &pos[0];
+    assert_eq!(p[14], [14; 3]);
+    assert_eq!(p[15], [15, 15, 15]);
+    assert_eq!(p[15 + 9], [15, 16, 16]);
+    assert_eq!(p[15 + 63], [15, 22, 22]);
+    assert_eq!(p[79], [23; 3]);
+    assert_eq!(p[88], [32; 3]);
+    // Left padding: positions start at the first real token, padded slots are 0.
+    let padded = rope_index(
+        &[[vec![0u8; 3], layout.mm_token_type_ids].concat()],
+        &[[vec![0u8; 3], vec![1; 89]].concat()],
+        &[[1, 16, 16]],
+        2,
+    )
+    .unwrap();
+    assert_eq!(&padded[0][..3], &[[0; 3]; 3]);
+    assert_eq!(&padded[0][3..], p.as_slice());
 }

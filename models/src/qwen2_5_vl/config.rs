@@ -344,13 +344,13 @@ impl Qwen25VlConfig {
                 return Err(format!("field `{name}` must be positive"));
             }
         }
-        if t.hidden_size % t.num_attention_heads != 0 || t.head_dim() % 2 != 0 {
+        if !t.hidden_size.is_multiple_of(t.num_attention_heads) || !t.head_dim().is_multiple_of(2) {
             return Err(format!(
                 "`hidden_size` {} must split into `num_attention_heads` {} heads of even size",
                 t.hidden_size, t.num_attention_heads
             ));
         }
-        if t.num_attention_heads % t.num_key_value_heads != 0 {
+        if !t.num_attention_heads.is_multiple_of(t.num_key_value_heads) {
             return Err(format!(
                 "`num_attention_heads` {} is not a multiple of `num_key_value_heads` {}",
                 t.num_attention_heads, t.num_key_value_heads
@@ -363,7 +363,7 @@ impl Qwen25VlConfig {
                 t.head_dim() / 2
             ));
         }
-        if v.hidden_size % v.num_heads != 0 || v.head_dim() % 4 != 0 {
+        if !v.hidden_size.is_multiple_of(v.num_heads) || !v.head_dim().is_multiple_of(4) {
             return Err(format!(
                 "`vision_config.hidden_size` {} must split into `vision_config.num_heads` {} heads of a size divisible by 4",
                 v.hidden_size, v.num_heads

@@ -75,6 +75,7 @@ pub struct ProcessedImage {
 /// of `patch · merge` = 28): `((x·(1/255)) − mean) / std` in f32 as transformers' PIL backend
 /// computes it, then rows laid out `(c, t, py, px)` with the still frame duplicated in time.
 pub fn preprocess(rgb: &[u8], height: usize, width: usize, cfg: &Qwen25VlConfig) -> Result<ProcessedImage> {
+    cfg.validate().map_err(|msg| Error::Invalid { op: OP, msg })?;
     let v = &cfg.vision;
     let (p, m, tp) = (v.patch_size, v.spatial_merge_size, v.temporal_patch_size);
     if v.in_channels != 3 {
@@ -88,7 +89,7 @@ pub fn preprocess(rgb: &[u8], height: usize, width: usize, cfg: &Qwen25VlConfig)
     }
     let pixels = height * width;
     if rgb.len() != pixels * 3 {
-        let msg = if rgb.len() % pixels == 0 {
+        let msg = if rgb.len().is_multiple_of(pixels) {
             format!(
                 "image of {height}×{width} has {} channels ({} bytes); expected 3 (RGB, {} bytes)",
                 rgb.len() / pixels,
@@ -101,7 +102,7 @@ pub fn preprocess(rgb: &[u8], height: usize, width: usize, cfg: &Qwen25VlConfig)
         return Err(Error::Invalid { op: OP, msg });
     }
     let factor = p * m;
-    if height % factor != 0 || width % factor != 0 {
+    if !height.is_multiple_of(factor) || !width.is_multiple_of(factor) {
         return Err(Error::Invalid {
             op: OP,
             msg: format!("image sides {height}×{width} must be multiples of {factor}; resize first (see smart_resize)"),
