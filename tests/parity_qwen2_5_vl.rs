@@ -420,7 +420,7 @@ fn real_size_window_plan_and_rope_index_match_the_worked_224_example() {
     assert_eq!(plan.cu_seqlens, vec![0, 256]);
 
     let layout = chat_layout(&ChatTokens::qwen2_5_vl(), &[74785, 419, 2168, 13], &[[1, 16, 16]], &cfg);
-    let pos = rope_index(&[layout.mm_token_type_ids.clone()], &[vec![1; 89]], &[[1, 16, 16]], 2).unwrap();
+    let pos = rope_index(std::slice::from_ref(&layout.mm_token_type_ids), &[vec![1; 89]], &[[1, 16, 16]], 2).unwrap();
     let p = &pos[0];
     assert_eq!(p[14], [14; 3]);
     assert_eq!(p[15], [15, 15, 15]);
