@@ -439,3 +439,37 @@ fn real_size_window_plan_and_rope_index_match_the_worked_224_example() {
     assert_eq!(&padded[0][..3], &[[0; 3]; 3]);
     assert_eq!(&padded[0][3..], p.as_slice());
 }
+
+#[test]
+fn loads_checkpoint_directories() {
+    let dir = std::env::temp_dir().join(format!("vlm4vla_qwen_ckpt_{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(fixtures().join("config.json"), dir.join("config.json")).unwrap();
+    let ws = weights();
+    let e = err_text(Qwen25Vl::load_dir(&dir, None));
+    assert!(e.contains("model.safetensors"), "{e}");
+
+    // Sharded: vision tower in one file, the rest in another, as bf16 loaded as f32.
+    let (vis, rest): (Vec<_>, Vec<_>) = ws.iter().partition(|(n, _)| n.starts_with("visual."));
+    let mut weight_map = serde_json::Map::new();
+    for (shard, part) in [("model-00001-of-00002.safetensors", &vis), ("model-00002-of-00002.safetensors", &rest)] {
+        let bf: Vec<(String, Tensor)> =
+            part.iter().map(|(n, t)| (n.clone(), t.to_dtype(DType::BF16).unwrap())).collect();
+        let refs: Vec<(&str, &Tensor)> = bf.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        io::save(dir.join(shard), &refs, None).unwrap();
+        for (n, _) in part.iter() {
+            weight_map.insert(n.clone(), serde_json::Value::String(shard.into()));
+        }
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let model = Qwen25Vl::load_dir(&dir, Some(DType::F32)).unwrap();
+    assert_eq!(model.params().num_params(), param_count(model.config()));
+    let w = model.params().get("visual.merger.mlp.0.weight").unwrap();
+    assert_eq!(w.dtype(), DType::F32);
+    let bf16 = model.params().get("model.norm.weight").unwrap().to_vec::<f32>().unwrap();
+    let orig = ws.iter().find(|(n, _)| n == "model.norm.weight").unwrap().1.to_dtype(DType::BF16).unwrap();
+    assert_eq!(bf16, orig.to_vec::<f32>().unwrap());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
