@@ -115,7 +115,7 @@ pub fn forward(
 ) -> Result<(Vec<Tensor>, Tensor)> {
     let (b, l) = (embeds.shape()[0], embeds.shape()[1]);
     let (hq, hkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim());
-    let (h, kv) = (cfg.hidden_size, cfg.kv_dim());
+    let h = cfg.hidden_size;
     let scale = (hd as f64).powf(-0.5);
     let eps = cfg.rms_norm_eps;
     let mut x = embeds.clone();
@@ -123,23 +123,21 @@ pub fn forward(
     for i in 0..cfg.num_hidden_layers {
         let p = |s: &str| param(params, &format!("model.layers.{i}.{s}"));
         let n = x.rms_norm(Some(&p("input_layernorm.weight")?), eps, RmsNormKind::Plain)?;
-        let w = Tensor::cat(
-            &[&p("self_attn.q_proj.weight")?, &p("self_attn.k_proj.weight")?, &p("self_attn.v_proj.weight")?],
-            0,
-        )?;
-        let bias = Tensor::cat(
-            &[&p("self_attn.q_proj.bias")?, &p("self_attn.k_proj.bias")?, &p("self_attn.v_proj.bias")?],
-            0,
-        )?;
-        let qkv = linear(&n, &w, Some(&bias))?;
-        let q = qkv.narrow(2, 0, h)?.reshape(&[b, l, hq, hd])?.rope(cos, sin)?;
-        let k = qkv.narrow(2, h, kv)?.reshape(&[b, l, hkv, hd])?.rope(cos, sin)?;
-        let v = qkv.narrow(2, h + kv, kv)?.reshape(&[b, l, hkv, hd])?;
+        // Separate projections: concatenating the weights would copy them every step.
+        let proj = |name: &str| {
+            linear(&n, &p(&format!("self_attn.{name}.weight"))?, Some(&p(&format!("self_attn.{name}.bias"))?))
+        };
+        let q = proj("q_proj")?.reshape(&[b, l, hq, hd])?.rope(cos, sin)?;
+        let k = proj("k_proj")?.reshape(&[b, l, hkv, hd])?.rope(cos, sin)?;
+        let v = proj("v_proj")?.reshape(&[b, l, hkv, hd])?;
         let a = q.attention(&k, &v, &AttentionMask::Causal, Some(key_padding), scale)?.out.reshape(&[b, l, h])?;
         x = x.add(&linear(&a, &p("self_attn.o_proj.weight")?, None)?)?;
         let n = x.rms_norm(Some(&p("post_attention_layernorm.weight")?), eps, RmsNormKind::Plain)?;
-        let gate_up = Tensor::cat(&[&p("mlp.gate_proj.weight")?, &p("mlp.up_proj.weight")?], 0)?;
-        let g = linear(&n, &gate_up, None)?.swiglu()?;
+        let g = linear(&n, &p("mlp.gate_proj.weight")?, None)?.silu()?.mul(&linear(
+            &n,
+            &p("mlp.up_proj.weight")?,
+            None,
+        )?)?;
         x = x.add(&linear(&g, &p("mlp.down_proj.weight")?, None)?)?;
         if keep_layers {
             layers.push(x.clone());

@@ -175,9 +175,8 @@ pub fn forward(
         let a = q.attention(&k, &v, mask, None, scale)?.out.reshape(&[n, hidden])?;
         x = x.add(&linear(&a, &p("attn.proj.weight")?, Some(&p("attn.proj.bias")?))?)?;
         let h = x.rms_norm(Some(&p("norm2.weight")?), 1e-6, RmsNormKind::Plain)?;
-        let gate_up_w = Tensor::cat(&[&p("mlp.gate_proj.weight")?, &p("mlp.up_proj.weight")?], 0)?;
-        let gate_up_b = Tensor::cat(&[&p("mlp.gate_proj.bias")?, &p("mlp.up_proj.bias")?], 0)?;
-        let g = linear(&h, &gate_up_w, Some(&gate_up_b))?.swiglu()?;
+        let gate = linear(&h, &p("mlp.gate_proj.weight")?, Some(&p("mlp.gate_proj.bias")?))?;
+        let g = gate.silu()?.mul(&linear(&h, &p("mlp.up_proj.weight")?, Some(&p("mlp.up_proj.bias")?))?)?;
         x = x.add(&linear(&g, &p("mlp.down_proj.weight")?, Some(&p("mlp.down_proj.bias")?))?)?;
         if keep_blocks {
             blocks.push(x.clone());
