@@ -1,1 +1,409 @@
-//! (Being built: see the issue tracker.)
+//! Qwen2.5-VL (`Qwen2_5_VLForConditionalGeneration`, transformers 5.24.0): the windowed
+//! 2-D-rope vision tower with its 2×2 merger, and the Qwen2 language model with M-RoPE, loaded by
+//! the checkpoint's on-disk tensor names (`visual.*`, `model.*`, `lm_head.weight` when untied).
+//!
+//! ```
+//! use vlm4vla_engine::DType;
+//! use vlm4vla_models::qwen2_5_vl::{param_count, Qwen25Vl, Qwen25VlConfig};
+//! assert_eq!(param_count(&Qwen25VlConfig::qwen2_5_vl_3b()), 3_754_622_976);
+//! let model = Qwen25Vl::random(Qwen25VlConfig::tiny(), 0, DType::F32).unwrap();
+//! assert_eq!(model.params().num_params(), param_count(model.config()));
+//! # use vlm4vla_models::Backbone;
+//! ```
+
+pub mod config;
+pub mod processor;
+pub mod text;
+pub mod vision;
+
+pub use config::{param_count, param_shapes, Qwen25VlConfig, TextConfig, VisionConfig};
+pub use processor::{chat_layout, collate, preprocess, smart_resize, ChatTokens, ProcessedImage, PromptLayout};
+
+use crate::{Backbone, BackboneInput, BackboneOutput, ParamGroup};
+use std::collections::HashMap;
+use vlm4vla_engine::{DType, Device, Error, ParamStore, Result, Tensor};
+
+const STORE: &str = "qwen2_5_vl parameters";
+
+/// `x Wᵀ (+ b)` for `x: [..., in]`, `w: [out, in]`.
+pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let y = x.matmul(&w.t()?)?;
+    match b {
+        Some(b) => y.add(b),
+        None => Ok(y),
+    }
+}
+
+pub(crate) fn param(params: &ParamStore, name: &str) -> Result<Tensor> {
+    params.get(name)
+}
+
+/// The hub name of a parameter given in transformers 5.x in-memory naming
+/// (`model.visual.*` → `visual.*`, `model.language_model.*` → `model.*`); other names unchanged.
+pub fn hub_name(name: &str) -> String {
+    if let Some(rest) = name.strip_prefix("model.visual.") {
+        format!("visual.{rest}")
+    } else if let Some(rest) = name.strip_prefix("model.language_model.") {
+        format!("model.{rest}")
+    } else {
+        name.to_string()
+    }
+}
+
+/// A Qwen2.5-VL model: its config and its parameters by hub name.
+pub struct Qwen25Vl {
+    cfg: Qwen25VlConfig,
+    params: ParamStore,
+}
+
+/// Everything a parity check looks at, from one forward pass.
+#[derive(Clone, Debug)]
+pub struct Qwen25VlTrace {
+    /// `[Σ image tokens, hidden]` merged image features in raster order (none without images).
+    pub image_features: Option<Tensor>,
+    /// Each vision block's output `[Σ patches, vision hidden]`, in the tower's window order.
+    pub vision_blocks: Vec<Tensor>,
+    /// Each decoder layer's output `[B, L, hidden]` (before the final norm).
+    pub layers: Vec<Tensor>,
+    /// `[B, L, hidden]` after the final norm.
+    pub last_hidden: Tensor,
+    /// `[B, L, vocab]`.
+    pub logits: Tensor,
+}
+
+impl Qwen25Vl {
+    /// Wrap loaded parameters. Every tensor of [`param_shapes`] must be present with its shape;
+    /// other tensors are an error. transformers 5.x in-memory names are accepted too, and a
+    /// stored `lm_head.weight` of a tied config is dropped (the embeddings are used, as
+    /// transformers does).
+    pub fn from_params(cfg: Qwen25VlConfig, params: ParamStore) -> Result<Self> {
+        cfg.validate().map_err(|m| Error::file("qwen2_5_vl config", m))?;
+        let params = canonicalize(&cfg, params)?;
+        let expected = param_shapes(&cfg);
+        let mut dtype: Option<(DType, String)> = None;
+        for (name, shape) in &expected {
+            if !params.contains(name) {
+                return Err(Error::tensor(STORE, name, format!("missing (expected shape {shape:?})")));
+            }
+            let t = params.get(name)?;
+            if t.shape() != shape.as_slice() {
+                return Err(Error::tensor(
+                    STORE,
+                    name,
+                    format!("shape mismatch: expected {shape:?}, found {:?}", t.shape()),
+                ));
+            }
+            match &dtype {
+                None => {
+                    if !t.dtype().is_float() {
+                        return Err(Error::tensor(
+                            STORE,
+                            name,
+                            format!("expected a float tensor, found {}", t.dtype()),
+                        ));
+                    }
+                    dtype = Some((t.dtype(), name.clone()));
+                }
+                Some((d, first)) if *d != t.dtype() => {
+                    return Err(Error::tensor(
+                        STORE,
+                        name,
+                        format!("dtype {} differs from `{first}` ({d}); convert the store to one dtype", t.dtype()),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        if params.len() != expected.len() {
+            let known: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+            if let Some(extra) = params.names().iter().find(|n| !known.contains(n.as_str())) {
+                return Err(Error::tensor(STORE, extra, "unexpected tensor for this config"));
+            }
+        }
+        Ok(Qwen25Vl { cfg, params })
+    }
+
+    /// A randomly initialised model for training from scratch or benchmarks (transformers'
+    /// `_init_weights`): matrices N(0, 0.02²), biases 0, norm weights 1; seeded and reproducible.
+    pub fn random(cfg: Qwen25VlConfig, seed: u64, dtype: DType) -> Result<Self> {
+        cfg.validate().map_err(|m| Error::file("qwen2_5_vl config", m))?;
+        if !dtype.is_float() {
+            return Err(Error::Invalid {
+                op: "Qwen25Vl::random",
+                msg: format!("parameters must be float, got {dtype}"),
+            });
+        }
+        let mut params = ParamStore::new();
+        for (i, (name, shape)) in param_shapes(&cfg).into_iter().enumerate() {
+            let t = if shape.len() >= 2 {
+                let s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i as u64);
+                Tensor::rand_normal(0.0, 0.02, &shape, dtype, Device::Cpu, s)?
+            } else if name.ends_with(".bias") {
+                Tensor::zeros(&shape, dtype, Device::Cpu)?
+            } else {
+                Tensor::ones(&shape, dtype, Device::Cpu)?
+            };
+            params.insert(name, &t)?;
+        }
+        Ok(Qwen25Vl { cfg, params })
+    }
+
+    /// Load a checkpoint directory: `config.json` plus `model.safetensors` or the shards listed in
+    /// `model.safetensors.index.json`. Tensors are converted to `dtype` when given (checkpoints
+    /// store bf16); otherwise all must share one float dtype. Errors name the file and tensor.
+    pub fn load_dir(dir: impl AsRef<std::path::Path>, dtype: Option<DType>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let cfg = Qwen25VlConfig::from_file(dir.join("config.json"))?;
+        let index = dir.join("model.safetensors.index.json");
+        let files: Vec<std::path::PathBuf> = if index.exists() {
+            let text =
+                std::fs::read_to_string(&index).map_err(|e| Error::io(format!("reading {}", index.display()), e))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::file(&index, format!("invalid JSON: {e}")))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::file(&index, "field `weight_map` is missing or not an object"))?;
+            let mut shards: Vec<String> = Vec::new();
+            for (name, shard) in map {
+                let shard = shard
+                    .as_str()
+                    .ok_or_else(|| Error::file(&index, format!("`weight_map.{name}` must be a file name")))?;
+                if !shards.iter().any(|s| s == shard) {
+                    shards.push(shard.to_string());
+                }
+            }
+            shards.sort();
+            shards.into_iter().map(|s| dir.join(s)).collect()
+        } else {
+            let single = dir.join("model.safetensors");
+            if !single.exists() {
+                return Err(Error::file(dir, "neither model.safetensors nor model.safetensors.index.json found"));
+            }
+            vec![single]
+        };
+        let mut params = ParamStore::new();
+        for file in &files {
+            let opts = match dtype {
+                Some(d) => vlm4vla_engine::LoadOptions::default().dtype(d),
+                None => vlm4vla_engine::LoadOptions::default(),
+            };
+            for (name, t) in vlm4vla_engine::io::load(file, &opts)? {
+                if params.contains(&name) {
+                    return Err(Error::tensor(file, name, "appears in more than one shard"));
+                }
+                params.insert(name, &t)?;
+            }
+        }
+        Self::from_params(cfg, params)
+    }
+
+    pub fn config(&self) -> &Qwen25VlConfig {
+        &self.cfg
+    }
+
+    pub fn params_mut(&mut self) -> &mut ParamStore {
+        &mut self.params
+    }
+
+    /// The vision tower alone: merged image features `[Σ tokens, hidden]` for patch rows
+    /// `[Σ patches, 1176]` and their grids.
+    pub fn image_features(&self, pixel_values: &Tensor, grids: &[[usize; 3]]) -> Result<Tensor> {
+        Ok(vision::forward(&self.cfg.vision, &self.params, pixel_values, grids, false)?.features)
+    }
+
+    /// The full forward with every intermediate a parity test compares, and the logits.
+    pub fn forward_trace(&self, input: &BackboneInput) -> Result<Qwen25VlTrace> {
+        let run = self.run(input, None, true)?;
+        let logits = self.logits(&run.last_hidden)?;
+        Ok(Qwen25VlTrace {
+            image_features: run.image_features,
+            vision_blocks: run.vision_blocks,
+            layers: run.layers,
+            last_hidden: run.last_hidden,
+            logits,
+        })
+    }
+
+    /// `hidden · lm_headᵀ` (the embedding matrix when tied).
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let name = if self.cfg.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
+        linear(hidden, &self.params.get(name)?, None)
+    }
+
+    fn run(&self, input: &BackboneInput, extra: Option<&Tensor>, trace: bool) -> Result<Run> {
+        let cfg = &self.cfg;
+        let op = "qwen2_5_vl forward";
+        let ids = &input.input_ids;
+        if ids.rank() != 2 || ids.dtype() != DType::I64 {
+            return Err(Error::Invalid {
+                op,
+                msg: format!("input_ids must be [batch, len] i64, got {:?} {}", ids.shape(), ids.dtype()),
+            });
+        }
+        let (b, l) = (ids.shape()[0], ids.shape()[1]);
+        for (name, t) in [("attention_mask", &input.attention_mask), ("token_type", &input.token_type)] {
+            if t.shape() != [b, l] || t.dtype().is_float() {
+                return Err(Error::Invalid {
+                    op,
+                    msg: format!("{name} must be [{b}, {l}] integer (u8), got {:?} {}", t.shape(), t.dtype()),
+                });
+            }
+        }
+        let id_vec = ids.to_vec::<i64>()?;
+        let mask_vec: Vec<u8> = input.attention_mask.to_vec::<i64>()?.iter().map(|&x| u8::from(x != 0)).collect();
+        let type_vec: Vec<u8> = input.token_type.to_vec::<i64>()?.iter().map(|&x| u8::from(x != 0)).collect();
+        if let Some(bad) = id_vec.iter().find(|&&t| t < 0 || t as usize >= cfg.text.vocab_size) {
+            return Err(Error::Invalid {
+                op,
+                msg: format!("token id {bad} outside the vocabulary 0..{}", cfg.text.vocab_size),
+            });
+        }
+        for i in 0..b * l {
+            if mask_vec[i] != 0 && (id_vec[i] == cfg.image_token_id) != (type_vec[i] != 0) {
+                return Err(Error::Invalid {
+                    op,
+                    msg: format!(
+                        "row {}, position {}: mm_token_type_ids must be 1 exactly on image_token_id {} tokens",
+                        i / l,
+                        i % l,
+                        cfg.image_token_id
+                    ),
+                });
+            }
+        }
+        let image_mask: Vec<u8> = id_vec.iter().map(|&t| u8::from(t == cfg.image_token_id)).collect();
+        let n_image_tokens: usize = image_mask.iter().map(|&m| m as usize).sum();
+        let grids: Vec<[usize; 3]> = input.image_grid_thw.clone().unwrap_or_default();
+        let expected_tokens: usize = grids.iter().map(|&g| cfg.image_tokens(g)).sum();
+        if n_image_tokens != expected_tokens {
+            return Err(Error::Invalid {
+                op,
+                msg: format!(
+                    "{n_image_tokens} image tokens in input_ids but the images ({grids:?}) give {expected_tokens} features"
+                ),
+            });
+        }
+
+        let embed = self.params.get("model.embed_tokens.weight")?;
+        let h = cfg.text.hidden_size;
+        let mut x =
+            embed.index_select(0, &Tensor::from_vec(id_vec.clone(), &[b * l], Device::Cpu)?)?.reshape(&[b, l, h])?;
+        let (mut image_features, mut vision_blocks) = (None, Vec::new());
+        if !grids.is_empty() {
+            let out = vision::forward(&cfg.vision, &self.params, &input.pixel_values, &grids, trace)?;
+            let feats = out.features.to_dtype(x.dtype())?;
+            let mask = Tensor::from_vec(image_mask, &[b, l], Device::Cpu)?;
+            x = x.masked_scatter(&mask, &feats)?;
+            image_features = Some(out.features);
+            vision_blocks = out.blocks;
+        }
+
+        let rows = |v: &[u8]| -> Vec<Vec<u8>> { v.chunks(l.max(1)).map(<[u8]>::to_vec).take(b).collect() };
+        let (types, masks) = (rows(&type_vec), rows(&mask_vec));
+        let mut positions = text::rope_index(&types, &masks, &grids, cfg.vision.spatial_merge_size)?;
+        let mut key_padding = mask_vec.clone();
+        let mut total = l;
+        if let Some(e) = extra {
+            if e.rank() != 3 || e.shape()[0] != b || e.shape()[2] != h {
+                return Err(Error::Invalid {
+                    op,
+                    msg: format!("extra rows must be [{b}, Q, {h}], got {:?}", e.shape()),
+                });
+            }
+            let q = e.shape()[1];
+            total = l + q;
+            // Appended rows continue each row's text positions on all three axes.
+            for (row, m) in positions.iter_mut().zip(&masks) {
+                let start = row
+                    .iter()
+                    .zip(m)
+                    .filter(|(_, &m)| m != 0)
+                    .map(|(p, _)| p.iter().copied().max().unwrap_or(0))
+                    .max()
+                    .map_or(0, |x| x + 1);
+                row.extend((0..q as i64).map(|j| [start + j; 3]));
+            }
+            key_padding = (0..b)
+                .flat_map(|r| mask_vec[r * l..(r + 1) * l].iter().copied().chain(std::iter::repeat_n(1u8, q)))
+                .collect();
+            x = Tensor::cat(&[&x, &e.to_dtype(x.dtype())?], 1)?;
+        }
+        let (cos, sin) = text::mrope_tables(&cfg.text, &positions)?;
+        let key_padding = Tensor::from_vec(key_padding, &[b, total], Device::Cpu)?;
+        let (layers, last_hidden) = text::forward(&cfg.text, &self.params, &x, &key_padding, &cos, &sin, trace)?;
+        Ok(Run { image_features, vision_blocks, layers, last_hidden })
+    }
+}
+
+struct Run {
+    image_features: Option<Tensor>,
+    vision_blocks: Vec<Tensor>,
+    layers: Vec<Tensor>,
+    last_hidden: Tensor,
+}
+
+/// Rename transformers 5.x names to hub names and drop a tied config's stored `lm_head.weight`;
+/// the store is rebuilt (sharing storage, keeping flags) only when something changes.
+fn canonicalize(cfg: &Qwen25VlConfig, params: ParamStore) -> Result<ParamStore> {
+    let drop_head = |n: &str| cfg.tie_word_embeddings && n == "lm_head.weight";
+    let needs = params.names().iter().any(|n| hub_name(n) != *n || drop_head(n));
+    if !needs {
+        return Ok(params);
+    }
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut out = ParamStore::new();
+    for (name, t) in params.iter() {
+        if drop_head(name) {
+            let want = [cfg.text.vocab_size, cfg.text.hidden_size];
+            if t.shape() != want {
+                return Err(Error::tensor(
+                    STORE,
+                    name,
+                    format!("shape mismatch: expected {want:?}, found {:?}", t.shape()),
+                ));
+            }
+            continue;
+        }
+        let hub = hub_name(name);
+        if let Some(prev) = seen.insert(hub.clone(), name.to_string()) {
+            return Err(Error::tensor(STORE, name, format!("duplicates `{prev}` (both are `{hub}` on disk)")));
+        }
+        out.insert(hub.clone(), t)?;
+        out.set_requires_grad(&hub, params.requires_grad(name)?)?;
+    }
+    Ok(out)
+}
+
+impl Backbone for Qwen25Vl {
+    fn family(&self) -> &'static str {
+        "qwen2_5_vl"
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.cfg.text.hidden_size
+    }
+
+    fn params(&self) -> &ParamStore {
+        &self.params
+    }
+
+    fn group_of(&self, name: &str) -> ParamGroup {
+        if name.starts_with("visual.merger.") {
+            ParamGroup::Connector
+        } else if name.starts_with("visual.") {
+            ParamGroup::Vision
+        } else if name == "model.embed_tokens.weight" || name == "lm_head.weight" {
+            ParamGroup::Embeddings
+        } else {
+            ParamGroup::LanguageModel
+        }
+    }
+
+    fn forward(&self, input: &BackboneInput, extra: Option<&Tensor>) -> Result<BackboneOutput> {
+        let l = input.input_ids.dim(1)?;
+        let q = extra.map_or(0, |e| e.shape().get(1).copied().unwrap_or(0));
+        let run = self.run(input, extra, false)?;
+        Ok(BackboneOutput { hidden: run.last_hidden, appended: l..l + q })
+    }
+}

@@ -1,0 +1,269 @@
+//! Qwen2.5-VL input preparation (mirrors transformers 5.24.0 `Qwen2VLImageProcessorPil` and
+//! `Qwen2_5_VLProcessor`): CLIP normalisation and block-major patchify of an image whose sides
+//! are already multiples of 28, the chat-template token layout with the expanded `<|image_pad|>`
+//! run, and left-padded batch collation.
+//!
+//! Resizing is not done here: use [`smart_resize`] for the target size and the shared resampler.
+
+use super::config::Qwen25VlConfig;
+use crate::BackboneInput;
+use vlm4vla_engine::{Device, Error, Result, Tensor};
+
+const OP: &str = "qwen2_5_vl preprocess";
+
+/// OpenAI CLIP statistics (transformers `OPENAI_CLIP_MEAN` / `OPENAI_CLIP_STD`).
+pub const CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
+pub const CLIP_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
+
+/// `preprocessor_config.json` defaults of the Qwen2.5-VL checkpoints.
+pub const MIN_PIXELS: usize = 3136;
+pub const MAX_PIXELS: usize = 12845056;
+
+/// transformers' `smart_resize`: both sides rounded to multiples of `factor`, the area kept in
+/// `[min_pixels, max_pixels]` (scaled down with floor, up with ceil). Errors on an empty image or
+/// an aspect ratio above 200.
+pub fn smart_resize(
+    height: usize,
+    width: usize,
+    factor: usize,
+    min_pixels: usize,
+    max_pixels: usize,
+) -> Result<(usize, usize)> {
+    if height == 0 || width == 0 || factor == 0 {
+        return Err(Error::Invalid { op: "smart_resize", msg: format!("empty image {height}×{width}") });
+    }
+    let (h, w, f) = (height as f64, width as f64, factor as f64);
+    if h.max(w) / h.min(w) > 200.0 {
+        return Err(Error::Invalid {
+            op: "smart_resize",
+            msg: format!("absolute aspect ratio must be smaller than 200, got {}", h.max(w) / h.min(w)),
+        });
+    }
+    // Python's round() is round-half-even.
+    let round_even = |x: f64| {
+        let r = x.round();
+        if (x - x.trunc()).abs() == 0.5 && r % 2.0 != 0.0 {
+            r - x.signum()
+        } else {
+            r
+        }
+    };
+    let mut hb = round_even(h / f) * f;
+    let mut wb = round_even(w / f) * f;
+    if hb * wb > max_pixels as f64 {
+        let beta = (h * w / max_pixels as f64).sqrt();
+        hb = f.max((h / beta / f).floor() * f);
+        wb = f.max((w / beta / f).floor() * f);
+    } else if hb * wb < min_pixels as f64 {
+        let beta = (min_pixels as f64 / (h * w)).sqrt();
+        hb = (h * beta / f).ceil() * f;
+        wb = (w * beta / f).ceil() * f;
+    }
+    Ok((hb as usize, wb as usize))
+}
+
+/// One image as the vision tower takes it.
+#[derive(Clone, Debug)]
+pub struct ProcessedImage {
+    /// `[grid_h · grid_w, 3 · temporal · patch²]` f32 patch rows (block-major).
+    pub pixel_values: Tensor,
+    /// `(1, grid_h, grid_w)` in patches.
+    pub grid_thw: [usize; 3],
+}
+
+/// Normalise and patchify an RGB image (`height × width × 3` bytes, row-major, sides multiples
+/// of `patch · merge` = 28): `((x·(1/255)) − mean) / std` in f32 as transformers' PIL backend
+/// computes it, then rows laid out `(c, t, py, px)` with the still frame duplicated in time.
+pub fn preprocess(rgb: &[u8], height: usize, width: usize, cfg: &Qwen25VlConfig) -> Result<ProcessedImage> {
+    cfg.validate().map_err(|msg| Error::Invalid { op: OP, msg })?;
+    let v = &cfg.vision;
+    let (p, m, tp) = (v.patch_size, v.spatial_merge_size, v.temporal_patch_size);
+    if v.in_channels != 3 {
+        return Err(Error::Invalid {
+            op: OP,
+            msg: format!("the config expects {} channels; only RGB is supported", v.in_channels),
+        });
+    }
+    if height == 0 || width == 0 {
+        return Err(Error::Invalid { op: OP, msg: format!("image has zero size ({height}×{width})") });
+    }
+    let pixels = height * width;
+    if rgb.len() != pixels * 3 {
+        let msg = if rgb.len().is_multiple_of(pixels) {
+            format!(
+                "image of {height}×{width} has {} channels ({} bytes); expected 3 (RGB, {} bytes)",
+                rgb.len() / pixels,
+                rgb.len(),
+                pixels * 3
+            )
+        } else {
+            format!("image buffer has {} bytes; a {height}×{width} RGB image needs {}", rgb.len(), pixels * 3)
+        };
+        return Err(Error::Invalid { op: OP, msg });
+    }
+    let factor = p * m;
+    if !height.is_multiple_of(factor) || !width.is_multiple_of(factor) {
+        return Err(Error::Invalid {
+            op: OP,
+            msg: format!("image sides {height}×{width} must be multiples of {factor}; resize first (see smart_resize)"),
+        });
+    }
+    let mean: Vec<f32> = CLIP_MEAN.iter().map(|&x| x as f32).collect();
+    let std: Vec<f32> = CLIP_STD.iter().map(|&x| x as f32).collect();
+    let norm = |y: usize, x: usize, c: usize| -> f32 {
+        let v = ((rgb[(y * width + x) * 3 + c] as f64) * (1.0 / 255.0)) as f32;
+        (v - mean[c]) / std[c]
+    };
+    let (gh, gw) = (height / p, width / p);
+    let row = 3 * tp * p * p;
+    let mut out = Vec::with_capacity(gh * gw * row);
+    for bh in 0..gh / m {
+        for bw in 0..gw / m {
+            for mh in 0..m {
+                for mw in 0..m {
+                    let (y0, x0) = ((bh * m + mh) * p, (bw * m + mw) * p);
+                    for c in 0..3 {
+                        for _t in 0..tp {
+                            for py in 0..p {
+                                for px in 0..p {
+                                    out.push(norm(y0 + py, x0 + px, c));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(ProcessedImage { pixel_values: Tensor::from_vec(out, &[gh * gw, row], Device::Cpu)?, grid_thw: [1, gh, gw] })
+}
+
+/// The special and template token ids of the chat layout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChatTokens {
+    pub im_start: i64,
+    pub im_end: i64,
+    /// `<|endoftext|>`, the padding id of the processor.
+    pub pad: i64,
+    pub newline: i64,
+    pub system: Vec<i64>,
+    /// "You are a helpful assistant."
+    pub default_system: Vec<i64>,
+    pub user: Vec<i64>,
+    pub assistant: Vec<i64>,
+    pub vision_start: i64,
+    pub vision_end: i64,
+    pub image_pad: i64,
+}
+
+impl ChatTokens {
+    /// The Qwen2.5-VL tokenizer's ids (MODELS.md §1.3).
+    pub fn qwen2_5_vl() -> Self {
+        ChatTokens {
+            im_start: 151644,
+            im_end: 151645,
+            pad: 151643,
+            newline: 198,
+            system: vec![8948],
+            default_system: vec![2610, 525, 264, 10950, 17847, 13],
+            user: vec![872],
+            assistant: vec![77091],
+            vision_start: 151652,
+            vision_end: 151653,
+            image_pad: 151655,
+        }
+    }
+
+    /// The tiny model's ids (`Qwen25VlConfig::tiny()`, vocabulary 128; the fixture generator uses
+    /// the same).
+    pub fn tiny() -> Self {
+        ChatTokens {
+            im_start: 110,
+            im_end: 111,
+            pad: 112,
+            newline: 10,
+            system: vec![20],
+            default_system: vec![21, 22, 23, 24],
+            user: vec![30],
+            assistant: vec![31],
+            vision_start: 118,
+            vision_end: 119,
+            image_pad: 120,
+        }
+    }
+}
+
+/// One sample's token ids and `mm_token_type_ids` (1 on image pads).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PromptLayout {
+    pub input_ids: Vec<i64>,
+    pub mm_token_type_ids: Vec<u8>,
+}
+
+/// The chat template with the default system message and `add_generation_prompt`:
+/// `<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n`
+/// then per image `<|vision_start|><|image_pad|>×n<|vision_end|>`, the prompt's ids,
+/// `<|im_end|>\n<|im_start|>assistant\n`. `n = t·h·w / merge²` per image grid.
+pub fn chat_layout(
+    chat: &ChatTokens,
+    prompt_ids: &[i64],
+    image_grids: &[[usize; 3]],
+    cfg: &Qwen25VlConfig,
+) -> PromptLayout {
+    let mut ids = vec![chat.im_start];
+    ids.extend(&chat.system);
+    ids.push(chat.newline);
+    ids.extend(&chat.default_system);
+    ids.extend([chat.im_end, chat.newline, chat.im_start]);
+    ids.extend(&chat.user);
+    ids.push(chat.newline);
+    for &g in image_grids {
+        ids.push(chat.vision_start);
+        ids.extend(std::iter::repeat_n(chat.image_pad, cfg.image_tokens(g)));
+        ids.push(chat.vision_end);
+    }
+    ids.extend(prompt_ids);
+    ids.extend([chat.im_end, chat.newline, chat.im_start]);
+    ids.extend(&chat.assistant);
+    ids.push(chat.newline);
+    let mm_token_type_ids = ids.iter().map(|&t| u8::from(t == chat.image_pad)).collect();
+    PromptLayout { input_ids: ids, mm_token_type_ids }
+}
+
+/// Left-pad samples into one batch: `input_ids` padded with `pad_id`, `attention_mask` 0 on
+/// padding, `mm_token_type_ids` as `token_type`, and all images' pixel rows concatenated in
+/// sample order.
+pub fn collate(samples: &[(PromptLayout, Vec<ProcessedImage>)], pad_id: i64) -> Result<BackboneInput> {
+    if samples.is_empty() {
+        return Err(Error::Invalid { op: "qwen2_5_vl collate", msg: "empty batch".into() });
+    }
+    let len = samples.iter().map(|(l, _)| l.input_ids.len()).max().unwrap_or(0);
+    let b = samples.len();
+    let mut ids = vec![pad_id; b * len];
+    let mut mask = vec![0u8; b * len];
+    let mut types = vec![0u8; b * len];
+    let mut pixels = Vec::new();
+    let mut grids = Vec::new();
+    for (i, (layout, images)) in samples.iter().enumerate() {
+        let off = i * len + len - layout.input_ids.len();
+        ids[off..(i + 1) * len].copy_from_slice(&layout.input_ids);
+        types[off..(i + 1) * len].copy_from_slice(&layout.mm_token_type_ids);
+        mask[off..(i + 1) * len].iter_mut().for_each(|m| *m = 1);
+        for img in images {
+            pixels.push(img.pixel_values.clone());
+            grids.push(img.grid_thw);
+        }
+    }
+    let pixel_values = if pixels.is_empty() {
+        Tensor::zeros(&[0, 1176], vlm4vla_engine::DType::F32, Device::Cpu)?
+    } else {
+        Tensor::cat(&pixels.iter().collect::<Vec<_>>(), 0)?
+    };
+    Ok(BackboneInput {
+        pixel_values,
+        image_grid_thw: Some(grids),
+        input_ids: Tensor::from_vec(ids, &[b, len], Device::Cpu)?,
+        attention_mask: Tensor::from_vec(mask, &[b, len], Device::Cpu)?,
+        token_type: Tensor::from_vec(types, &[b, len], Device::Cpu)?,
+    })
+}
