@@ -273,6 +273,9 @@ fn on_disk_layout_is_lerobot_v3() {
     let pandas = kv.iter().find(|(k, _)| k == "pandas").expect("pandas metadata");
     let pandas: serde_json::Value = serde_json::from_str(&pandas.1).unwrap();
     assert_eq!(pandas["index_columns"], serde_json::json!(["task"]));
+    // pyarrow takes schema metadata from an embedded Arrow schema when there is one, which would
+    // hide the `pandas` entry (and with it the task index): the task table has none.
+    assert!(kv.iter().all(|(k, _)| k != "ARROW:schema"), "{kv:?}");
 
     let stats: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("meta/stats.json")).unwrap()).unwrap();
@@ -478,7 +481,7 @@ fn bad_datasets_name_the_culprit() {
     std::fs::write(&info, &good_info).unwrap();
     assert!(LeRobotDataset::open(&dir).is_ok());
 
-    for meta in ["meta/stats.json", "meta/tasks.parquet"] {
+    for meta in ["meta/info.json", "meta/stats.json", "meta/tasks.parquet"] {
         let p = dir.join(meta);
         let keep = std::fs::read(&p).unwrap();
         std::fs::remove_file(&p).unwrap();

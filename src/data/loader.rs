@@ -285,9 +285,9 @@ impl Loader {
     ) {
         let mut cached: Option<(u64, Vec<usize>)> = None;
         let mut job = w;
-        while !stop.load(Ordering::Relaxed) && limit.map_or(true, |l| job < l) {
+        while !stop.load(Ordering::Relaxed) && limit.is_none_or(|l| job < l) {
             let pos = self.advance(start, job);
-            if cached.as_ref().map_or(true, |(e, _)| *e != pos.epoch) {
+            if cached.as_ref().is_none_or(|(e, _)| *e != pos.epoch) {
                 cached = Some((pos.epoch, self.epoch_order(pos.epoch)));
             }
             let order = cached.as_ref().map(|(_, o)| o.as_slice()).unwrap_or_default();

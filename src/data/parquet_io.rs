@@ -7,6 +7,7 @@ use arrow_array::types::{Float32Type, Float64Type, Int32Type, Int64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, SchemaRef};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_writer::ArrowWriterOptions;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::metadata::KeyValue;
@@ -15,16 +16,20 @@ use std::fs::File;
 use std::path::Path;
 
 /// Write `batch` to `path` (snappy, as LeRobot does), adding `kv` to the file's key-value
-/// metadata (pyarrow reads `pandas` and `huggingface` entries from there).
+/// metadata. With `kv` given, the embedded Arrow schema (`ARROW:schema`) is left out: pyarrow
+/// then takes the schema metadata (e.g. the `pandas` entry) from the key-value metadata, where an
+/// embedded Arrow schema would override it.
 pub(crate) fn write_parquet(path: &Path, batch: &RecordBatch, kv: &[(&str, String)]) -> Result<()> {
     let file = File::create(path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    let skip_arrow_schema = !kv.is_empty();
     let kv: Vec<KeyValue> = kv.iter().map(|(k, v)| KeyValue::new((*k).to_string(), v.clone())).collect();
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_key_value_metadata(if kv.is_empty() { None } else { Some(kv) })
         .build();
     let pq_err = |e: parquet::errors::ParquetError| Error::file(path, format!("writing parquet: {e}"));
-    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(pq_err)?;
+    let options = ArrowWriterOptions::new().with_properties(props).with_skip_arrow_metadata(skip_arrow_schema);
+    let mut w = ArrowWriter::try_new_with_options(file, batch.schema(), options).map_err(pq_err)?;
     w.write(batch).map_err(pq_err)?;
     let file = w.into_inner().map_err(pq_err)?;
     file.sync_all().map_err(|e| Error::io(format!("syncing {}", path.display()), e))?;

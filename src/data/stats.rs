@@ -52,7 +52,7 @@ impl FeatureStats {
 
     /// Statistics of `rows` vectors of `dim` values stored row-major in `values`.
     pub(crate) fn from_rows(values: &[f64], dim: usize) -> Self {
-        let n = if dim == 0 { 0 } else { values.len() / dim };
+        let n = values.len().checked_div(dim).unwrap_or(0);
         let mut s = FeatureStats::empty(dim, n as u64);
         let mut col = Vec::with_capacity(n);
         for d in 0..dim {

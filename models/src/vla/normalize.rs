@@ -249,7 +249,7 @@ impl ActionNormalizer {
     /// length: normalised arm, gripper target in {0, 1}).
     pub fn normalize_actions(&self, actions: &[f32]) -> Result<Vec<f32>> {
         let a = self.action_dim();
-        if actions.len() % a != 0 {
+        if !actions.len().is_multiple_of(a) {
             return Err(Error::Invalid {
                 op: "ActionNormalizer::normalize_actions",
                 msg: format!("{} values are not whole actions of {a}", actions.len()),
@@ -296,7 +296,7 @@ impl ActionNormalizer {
     }
 
     fn check_arm(&self, op: &'static str, arm: &[f32]) -> Result<()> {
-        if self.arm_dims == 0 || arm.len() % self.arm_dims != 0 {
+        if self.arm_dims == 0 || !arm.len().is_multiple_of(self.arm_dims) {
             return Err(Error::Invalid {
                 op,
                 msg: format!("{} values are not whole rows of {} arm dims", arm.len(), self.arm_dims),
