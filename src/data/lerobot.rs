@@ -286,7 +286,7 @@ impl LeRobotDataset {
                 let start = if row == 0 { 0 } else { self.png_ends[row - 1] };
                 let bytes = &self.png[start..self.png_ends[row]];
                 let (w, h) = png_size(bytes)
-                    .map_err(|m| Error::file(path, format!("column `{image_key}`: row {}: {m}", row - first)))?;
+                    .map_err(|m| Error::file(path, format!("column `{image_key}`: frame {row}: {m}")))?;
                 if (w, h) != (self.width, self.height) {
                     return Err(Error::file(
                         path,
