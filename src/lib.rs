@@ -7,4 +7,5 @@
 pub use vlm4vla_engine as engine;
 pub use vlm4vla_models as models;
 
+pub mod data;
 pub mod env;

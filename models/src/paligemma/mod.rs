@@ -29,6 +29,20 @@ use vlm4vla_engine::{AttentionMask, DType, Device, Error, ParamStore, Result, Sa
 const PARAMS: &str = "paligemma parameters";
 const INPUT: &str = "paligemma input";
 
+/// Which parameter group a name (either spelling) belongs to.
+pub fn group_of(name: &str) -> ParamGroup {
+    let name = canonical_name(name);
+    if name.starts_with(VISION) {
+        ParamGroup::Vision
+    } else if name.starts_with("multi_modal_projector.") {
+        ParamGroup::Connector
+    } else if name.starts_with(EMBED) || name.starts_with(LM_HEAD) {
+        ParamGroup::Embeddings
+    } else {
+        ParamGroup::LanguageModel
+    }
+}
+
 /// A PaliGemma model: its config and its parameters by hub name.
 #[derive(Clone, Debug)]
 pub struct PaliGemma {
@@ -302,16 +316,7 @@ impl Backbone for PaliGemma {
     }
 
     fn group_of(&self, name: &str) -> ParamGroup {
-        let name = canonical_name(name);
-        if name.starts_with(VISION) {
-            ParamGroup::Vision
-        } else if name.starts_with("multi_modal_projector.") {
-            ParamGroup::Connector
-        } else if name.starts_with(EMBED) || name.starts_with(LM_HEAD) {
-            ParamGroup::Embeddings
-        } else {
-            ParamGroup::LanguageModel
-        }
+        group_of(name)
     }
 
     /// Appended rows sit after the prompt like suffix tokens: causal among themselves, seeing

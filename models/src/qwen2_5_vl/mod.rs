@@ -40,6 +40,19 @@ pub(crate) fn param(params: &ParamStore, name: &str) -> Result<Tensor> {
 
 /// The hub name of a parameter given in transformers 5.x in-memory naming
 /// (`model.visual.*` → `visual.*`, `model.language_model.*` → `model.*`); other names unchanged.
+/// Which parameter group an on-disk name belongs to.
+pub fn group_of(name: &str) -> ParamGroup {
+    if name.starts_with("visual.merger.") {
+        ParamGroup::Connector
+    } else if name.starts_with("visual.") {
+        ParamGroup::Vision
+    } else if name == "model.embed_tokens.weight" || name == "lm_head.weight" {
+        ParamGroup::Embeddings
+    } else {
+        ParamGroup::LanguageModel
+    }
+}
+
 pub fn hub_name(name: &str) -> String {
     if let Some(rest) = name.strip_prefix("model.visual.") {
         format!("visual.{rest}")
@@ -389,15 +402,7 @@ impl Backbone for Qwen25Vl {
     }
 
     fn group_of(&self, name: &str) -> ParamGroup {
-        if name.starts_with("visual.merger.") {
-            ParamGroup::Connector
-        } else if name.starts_with("visual.") {
-            ParamGroup::Vision
-        } else if name == "model.embed_tokens.weight" || name == "lm_head.weight" {
-            ParamGroup::Embeddings
-        } else {
-            ParamGroup::LanguageModel
-        }
+        group_of(name)
     }
 
     fn forward(&self, input: &BackboneInput, extra: Option<&Tensor>) -> Result<BackboneOutput> {

@@ -1,1 +1,5 @@
-//! (Being built: see the issue tracker.)
+//! The VLM4VLA policy: action query, FCDecoder head, losses and action normalisation.
+
+pub mod normalize;
+
+pub use normalize::{ActionNormalizer, ActionStats, NormalizationMode};

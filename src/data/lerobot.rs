@@ -1,0 +1,646 @@
+//! The LeRobot v3.0 dataset layout and [`LeRobotDataset`], its reader.
+//!
+//! ```text
+//! meta/info.json                              codebase_version "v3.0", fps, features, path templates, totals
+//! meta/stats.json                             per-feature min/max/mean/std/count/q01..q99
+//! meta/tasks.parquet                          task_index + task (the pandas index)
+//! meta/episodes/chunk-000/file-000.parquet    one row per episode: tasks, length, frame range, data file, stats/...
+//! data/chunk-000/file-000.parquet             one row per frame: observation.image {bytes, path}, observation.state,
+//!                                             action, timestamp, frame_index, episode_index, index, task_index
+//! ```
+//! Mirrors `lerobot/datasets/utils.py`, `dataset_metadata.py` and `dataset_writer.py` of
+//! huggingface/lerobot (codebase version v3.0).
+
+use super::parquet_io::{
+    column, f32_column, f32_rows, i64_column, image_bytes, read_parquet, require_columns, string_column,
+    string_list_column,
+};
+use super::stats::{DatasetStats, FeatureStats};
+use super::{decode_png, png_size, RgbImage, Sample};
+use crate::engine::{Error, Result};
+use crate::models::vla::ActionStats;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// The dataset format version this module reads and writes.
+pub const CODEBASE_VERSION: &str = "v3.0";
+/// The image feature our writer records (a reader falls back to the first `image` feature).
+pub const IMAGE_KEY: &str = "observation.image";
+pub(crate) const DATA_PATH_TEMPLATE: &str = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet";
+const EPISODES_PATH_TEMPLATE: &str = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet";
+const STATE_KEY: &str = "observation.state";
+const ACTION_KEY: &str = "action";
+const FRAME_COLUMNS: [&str; 5] = ["timestamp", "frame_index", "episode_index", "index", "task_index"];
+
+pub(crate) fn data_path(chunk: usize, file: usize) -> String {
+    fill_template(DATA_PATH_TEMPLATE, chunk, file)
+}
+
+pub(crate) fn episodes_path(chunk: usize, file: usize) -> String {
+    fill_template(EPISODES_PATH_TEMPLATE, chunk, file)
+}
+
+/// Fill `{chunk_index}` / `{file_index}` placeholders, with Python's `:03d`-style zero padding.
+fn fill_template(template: &str, chunk: usize, file: usize) -> String {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let Some(close) = rest[open..].find('}') else {
+            out.push_str(&rest[open..]);
+            return out;
+        };
+        let spec = &rest[open + 1..open + close];
+        let (name, fmt) = spec.split_once(':').unwrap_or((spec, ""));
+        let value = match name {
+            "chunk_index" => Some(chunk),
+            "file_index" => Some(file),
+            _ => None,
+        };
+        match value {
+            Some(v) => {
+                let width: usize = fmt.trim_start_matches('0').trim_end_matches('d').parse().unwrap_or(0);
+                out.push_str(&format!("{v:0width$}"));
+            }
+            None => out.push_str(&rest[open..open + close + 1]),
+        }
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// One episode: a contiguous run of frames `from .. to` with its instruction(s).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Episode {
+    pub index: usize,
+    pub tasks: Vec<String>,
+    pub length: usize,
+    /// Global index of the first frame.
+    pub from: usize,
+    /// One past the global index of the last frame.
+    pub to: usize,
+    /// The data file holding the episode's frames.
+    pub data_chunk: usize,
+    pub data_file: usize,
+}
+
+/// A LeRobot v3.0 dataset loaded into memory (encoded frames, states, actions, indices), checked
+/// against its `meta/info.json`.
+///
+/// Frames stay PNG-encoded until [`sample`](Self::sample) (or the [`Loader`](super::Loader))
+/// decodes them. Video features are not supported; the image feature must be stored as embedded
+/// bytes (LeRobot's `dtype: "image"`).
+#[derive(Debug)]
+pub struct LeRobotDataset {
+    root: PathBuf,
+    info: Value,
+    fps: f64,
+    robot_type: Option<String>,
+    image_key: String,
+    height: usize,
+    width: usize,
+    state_dim: usize,
+    action_dim: usize,
+    tasks: Vec<String>,
+    episodes: Vec<Episode>,
+    stats: DatasetStats,
+    png: Vec<u8>,
+    png_ends: Vec<usize>,
+    states: Vec<f32>,
+    actions: Vec<f32>,
+    timestamps: Vec<f32>,
+    frame_index: Vec<i64>,
+    episode_of: Vec<u32>,
+    task_index: Vec<u32>,
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    serde_json::from_str(&text).map_err(|e| Error::file(path, format!("malformed JSON: {e}")))
+}
+
+/// `[n]` from a feature's shape, or the full shape list.
+fn shape_of(info_path: &Path, features: &serde_json::Map<String, Value>, key: &str) -> Result<Vec<usize>> {
+    let f = features.get(key).ok_or_else(|| Error::file(info_path, format!("features: missing feature `{key}`")))?;
+    let shape = f
+        .get("shape")
+        .and_then(Value::as_array)
+        .ok_or_else(|| Error::file(info_path, format!("feature `{key}`: missing `shape` list")))?;
+    shape
+        .iter()
+        .map(|d| d.as_u64().map(|d| d as usize))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| Error::file(info_path, format!("feature `{key}`: shape {shape:?} is not a list of sizes")))
+}
+
+fn dtype_of<'a>(features: &'a serde_json::Map<String, Value>, key: &str) -> Option<&'a str> {
+    features.get(key).and_then(|f| f.get("dtype")).and_then(Value::as_str)
+}
+
+impl LeRobotDataset {
+    /// Open and validate the dataset at `dir`. Errors name the file and the column or feature at
+    /// fault: a missing directory or meta file, malformed `info.json`, a missing column, frames
+    /// whose image size or action length disagrees with `info.json`, inconsistent indices.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let root = dir.as_ref().to_path_buf();
+        if !root.is_dir() {
+            return Err(Error::file(&root, "no such dataset directory"));
+        }
+        // meta/info.json
+        let info_path = root.join("meta/info.json");
+        let info = read_json(&info_path)?;
+        let bad_info = |msg: String| Error::file(&info_path, msg);
+        let obj = info.as_object().ok_or_else(|| bad_info("not a JSON object".into()))?;
+        let version = obj
+            .get("codebase_version")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad_info("missing string `codebase_version`".into()))?;
+        if !version.starts_with("v3.") {
+            return Err(bad_info(format!("codebase_version {version:?}: only LeRobot v3.x datasets are supported")));
+        }
+        let fps = obj
+            .get("fps")
+            .and_then(Value::as_f64)
+            .filter(|f| *f > 0.0)
+            .ok_or_else(|| bad_info("missing positive number `fps`".into()))?;
+        let total = |key: &str| -> Result<usize> {
+            obj.get(key)
+                .and_then(Value::as_u64)
+                .map(|v| v as usize)
+                .ok_or_else(|| bad_info(format!("missing integer `{key}`")))
+        };
+        let (total_episodes, total_frames, total_tasks) =
+            (total("total_episodes")?, total("total_frames")?, total("total_tasks")?);
+        let data_template = obj
+            .get("data_path")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad_info("missing string `data_path`".into()))?
+            .to_string();
+        let robot_type = obj.get("robot_type").and_then(Value::as_str).map(str::to_string);
+        let features = obj
+            .get("features")
+            .and_then(Value::as_object)
+            .ok_or_else(|| bad_info("missing object `features`".into()))?;
+        let image_key = if features.contains_key(IMAGE_KEY) {
+            IMAGE_KEY.to_string()
+        } else {
+            let mut keys: Vec<&String> = features.keys().filter(|k| dtype_of(features, k) == Some("image")).collect();
+            keys.sort();
+            match keys.first() {
+                Some(k) => k.to_string(),
+                None => {
+                    let video = features.keys().find(|k| dtype_of(features, k) == Some("video"));
+                    return Err(bad_info(match video {
+                        Some(v) => {
+                            format!("feature `{v}` is stored as video, which is not supported; no `image` feature")
+                        }
+                        None => format!("features: missing feature `{IMAGE_KEY}` (no feature has dtype \"image\")"),
+                    }));
+                }
+            }
+        };
+        if dtype_of(features, &image_key) != Some("image") {
+            return Err(bad_info(format!("feature `{image_key}`: dtype must be \"image\"")));
+        }
+        let (height, width) = match shape_of(&info_path, features, &image_key)?.as_slice() {
+            [h, w, 3] => (*h, *w),
+            [3, h, w] => (*h, *w),
+            s => return Err(bad_info(format!("feature `{image_key}`: shape {s:?} is not [height, width, 3]"))),
+        };
+        let vec_dim = |key: &str| -> Result<usize> {
+            match shape_of(&info_path, features, key)?.as_slice() {
+                [n] => Ok(*n),
+                s => Err(bad_info(format!("feature `{key}`: shape {s:?} is not [n]"))),
+            }
+        };
+        let state_dim = vec_dim(STATE_KEY)?;
+        let action_dim = vec_dim(ACTION_KEY)?;
+
+        // meta/stats.json
+        let stats_path = root.join("meta/stats.json");
+        let stats_json = read_json(&stats_path)?;
+        let stats_obj = stats_json.as_object().ok_or_else(|| Error::file(&stats_path, "not a JSON object"))?;
+        let mut stats = DatasetStats::new();
+        for (k, v) in stats_obj {
+            stats.insert(k.clone(), FeatureStats::from_json(v, &stats_path, k)?);
+        }
+        let tasks = read_tasks(&root.join("meta/tasks.parquet"), total_tasks)?;
+        let episodes = read_episodes(&root, total_episodes)?;
+
+        let mut ds = LeRobotDataset {
+            root: root.clone(),
+            info: info.clone(),
+            fps,
+            robot_type,
+            image_key,
+            height,
+            width,
+            state_dim,
+            action_dim,
+            tasks,
+            episodes,
+            stats,
+            png: Vec::new(),
+            png_ends: Vec::new(),
+            states: Vec::new(),
+            actions: Vec::new(),
+            timestamps: Vec::new(),
+            frame_index: Vec::new(),
+            episode_of: Vec::new(),
+            task_index: Vec::new(),
+        };
+        let mut files: Vec<(usize, usize)> = ds.episodes.iter().map(|e| (e.data_chunk, e.data_file)).collect();
+        files.sort_unstable();
+        files.dedup();
+        for (c, f) in files {
+            ds.read_data_file(&root.join(fill_template(&data_template, c, f)))?;
+        }
+        ds.check_frames(total_frames)?;
+        let stats = &ds.stats;
+        for (key, dim) in [(ACTION_KEY, action_dim), (STATE_KEY, state_dim)] {
+            match stats.get(key) {
+                None => return Err(Error::file(&stats_path, format!("missing statistics for feature `{key}`"))),
+                Some(s) if s.min.len() != dim => {
+                    return Err(Error::file(
+                        &stats_path,
+                        format!("feature `{key}`: {} values per statistic, info.json shape is [{dim}]", s.min.len()),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(ds)
+    }
+
+    fn read_data_file(&mut self, path: &Path) -> Result<()> {
+        let (schema, batches) = read_parquet(path)?;
+        let image_key = self.image_key.clone();
+        let mut names = vec![image_key.as_str(), STATE_KEY, ACTION_KEY];
+        names.extend(FRAME_COLUMNS);
+        require_columns(path, &schema, &names)?;
+        for b in &batches {
+            let first = self.png_ends.len();
+            image_bytes(path, &image_key, column(path, b, &image_key)?, &mut self.png, &mut self.png_ends)?;
+            for row in first..self.png_ends.len() {
+                let start = if row == 0 { 0 } else { self.png_ends[row - 1] };
+                let bytes = &self.png[start..self.png_ends[row]];
+                let (w, h) = png_size(bytes)
+                    .map_err(|m| Error::file(path, format!("column `{image_key}`: frame {row}: {m}")))?;
+                if (w, h) != (self.width, self.height) {
+                    return Err(Error::file(
+                        path,
+                        format!(
+                            "column `{image_key}`: frame {row} is {w}x{h} but meta/info.json gives {}x{} (width x height)",
+                            self.width, self.height
+                        ),
+                    ));
+                }
+            }
+            self.states.extend(f32_rows(path, STATE_KEY, column(path, b, STATE_KEY)?, self.state_dim)?);
+            self.actions.extend(f32_rows(path, ACTION_KEY, column(path, b, ACTION_KEY)?, self.action_dim)?);
+            self.timestamps.extend(f32_column(path, "timestamp", column(path, b, "timestamp")?)?);
+            self.frame_index.extend(i64_column(path, "frame_index", column(path, b, "frame_index")?)?);
+            let index = i64_column(path, "index", column(path, b, "index")?)?;
+            let episode = i64_column(path, "episode_index", column(path, b, "episode_index")?)?;
+            let task = i64_column(path, "task_index", column(path, b, "task_index")?)?;
+            for (row, ((&i, &e), &t)) in index.iter().zip(&episode).zip(&task).enumerate() {
+                let here = first + row;
+                if i != here as i64 {
+                    return Err(Error::file(
+                        path,
+                        format!(
+                            "column `index`: row {row} has index {i}, expected {here} (frames must be stored in order)"
+                        ),
+                    ));
+                }
+                let ep = self.episodes.get(e.max(0) as usize).filter(|ep| e >= 0 && (ep.from..ep.to).contains(&here));
+                if ep.is_none() {
+                    return Err(Error::file(
+                        path,
+                        format!(
+                            "column `episode_index`: frame {here} says episode {e}, which does not hold that frame"
+                        ),
+                    ));
+                }
+                if t < 0 || t as usize >= self.tasks.len() {
+                    return Err(Error::file(
+                        path,
+                        format!(
+                            "column `task_index`: frame {here} has task {t}, but there are {} tasks",
+                            self.tasks.len()
+                        ),
+                    ));
+                }
+                self.episode_of.push(e as u32);
+                self.task_index.push(t as u32);
+            }
+        }
+        Ok(())
+    }
+
+    fn check_frames(&self, total_frames: usize) -> Result<()> {
+        let n = self.png_ends.len();
+        let last = self.episodes.last().map(|e| e.to).unwrap_or(0);
+        if n != total_frames || n != last {
+            return Err(Error::file(
+                self.root.join("meta/info.json"),
+                format!("total_frames is {total_frames}, the episodes cover {last} frames and the data files hold {n}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Number of frames.
+    pub fn len(&self) -> usize {
+        self.png_ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.png_ends.is_empty()
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The parsed `meta/info.json`.
+    pub fn info(&self) -> &Value {
+        &self.info
+    }
+
+    pub fn fps(&self) -> f64 {
+        self.fps
+    }
+
+    pub fn robot_type(&self) -> Option<&str> {
+        self.robot_type.as_deref()
+    }
+
+    /// The image feature read (`observation.image` unless the dataset has none).
+    pub fn image_key(&self) -> &str {
+        &self.image_key
+    }
+
+    /// `(height, width)` of every frame.
+    pub fn image_size(&self) -> (usize, usize) {
+        (self.height, self.width)
+    }
+
+    pub fn state_dim(&self) -> usize {
+        self.state_dim
+    }
+
+    pub fn action_dim(&self) -> usize {
+        self.action_dim
+    }
+
+    /// Task strings by task index.
+    pub fn tasks(&self) -> &[String] {
+        &self.tasks
+    }
+
+    pub fn episodes(&self) -> &[Episode] {
+        &self.episodes
+    }
+
+    /// `meta/stats.json`, by feature name.
+    pub fn stats(&self) -> &DatasetStats {
+        &self.stats
+    }
+
+    /// The `action` statistics in the form [`ActionNormalizer::from_stats`] takes.
+    ///
+    /// [`ActionNormalizer::from_stats`]: crate::models::vla::ActionNormalizer::from_stats
+    pub fn action_stats(&self) -> ActionStats {
+        let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        let s = &self.stats[ACTION_KEY];
+        ActionStats {
+            min: f(&s.min),
+            max: f(&s.max),
+            mean: f(&s.mean),
+            std: f(&s.std),
+            q01: f(s.q01()),
+            q99: f(s.q99()),
+        }
+    }
+
+    /// The episode holding frame `i`.
+    pub fn episode_of(&self, i: usize) -> Option<&Episode> {
+        self.episode_of.get(i).map(|&e| &self.episodes[e as usize])
+    }
+
+    /// The encoded PNG of frame `i`.
+    pub fn png(&self, i: usize) -> Option<&[u8]> {
+        let end = *self.png_ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.png_ends[i - 1] };
+        Some(&self.png[start..end])
+    }
+
+    pub fn state(&self, i: usize) -> Option<&[f32]> {
+        (i < self.len()).then(|| &self.states[i * self.state_dim..(i + 1) * self.state_dim])
+    }
+
+    pub fn action(&self, i: usize) -> Option<&[f32]> {
+        (i < self.len()).then(|| &self.actions[i * self.action_dim..(i + 1) * self.action_dim])
+    }
+
+    pub fn timestamp(&self, i: usize) -> Option<f32> {
+        self.timestamps.get(i).copied()
+    }
+
+    /// Position of frame `i` within its episode (the `frame_index` column).
+    pub fn frame_index(&self, i: usize) -> Option<usize> {
+        self.frame_index.get(i).map(|&f| f as usize)
+    }
+
+    pub fn task_index(&self, i: usize) -> Option<usize> {
+        self.task_index.get(i).map(|&t| t as usize)
+    }
+
+    /// The instruction of frame `i`.
+    pub fn instruction(&self, i: usize) -> Option<&str> {
+        self.task_index.get(i).map(|&t| self.tasks[t as usize].as_str())
+    }
+
+    fn check_index(&self, op: &'static str, i: usize) -> Result<()> {
+        if i >= self.len() {
+            return Err(Error::Invalid {
+                op,
+                msg: format!("frame {i} out of range for a dataset of {} frames", self.len()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Write the action chunk starting at frame `i` into `actions` (`chunk × action_dim`) and
+    /// `mask` (`chunk`): rows past the episode end repeat its last action and are masked out.
+    pub fn action_chunk_into(
+        &self,
+        i: usize,
+        chunk: usize,
+        actions: &mut Vec<f32>,
+        mask: &mut Vec<bool>,
+    ) -> Result<()> {
+        self.check_index("LeRobotDataset::action_chunk", i)?;
+        let end = self.episodes[self.episode_of[i] as usize].to;
+        let a = self.action_dim;
+        for k in 0..chunk {
+            let j = i + k;
+            let real = j < end;
+            let src = if real { j } else { end - 1 };
+            actions.extend_from_slice(&self.actions[src * a..(src + 1) * a]);
+            mask.push(real);
+        }
+        Ok(())
+    }
+
+    /// Frame `i` decoded, with its state, instruction and the `chunk` actions starting there
+    /// (see [`Sample`] for the padding past the episode end).
+    pub fn sample(&self, i: usize, chunk: usize) -> Result<Sample> {
+        self.check_index("LeRobotDataset::sample", i)?;
+        let image = self.decode_image(i)?;
+        let mut actions = Vec::with_capacity(chunk * self.action_dim);
+        let mut action_mask = Vec::with_capacity(chunk);
+        self.action_chunk_into(i, chunk, &mut actions, &mut action_mask)?;
+        Ok(Sample {
+            index: i,
+            image,
+            state: self.states[i * self.state_dim..(i + 1) * self.state_dim].to_vec(),
+            instruction: self.tasks[self.task_index[i] as usize].clone(),
+            actions,
+            action_mask,
+        })
+    }
+
+    /// Decode frame `i` to RGB, checking its size against `info.json`.
+    pub fn decode_image(&self, i: usize) -> Result<RgbImage> {
+        self.check_index("LeRobotDataset::decode_image", i)?;
+        let bytes = self.png(i).unwrap_or_default();
+        let where_ = || self.root.join("data");
+        let img = decode_png(bytes)
+            .map_err(|m| Error::file(where_(), format!("column `{}`: frame {i}: {m}", self.image_key)))?;
+        if (img.width, img.height) != (self.width, self.height) {
+            return Err(Error::file(
+                where_(),
+                format!(
+                    "column `{}`: frame {i} decodes to {}x{}, info.json gives {}x{}",
+                    self.image_key, img.width, img.height, self.width, self.height
+                ),
+            ));
+        }
+        Ok(img)
+    }
+}
+
+fn read_tasks(path: &Path, total_tasks: usize) -> Result<Vec<String>> {
+    let (schema, batches) = read_parquet(path)?;
+    let task_col = if schema.field_with_name("task").is_ok() { "task" } else { "__index_level_0__" };
+    if schema.field_with_name(task_col).is_err() {
+        return Err(Error::file(path, "missing column `task`"));
+    }
+    require_columns(path, &schema, &["task_index"])?;
+    let mut pairs = Vec::new();
+    for b in &batches {
+        let idx = i64_column(path, "task_index", column(path, b, "task_index")?)?;
+        let names = string_column(path, task_col, column(path, b, task_col)?)?;
+        pairs.extend(idx.into_iter().zip(names));
+    }
+    let mut tasks = vec![None; pairs.len()];
+    for (i, t) in pairs {
+        let slot = usize::try_from(i).ok().and_then(|i| tasks.get_mut(i));
+        match slot {
+            Some(s @ None) => *s = Some(t),
+            _ => return Err(Error::file(path, format!("column `task_index`: {i} is out of range or repeated"))),
+        }
+    }
+    if tasks.len() != total_tasks {
+        return Err(Error::file(
+            path,
+            format!("{} tasks, but meta/info.json says total_tasks = {total_tasks}", tasks.len()),
+        ));
+    }
+    Ok(tasks.into_iter().flatten().collect())
+}
+
+fn read_episodes(root: &Path, total_episodes: usize) -> Result<Vec<Episode>> {
+    let dir = root.join("meta/episodes");
+    let mut files = Vec::new();
+    let list = |d: &Path| -> Result<Vec<PathBuf>> {
+        let rd = std::fs::read_dir(d).map_err(|e| Error::file(d, format!("cannot list: {e}")))?;
+        let mut v: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        v.sort();
+        Ok(v)
+    };
+    if dir.is_dir() {
+        for chunk in list(&dir)?.into_iter().filter(|p| p.is_dir()) {
+            files.extend(list(&chunk)?.into_iter().filter(|p| p.extension().is_some_and(|e| e == "parquet")));
+        }
+    }
+    if files.is_empty() {
+        return Err(Error::file(root.join(episodes_path(0, 0)), "missing: no episode metadata parquet files"));
+    }
+    let cols = [
+        "episode_index",
+        "tasks",
+        "length",
+        "dataset_from_index",
+        "dataset_to_index",
+        "data/chunk_index",
+        "data/file_index",
+    ];
+    let mut eps = Vec::new();
+    for path in &files {
+        let (schema, batches) = read_parquet(path)?;
+        require_columns(path, &schema, &cols)?;
+        for b in &batches {
+            let int = |name: &str| -> Result<Vec<i64>> { i64_column(path, name, column(path, b, name)?) };
+            let (idx, len, from, to) =
+                (int("episode_index")?, int("length")?, int("dataset_from_index")?, int("dataset_to_index")?);
+            let (chunk, file) = (int("data/chunk_index")?, int("data/file_index")?);
+            let tasks = string_list_column(path, "tasks", column(path, b, "tasks")?)?;
+            for r in 0..idx.len() {
+                let vals = [idx[r], len[r], from[r], to[r], chunk[r], file[r]];
+                if vals.iter().any(|&v| v < 0) || to[r] - from[r] != len[r] || len[r] == 0 {
+                    return Err(Error::file(
+                        path,
+                        format!(
+                            "episode {}: length {} does not match dataset_from_index {} .. dataset_to_index {}",
+                            idx[r], len[r], from[r], to[r]
+                        ),
+                    ));
+                }
+                eps.push((
+                    path.clone(),
+                    Episode {
+                        index: idx[r] as usize,
+                        tasks: tasks[r].clone(),
+                        length: len[r] as usize,
+                        from: from[r] as usize,
+                        to: to[r] as usize,
+                        data_chunk: chunk[r] as usize,
+                        data_file: file[r] as usize,
+                    },
+                ));
+            }
+        }
+    }
+    eps.sort_by_key(|(_, e)| e.index);
+    let mut next_frame = 0;
+    for (i, (path, e)) in eps.iter().enumerate() {
+        if e.index != i || e.from != next_frame {
+            return Err(Error::file(
+                path,
+                format!("episode {}: episodes must be numbered 0.. and cover frames contiguously (expected episode {i} from frame {next_frame})", e.index),
+            ));
+        }
+        next_frame = e.to;
+    }
+    if eps.len() != total_episodes {
+        return Err(Error::file(
+            root.join("meta/info.json"),
+            format!("total_episodes is {total_episodes}, but meta/episodes lists {}", eps.len()),
+        ));
+    }
+    Ok(eps.into_iter().map(|(_, e)| e).collect())
+}
