@@ -22,3 +22,45 @@ fn unknown_subcommand_fails_with_usage() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("Usage"));
 }
+
+#[test]
+fn info_model_prints_exact_parameter_counts_of_the_real_configs() {
+    for (name, total) in [
+        ("qwen2.5-vl-3b", "3,754,622,976"),
+        ("paligemma-3b-pt-224", "2,923,466,480"),
+        ("kosmos-2-patch14-224", "1,664,485,376"),
+    ] {
+        let out = vlm4vla(&["info", "--model", name]);
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let s = String::from_utf8_lossy(&out.stdout);
+        let total_line = s.lines().find(|l| l.trim_start().starts_with("total")).unwrap_or_default();
+        assert!(total_line.contains(total), "{name}: {s}");
+        for group in ["vision", "connector", "language_model", "embeddings"] {
+            assert!(s.contains(group), "{name}: no {group} line in {s}");
+        }
+    }
+}
+
+#[test]
+fn info_model_reads_a_checkpoint_directory() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/paligemma");
+    let out = vlm4vla(&["info", "--model", dir]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains("family paligemma") && s.contains("stored dtype: f32"), "{s}");
+}
+
+#[test]
+fn info_model_errors_name_the_problem() {
+    let out = vlm4vla(&["info", "--model", "no-such-model"]);
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("no-such-model") && e.contains("qwen2.5-vl-3b"), "{e}");
+    let dir = std::env::temp_dir().join(format!("vlm4vla-info-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), r#"{"model_type": "llava"}"#).unwrap();
+    let out = vlm4vla(&["info", "--model", dir.to_str().unwrap()]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("model_type") && e.contains("llava"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -57,19 +57,19 @@ fn fmt_note(note: &str) -> String {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
-    pub(crate) fn shapes(op: &'static str, shapes: &[&[usize]]) -> Self {
+    pub fn shapes(op: &'static str, shapes: &[&[usize]]) -> Self {
         Error::ShapeMismatch { op, shapes: shapes.iter().map(|s| s.to_vec()).collect(), note: String::new() }
     }
 
-    pub(crate) fn shapes_note(op: &'static str, shapes: &[&[usize]], note: impl Into<String>) -> Self {
+    pub fn shapes_note(op: &'static str, shapes: &[&[usize]], note: impl Into<String>) -> Self {
         Error::ShapeMismatch { op, shapes: shapes.iter().map(|s| s.to_vec()).collect(), note: note.into() }
     }
 
-    pub(crate) fn invalid(op: &'static str, msg: impl Into<String>) -> Self {
+    pub fn invalid(op: &'static str, msg: impl Into<String>) -> Self {
         Error::Invalid { op, msg: msg.into() }
     }
 
-    pub(crate) fn dtype(op: &'static str, got: DType, note: impl Into<String>) -> Self {
+    pub fn dtype(op: &'static str, got: DType, note: impl Into<String>) -> Self {
         Error::DType { op, got, note: note.into() }
     }
 
