@@ -6,3 +6,4 @@
 
 pub use vlm4vla_engine as engine;
 pub use vlm4vla_models as models;
+pub mod train;
