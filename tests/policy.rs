@@ -141,7 +141,13 @@ fn paper_head_has_xavier_weights_zero_biases_and_zero_query() {
 
 #[test]
 fn loss_matches_a_hand_computed_reference() {
-    let p = policy_with(PolicyConfig { chunk: CHUNK, head: small_head(), gripper_loss_ratio: 0.3, huber_delta: 0.2, ..Default::default() });
+    let p = policy_with(PolicyConfig {
+        chunk: CHUNK,
+        head: small_head(),
+        gripper_loss_ratio: 0.3,
+        huber_delta: 0.2,
+        ..Default::default()
+    });
     let x = input(3, 2);
     let out = p.forward(&x).unwrap();
     let y = targets(3, 5);

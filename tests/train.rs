@@ -202,7 +202,8 @@ fn stop_and_resume_reproduce_the_uninterrupted_losses_exactly() {
     assert_eq!(bits(t.losses()), bits(&straight));
     // The metrics log reads as one run.
     let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-    let steps: Vec<u64> = text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
+    let steps: Vec<u64> =
+        text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
     assert_eq!(steps, (1..=N as u64).collect::<Vec<_>>());
     std::fs::remove_dir_all(&straight_dir).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();

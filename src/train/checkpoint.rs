@@ -94,7 +94,8 @@ impl Checkpoint {
         let mut dir = dir.as_ref().to_path_buf();
         if !dir.join(STATE_FILE).exists() && dir.join(LATEST_FILE).exists() {
             let latest = dir.join(LATEST_FILE);
-            let name = std::fs::read_to_string(&latest).map_err(|e| Error::io(format!("reading {}", latest.display()), e))?;
+            let name =
+                std::fs::read_to_string(&latest).map_err(|e| Error::io(format!("reading {}", latest.display()), e))?;
             dir = dir.join(name.trim());
         }
         for f in [MODEL_FILE, OPTIMIZER_FILE, CONFIG_FILE, STATE_FILE] {
@@ -104,12 +105,15 @@ impl Checkpoint {
         }
         let config = TrainConfig::from_file(dir.join(CONFIG_FILE))?;
         let state_path = dir.join(STATE_FILE);
-        let text =
-            std::fs::read_to_string(&state_path).map_err(|e| Error::io(format!("reading {}", state_path.display()), e))?;
+        let text = std::fs::read_to_string(&state_path)
+            .map_err(|e| Error::io(format!("reading {}", state_path.display()), e))?;
         let state: TrainerState =
             serde_json::from_str(&text).map_err(|e| Error::file(&state_path, format!("invalid trainer state: {e}")))?;
         if state.format_version != 1 {
-            return Err(Error::file(&state_path, format!("format_version {} is not supported (1 is)", state.format_version)));
+            return Err(Error::file(
+                &state_path,
+                format!("format_version {} is not supported (1 is)", state.format_version),
+            ));
         }
         Ok(Checkpoint { dir, config, state })
     }

@@ -33,6 +33,11 @@ fn glyph(c: char) -> [u8; 5] {
         'e' => [0, 7, 7, 4, 7],
         '-' => [0, 0, 7, 0, 0],
         '.' => [0, 0, 0, 0, 2],
+        's' => [0, 7, 4, 1, 7],
+        't' => [2, 7, 2, 2, 3],
+        'p' => [0, 7, 5, 7, 4],
+        'l' => [6, 2, 2, 2, 7],
+        'o' => [0, 7, 5, 5, 7],
         _ => [0; 5],
     }
 }
@@ -128,6 +133,8 @@ pub fn loss_curve_png(points: &[(usize, f64)], width: u32, height: u32) -> Resul
     }
     cv.line((x0, y0), (x0, y1), BLACK);
     cv.line((x0, y1), (x1, y1), BLACK);
+    cv.text(4, 2, "loss");
+    cv.text(x1 - text_width("step"), h - 12, "step");
 
     let mut ema: Option<f64> = None;
     let mut prev: Option<((i64, i64), (i64, i64))> = None;

@@ -55,3 +55,24 @@ pub fn install_sigint_handler() {
     #[cfg(unix)]
     imp::install();
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    #[test]
+    fn sigint_sets_the_flag() {
+        super::install_sigint_handler();
+        assert!(!super::interrupted());
+        let status = std::process::Command::new("kill")
+            .args(["-INT", &std::process::id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success());
+        let start = std::time::Instant::now();
+        while !super::interrupted() && start.elapsed().as_secs() < 5 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(super::interrupted());
+        super::clear_interrupt();
+        assert!(!super::interrupted());
+    }
+}

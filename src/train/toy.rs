@@ -50,10 +50,13 @@ fn linear(ps: &ParamStore, name: &str, x: &Tensor, bias: bool) -> Result<Tensor>
 impl ToyBackbone {
     /// Random weights from `seed` (f32, CPU).
     pub fn new(cfg: ToyConfig, seed: u64) -> Result<ToyBackbone> {
-        if cfg.hidden == 0 || cfg.heads == 0 || cfg.hidden % cfg.heads != 0 {
-            return Err(Error::Invalid { op: "ToyBackbone", msg: format!("hidden {} and heads {}", cfg.hidden, cfg.heads) });
+        if cfg.hidden == 0 || cfg.heads == 0 || !cfg.hidden.is_multiple_of(cfg.heads) {
+            return Err(Error::Invalid {
+                op: "ToyBackbone",
+                msg: format!("hidden {} and heads {}", cfg.hidden, cfg.heads),
+            });
         }
-        if cfg.patch == 0 || cfg.image_size % cfg.patch != 0 || cfg.vocab == 0 {
+        if cfg.patch == 0 || !cfg.image_size.is_multiple_of(cfg.patch) || cfg.vocab == 0 {
             return Err(Error::Invalid { op: "ToyBackbone", msg: format!("bad config {cfg:?}") });
         }
         let (h, dev, f32) = (cfg.hidden, Device::Cpu, DType::F32);
@@ -142,7 +145,11 @@ impl Backbone for ToyBackbone {
         if ids.rank() != 2 || input.attention_mask.shape() != ids.shape() || input.token_type.shape() != ids.shape() {
             return Err(Error::ShapeMismatch {
                 op: "ToyBackbone",
-                shapes: vec![ids.shape().to_vec(), input.attention_mask.shape().to_vec(), input.token_type.shape().to_vec()],
+                shapes: vec![
+                    ids.shape().to_vec(),
+                    input.attention_mask.shape().to_vec(),
+                    input.token_type.shape().to_vec(),
+                ],
                 note: "input_ids, attention_mask and token_type must all be [batch, length]".into(),
             });
         }
@@ -174,7 +181,13 @@ impl Backbone for ToyBackbone {
             linear(ps, &format!("model.layers.0.self_attn.{name}"), &a, false)?.reshape(&[b, t, heads, h / heads])
         };
         let scale = 1.0 / ((h / heads) as f64).sqrt();
-        let att = proj("q_proj")?.attention(&proj("k_proj")?, &proj("v_proj")?, &AttentionMask::Causal, Some(&keys), scale)?;
+        let att = proj("q_proj")?.attention(
+            &proj("k_proj")?,
+            &proj("v_proj")?,
+            &AttentionMask::Causal,
+            Some(&keys),
+            scale,
+        )?;
         let att = linear(ps, "model.layers.0.self_attn.o_proj", &att.out.reshape(&[b, t, h])?, false)?;
         let x = x.add(&att)?;
         let m = norm(&x, "model.layers.0.post_attention_layernorm.weight")?;

@@ -337,8 +337,13 @@ impl Trainer {
         let total = self.config.total_steps(source.batches_per_epoch())?;
         let schedule = self.schedule(total);
         let bar = self.progress_bar(total);
-        let mut summary =
-            RunSummary { steps: self.step, losses: Vec::new(), stopped: false, data_exhausted: false, last_checkpoint: None };
+        let mut summary = RunSummary {
+            steps: self.step,
+            losses: Vec::new(),
+            stopped: false,
+            data_exhausted: false,
+            last_checkpoint: None,
+        };
         let run = self.config.run.clone();
         while self.step < total {
             if self.stop.load(Ordering::SeqCst) || signal::interrupted() {
@@ -365,16 +370,16 @@ impl Trainer {
             summary.losses.push(m.loss);
             bar.set_position(self.step as u64);
             bar.set_message(format!("loss {:.4} lr {:.2e} {:.1} samples/s", m.loss, m.lr, m.samples_per_s));
-            if self.step % run.log_every == 0 || self.step == total {
+            if self.step.is_multiple_of(run.log_every) || self.step == total {
                 self.append_metrics(&serde_json::to_value(&m).map_err(json_err)?)?;
             }
             if let Some(f) = eval.as_mut() {
-                if run.eval_every > 0 && self.step % run.eval_every == 0 {
+                if run.eval_every > 0 && self.step.is_multiple_of(run.eval_every) {
                     let value = f(&self.policy, self.step)?;
                     self.append_metrics(&serde_json::json!({ "step": self.step, "eval": value }))?;
                 }
             }
-            if run.checkpoint_every > 0 && self.step % run.checkpoint_every == 0 && self.step < total {
+            if run.checkpoint_every > 0 && self.step.is_multiple_of(run.checkpoint_every) && self.step < total {
                 self.save_checkpoint(source, total)?;
             }
         }
@@ -397,7 +402,9 @@ impl Trainer {
             let pl = self.policy.forward_loss(&b.input, &b.actions, &b.mask)?;
             let value = pl.loss.to_scalar::<f64>()?;
             if !value.is_finite() {
-                return Err(self.diverged(next, format!("the loss is {value} (arm {}, gripper {})", pl.arm, pl.gripper)));
+                return Err(
+                    self.diverged(next, format!("the loss is {value} (arm {}, gripper {})", pl.arm, pl.gripper))
+                );
             }
             pl.loss.scale(1.0 / k)?.backward_into(&mut grads)?;
             loss += value / k;

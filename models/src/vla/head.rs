@@ -133,7 +133,11 @@ impl FcDecoder {
             let mut widths = vec![cfg.trunk_out];
             widths.extend(&cfg.branch_hidden);
             widths.push(out);
-            widths.windows(2).enumerate().map(|(i, w)| layer(ps, format!("{HEAD_PREFIX}{name}.{i}"), w[0], w[1])).collect()
+            widths
+                .windows(2)
+                .enumerate()
+                .map(|(i, w)| layer(ps, format!("{HEAD_PREFIX}{name}.{i}"), w[0], w[1]))
+                .collect()
         };
         let arm = branch(ps, "arm", ARM_DIMS * chunk)?;
         let gripper = branch(ps, "gripper", chunk)?;
@@ -172,6 +176,11 @@ impl FcDecoder {
 
     /// Every parameter name of the head, trunk first.
     pub fn param_names(&self) -> Vec<String> {
-        self.trunk.iter().chain(&self.arm).chain(&self.gripper).flat_map(|l| [l.weight.clone(), l.bias.clone()]).collect()
+        self.trunk
+            .iter()
+            .chain(&self.arm)
+            .chain(&self.gripper)
+            .flat_map(|l| [l.weight.clone(), l.bias.clone()])
+            .collect()
     }
 }

@@ -190,7 +190,9 @@ impl VlaPolicy {
             .map(|(n, _)| n.to_string())
             .collect();
         if chosen.is_empty() && !head {
-            return Err(invalid("nothing to train: no backbone parameter is in the chosen groups and the head is frozen"));
+            return Err(invalid(
+                "nothing to train: no backbone parameter is in the chosen groups and the head is frozen",
+            ));
         }
         let names: Vec<String> = self.params.names().to_vec();
         for n in &names {
@@ -335,7 +337,8 @@ impl VlaPolicy {
         let loss = arm.add(&gripper.scale(self.config.gripper_loss_ratio)?)?;
 
         let logits = out.gripper_logits.to_vec::<f64>()?;
-        let correct = (0..b * chunk).filter(|&i| valid[i] == 1 && (logits[i] >= 0.0) == (grip_values[i] >= 0.5)).count();
+        let correct =
+            (0..b * chunk).filter(|&i| valid[i] == 1 && (logits[i] >= 0.0) == (grip_values[i] >= 0.5)).count();
         Ok(PolicyLoss {
             loss,
             arm: arm.to_scalar::<f64>()?,
