@@ -215,8 +215,26 @@ fn checkpoints_hold_everything_and_load() {
     let mut cfg = config(&dir, 4);
     cfg.run.checkpoint_every = 2;
     cfg.train_modules = vec![TrainModule::Head, TrainModule::LanguageModel];
+    cfg.run.eval_every = 3;
     let mut t = Trainer::new(cfg.clone(), policy(&cfg)).unwrap();
-    let s = t.run(&mut source(None)).unwrap();
+    let mut calls = Vec::new();
+    let mut eval = |p: &VlaPolicy, step: usize| -> Result<serde_json::Value> {
+        calls.push(step);
+        let b = synthetic_batch(500, None);
+        let out = p.forward_loss(&b.input, &b.actions, &b.mask)?;
+        Ok(serde_json::json!({ "val_loss": out.loss.to_scalar::<f64>()? }))
+    };
+    let s = t.run_with_eval(&mut source(None), Some(&mut eval)).unwrap();
+    assert_eq!(calls, vec![3]);
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let evals: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("eval").is_some())
+        .collect();
+    assert_eq!(evals.len(), 1);
+    assert_eq!(evals[0]["step"], 3);
+    assert!(evals[0]["eval"]["val_loss"].as_f64().unwrap() > 0.0);
     for step in [2, 4] {
         let d = dir.join(format!("checkpoint-{step}"));
         for f in [MODEL_FILE, OPTIMIZER_FILE, CONFIG_FILE, STATE_FILE] {

@@ -136,22 +136,22 @@ pub fn loss_curve_png(points: &[(usize, f64)], width: u32, height: u32) -> Resul
     cv.text(4, 2, "loss");
     cv.text(x1 - text_width("step"), h - 12, "step");
 
-    let mut ema: Option<f64> = None;
-    let mut prev: Option<((i64, i64), (i64, i64))> = None;
-    for &(s, l) in &pts {
-        let e = match ema {
-            Some(e) => 0.9 * e + 0.1 * l,
-            None => l,
-        };
-        ema = Some(e);
-        let (raw, smooth) = ((px(s), py(l)), (px(s), py(e)));
-        if let Some((pr, ps)) = prev {
-            cv.line(pr, raw, RAW);
-            cv.line(ps, smooth, SMOOTH);
-        } else {
-            cv.put(raw.0, raw.1, RAW);
+    let mut ema = pts.first().map_or(0.0, |p| p.1);
+    let raw: Vec<(i64, i64)> = pts.iter().map(|&(s, l)| (px(s), py(l))).collect();
+    let smooth: Vec<(i64, i64)> = pts
+        .iter()
+        .map(|&(s, l)| {
+            ema = 0.9 * ema + 0.1 * l;
+            (px(s), py(ema))
+        })
+        .collect();
+    for (line, colour) in [(&raw, RAW), (&smooth, SMOOTH)] {
+        if let [only] = line.as_slice() {
+            cv.put(only.0, only.1, colour);
         }
-        prev = Some((raw, smooth));
+        for seg in line.windows(2) {
+            cv.line(seg[0], seg[1], colour);
+        }
     }
     let mut bytes = Vec::new();
     cv.img.write_to(&mut Cursor::new(&mut bytes), ImageFormat::Png).map_err(|e| e.to_string())?;
