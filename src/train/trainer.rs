@@ -181,7 +181,19 @@ pub struct Trainer {
 impl Trainer {
     /// A fresh run. `policy` must have been built with `config.policy`; the modules
     /// `config.train_modules` names are made trainable and everything else frozen.
-    pub fn new(config: TrainConfig, mut policy: VlaPolicy) -> Result<Trainer> {
+    ///
+    /// A fresh run starts a new `metrics.jsonl` in the output directory (an older one there is
+    /// replaced).
+    pub fn new(config: TrainConfig, policy: VlaPolicy) -> Result<Trainer> {
+        let t = Self::build(config, policy)?;
+        let metrics = t.metrics_path();
+        if metrics.exists() {
+            std::fs::remove_file(&metrics).map_err(|e| Error::io(format!("removing {}", metrics.display()), e))?;
+        }
+        Ok(t)
+    }
+
+    fn build(config: TrainConfig, mut policy: VlaPolicy) -> Result<Trainer> {
         config.validate()?;
         if policy.config() != &config.policy {
             return Err(Error::Invalid {
@@ -227,7 +239,7 @@ impl Trainer {
     /// normally [`Checkpoint::open`]`(dir)?.config`, possibly with more steps.
     pub fn resume(config: TrainConfig, policy: VlaPolicy, dir: impl AsRef<Path>) -> Result<Trainer> {
         let ckpt = Checkpoint::open(dir)?;
-        let mut t = Trainer::new(config, policy)?;
+        let mut t = Trainer::build(config, policy)?;
         let trainable = t.policy.trainable_params();
         let file = SafeTensorsFile::open(ckpt.model_path())?;
         let mut saved: Vec<&str> = file.names();
