@@ -9,3 +9,4 @@ pub use vlm4vla_models as models;
 
 pub mod data;
 pub mod env;
+pub mod train;

@@ -1,5 +1,10 @@
-//! The VLM4VLA policy: action query, FCDecoder head, losses and action normalisation.
+//! The VLM4VLA policy: learnable action queries appended after the prompt, the FCDecoder head, the
+//! action-chunk loss, batched prediction, and action normalisation.
 
+pub mod head;
 pub mod normalize;
+pub mod policy;
 
+pub use head::{FcDecoder, HeadConfig, HeadOutput, ARM_DIMS};
 pub use normalize::{ActionNormalizer, ActionStats, NormalizationMode};
+pub use policy::{LatentCombine, PolicyConfig, PolicyLoss, VlaPolicy, ACTION_DIMS, ACTION_QUERY};

@@ -1,0 +1,389 @@
+//! The VLA policy: a backbone, learnable action queries appended after the prompt, and the
+//! FCDecoder on the queries' last hidden states (DESIGN.md §5).
+//!
+//! Shapes, with `B` the batch, `L` the prompt length, `H` the backbone's hidden width, `Q` the
+//! number of action queries (`latent`) and `C` the chunk length:
+//!
+//! ```text
+//! vla.action_query [Q, H] ──broadcast──► extra [B, Q, H]
+//! Backbone::forward(input, Some(extra)) ─► hidden [B, L + Q, H] ─► rows L..L+Q: [B, Q, H]
+//! combine (flatten → [B, Q·H], or mean → [B, H]) ─► FcDecoder ─► arm [B, C, 6] (tanh),
+//!                                                                gripper logits [B, C]
+//! ```
+//!
+//! Loss: `Huber(arm, targets[..., :6]) + ratio · BCE-with-logits(gripper, targets[..., 6])`, each
+//! averaged over the chunk steps the mask marks valid (steps past an episode's end count for
+//! nothing). Arm targets are the *normalised* actions (in [−1, 1]); gripper targets are 0
+//! (closed) or 1 (open). [`VlaPolicy::predict`] returns normalised arm actions and the gripper
+//! as −1 / +1 (open when the predicted probability is at least 0.5); de-normalising the arm is
+//! the caller's job.
+
+use super::head::{FcDecoder, HeadConfig, HeadOutput, ARM_DIMS};
+use crate::common::backbone::{Backbone, BackboneInput, ParamGroup};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::path::Path;
+use vlm4vla_engine::ops::{bce_with_logits, huber, Reduction};
+use vlm4vla_engine::{DType, Device, Error, ParamStore, Result, SafeTensorsFile, Tensor};
+
+/// The name of the action-query parameter, `[latent, hidden]`.
+pub const ACTION_QUERY: &str = "vla.action_query";
+/// The prefix of every parameter the policy adds to its backbone's.
+pub const POLICY_PREFIX: &str = "vla.";
+/// Dimensions of one action: 6 arm deltas + the gripper.
+pub const ACTION_DIMS: usize = ARM_DIMS + 1;
+
+/// How the hidden states of `latent > 1` action queries become the head's input.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LatentCombine {
+    /// Concatenate the `latent` rows into one `latent · hidden` vector (RoboVLMs' FCDecoder with
+    /// `down_sample = "none"`); the trunk's middle width is then `latent · hidden / 2`.
+    #[default]
+    Flatten,
+    /// Average the rows into one `hidden` vector.
+    Mean,
+}
+
+/// Policy hyper-parameters; the defaults are the paper's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Actions predicted per step (the action chunk).
+    pub chunk: usize,
+    /// Number of learnable action-query rows appended after the prompt.
+    pub latent: usize,
+    /// How `latent > 1` rows are combined.
+    pub latent_combine: LatentCombine,
+    /// Weight of the gripper BCE term.
+    pub gripper_loss_ratio: f64,
+    /// Huber delta of the arm term.
+    pub huber_delta: f64,
+    pub head: HeadConfig,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            chunk: 10,
+            latent: 1,
+            latent_combine: LatentCombine::Flatten,
+            gripper_loss_ratio: 0.01,
+            huber_delta: 1.0,
+            head: HeadConfig::default(),
+        }
+    }
+}
+
+impl PolicyConfig {
+    /// Errors name the offending field.
+    pub fn validate(&self) -> Result<()> {
+        if self.chunk == 0 {
+            return Err(invalid("policy.chunk must be at least 1"));
+        }
+        if self.latent == 0 {
+            return Err(invalid("policy.latent must be at least 1"));
+        }
+        if !(self.gripper_loss_ratio.is_finite() && self.gripper_loss_ratio >= 0.0) {
+            return Err(invalid(format!(
+                "policy.gripper_loss_ratio {} must be finite and non-negative",
+                self.gripper_loss_ratio
+            )));
+        }
+        if !(self.huber_delta.is_finite() && self.huber_delta > 0.0) {
+            return Err(invalid(format!("policy.huber_delta {} must be finite and positive", self.huber_delta)));
+        }
+        self.head.validate()
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::Invalid { op: "vla policy", msg: msg.into() }
+}
+
+/// The loss of one batch and its parts.
+#[derive(Clone, Debug)]
+pub struct PolicyLoss {
+    /// `arm + ratio · gripper`, a differentiable scalar.
+    pub loss: Tensor,
+    /// The Huber term (mean over valid steps and the 6 arm dims).
+    pub arm: f64,
+    /// The BCE term before weighting (mean over valid steps).
+    pub gripper: f64,
+    /// Fraction of valid steps whose gripper state (logit ≥ 0 ⇔ target ≥ 0.5) is right; 0 when
+    /// no step is valid.
+    pub gripper_accuracy: f64,
+    /// How many chunk steps the mask marked valid.
+    pub valid_steps: usize,
+}
+
+/// A backbone turned into a VLA policy.
+pub struct VlaPolicy {
+    backbone: Box<dyn Backbone>,
+    config: PolicyConfig,
+    /// The policy's own parameters (`vla.*`): action queries and head.
+    params: ParamStore,
+    head: FcDecoder,
+    /// Backbone parameters the optimizer updates (see [`VlaPolicy::set_trainable`]).
+    backbone_trainable: BTreeSet<String>,
+}
+
+impl VlaPolicy {
+    /// Wrap `backbone`: zero action queries `[latent, hidden]` and a freshly initialised head
+    /// (weights drawn from `seed`), in the dtype and on the device of the backbone's first float
+    /// parameter (f32 on the CPU for a backbone without parameters). Every float backbone
+    /// parameter starts trainable.
+    pub fn new(backbone: Box<dyn Backbone>, config: PolicyConfig, seed: u64) -> Result<VlaPolicy> {
+        config.validate()?;
+        let hidden = backbone.hidden_size();
+        if hidden == 0 {
+            return Err(invalid(format!("backbone `{}` reports hidden size 0", backbone.family())));
+        }
+        let (dtype, device) = backbone
+            .params()
+            .iter()
+            .find(|(_, t)| t.dtype().is_float())
+            .map(|(_, t)| (t.dtype(), t.device()))
+            .unwrap_or((DType::F32, Device::Cpu));
+        let mut params = ParamStore::new();
+        params.insert(ACTION_QUERY, &Tensor::zeros(&[config.latent, hidden], dtype, device)?)?;
+        let in_features = match config.latent_combine {
+            LatentCombine::Flatten => config.latent * hidden,
+            LatentCombine::Mean => hidden,
+        };
+        let head = FcDecoder::init(&mut params, &config.head, in_features, config.chunk, dtype, device, seed)?;
+        let backbone_trainable =
+            backbone.params().iter().filter(|(_, t)| t.dtype().is_float()).map(|(n, _)| n.to_string()).collect();
+        Ok(VlaPolicy { backbone, config, params, head, backbone_trainable })
+    }
+
+    pub fn config(&self) -> &PolicyConfig {
+        &self.config
+    }
+
+    pub fn backbone(&self) -> &dyn Backbone {
+        self.backbone.as_ref()
+    }
+
+    /// The policy's own parameters (`vla.action_query`, `vla.head.*`).
+    pub fn params(&self) -> &ParamStore {
+        &self.params
+    }
+
+    pub fn head(&self) -> &FcDecoder {
+        &self.head
+    }
+
+    /// Choose what trains: the backbone parameters whose [`Backbone::group_of`] is in `groups`,
+    /// and the policy's own parameters (action queries + head) when `head` is true. Errors when
+    /// nothing would train.
+    ///
+    /// The `Backbone` trait gives only `&ParamStore`, so frozen backbone parameters are left out
+    /// of [`trainable_params`](Self::trainable_params) (the optimizer never touches them) but
+    /// still record the autograd graph inside the backbone. When neither the queries nor any
+    /// backbone parameter train, the backbone runs without recording at all.
+    pub fn set_trainable(&mut self, groups: &[ParamGroup], head: bool) -> Result<()> {
+        let bb = self.backbone.params();
+        let chosen: BTreeSet<String> = bb
+            .iter()
+            .filter(|(n, t)| t.dtype().is_float() && groups.contains(&self.backbone.group_of(n)))
+            .map(|(n, _)| n.to_string())
+            .collect();
+        if chosen.is_empty() && !head {
+            return Err(invalid(
+                "nothing to train: no backbone parameter is in the chosen groups and the head is frozen",
+            ));
+        }
+        let names: Vec<String> = self.params.names().to_vec();
+        for n in &names {
+            self.params.set_requires_grad(n, head)?;
+        }
+        self.backbone_trainable = chosen;
+        Ok(())
+    }
+
+    /// `(name, handle)` of every parameter the optimizer should update: the chosen backbone
+    /// parameters (those the backbone's own store also marks trainable), then the policy's.
+    pub fn trainable_params(&self) -> Vec<(String, Tensor)> {
+        let bb = self.backbone.params();
+        let mut out: Vec<(String, Tensor)> = bb
+            .iter()
+            .filter(|(n, t)| t.is_variable() && self.backbone_trainable.contains(*n))
+            .map(|(n, t)| (n.to_string(), t.clone()))
+            .collect();
+        out.extend(self.params.trainable());
+        out
+    }
+
+    /// Every parameter, backbone first, by checkpoint name.
+    pub fn named_params(&self) -> Vec<(String, Tensor)> {
+        self.backbone.params().iter().chain(self.params.iter()).map(|(n, t)| (n.to_string(), t.clone())).collect()
+    }
+
+    /// Element counts: (all, trainable).
+    pub fn num_params(&self) -> (usize, usize) {
+        let all = self.backbone.params().num_params() + self.params.num_params();
+        let trainable = self.trainable_params().iter().map(|(_, t)| t.elem_count()).sum();
+        (all, trainable)
+    }
+
+    /// Overwrite parameters with the tensors of a safetensors file (names as in
+    /// [`named_params`](Self::named_params); a file may hold any subset, e.g. the trainable
+    /// weights of a checkpoint). Returns how many were loaded. A name the policy does not have,
+    /// or a shape that differs, is an error naming the tensor and the file; nothing is changed
+    /// then.
+    pub fn load_weights(&self, path: impl AsRef<Path>) -> Result<usize> {
+        let path = path.as_ref();
+        let file = SafeTensorsFile::open(path)?;
+        let mut pending = Vec::new();
+        for name in file.names() {
+            let store = if name.starts_with(POLICY_PREFIX) { &self.params } else { self.backbone.params() };
+            if !store.contains(name) {
+                return Err(Error::tensor(path, name, "the policy has no parameter with this name"));
+            }
+            let dst = store.get(name)?;
+            let src = file.get_as(name, dst.shape(), Some(dst.dtype()))?;
+            pending.push((dst, src));
+        }
+        for (dst, src) in &pending {
+            dst.assign(src)?;
+        }
+        Ok(pending.len())
+    }
+
+    /// The action queries as the backbone's `extra` rows, `[B, latent, hidden]`.
+    fn extra_rows(&self, batch: usize) -> Result<Tensor> {
+        let q = self.params.get(ACTION_QUERY)?;
+        let (latent, hidden) = (q.dim(0)?, q.dim(1)?);
+        q.unsqueeze(0)?.broadcast_as(&[batch, latent, hidden])?.contiguous()
+    }
+
+    /// Run backbone and head: arm `[B, chunk, 6]` (tanh) and gripper logits `[B, chunk]`.
+    pub fn forward(&self, input: &BackboneInput) -> Result<HeadOutput> {
+        let batch = input.input_ids.dim(0)?;
+        let extra = self.extra_rows(batch)?;
+        let record = extra.tracks_grad() || !self.trainable_backbone_is_empty();
+        let out = vlm4vla_engine::with_grad_enabled(record && vlm4vla_engine::is_grad_enabled(), || {
+            self.backbone.forward(input, Some(&extra))
+        })?;
+        let latent = self.config.latent;
+        if out.appended.len() != latent || out.hidden.rank() != 3 || out.hidden.dim(1)? < out.appended.end {
+            return Err(Error::ShapeMismatch {
+                op: "VlaPolicy::forward",
+                shapes: vec![out.hidden.shape().to_vec()],
+                note: format!(
+                    "backbone `{}` returned appended rows {:?} for {latent} action queries",
+                    self.backbone.family(),
+                    out.appended
+                ),
+            });
+        }
+        let rows = out.hidden.narrow(1, out.appended.start, latent)?;
+        let x = match self.config.latent_combine {
+            LatentCombine::Flatten => rows.reshape(&[batch, latent * self.backbone.hidden_size()])?,
+            LatentCombine::Mean => rows.mean(1)?,
+        };
+        self.head.forward(&self.params, &x)
+    }
+
+    fn trainable_backbone_is_empty(&self) -> bool {
+        !self.backbone.params().iter().any(|(n, t)| t.is_variable() && self.backbone_trainable.contains(n))
+    }
+
+    /// The loss of `out` against `actions [B, chunk, 7]` (normalised arm dims, gripper in
+    /// {0, 1}) where `mask [B, chunk]` (any dtype, nonzero = valid) marks the chunk steps inside
+    /// the episode. Values at masked steps are ignored entirely (they may be anything, NaN
+    /// included). A gripper target outside [0, 1] at a valid step is an error naming it.
+    pub fn loss(&self, out: &HeadOutput, actions: &Tensor, mask: &Tensor) -> Result<PolicyLoss> {
+        let (b, chunk) = (out.gripper_logits.dim(0)?, self.config.chunk);
+        if actions.shape() != [b, chunk, ACTION_DIMS] || mask.shape() != [b, chunk] {
+            return Err(Error::ShapeMismatch {
+                op: "VlaPolicy::loss",
+                shapes: vec![actions.shape().to_vec(), mask.shape().to_vec()],
+                note: format!("expected actions [{b}, {chunk}, {ACTION_DIMS}] and mask [{b}, {chunk}]"),
+            });
+        }
+        let dtype = out.arm.dtype();
+        let device = out.arm.device();
+        let valid: Vec<u8> = mask.to_vec::<f64>()?.into_iter().map(|m| u8::from(m != 0.0)).collect();
+        let n = valid.iter().filter(|&&v| v == 1).count();
+        let actions = actions.detach().to_dtype(dtype)?;
+        let grip_targets = actions.narrow(2, ARM_DIMS, 1)?.reshape(&[b, chunk])?;
+        let grip_values = grip_targets.to_vec::<f64>()?;
+        for (i, (&t, &v)) in grip_values.iter().zip(&valid).enumerate() {
+            if v == 1 && !(0.0..=1.0).contains(&t) {
+                return Err(invalid(format!(
+                    "gripper target {t} at batch row {} chunk step {} is not in [0, 1] (0 = closed, 1 = open)",
+                    i / chunk,
+                    i % chunk
+                )));
+            }
+        }
+        let keep = Tensor::from_vec(valid.clone(), &[b, chunk], device)?;
+        let keep_f = keep.to_dtype(dtype)?;
+        let zero = Tensor::zeros(&[1], dtype, device)?;
+        let denom = n.max(1) as f64;
+
+        let arm_targets = Tensor::where_cond(&keep.unsqueeze(2)?, &actions.narrow(2, 0, ARM_DIMS)?, &zero)?;
+        let arm = huber(&out.arm, &arm_targets, self.config.huber_delta, Reduction::None)?
+            .mul(&keep_f.unsqueeze(2)?)?
+            .sum_all()?
+            .scale(1.0 / (denom * ARM_DIMS as f64))?;
+        let grip_targets = Tensor::where_cond(&keep, &grip_targets, &zero)?;
+        let gripper = bce_with_logits(&out.gripper_logits, &grip_targets, Reduction::None)?
+            .mul(&keep_f)?
+            .sum_all()?
+            .scale(1.0 / denom)?;
+        let loss = arm.add(&gripper.scale(self.config.gripper_loss_ratio)?)?;
+
+        let logits = out.gripper_logits.to_vec::<f64>()?;
+        let correct =
+            (0..b * chunk).filter(|&i| valid[i] == 1 && (logits[i] >= 0.0) == (grip_values[i] >= 0.5)).count();
+        Ok(PolicyLoss {
+            loss,
+            arm: arm.to_scalar::<f64>()?,
+            gripper: gripper.to_scalar::<f64>()?,
+            gripper_accuracy: if n == 0 { 0.0 } else { correct as f64 / n as f64 },
+            valid_steps: n,
+        })
+    }
+
+    /// [`forward`](Self::forward) then [`loss`](Self::loss).
+    pub fn forward_loss(&self, input: &BackboneInput, actions: &Tensor, mask: &Tensor) -> Result<PolicyLoss> {
+        let out = self.forward(input)?;
+        self.loss(&out, actions, mask)
+    }
+
+    /// Action chunks for a batch, without recording gradients: per row, `chunk` actions of 6
+    /// normalised arm values (tanh outputs) and the gripper as +1 (open, probability ≥ 0.5) or
+    /// −1 (closed).
+    pub fn predict(&self, input: &BackboneInput) -> Result<Vec<Vec<[f32; ACTION_DIMS]>>> {
+        let out = vlm4vla_engine::no_grad(|| self.forward(input))?;
+        let (b, chunk) = (out.gripper_logits.dim(0)?, self.config.chunk);
+        let arm = out.arm.to_vec::<f32>()?;
+        let grip = out.gripper_logits.to_vec::<f32>()?;
+        Ok((0..b)
+            .map(|r| {
+                (0..chunk)
+                    .map(|s| {
+                        let i = r * chunk + s;
+                        let mut a = [0f32; ACTION_DIMS];
+                        a[..ARM_DIMS].copy_from_slice(&arm[i * ARM_DIMS..(i + 1) * ARM_DIMS]);
+                        a[ARM_DIMS] = if grip[i] >= 0.0 { 1.0 } else { -1.0 };
+                        a
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+}
+
+impl std::fmt::Debug for VlaPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VlaPolicy")
+            .field("family", &self.backbone.family())
+            .field("config", &self.config)
+            .field("policy_params", &self.params.names())
+            .finish()
+    }
+}

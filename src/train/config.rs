@@ -1,0 +1,285 @@
+//! The training configuration, read from TOML.
+//!
+//! ```toml
+//! backbone = "paligemma-tiny"        # a built-in name or a checkpoint directory
+//! output_dir = "runs/demo"
+//! seed = 0
+//! train_modules = ["vision", "connector", "language_model", "embeddings", "head"]
+//!
+//! [policy]                           # vlm4vla_models::vla::PolicyConfig
+//! chunk = 10
+//! latent = 1
+//! gripper_loss_ratio = 0.01
+//! huber_delta = 1.0
+//! [policy.head]                      # FCDecoder widths (the paper's by default)
+//! trunk_out = 1024
+//! branch_hidden = [1024, 512, 256]
+//!
+//! [optim]
+//! lr = 2e-5
+//! weight_decay = 0.0
+//! betas = [0.9, 0.999]
+//! eps = 1e-8
+//! warmup_steps = 0
+//! min_lr_ratio = 0.01                # cosine decays to lr · min_lr_ratio
+//! clip_grad_norm = 1.0
+//!
+//! [run]
+//! batch_size = 8                     # rows per micro-batch (the data loader's)
+//! grad_accum = 1                     # micro-batches per optimizer step
+//! steps = 1000                       # or: epochs = 3 (exactly one of the two)
+//! log_every = 1
+//! eval_every = 0                     # 0: never
+//! checkpoint_every = 500             # 0: only at the end (and on stop)
+//! progress = true
+//! ```
+//!
+//! Every table rejects unknown keys (the error names the key and lists the allowed ones), and
+//! [`TrainConfig::validate`] names the field of any invalid value.
+
+use crate::engine::{Error, Result};
+use crate::models::vla::PolicyConfig;
+use crate::models::ParamGroup;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// What trains: backbone parameter groups and the policy head (action queries + FCDecoder).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainModule {
+    Vision,
+    Connector,
+    LanguageModel,
+    Embeddings,
+    Head,
+}
+
+impl TrainModule {
+    /// The backbone group, or None for the head.
+    pub fn group(self) -> Option<ParamGroup> {
+        match self {
+            TrainModule::Vision => Some(ParamGroup::Vision),
+            TrainModule::Connector => Some(ParamGroup::Connector),
+            TrainModule::LanguageModel => Some(ParamGroup::LanguageModel),
+            TrainModule::Embeddings => Some(ParamGroup::Embeddings),
+            TrainModule::Head => None,
+        }
+    }
+
+    pub const ALL: [TrainModule; 5] = [
+        TrainModule::Vision,
+        TrainModule::Connector,
+        TrainModule::LanguageModel,
+        TrainModule::Embeddings,
+        TrainModule::Head,
+    ];
+}
+
+/// AdamW, schedule and clipping (the paper's values by default).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub betas: [f64; 2],
+    pub eps: f64,
+    /// Linear warmup from 0 over this many optimizer steps.
+    pub warmup_steps: usize,
+    /// The cosine ends at `lr · min_lr_ratio` on the last step.
+    pub min_lr_ratio: f64,
+    /// Global gradient-norm clip.
+    pub clip_grad_norm: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig {
+            lr: 2e-5,
+            weight_decay: 0.0,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            warmup_steps: 0,
+            min_lr_ratio: 0.01,
+            clip_grad_norm: 1.0,
+        }
+    }
+}
+
+/// Batching, length and intervals.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Rows per micro-batch (what the data loader batches; the trainer takes batches as given).
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Optimizer steps to run (exclusive with `epochs`).
+    pub steps: Option<usize>,
+    /// Passes over the data (needs the data source to know its length).
+    pub epochs: Option<usize>,
+    pub log_every: usize,
+    /// Call the evaluation hook every this many steps (0: never).
+    pub eval_every: usize,
+    /// Write a checkpoint every this many steps (0: only at the end and on stop).
+    pub checkpoint_every: usize,
+    /// Show a progress bar (only ever on a terminal).
+    pub progress: bool,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            batch_size: 8,
+            grad_accum: 1,
+            steps: None,
+            epochs: None,
+            log_every: 1,
+            eval_every: 0,
+            checkpoint_every: 0,
+            progress: true,
+        }
+    }
+}
+
+/// The whole training configuration (see the module docs for the TOML layout).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// A built-in backbone name or a checkpoint path (resolved by the caller).
+    pub backbone: String,
+    pub output_dir: PathBuf,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default = "all_modules")]
+    pub train_modules: Vec<TrainModule>,
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub optim: OptimConfig,
+    #[serde(default)]
+    pub run: RunConfig,
+}
+
+fn all_modules() -> Vec<TrainModule> {
+    TrainModule::ALL.to_vec()
+}
+
+fn bad(origin: &Path, field: &str, msg: impl std::fmt::Display) -> Error {
+    Error::file(origin, format!("`{field}` {msg}"))
+}
+
+impl TrainConfig {
+    /// A config with the paper's defaults for everything but these.
+    pub fn new(backbone: impl Into<String>, output_dir: impl Into<PathBuf>, steps: usize) -> TrainConfig {
+        TrainConfig {
+            backbone: backbone.into(),
+            output_dir: output_dir.into(),
+            seed: 0,
+            train_modules: all_modules(),
+            policy: PolicyConfig::default(),
+            optim: OptimConfig::default(),
+            run: RunConfig { steps: Some(steps), ..RunConfig::default() },
+        }
+    }
+
+    /// Read and validate a TOML file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<TrainConfig> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        Self::from_toml_str(&text, path)
+    }
+
+    /// Parse and validate TOML text; `origin` names it in errors (a path, or e.g. `<config>`).
+    pub fn from_toml_str(text: &str, origin: impl AsRef<Path>) -> Result<TrainConfig> {
+        let origin = origin.as_ref();
+        let cfg: TrainConfig = toml::from_str(text).map_err(|e| Error::file(origin, format!("invalid config: {e}")))?;
+        cfg.validate_at(origin)?;
+        Ok(cfg)
+    }
+
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).map_err(|e| Error::file("<config>", format!("cannot write the config as TOML: {e}")))
+    }
+
+    /// Check every value; errors name the field.
+    pub fn validate(&self) -> Result<()> {
+        self.validate_at(Path::new("<config>"))
+    }
+
+    fn validate_at(&self, origin: &Path) -> Result<()> {
+        let o = &self.optim;
+        let r = &self.run;
+        if self.backbone.trim().is_empty() {
+            return Err(bad(origin, "backbone", "must name a built-in backbone or a checkpoint path"));
+        }
+        if self.output_dir.as_os_str().is_empty() {
+            return Err(bad(origin, "output_dir", "must not be empty"));
+        }
+        if self.train_modules.is_empty() {
+            return Err(bad(origin, "train_modules", "must list at least one module"));
+        }
+        for (i, m) in self.train_modules.iter().enumerate() {
+            if self.train_modules[..i].contains(m) {
+                return Err(bad(origin, "train_modules", format!("lists {m:?} twice")));
+            }
+        }
+        if !(o.lr.is_finite() && o.lr > 0.0) {
+            return Err(bad(origin, "optim.lr", format!("= {} must be a positive finite number", o.lr)));
+        }
+        if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
+            return Err(bad(origin, "optim.weight_decay", format!("= {} must be finite and ≥ 0", o.weight_decay)));
+        }
+        for (i, b) in o.betas.iter().enumerate() {
+            if !(0.0..1.0).contains(b) {
+                return Err(bad(origin, &format!("optim.betas[{i}]"), format!("= {b} must be in [0, 1)")));
+            }
+        }
+        if !(o.eps.is_finite() && o.eps >= 0.0) {
+            return Err(bad(origin, "optim.eps", format!("= {} must be finite and ≥ 0", o.eps)));
+        }
+        if !(0.0..=1.0).contains(&o.min_lr_ratio) {
+            return Err(bad(origin, "optim.min_lr_ratio", format!("= {} must be in [0, 1]", o.min_lr_ratio)));
+        }
+        if !(o.clip_grad_norm.is_finite() && o.clip_grad_norm > 0.0) {
+            return Err(bad(origin, "optim.clip_grad_norm", format!("= {} must be positive", o.clip_grad_norm)));
+        }
+        if r.batch_size == 0 {
+            return Err(bad(origin, "run.batch_size", "must be at least 1"));
+        }
+        if r.grad_accum == 0 {
+            return Err(bad(origin, "run.grad_accum", "must be at least 1"));
+        }
+        if r.log_every == 0 {
+            return Err(bad(origin, "run.log_every", "must be at least 1"));
+        }
+        match (r.steps, r.epochs) {
+            (Some(_), Some(_)) => return Err(bad(origin, "run.steps", "and `run.epochs` cannot both be set")),
+            (None, None) => return Err(bad(origin, "run.steps", "(or `run.epochs`) must be set")),
+            (Some(0), _) => return Err(bad(origin, "run.steps", "must be at least 1")),
+            (_, Some(0)) => return Err(bad(origin, "run.epochs", "must be at least 1")),
+            _ => {}
+        }
+        self.policy.validate().map_err(|e| Error::file(origin, e.to_string()))
+    }
+
+    /// Optimizer steps of the whole run: `run.steps`, or `epochs × batches_per_epoch /
+    /// grad_accum` (rounded down, at least 1) when the data source knows its length.
+    pub fn total_steps(&self, batches_per_epoch: Option<usize>) -> Result<usize> {
+        match (self.run.steps, self.run.epochs, batches_per_epoch) {
+            (Some(s), _, _) => Ok(s),
+            (None, Some(e), Some(n)) => Ok((e * n / self.run.grad_accum).max(1)),
+            (None, Some(_), None) => Err(bad(
+                Path::new("<config>"),
+                "run.epochs",
+                "needs a data source that knows its length; set `run.steps` instead",
+            )),
+            (None, None, _) => Err(bad(Path::new("<config>"), "run.steps", "(or `run.epochs`) must be set")),
+        }
+    }
+
+    /// The backbone groups to train and whether the head trains.
+    pub fn trainable(&self) -> (Vec<ParamGroup>, bool) {
+        let groups = self.train_modules.iter().filter_map(|m| m.group()).collect();
+        (groups, self.train_modules.contains(&TrainModule::Head))
+    }
+}
