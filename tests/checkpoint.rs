@@ -6,8 +6,7 @@
 use std::path::{Path, PathBuf};
 use vlm4vla::engine::{io, DType, Device, Tensor};
 use vlm4vla::models::common::checkpoint::{
-    self, load_params, param_count, param_count_by_group, read_config, resolve_in, weight_files, ModelType,
-    WeightFiles,
+    self, load_params, param_count, param_count_by_group, read_config, resolve_in, weight_files, ModelType, WeightFiles,
 };
 
 fn tmp_dir(tag: &str) -> PathBuf {
@@ -246,9 +245,8 @@ fn unexpected_tensors_are_listed() {
     assert_eq!(ps.len(), 3);
     // Two names mapped onto one.
     let clash = |n: &str| if n.ends_with("position_ids") { None } else { Some("embed_tokens.weight".to_string()) };
-    let err = load_params(&dir, &exp(&[("embed_tokens.weight", &[6, 4])]), clash, DType::F32, &[])
-        .unwrap_err()
-        .to_string();
+    let err =
+        load_params(&dir, &exp(&[("embed_tokens.weight", &[6, 4])]), clash, DType::F32, &[]).unwrap_err().to_string();
     assert!(err.contains("embed_tokens.weight"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -313,18 +311,19 @@ fn fake_cache(root: &Path, revs: &[&str], main: Option<&str>) {
 fn resolves_hub_ids_from_the_cache() {
     let cache = tmp_dir("hub");
     fake_cache(&cache, &["aaa111", "bbb222"], Some("aaa111\n"));
-    let r = resolve_in("org/tiny", &[cache.clone()]).unwrap();
+    let caches = vec![cache.clone()];
+    let r = resolve_in("org/tiny", &caches).unwrap();
     assert_eq!(r.dir, cache.join("models--org--tiny/snapshots/aaa111"));
     assert_eq!(r.read_config().unwrap()["rev"], "aaa111");
     assert_eq!(r.model_type().unwrap(), ModelType::PaliGemma);
     // An explicit revision.
-    let r = resolve_in("org/tiny@bbb222", &[cache.clone()]).unwrap();
+    let r = resolve_in("org/tiny@bbb222", &caches).unwrap();
     assert!(r.dir.ends_with("bbb222"));
-    let r = resolve_in("org/tiny@main", &[cache.clone()]).unwrap();
+    let r = resolve_in("org/tiny@main", &caches).unwrap();
     assert!(r.dir.ends_with("aaa111"));
     // No refs/main: the newest snapshot.
     std::fs::remove_file(cache.join("models--org--tiny/refs/main")).unwrap();
-    let r = resolve_in("org/tiny", &[cache.clone()]).unwrap();
+    let r = resolve_in("org/tiny", &caches).unwrap();
     assert!(r.dir.ends_with("bbb222"), "{r:?}");
     // A local directory wins.
     let local = cache.join("models--org--tiny/snapshots/aaa111");
@@ -338,14 +337,14 @@ fn resolves_hub_ids_from_the_cache() {
             && err.contains(&cache.join("second/models--org--absent").display().to_string()),
         "{err}"
     );
-    let err = resolve_in("org/tiny@ccc333", &[cache.clone()]).unwrap_err().to_string();
+    let err = resolve_in("org/tiny@ccc333", &caches).unwrap_err().to_string();
     assert!(err.contains("ccc333"), "{err}");
-    let err = resolve_in("not-a-dir-or-id", &[cache.clone()]).unwrap_err().to_string();
+    let err = resolve_in("not-a-dir-or-id", &caches).unwrap_err().to_string();
     assert!(err.contains("not-a-dir-or-id") && err.contains("org/name"), "{err}");
 
     // The environment: HF_HUB_CACHE (only this test reads it).
     std::env::set_var("HF_HUB_CACHE", &cache);
-    assert_eq!(checkpoint::hub_cache_dirs(), [cache.clone()]);
+    assert_eq!(checkpoint::hub_cache_dirs(), caches);
     assert!(checkpoint::resolve("org/tiny").unwrap().dir.starts_with(&cache));
     std::env::remove_var("HF_HUB_CACHE");
     std::fs::remove_dir_all(&cache).unwrap();

@@ -6,7 +6,8 @@
 use std::path::PathBuf;
 use vlm4vla::engine::SafeTensorsFile;
 use vlm4vla::models::common::image::{
-    rescale_normalize, resize_bicubic, resize_bilinear, smart_resize, RgbImage,
+    center_crop, pixel_values, rescale_normalize, resize_bicubic, resize_bilinear, shortest_edge_size, smart_resize,
+    RgbImage, CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD,
 };
 
 fn fixtures() -> PathBuf {
@@ -89,13 +90,9 @@ fn siglip_processor_matches_transformers() {
     let size: Vec<usize> = p["size"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
     let resized = resize_bicubic(&img, size[0], size[1]).unwrap();
     assert_eq!(resized, golden_image(&f, "siglip.resized"));
-    let stats = |k: &str| -> [f32; 3] {
-        let v: Vec<f32> = p[k].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
-        [v[0], v[1], v[2]]
-    };
     for (key, mean, std) in [
-        ("siglip.pixel_values", stats("siglip_mean"), stats("siglip_std")),
-        ("clip.pixel_values", stats("clip_mean"), stats("clip_std")),
+        ("siglip.pixel_values", stats(p, "siglip_mean"), stats(p, "siglip_std")),
+        ("clip.pixel_values", stats(p, "clip_mean"), stats(p, "clip_std")),
     ] {
         assert_eq!(f.shape(key).unwrap(), [3, size[1], size[0]]);
         let want = f.get(key, None).unwrap().to_vec::<f32>().unwrap();
@@ -106,6 +103,51 @@ fn siglip_processor_matches_transformers() {
         // The f64 rescale followed by f32 arithmetic reproduces numpy bit for bit.
         assert!(ours.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{key}: not bit-exact (max {max})");
     }
+}
+
+#[test]
+fn clip_processor_and_center_crop_match_transformers() {
+    let f = golden();
+    let m = manifest();
+    let p = &m["processor"];
+    let img = RgbImage::load(fixtures().join(p["png"].as_str().unwrap())).unwrap();
+    assert_eq!(stats(p, "clip_mean"), CLIP_MEAN);
+    assert_eq!(stats(p, "clip_std"), CLIP_STD);
+    assert_eq!((stats(p, "siglip_mean"), stats(p, "siglip_std")), (SIGLIP_MEAN, SIGLIP_STD));
+
+    // Kosmos-2's CLIPImageProcessor: shortest edge, bicubic, centre crop, CLIP statistics.
+    let shortest = p["clip_shortest_edge"].as_u64().unwrap() as usize;
+    let (h, w) = shortest_edge_size(img.height, img.width, shortest);
+    let resized = resize_bicubic(&img, w, h).unwrap();
+    let crop = p["clip_crop"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect::<Vec<_>>();
+    let cropped = center_crop(&resized, crop[0], crop[1]).unwrap();
+    let ours = rescale_normalize(&cropped, CLIP_MEAN, CLIP_STD);
+    let want = f.get("clip_processor.pixel_values", None).unwrap().to_vec::<f32>().unwrap();
+    assert_eq!(ours.len(), want.len());
+    let max = ours.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(max <= 1e-6, "CLIP processor: max abs error {max}");
+
+    for c in p["center_crops"].as_array().unwrap() {
+        let (cw, ch) = (c[0].as_u64().unwrap() as usize, c[1].as_u64().unwrap() as usize);
+        let want = golden_image(&f, &format!("center_crop.{cw}x{ch}"));
+        assert_eq!(center_crop(&img, cw, ch).unwrap(), want, "crop {cw}x{ch} of {}x{}", img.width, img.height);
+    }
+    assert!(center_crop(&img, 0, 3).is_err());
+
+    // The batch helper equals the SigLIP processor output.
+    let size: Vec<usize> = p["size"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    let pv = pixel_values(&[img.clone(), img], size[0], size[1], SIGLIP_MEAN, SIGLIP_STD).unwrap();
+    assert_eq!(pv.shape(), [2, 3, size[1], size[0]]);
+    let want = f.get("siglip.pixel_values", None).unwrap().to_vec::<f32>().unwrap();
+    let got = pv.to_vec::<f32>().unwrap();
+    assert_eq!(&got[..want.len()], &want[..]);
+    assert_eq!(&got[want.len()..], &want[..]);
+    assert!(pixel_values(&[], 4, 4, SIGLIP_MEAN, SIGLIP_STD).is_err());
+}
+
+fn stats(p: &serde_json::Value, k: &str) -> [f32; 3] {
+    let v: Vec<f32> = p[k].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    [v[0], v[1], v[2]]
 }
 
 #[test]

@@ -112,6 +112,29 @@ def processor_case(rng, tensors, manifest):
                      input_data_format="channels_first")
     assert clip.dtype == np.float32
     tensors["clip.pixel_values"] = clip
+    # CLIPImageProcessor (Kosmos-2's): shortest edge to 32 (so 61x47 -> 41x32), bicubic, centre
+    # crop 32x32, CLIP statistics.
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    clip_proc = CLIPImageProcessorPil(
+        do_resize=True,
+        size={"shortest_edge": 32},
+        resample=Image.BICUBIC,
+        do_center_crop=True,
+        crop_size={"height": 32, "width": 32},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=clip_mean,
+        image_std=clip_std,
+        do_convert_rgb=True,
+    )
+    tensors["clip_processor.pixel_values"] = clip_proc(images=img, return_tensors="np")["pixel_values"][0]
+    # transformers' numpy centre crop, smaller and larger (zero padding) than the image, odd sizes.
+    from transformers.image_transforms import center_crop
+
+    for cw, ch in [(20, 15), (70, 50), (61, 46), (64, 47)]:
+        tensors[f"center_crop.{cw}x{ch}"] = center_crop(arr, (ch, cw), input_data_format="channels_last")
     manifest["processor"] = {
         "png": "siglip_61x47.png",
         "size": [size["width"], size["height"]],
@@ -119,6 +142,9 @@ def processor_case(rng, tensors, manifest):
         "siglip_std": std,
         "clip_mean": clip_mean,
         "clip_std": clip_std,
+        "clip_shortest_edge": 32,
+        "clip_crop": [32, 32],
+        "center_crops": [[20, 15], [70, 50], [61, 46], [64, 47]],
     }
 
 

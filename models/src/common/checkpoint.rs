@@ -78,7 +78,10 @@ pub fn resolve_in(spec: &str, caches: &[PathBuf]) -> Result<Resolved> {
     let Some((repo, revision)) = parse_hub_id(spec) else {
         return Err(Error::file(
             spec,
-            format!("no such checkpoint directory, and not a hub id of the form org/name[@revision]; looked at: {}", looked.join("; ")),
+            format!(
+                "no such checkpoint directory, and not a hub id of the form org/name[@revision]; looked at: {}",
+                looked.join("; ")
+            ),
         ));
     };
     let folder = format!("models--{}", repo.replace('/', "--"));
@@ -92,7 +95,10 @@ pub fn resolve_in(spec: &str, caches: &[PathBuf]) -> Result<Resolved> {
     if caches.is_empty() {
         looked.push("no Hugging Face cache directory (HF_HUB_CACHE, HF_HOME and HOME are unset)".into());
     }
-    Err(Error::file(spec, format!("checkpoint not found locally (no network is used); looked at: {}", looked.join("; "))))
+    Err(Error::file(
+        spec,
+        format!("checkpoint not found locally (no network is used); looked at: {}", looked.join("; ")),
+    ))
 }
 
 /// The Hugging Face hub cache: `$HF_HUB_CACHE`, else `$HUGGINGFACE_HUB_CACHE`, else
@@ -128,7 +134,8 @@ fn find_snapshot(root: &Path, revision: Option<&str>) -> std::result::Result<Res
         return Err("not found".into());
     }
     let snapshots = root.join("snapshots");
-    let read_ref = |name: &str| std::fs::read_to_string(root.join("refs").join(name)).ok().map(|s| s.trim().to_string());
+    let read_ref =
+        |name: &str| std::fs::read_to_string(root.join("refs").join(name)).ok().map(|s| s.trim().to_string());
     if let Some(rev) = revision {
         let commit = read_ref(rev).unwrap_or_else(|| rev.to_string());
         let dir = snapshots.join(&commit);
@@ -253,10 +260,9 @@ pub fn weight_files(dir: impl AsRef<Path>) -> Result<WeightFiles> {
         let mut shards: Vec<PathBuf> = Vec::new();
         let mut weight_map = BTreeMap::new();
         for (name, file) in map {
-            let file = file
-                .as_str()
-                .filter(|f| !f.is_empty())
-                .ok_or_else(|| Error::file(&index, format!("field `weight_map`.`{name}`: expected a file name, found {file}")))?;
+            let file = file.as_str().filter(|f| !f.is_empty()).ok_or_else(|| {
+                Error::file(&index, format!("field `weight_map`.`{name}`: expected a file name, found {file}"))
+            })?;
             let path = dir.join(file);
             if !shards.contains(&path) {
                 if !path.is_file() {
@@ -366,7 +372,11 @@ pub fn load_params(
                 return Err(Error::tensor(
                     file.path(),
                     disk_name,
-                    format!("expected shape {shape:?} (as `{name}`), found {stored:?}"),
+                    if name == disk_name {
+                        format!("expected shape {shape:?}, found {stored:?}")
+                    } else {
+                        format!("expected shape {shape:?} (as `{name}`), found {stored:?}")
+                    },
                 ));
             }
             if let Some((other_fi, other)) = found.insert(name.clone(), (fi, disk_name.to_string())) {

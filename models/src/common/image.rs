@@ -8,6 +8,9 @@
 //! - [`rescale_normalize`]: `[3, H, W]` f32 values equal to transformers'
 //!   `normalize(rescale(x, 1/255), mean, std)` (`image_transforms.py`, transformers 5.24).
 //! - [`smart_resize`]: the target size of `Qwen2VLImageProcessor` (`image_processing_pil_qwen2_vl.py`).
+//! - [`shortest_edge_size`] + [`center_crop`]: `CLIPImageProcessor`'s resize-then-crop (Kosmos-2).
+//! - [`pixel_values`]: resize + normalise a batch into a `[B, 3, H, W]` f32 tensor
+//!   (`SiglipImageProcessor` with [`SIGLIP_MEAN`]/[`SIGLIP_STD`] for PaliGemma).
 //!
 //! ```
 //! use vlm4vla_models::common::image::{resize_bicubic, rescale_normalize, RgbImage};
@@ -19,7 +22,17 @@
 //! ```
 
 use std::path::Path;
-use vlm4vla_engine::{Error, Result};
+use vlm4vla_engine::{Device, Error, Result, Tensor};
+
+/// OpenAI CLIP statistics (`OPENAI_CLIP_MEAN`), used by Qwen2.5-VL and Kosmos-2.
+pub const CLIP_MEAN: [f32; 3] = [0.48145466, 0.4578275, 0.40821073];
+/// OpenAI CLIP statistics (`OPENAI_CLIP_STD`), spelled as transformers spells them.
+#[allow(clippy::excessive_precision)]
+pub const CLIP_STD: [f32; 3] = [0.26862954, 0.26130258, 0.27577711];
+/// SigLIP / PaliGemma statistics (`IMAGENET_STANDARD_MEAN`): maps [0, 255] to [−1, 1].
+pub const SIGLIP_MEAN: [f32; 3] = [0.5, 0.5, 0.5];
+/// SigLIP / PaliGemma statistics (`IMAGENET_STANDARD_STD`).
+pub const SIGLIP_STD: [f32; 3] = [0.5, 0.5, 0.5];
 
 /// An 8-bit RGB image: `data[(y * width + x) * 3 + c]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -211,7 +224,12 @@ fn resample(img: &RgbImage, width: usize, height: usize, filter: Filter) -> Resu
     if img.width == 0 || img.height == 0 || expected != Some(img.data.len()) {
         return Err(Error::Invalid {
             op: "resize",
-            msg: format!("source image {}x{} with {} bytes is not a valid RGB image", img.width, img.height, img.data.len()),
+            msg: format!(
+                "source image {}x{} with {} bytes is not a valid RGB image",
+                img.width,
+                img.height,
+                img.data.len()
+            ),
         });
     }
     if (width, height) == (img.width, img.height) {
@@ -225,11 +243,8 @@ fn resample(img: &RgbImage, width: usize, height: usize, filter: Filter) -> Resu
     // Horizontal pass, over the source rows the vertical pass reads (all of them unless the
     // height is unchanged, in which case Pillow skips the vertical pass).
     let need_vertical = height != img.height;
-    let (row0, row1) = if need_vertical {
-        (vert.start[0], vert.start[height - 1] + vert.len[height - 1])
-    } else {
-        (0, img.height)
-    };
+    let (row0, row1) =
+        if need_vertical { (vert.start[0], vert.start[height - 1] + vert.len[height - 1]) } else { (0, img.height) };
     let tmp = if width != img.width {
         let mut out = vec![0u8; (row1 - row0) * width * 3];
         for (y, out_row) in (row0..row1).zip(out.chunks_exact_mut(width * 3)) {
@@ -319,7 +334,10 @@ pub fn smart_resize(
 ) -> Result<(usize, usize)> {
     const OP: &str = "smart_resize";
     if height == 0 || width == 0 || factor == 0 {
-        return Err(Error::Invalid { op: OP, msg: format!("height {height}, width {width} and factor {factor} must be positive") });
+        return Err(Error::Invalid {
+            op: OP,
+            msg: format!("height {height}, width {width} and factor {factor} must be positive"),
+        });
     }
     let (h, w, f) = (height as f64, width as f64, factor as f64);
     let ratio = h.max(w) / h.min(w);
@@ -341,4 +359,68 @@ pub fn smart_resize(
         w_bar = (w * beta / f).ceil() as usize * factor;
     }
     Ok((h_bar, w_bar))
+}
+
+/// The `(height, width)` that resizes the shorter side to `shortest` keeping the aspect ratio,
+/// as transformers' `get_resize_output_image_size(..., default_to_square=False)`: the longer side
+/// is `int(shortest * long / short)` (truncated).
+///
+/// ```
+/// use vlm4vla_models::common::image::shortest_edge_size;
+/// assert_eq!(shortest_edge_size(47, 61, 32), (32, 41));
+/// ```
+pub fn shortest_edge_size(height: usize, width: usize, shortest: usize) -> (usize, usize) {
+    let (short, long) = if width <= height { (width, height) } else { (height, width) };
+    let new_long = if short == 0 { 0 } else { ((shortest * long) as f64 / short as f64) as usize };
+    if width <= height {
+        (new_long, shortest)
+    } else {
+        (shortest, new_long)
+    }
+}
+
+/// The centre `width × height` window, as transformers' `center_crop`: the window starts at
+/// `floor((H − height) / 2)`, `floor((W − width) / 2)`, and pixels outside the image (a crop
+/// larger than the image) are zero.
+pub fn center_crop(img: &RgbImage, width: usize, height: usize) -> Result<RgbImage> {
+    if width == 0 || height == 0 {
+        return Err(Error::Invalid { op: "center_crop", msg: format!("crop size {width}x{height} is empty") });
+    }
+    let top = (img.height as i64 - height as i64).div_euclid(2);
+    let left = (img.width as i64 - width as i64).div_euclid(2);
+    let mut data = vec![0u8; width * height * 3];
+    for (y, row) in data.chunks_exact_mut(width * 3).enumerate() {
+        let sy = top + y as i64;
+        if sy < 0 || sy >= img.height as i64 {
+            continue;
+        }
+        for (x, px) in row.chunks_exact_mut(3).enumerate() {
+            let sx = left + x as i64;
+            if sx >= 0 && sx < img.width as i64 {
+                px.copy_from_slice(&img.pixel(sx as usize, sy as usize));
+            }
+        }
+    }
+    Ok(RgbImage { width, height, data })
+}
+
+/// Resize every image to `width × height` with [`resize_bicubic`] and normalise it with
+/// [`rescale_normalize`]: a `[B, 3, height, width]` f32 CPU tensor, what a `SiglipImageProcessor`
+/// (PIL backend, bicubic) returns as `pixel_values`. Errors on an empty batch.
+///
+/// ```
+/// use vlm4vla_models::common::image::{pixel_values, RgbImage, SIGLIP_MEAN, SIGLIP_STD};
+/// let img = RgbImage::from_raw(vec![0u8; 5 * 3 * 3], 5, 3, 3).unwrap();
+/// let pv = pixel_values(&[img.clone(), img], 4, 4, SIGLIP_MEAN, SIGLIP_STD).unwrap();
+/// assert_eq!(pv.shape(), [2, 3, 4, 4]);
+/// ```
+pub fn pixel_values(images: &[RgbImage], width: usize, height: usize, mean: [f32; 3], std: [f32; 3]) -> Result<Tensor> {
+    if images.is_empty() {
+        return Err(Error::Invalid { op: "pixel_values", msg: "no images in the batch".into() });
+    }
+    let mut out = Vec::with_capacity(images.len() * 3 * width * height);
+    for img in images {
+        out.extend(rescale_normalize(&resize_bicubic(img, width, height)?, mean, std));
+    }
+    Tensor::from_vec(out, &[images.len(), 3, height, width], Device::Cpu)
 }

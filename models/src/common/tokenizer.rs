@@ -52,10 +52,13 @@ impl Tokenizer {
         let ids: Vec<u32> = ids
             .iter()
             .map(|&id| {
-                u32::try_from(id).map_err(|_| Error::file(&self.path, format!("cannot decode token id {id}: out of range")))
+                u32::try_from(id)
+                    .map_err(|_| Error::file(&self.path, format!("cannot decode token id {id}: out of range")))
             })
             .collect::<Result<_>>()?;
-        self.inner.decode(&ids, skip_special).map_err(|e| Error::file(&self.path, format!("cannot decode {ids:?}: {e}")))
+        self.inner
+            .decode(&ids, skip_special)
+            .map_err(|e| Error::file(&self.path, format!("cannot decode {ids:?}: {e}")))
     }
 
     /// The id of `token` (as spelled in the vocabulary, or an added/special token), if any.
