@@ -137,6 +137,15 @@ fn loads_sharded_checkpoints() {
     }
     let ps = load_params(&dir, &expected(), rename, DType::F32, TIED).unwrap();
     assert_eq!(ps.len(), 4);
+    let listed = checkpoint::list_tensors(&dir).unwrap();
+    assert_eq!(
+        listed,
+        [
+            ("model.embed_tokens.weight".to_string(), vec![6, 4], DType::F32),
+            ("model.layers.0.proj.bias".to_string(), vec![4], DType::F32),
+            ("model.layers.0.proj.weight".to_string(), vec![4, 4], DType::F32),
+        ]
+    );
     assert_eq!(ps.get("layers.0.proj.bias").unwrap().to_vec::<f32>().unwrap(), [0.5, 0.75, 1.0, 1.25]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -358,4 +367,38 @@ fn param_counts() {
     assert_eq!(by["layers"], 20);
     assert_eq!(by["lm_head"], 24);
     assert_eq!(by.len(), 3);
+}
+
+#[test]
+fn config_helpers_name_file_and_field() {
+    use vlm4vla::models::common::config::{mrope_section, parse, rope_theta, section};
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct Text {
+        hidden_size: usize,
+    }
+    let path = Path::new("/ckpt/config.json");
+    let hub = serde_json::json!({"text_config": {"hidden_size": 8, "rope_theta": 1e6,
+        "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}}});
+    let text = section(&hub, "text_config", path).unwrap();
+    assert_eq!(parse::<Text>(text, path, "text_config").unwrap().hidden_size, 8);
+    assert_eq!(rope_theta(text, path, "text_config").unwrap(), Some(1e6));
+    assert_eq!(mrope_section(text, path, "text_config").unwrap(), Some(vec![16, 24, 24]));
+    let v5 = serde_json::json!({"rope_parameters": {"rope_theta": 5e5, "mrope_section": [2, 3, 3]}});
+    assert_eq!(rope_theta(&v5, path, "").unwrap(), Some(5e5));
+    assert_eq!(mrope_section(&v5, path, "").unwrap(), Some(vec![2, 3, 3]));
+    assert_eq!(rope_theta(&serde_json::json!({}), path, "").unwrap(), None);
+
+    let err = section(&hub, "vision_config", path).unwrap_err().to_string();
+    assert!(err.contains("/ckpt/config.json") && err.contains("`vision_config` is missing"), "{err}");
+    let bad =
+        serde_json::json!({"hidden_size": "eight", "rope_theta": "big", "rope_scaling": {"mrope_section": [1, "x"]}});
+    let err = parse::<Text>(&bad, path, "text_config").unwrap_err().to_string();
+    assert!(err.contains("/ckpt/config.json") && err.contains("text_config") && err.contains("invalid type"), "{err}");
+    let err = rope_theta(&bad, path, "text_config").unwrap_err().to_string();
+    assert!(err.contains("text_config.rope_theta"), "{err}");
+    let err = mrope_section(&bad, path, "text_config").unwrap_err().to_string();
+    assert!(err.contains("text_config.rope_scaling.mrope_section"), "{err}");
+    let err = parse::<Text>(&serde_json::json!({}), path, "").unwrap_err().to_string();
+    assert!(err.contains("top level") && err.contains("missing field `hidden_size`"), "{err}");
 }

@@ -446,6 +446,20 @@ pub fn load_params(
     Ok(store)
 }
 
+/// Every tensor of the checkpoint in `dir` as `(name, shape, dtype)`, sorted by name (shards
+/// merged): for writing a family's `expected` list or a `rename` map against a real checkpoint.
+pub fn list_tensors(dir: impl AsRef<Path>) -> Result<Vec<(String, Vec<usize>, DType)>> {
+    let mut out = Vec::new();
+    for path in weight_files(dir)?.files() {
+        let file = SafeTensorsFile::open(path)?;
+        for name in file.names() {
+            out.push((name.to_string(), file.shape(name)?.to_vec(), file.dtype(name)?));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
 /// Total number of elements of `(name, shape)` tensors.
 pub fn param_count(tensors: &[(String, Vec<usize>)]) -> usize {
     tensors.iter().map(|(_, s)| s.iter().product::<usize>()).sum()

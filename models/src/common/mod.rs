@@ -3,5 +3,6 @@
 
 pub mod backbone;
 pub mod checkpoint;
+pub mod config;
 pub mod image;
 pub mod tokenizer;
