@@ -31,7 +31,7 @@ def noise_image(rng, w, h):
 
 def resize_cases(rng, tensors, manifest):
     # (name, source w, h, target w, h): upscale, downscale by non-integer factors, mixed
-    # (one axis up, the other down), identity, and a 1-pixel-wide source.
+    # (one axis up, the other down), identity, a 1-pixel-wide source, and both pass orders.
     cases = [
         ("up_37x23_to_56x56", 37, 23, 56, 56),
         ("down_300x200_to_224x224", 300, 200, 224, 224),
@@ -39,6 +39,12 @@ def resize_cases(rng, tensors, manifest):
         ("mixed_120x30_to_50x70", 120, 30, 50, 70),
         ("identity_64x64", 64, 64, 64, 64),
         ("thin_1x9_to_5x4", 1, 9, 5, 4),
+        # Pillow 13 runs the vertical pass first when the height shrinks by more than twice as
+        # many pixels as the width: width up / height down, both down, and the boundary either side.
+        ("vfirst_40x150_to_56x30", 40, 150, 56, 30),
+        ("vfirst_90x160_to_60x50", 90, 160, 60, 50),
+        ("hfirst_edge_60x60_to_50x40", 60, 60, 50, 40),
+        ("vfirst_edge_60x60_to_50x39", 60, 60, 50, 39),
     ]
     for name, w, h, tw, th in cases:
         arr = noise_image(rng, w, h)
@@ -224,12 +230,12 @@ def tokenizer_case(manifest):
 
 def main():
     os.makedirs(OUT, exist_ok=True)
-    rng = np.random.RandomState(20261125)
+    # One RandomState per section, so adding a case to one section leaves the others' files alone.
     tensors = {}
     manifest = {"resize": [], "modes": []}
-    resize_cases(rng, tensors, manifest)
-    mode_cases(rng, tensors, manifest)
-    processor_case(rng, tensors, manifest)
+    resize_cases(np.random.RandomState(20261125), tensors, manifest)
+    mode_cases(np.random.RandomState(20261126), tensors, manifest)
+    processor_case(np.random.RandomState(20261127), tensors, manifest)
     smart_resize_cases(manifest)
     tokenizer_case(manifest)
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, os.path.join(OUT, "images.safetensors"))

@@ -111,9 +111,10 @@ impl RgbImage {
 
 // ----- Pillow resampling ----------------------------------------------------------------------
 //
-// Pillow's `ImagingResample` (libImaging/Resample.c) resizes in two separable passes, horizontal
-// first (only over the source rows the vertical pass will read), then vertical, each rounding to
-// uint8. Per output pixel it evaluates the filter at `(x − center + 0.5) / filterscale` over the
+// Pillow's `ImagingResample` (libImaging/Resample.c, Pillow 13.0.0) resizes in two separable
+// passes, each rounding to uint8: horizontal first (only over the source rows the vertical pass
+// will read) then vertical, except when the height shrinks by more than twice as many pixels as
+// the width, where the vertical pass runs first. Per output pixel it evaluates the filter at `(x − center + 0.5) / filterscale` over the
 // input pixels within `support · filterscale` of the centre, where `filterscale = max(1,
 // in/out)` (so downscaling widens the kernel: antialiasing), normalises the weights to sum 1 in
 // f64, then turns them into 22-bit fixed point, rounding half away from zero. The weighted sum
@@ -216,6 +217,47 @@ fn clip8(v: i32) -> u8 {
     }
 }
 
+/// One horizontal pass over source rows `row0 .. row0 + rows` (Pillow's
+/// `ImagingResampleHorizontal_8bpc` with `offset = row0`).
+fn pass_horizontal(img: &RgbImage, c: &Coeffs, width: usize, row0: usize, rows: usize) -> RgbImage {
+    let half = 1i32 << (PRECISION_BITS - 1);
+    let mut out = vec![0u8; rows * width * 3];
+    for (y, out_row) in (row0..row0 + rows).zip(out.chunks_exact_mut(width * 3)) {
+        let in_row = &img.data[y * img.width * 3..(y + 1) * img.width * 3];
+        for (xx, px) in out_row.chunks_exact_mut(3).enumerate() {
+            let (s, n) = (c.start[xx], c.len[xx]);
+            let mut acc = [half; 3];
+            for (x, &kx) in c.k[xx * c.ksize..xx * c.ksize + n].iter().enumerate() {
+                let p = &in_row[(s + x) * 3..(s + x) * 3 + 3];
+                acc[0] += p[0] as i32 * kx;
+                acc[1] += p[1] as i32 * kx;
+                acc[2] += p[2] as i32 * kx;
+            }
+            px.copy_from_slice(&acc.map(clip8));
+        }
+    }
+    RgbImage { width, height: rows, data: out }
+}
+
+/// One vertical pass; `c.start` is shifted down by `row0` (the first source row `img` holds).
+fn pass_vertical(img: &RgbImage, c: &Coeffs, height: usize, row0: usize) -> RgbImage {
+    let half = 1i32 << (PRECISION_BITS - 1);
+    let stride = img.width * 3;
+    let mut out = vec![0u8; height * stride];
+    for (yy, out_row) in out.chunks_exact_mut(stride).enumerate() {
+        let (s, n) = (c.start[yy] - row0, c.len[yy]);
+        let k = &c.k[yy * c.ksize..yy * c.ksize + n];
+        for (i, o) in out_row.iter_mut().enumerate() {
+            let mut acc = half;
+            for (y, &ky) in k.iter().enumerate() {
+                acc += img.data[(s + y) * stride + i] as i32 * ky;
+            }
+            *o = clip8(acc);
+        }
+    }
+    RgbImage { width: img.width, height, data: out }
+}
+
 fn resample(img: &RgbImage, width: usize, height: usize, filter: Filter) -> Result<RgbImage> {
     if width == 0 || height == 0 {
         return Err(Error::Invalid { op: "resize", msg: format!("target size {width}x{height} is empty") });
@@ -236,54 +278,35 @@ fn resample(img: &RgbImage, width: usize, height: usize, filter: Filter) -> Resu
         // Pillow returns a copy when the size and the box are unchanged.
         return Ok(img.clone());
     }
-    let half = 1i32 << (PRECISION_BITS - 1);
-    let horiz = precompute_coeffs(img.width, width, filter);
-    let vert = precompute_coeffs(img.height, height, filter);
-
-    // Horizontal pass, over the source rows the vertical pass reads (all of them unless the
-    // height is unchanged, in which case Pillow skips the vertical pass).
+    let need_horizontal = width != img.width;
     let need_vertical = height != img.height;
-    let (row0, row1) =
-        if need_vertical { (vert.start[0], vert.start[height - 1] + vert.len[height - 1]) } else { (0, img.height) };
-    let tmp = if width != img.width {
-        let mut out = vec![0u8; (row1 - row0) * width * 3];
-        for (y, out_row) in (row0..row1).zip(out.chunks_exact_mut(width * 3)) {
-            let in_row = &img.data[y * img.width * 3..(y + 1) * img.width * 3];
-            for (xx, px) in out_row.chunks_exact_mut(3).enumerate() {
-                let (s, n) = (horiz.start[xx], horiz.len[xx]);
-                let k = &horiz.k[xx * horiz.ksize..xx * horiz.ksize + n];
-                let mut acc = [half; 3];
-                for (x, &kx) in k.iter().enumerate() {
-                    let p = &in_row[(s + x) * 3..(s + x) * 3 + 3];
-                    acc[0] += p[0] as i32 * kx;
-                    acc[1] += p[1] as i32 * kx;
-                    acc[2] += p[2] as i32 * kx;
-                }
-                px.copy_from_slice(&acc.map(clip8));
-            }
-        }
-        RgbImage { width, height: row1 - row0, data: out }
+    // Pillow 13 (`ImagingResampleInner`): when the height shrinks by more than twice as many
+    // pixels as the width does, the vertical pass runs first (over every source column). The
+    // order changes the result, because each pass rounds to uint8.
+    let (dh, dw) = (img.height as i64 - height as i64, img.width as i64 - width as i64);
+    let horizontal_first = !(dh > 0 && dh > dw * 2);
+    let vert = precompute_coeffs(img.height, height, filter);
+    if horizontal_first {
+        // The horizontal pass covers only the source rows the vertical pass reads.
+        let (row0, row1) = if need_horizontal {
+            (vert.start[0], vert.start[height - 1] + vert.len[height - 1])
+        } else {
+            (0, img.height)
+        };
+        let tmp = if need_horizontal {
+            pass_horizontal(img, &precompute_coeffs(img.width, width, filter), width, row0, row1 - row0)
+        } else {
+            img.clone()
+        };
+        Ok(if need_vertical { pass_vertical(&tmp, &vert, height, row0) } else { tmp })
     } else {
-        RgbImage { width, height: row1 - row0, data: img.data[row0 * width * 3..row1 * width * 3].to_vec() }
-    };
-    if !need_vertical {
-        return Ok(tmp);
+        let tmp = if need_vertical { pass_vertical(img, &vert, height, 0) } else { img.clone() };
+        Ok(if need_horizontal {
+            pass_horizontal(&tmp, &precompute_coeffs(img.width, width, filter), width, 0, height)
+        } else {
+            tmp
+        })
     }
-
-    let stride = width * 3;
-    let mut out = vec![0u8; height * stride];
-    for (yy, out_row) in out.chunks_exact_mut(stride).enumerate() {
-        let (s, n) = (vert.start[yy] - row0, vert.len[yy]);
-        let k = &vert.k[yy * vert.ksize..yy * vert.ksize + n];
-        for (i, o) in out_row.iter_mut().enumerate() {
-            let mut acc = half;
-            for (y, &ky) in k.iter().enumerate() {
-                acc += tmp.data[(s + y) * stride + i] as i32 * ky;
-            }
-            *o = clip8(acc);
-        }
-    }
-    Ok(RgbImage { width, height, data: out })
 }
 
 /// Resize to `width × height` exactly as Pillow's `img.resize((width, height), Image.BICUBIC)`
