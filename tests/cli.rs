@@ -64,3 +64,19 @@ fn info_model_errors_name_the_problem() {
     assert!(!out.status.success() && e.contains("model_type") && e.contains("llava"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn load_backbone_builds_every_family_from_names_and_directories() {
+    use vlm4vla::engine::DType;
+    use vlm4vla::models::registry::load_backbone;
+    for (spec, family) in [("qwen2.5-vl-tiny", "qwen2_5_vl"), ("paligemma-tiny", "paligemma"), ("kosmos-2-tiny", "kosmos2")] {
+        let bb = load_backbone(spec, DType::F32, 0).unwrap();
+        assert_eq!(bb.family(), family);
+        assert!(bb.params().num_params() > 0);
+    }
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/paligemma");
+    let bb = load_backbone(dir, DType::F32, 0).unwrap();
+    assert_eq!(bb.family(), "paligemma");
+    let err = load_backbone("nobody/no-such-model", DType::F32, 0).err().expect("an error").to_string();
+    assert!(err.contains("nobody/no-such-model"), "{err}");
+}

@@ -2,11 +2,11 @@
 //! own `config.json` (dispatched on `model_type`), and a summary (config, parameter counts per
 //! group, stored dtype) computed from the parameter shape list without allocating weights.
 
-use crate::common::backbone::ParamGroup;
+use crate::common::backbone::{Backbone, ParamGroup};
 use crate::{kosmos2, paligemma, qwen2_5_vl};
 use std::collections::BTreeMap;
-use std::path::Path;
-use vlm4vla_engine::{Error, Result, SafeTensorsFile};
+use std::path::{Path, PathBuf};
+use vlm4vla_engine::{DType, Error, Result, SafeTensorsFile};
 
 /// A parsed config of any family.
 #[derive(Clone, Debug)]
@@ -191,12 +191,16 @@ pub fn summarize(spec: &str) -> Result<ModelSummary> {
     let dir = Path::new(spec);
     let (config, stored) = if BUILTINS.contains(&spec) {
         (ModelConfig::builtin(spec)?, None)
-    } else if dir.is_dir() {
-        (ModelConfig::from_dir(dir)?, Some(stored_dtypes(dir)?))
+    } else if dir.is_dir() || spec.contains('/') {
+        let dir = resolve(spec)?;
+        (ModelConfig::from_dir(&dir)?, Some(stored_dtypes(&dir)?))
     } else {
         return Err(Error::invalid(
             "model",
-            format!("`{spec}` is neither a built-in model ({}) nor a checkpoint directory", BUILTINS.join(", ")),
+            format!(
+                "`{spec}` is neither a built-in model ({}), a checkpoint directory nor a hub id (org/name)",
+                BUILTINS.join(", ")
+            ),
         ));
     };
     let mut groups = BTreeMap::new();
@@ -216,26 +220,33 @@ pub fn summarize(spec: &str) -> Result<ModelSummary> {
     })
 }
 
+/// A checkpoint directory, or a hub id's snapshot in the local Hugging Face cache.
+fn resolve(spec: &str) -> Result<PathBuf> {
+    Ok(crate::common::checkpoint::resolve(spec)?.dir)
+}
+
+/// Build a backbone: a built-in name gets random weights (seeded); a checkpoint directory or a
+/// hub id in the local cache is loaded by its `config.json`'s `model_type`, converted to `dtype`.
+pub fn load_backbone(spec: &str, dtype: DType, seed: u64) -> Result<Box<dyn Backbone>> {
+    if BUILTINS.contains(&spec) {
+        return Ok(match ModelConfig::builtin(spec)? {
+            ModelConfig::Qwen25Vl(c) => Box::new(qwen2_5_vl::Qwen25Vl::random(c, seed, dtype)?),
+            ModelConfig::PaliGemma(c) => Box::new(paligemma::PaliGemma::random(c, seed, dtype)?),
+            ModelConfig::Kosmos2(c) => Box::new(kosmos2::Kosmos2::random(c, seed, dtype)?),
+        });
+    }
+    let dir = resolve(spec)?;
+    Ok(match ModelConfig::from_dir(&dir)? {
+        ModelConfig::Qwen25Vl(_) => Box::new(qwen2_5_vl::Qwen25Vl::load_dir(&dir, Some(dtype))?),
+        ModelConfig::PaliGemma(_) => Box::new(paligemma::PaliGemma::load(&dir, Some(dtype))?),
+        ModelConfig::Kosmos2(_) => Box::new(kosmos2::Kosmos2::load(&dir, dtype)?),
+    })
+}
+
 /// Dtypes of the tensors in a checkpoint directory (single file or sharded).
 fn stored_dtypes(dir: &Path) -> Result<BTreeMap<String, usize>> {
-    let index = dir.join("model.safetensors.index.json");
-    let files: Vec<std::path::PathBuf> = if index.is_file() {
-        let text = std::fs::read_to_string(&index).map_err(|e| Error::file(&index, format!("cannot read: {e}")))?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::file(&index, format!("invalid JSON: {e}")))?;
-        let map = json
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| Error::file(&index, "field `weight_map` is missing or not an object"))?;
-        let mut shards: Vec<String> = map.values().filter_map(|v| v.as_str().map(String::from)).collect();
-        shards.sort();
-        shards.dedup();
-        shards.into_iter().map(|s| dir.join(s)).collect()
-    } else {
-        vec![dir.join("model.safetensors")]
-    };
     let mut out = BTreeMap::new();
-    for f in files {
+    for f in crate::common::checkpoint::checkpoint_files(dir)? {
         let file = SafeTensorsFile::open(&f)?;
         for name in file.names() {
             *out.entry(file.dtype(name)?.to_string()).or_insert(0) += 1;

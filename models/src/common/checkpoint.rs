@@ -481,3 +481,8 @@ pub fn param_count_by_group<G: Ord>(tensors: &[(String, Vec<usize>)], group: imp
     }
     out
 }
+
+/// The safetensors files of a checkpoint directory (single file or shards), via the shared loader.
+pub(crate) fn checkpoint_files(dir: &std::path::Path) -> vlm4vla_engine::Result<Vec<std::path::PathBuf>> {
+    Ok(weight_files(dir)?.files().into_iter().map(std::path::Path::to_path_buf).collect())
+}

@@ -233,11 +233,12 @@ impl Kosmos2 {
     }
 
     /// Load a checkpoint directory (`config.json` + `model.safetensors`, or the shards listed by
-    /// `model.safetensors.index.json`), converting every tensor to `dtype`.
+    /// `model.safetensors.index.json`) or a model id in the local Hugging Face cache, converting
+    /// every tensor to `dtype`.
     pub fn load(dir: impl AsRef<Path>, dtype: DType) -> Result<Kosmos2> {
-        let dir = dir.as_ref();
+        let dir = crate::common::checkpoint::resolve(&dir.as_ref().to_string_lossy())?.dir;
         let cfg = Kosmos2Config::from_file(dir.join("config.json"))?;
-        let files = checkpoint_files(dir)?;
+        let files = crate::common::checkpoint::checkpoint_files(&dir)?;
         let mut ps = ParamStore::new();
         for f in files {
             let st = SafeTensorsFile::open(&f)?;
@@ -338,32 +339,4 @@ impl Backbone for Kosmos2 {
         let (_, _, _, hidden) = self.run(input, extra)?;
         Ok(BackboneOutput { hidden, appended: l..l + q })
     }
-}
-
-/// The safetensors files of a checkpoint directory.
-fn checkpoint_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
-    let single = dir.join("model.safetensors");
-    if single.is_file() {
-        return Ok(vec![single]);
-    }
-    let index = dir.join("model.safetensors.index.json");
-    if !index.is_file() {
-        return Err(Error::file(dir, "no model.safetensors or model.safetensors.index.json"));
-    }
-    let text = std::fs::read_to_string(&index).map_err(|e| Error::io(format!("reading {}", index.display()), e))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::file(&index, format!("invalid JSON: {e}")))?;
-    let map = v
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| Error::file(&index, "`weight_map` must be an object"))?;
-    let mut files: Vec<String> = Vec::new();
-    for (name, f) in map {
-        let f = f.as_str().ok_or_else(|| Error::file(&index, format!("`weight_map.{name}` must be a file name")))?;
-        if !files.iter().any(|x| x == f) {
-            files.push(f.to_string());
-        }
-    }
-    files.sort();
-    Ok(files.into_iter().map(|f| dir.join(f)).collect())
 }

@@ -23,7 +23,7 @@ pub use processor::{preprocess, PaliGemmaProcessor, PromptTokens};
 use crate::common::backbone::{Backbone, BackboneInput, BackboneOutput, ParamGroup};
 use names::{EMBED, LM_HEAD, PROJECTOR, VISION};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use vlm4vla_engine::{AttentionMask, DType, Device, Error, ParamStore, Result, SafeTensorsFile, Tensor};
 
 const PARAMS: &str = "paligemma parameters";
@@ -144,11 +144,11 @@ impl PaliGemma {
     /// (`google/paligemma-3b-pt-224`). Tensors are converted to `dtype` when given. Shapes are
     /// checked against the config before any data is read.
     pub fn load(dir_or_id: impl AsRef<Path>, dtype: Option<DType>) -> Result<Self> {
-        let dir = resolve_dir(dir_or_id.as_ref())?;
+        let dir = crate::common::checkpoint::resolve(&dir_or_id.as_ref().to_string_lossy())?.dir;
         let cfg = PaliGemmaConfig::from_file(dir.join("config.json"))?;
         let expected: HashMap<String, Vec<usize>> = param_shapes(&cfg).into_iter().collect();
         let mut store = ParamStore::new();
-        for file in weight_files(&dir)? {
+        for file in crate::common::checkpoint::checkpoint_files(&dir)? {
             let st = SafeTensorsFile::open(&file)?;
             for name in st.names() {
                 let canon = canonical_name(name);
@@ -329,53 +329,4 @@ impl Backbone for PaliGemma {
         let hidden = gemma::decoder(&self.cfg.text, &self.params, x, &mask, Some(&padding), None)?;
         Ok(BackboneOutput { hidden, appended: l..total })
     }
-}
-
-/// A checkpoint directory, or a model id's snapshot in the local Hugging Face cache
-/// (`$HF_HUB_CACHE`, `$HF_HOME/hub` or `~/.cache/huggingface/hub`).
-fn resolve_dir(p: &Path) -> Result<PathBuf> {
-    if p.is_dir() {
-        return Ok(p.to_path_buf());
-    }
-    let id = p.to_string_lossy();
-    let cache = std::env::var_os("HF_HUB_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HF_HOME").map(|h| PathBuf::from(h).join("hub")))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub")));
-    if let (Some(cache), Some((org, name))) = (cache, id.split_once('/')) {
-        let repo = cache.join(format!("models--{org}--{name}"));
-        if let Ok(rev) = std::fs::read_to_string(repo.join("refs/main")) {
-            let snap = repo.join("snapshots").join(rev.trim());
-            if snap.is_dir() {
-                return Ok(snap);
-            }
-        }
-    }
-    Err(Error::file(p, "not a checkpoint directory, nor a model id in the local Hugging Face cache"))
-}
-
-/// The safetensors files of a checkpoint directory.
-fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let single = dir.join("model.safetensors");
-    if single.is_file() {
-        return Ok(vec![single]);
-    }
-    let index = dir.join("model.safetensors.index.json");
-    let text = std::fs::read_to_string(&index).map_err(|e| {
-        Error::io(format!("{}: neither model.safetensors nor model.safetensors.index.json", dir.display()), e)
-    })?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::file(&index, format!("invalid JSON: {e}")))?;
-    let map =
-        v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::file(&index, "no `weight_map` object"))?;
-    let mut files: Vec<PathBuf> = Vec::new();
-    for (name, f) in map {
-        let f = f.as_str().ok_or_else(|| Error::file(&index, format!("`weight_map.{name}` is not a file name")))?;
-        let path = dir.join(f);
-        if !files.contains(&path) {
-            files.push(path);
-        }
-    }
-    files.sort();
-    Ok(files)
 }

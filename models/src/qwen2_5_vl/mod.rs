@@ -161,40 +161,13 @@ impl Qwen25Vl {
         Ok(Qwen25Vl { cfg, params })
     }
 
-    /// Load a checkpoint directory: `config.json` plus `model.safetensors` or the shards listed in
-    /// `model.safetensors.index.json`. Tensors are converted to `dtype` when given (checkpoints
+    /// Load a checkpoint directory (`config.json` plus `model.safetensors` or the shards listed in
+    /// `model.safetensors.index.json`) or a model id in the local Hugging Face cache. Tensors are converted to `dtype` when given (checkpoints
     /// store bf16); otherwise all must share one float dtype. Errors name the file and tensor.
     pub fn load_dir(dir: impl AsRef<std::path::Path>, dtype: Option<DType>) -> Result<Self> {
-        let dir = dir.as_ref();
+        let dir = crate::common::checkpoint::resolve(&dir.as_ref().to_string_lossy())?.dir;
         let cfg = Qwen25VlConfig::from_file(dir.join("config.json"))?;
-        let index = dir.join("model.safetensors.index.json");
-        let files: Vec<std::path::PathBuf> = if index.exists() {
-            let text =
-                std::fs::read_to_string(&index).map_err(|e| Error::io(format!("reading {}", index.display()), e))?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| Error::file(&index, format!("invalid JSON: {e}")))?;
-            let map = v
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| Error::file(&index, "field `weight_map` is missing or not an object"))?;
-            let mut shards: Vec<String> = Vec::new();
-            for (name, shard) in map {
-                let shard = shard
-                    .as_str()
-                    .ok_or_else(|| Error::file(&index, format!("`weight_map.{name}` must be a file name")))?;
-                if !shards.iter().any(|s| s == shard) {
-                    shards.push(shard.to_string());
-                }
-            }
-            shards.sort();
-            shards.into_iter().map(|s| dir.join(s)).collect()
-        } else {
-            let single = dir.join("model.safetensors");
-            if !single.exists() {
-                return Err(Error::file(dir, "neither model.safetensors nor model.safetensors.index.json found"));
-            }
-            vec![single]
-        };
+        let files = crate::common::checkpoint::checkpoint_files(&dir)?;
         let mut params = ParamStore::new();
         for file in &files {
             let opts = match dtype {
