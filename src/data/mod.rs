@@ -38,21 +38,7 @@ pub use writer::LeRobotWriter;
 
 use crate::engine::{Error, Result};
 
-/// An 8-bit RGB image, row-major, `data.len() == width * height * 3`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RgbImage {
-    pub width: usize,
-    pub height: usize,
-    pub data: Vec<u8>,
-}
-
-impl RgbImage {
-    /// The pixel at column `x`, row `y`.
-    pub fn pixel(&self, x: usize, y: usize) -> [u8; 3] {
-        let i = (y * self.width + x) * 3;
-        [self.data[i], self.data[i + 1], self.data[i + 2]]
-    }
-}
+pub use crate::models::common::image::RgbImage;
 
 /// One training example: the frame at some index, with the action chunk that starts there.
 #[derive(Clone, Debug, PartialEq)]

@@ -19,48 +19,7 @@ pub const CLIP_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
 pub const MIN_PIXELS: usize = 3136;
 pub const MAX_PIXELS: usize = 12845056;
 
-/// transformers' `smart_resize`: both sides rounded to multiples of `factor`, the area kept in
-/// `[min_pixels, max_pixels]` (scaled down with floor, up with ceil). Errors on an empty image or
-/// an aspect ratio above 200.
-pub fn smart_resize(
-    height: usize,
-    width: usize,
-    factor: usize,
-    min_pixels: usize,
-    max_pixels: usize,
-) -> Result<(usize, usize)> {
-    if height == 0 || width == 0 || factor == 0 {
-        return Err(Error::Invalid { op: "smart_resize", msg: format!("empty image {height}×{width}") });
-    }
-    let (h, w, f) = (height as f64, width as f64, factor as f64);
-    if h.max(w) / h.min(w) > 200.0 {
-        return Err(Error::Invalid {
-            op: "smart_resize",
-            msg: format!("absolute aspect ratio must be smaller than 200, got {}", h.max(w) / h.min(w)),
-        });
-    }
-    // Python's round() is round-half-even.
-    let round_even = |x: f64| {
-        let r = x.round();
-        if (x - x.trunc()).abs() == 0.5 && r % 2.0 != 0.0 {
-            r - x.signum()
-        } else {
-            r
-        }
-    };
-    let mut hb = round_even(h / f) * f;
-    let mut wb = round_even(w / f) * f;
-    if hb * wb > max_pixels as f64 {
-        let beta = (h * w / max_pixels as f64).sqrt();
-        hb = f.max((h / beta / f).floor() * f);
-        wb = f.max((w / beta / f).floor() * f);
-    } else if hb * wb < min_pixels as f64 {
-        let beta = (min_pixels as f64 / (h * w)).sqrt();
-        hb = (h * beta / f).ceil() * f;
-        wb = (w * beta / f).ceil() * f;
-    }
-    Ok((hb as usize, wb as usize))
-}
+pub use crate::common::image::smart_resize;
 
 /// One image as the vision tower takes it.
 #[derive(Clone, Debug)]
