@@ -69,7 +69,9 @@ fn info_model_errors_name_the_problem() {
 fn load_backbone_builds_every_family_from_names_and_directories() {
     use vlm4vla::engine::DType;
     use vlm4vla::models::registry::load_backbone;
-    for (spec, family) in [("qwen2.5-vl-tiny", "qwen2_5_vl"), ("paligemma-tiny", "paligemma"), ("kosmos-2-tiny", "kosmos2")] {
+    for (spec, family) in
+        [("qwen2.5-vl-tiny", "qwen2_5_vl"), ("paligemma-tiny", "paligemma"), ("kosmos-2-tiny", "kosmos2")]
+    {
         let bb = load_backbone(spec, DType::F32, 0).unwrap();
         assert_eq!(bb.family(), family);
         assert!(bb.params().num_params() > 0);
