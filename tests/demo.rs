@@ -52,7 +52,7 @@ fn quick_demo_learns_the_tabletop_tasks() {
     // Thresholds this configuration reaches today (measured: see the README). The issue's
     // targets for this test (loss 5× lower, ≥ 40% held-out success) are not reached yet.
     let ratio = r.train.first_loss / r.train.last_loss;
-    assert!(ratio >= 1.4, "loss fell only {ratio:.2}× ({} → {})", r.train.first_loss, r.train.last_loss);
+    assert!(ratio >= 1.6, "loss fell only {ratio:.2}× ({} → {})", r.train.first_loss, r.train.last_loss);
     assert!(r.trained.episodes == 40 && r.untrained.episodes == 40 && r.mismatched.episodes == 40);
     assert!(r.trained.results.iter().all(|e| e.seed >= vlm4vla::demo::EVAL_FIRST_SEED));
     assert!(r.untrained.success_rate <= 0.1, "untrained success {:.3}", r.untrained.success_rate);

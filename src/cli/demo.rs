@@ -17,10 +17,10 @@ pub struct DemoArgs {
     /// A smaller, faster configuration (the one the CI test runs).
     #[arg(long)]
     quick: bool,
-    /// Training episodes to collect (default: 2000, quick: 1000).
+    /// Training episodes to collect (default: 2000, quick: 400).
     #[arg(long)]
     episodes: Option<usize>,
-    /// Optimizer steps (default: 10000, quick: 1000).
+    /// Optimizer steps (default: 10000, quick: 2000).
     #[arg(long)]
     steps: Option<usize>,
     /// Held-out evaluation episodes per task family (default: 25, quick: 10).

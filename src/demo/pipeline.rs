@@ -751,7 +751,7 @@ impl DemoOptions {
 
     /// The quick configuration (the CI test's): a few minutes on 2 cores.
     pub fn quick(out: impl Into<PathBuf>) -> DemoOptions {
-        DemoOptions { train_episodes: 1000, steps: 1000, eval_per_family: 10, ..DemoOptions::full(out) }
+        DemoOptions { train_episodes: 400, steps: 2000, eval_per_family: 10, ..DemoOptions::full(out) }
     }
 
     /// The training config of this demo, reading `dataset`.
