@@ -8,5 +8,6 @@ pub use vlm4vla_engine as engine;
 pub use vlm4vla_models as models;
 
 pub mod data;
+pub mod demo;
 pub mod env;
 pub mod train;

@@ -1,0 +1,906 @@
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::data::{LeRobotDataset, LeRobotWriter};
+use crate::engine::{DType, Device, Error, Result, Tensor};
+use crate::env::{
+    evaluate, Action, Colour, EnvConfig, EpisodeSpec, EvalOptions, EvalReport, Goal, InstructionMode, Observation,
+    Shape, Side, TabletopEnv, TaskFamily,
+};
+use crate::models::paligemma::{PaliGemma, PaliGemmaConfig, PaliGemmaProcessor, PromptTokens};
+use crate::models::vla::{ActionNormalizer, HeadConfig, PolicyConfig, VlaPolicy, ACTION_DIMS, ARM_DIMS};
+use crate::models::BackboneInput;
+use crate::train::{Batch, BatchSource, Checkpoint, OptimConfig, RunConfig, TrainConfig, Trainer};
+
+/// The backbone `vlm4vla demo` trains: a narrower, shallower `paligemma-tiny` (see
+/// [`backbone_config`]).
+pub const DEMO_BACKBONE: &str = "paligemma-demo";
+/// Backbone names this pipeline can build.
+pub const BACKBONES: &[&str] = &["paligemma-demo", "paligemma-tiny"];
+/// First seed of held-out evaluation episodes (training data is collected from seed 0 up).
+pub const EVAL_FIRST_SEED: u64 = 1_000_000;
+/// The `robot_type` of datasets written by [`collect`].
+pub const ROBOT_TYPE: &str = "vlm4vla-tabletop";
+/// Frames per second recorded in the dataset's `info.json`.
+pub const FPS: u32 = 10;
+/// Name of the word vocabulary stored with checkpoints.
+pub const VOCAB_NAME: &str = "tabletop-words-v1";
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::Invalid { op: "demo", msg: msg.into() }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokenization
+
+/// A word-level vocabulary for the tabletop instructions: every word of every template, colour,
+/// shape noun and side, in sorted order, numbered from 4 (3 is the unknown word), skipping the
+/// PaliGemma image (100) and newline (108) ids; all ids stay below 128, the tiny vocabulary.
+#[derive(Clone, Debug)]
+pub struct Vocab {
+    ids: BTreeMap<String, i64>,
+}
+
+/// The id of a word the vocabulary does not know.
+pub const UNK_ID: i64 = 3;
+
+impl Vocab {
+    pub fn tabletop() -> Vocab {
+        let mut words: Vec<String> = Vec::new();
+        let goals = [Goal::Reach, Goal::Lift, Goal::PlaceOnPlate, Goal::MoveToSide(Side::Left)];
+        for g in goals {
+            for t in g.templates() {
+                words.extend(split_words(&t.replace("{obj}", " ").replace("{side}", " ")));
+            }
+        }
+        words.extend(Colour::ALL.iter().map(|c| c.name().to_string()));
+        words.extend([Shape::Block, Shape::Ball].iter().map(|s| s.noun().to_string()));
+        words.extend(Side::ALL.iter().map(|s| s.name().to_string()));
+        words.sort();
+        words.dedup();
+        let mut ids = BTreeMap::new();
+        let mut next = UNK_ID + 1;
+        for w in words {
+            while next == 100 || next == crate::models::paligemma::NEWLINE_TOKEN {
+                next += 1;
+            }
+            ids.insert(w, next);
+            next += 1;
+        }
+        Vocab { ids }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The largest id in use.
+    pub fn max_id(&self) -> i64 {
+        self.ids.values().copied().max().unwrap_or(UNK_ID)
+    }
+
+    /// Lower-cases, splits on anything that is not a letter, maps unknown words to [`UNK_ID`].
+    pub fn encode(&self, text: &str) -> Vec<i64> {
+        split_words(&text.to_lowercase()).iter().map(|w| self.ids.get(w).copied().unwrap_or(UNK_ID)).collect()
+    }
+
+    /// Words of `text` the vocabulary does not know.
+    pub fn unknown_words(&self, text: &str) -> Vec<String> {
+        split_words(&text.to_lowercase()).into_iter().filter(|w| !self.ids.contains_key(w)).collect()
+    }
+}
+
+fn split_words(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_ascii_alphabetic()).filter(|w| !w.is_empty()).map(str::to_string).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backbone and policy
+
+/// The PaliGemma config of a pipeline backbone name at `image_size` pixels.
+///
+/// - `paligemma-tiny`: the registry's tiny config (SigLIP 32 wide × 2 layers, Gemma 64 wide × 2
+///   layers), with the image size replaced;
+/// - `paligemma-demo`: the same widths, one SigLIP layer, patches of 8 pixels.
+pub fn backbone_config(name: &str, image_size: usize) -> Result<PaliGemmaConfig> {
+    let mut cfg = match name {
+        "paligemma-tiny" => PaliGemmaConfig::tiny(),
+        "paligemma-demo" => {
+            let mut c = PaliGemmaConfig::tiny();
+            c.vision.num_hidden_layers = 1;
+            c
+        }
+        other => {
+            return Err(invalid(format!(
+                "backbone `{other}` is not supported by the tabletop pipeline (supported: {})",
+                BACKBONES.join(", ")
+            )))
+        }
+    };
+    if image_size == 0 || !image_size.is_multiple_of(cfg.vision.patch_size) {
+        return Err(invalid(format!(
+            "image size {image_size} is not a positive multiple of backbone `{name}`'s patch size {}",
+            cfg.vision.patch_size
+        )));
+    }
+    cfg.vision.image_size = image_size;
+    cfg.validate()?;
+    let vocab = Vocab::tabletop();
+    if vocab.max_id() >= cfg.text.vocab_size as i64 {
+        return Err(invalid(format!(
+            "the instruction vocabulary needs ids up to {}, but `{name}` has {} tokens",
+            vocab.max_id(),
+            cfg.text.vocab_size
+        )));
+    }
+    Ok(cfg)
+}
+
+/// Images and instructions → a backbone batch.
+#[derive(Clone, Debug)]
+pub struct Encoder {
+    pub processor: PaliGemmaProcessor,
+    pub vocab: Vocab,
+}
+
+impl Encoder {
+    pub fn new(cfg: &PaliGemmaConfig) -> Encoder {
+        Encoder { processor: PaliGemmaProcessor::new(cfg), vocab: Vocab::tabletop() }
+    }
+
+    pub fn image_size(&self) -> usize {
+        self.processor.image_size
+    }
+
+    pub fn prompt(&self, instruction: &str) -> PromptTokens {
+        self.processor.prompt(&self.vocab.encode(instruction), None)
+    }
+
+    /// `images` are `S × S × 3` RGB bytes at the model's image size.
+    pub fn encode(&self, images: &[&[u8]], prompts: &[PromptTokens]) -> Result<BackboneInput> {
+        let px = self.processor.pixel_values(images)?;
+        self.processor.collate(prompts, px)
+    }
+}
+
+/// A fresh (untrained) policy for `cfg` at `image_size`: backbone weights from `cfg.seed`, head
+/// weights from `cfg.seed + 1`.
+pub fn build_policy(cfg: &TrainConfig, image_size: usize) -> Result<(VlaPolicy, Encoder)> {
+    let bb_cfg = backbone_config(&cfg.backbone, image_size)?;
+    let encoder = Encoder::new(&bb_cfg);
+    let mut backbone = PaliGemma::random(bb_cfg, cfg.seed, DType::F32)?;
+    demo_init(&mut backbone, cfg.seed)?;
+    let policy = VlaPolicy::new(Box::new(backbone), cfg.policy.clone(), cfg.seed.wrapping_add(1))?;
+    Ok((policy, encoder))
+}
+
+/// Re-initialise a randomly built backbone for training from scratch on a small CPU budget:
+/// every weight matrix N(0, 1/fan_in) (instead of the checkpoint-style N(0, 0.02²), which starts
+/// tiny models almost silent), and the SigLIP position embeddings as a fixed-amplitude 2-D
+/// sine/cosine code of each patch's column and row (so "where" is available from step 0).
+pub fn demo_init(backbone: &mut PaliGemma, seed: u64) -> Result<()> {
+    use crate::models::paligemma::param_shapes;
+    let cfg = backbone.config().clone();
+    let pos_name = "vision_tower.vision_model.embeddings.position_embedding.weight";
+    let store = backbone.params_mut();
+    for (i, (name, shape)) in param_shapes(&cfg).into_iter().enumerate() {
+        if shape.len() < 2 {
+            continue;
+        }
+        let t = store.get(&name)?;
+        let new = if name == pos_name {
+            let grid = cfg.vision.grid();
+            let (n, d) = (shape[0], shape[1]);
+            let quarter = (d / 4).max(1);
+            let mut v = vec![0f32; n * d];
+            for p in 0..n {
+                let (row, col) = ((p / grid) as f32, (p % grid) as f32);
+                for k in 0..quarter {
+                    let freq =
+                        std::f32::consts::PI / grid as f32 * (1 << k.min(4)) as f32 * (1.0 + (k / 5) as f32 * 0.5);
+                    let base = p * d + 4 * k;
+                    for (j, val) in [(col * freq).sin(), (col * freq).cos(), (row * freq).sin(), (row * freq).cos()]
+                        .into_iter()
+                        .enumerate()
+                    {
+                        if 4 * k + j < d {
+                            v[base + j] = val;
+                        }
+                    }
+                }
+            }
+            Tensor::from_vec(v, &shape, Device::Cpu)?
+        } else if name.contains("embed_tokens") {
+            Tensor::rand_normal(
+                0.0,
+                1.0 / (shape[1] as f64).sqrt(),
+                &shape,
+                DType::F32,
+                Device::Cpu,
+                seed ^ (i as u64 + 7919),
+            )?
+        } else {
+            let fan_in: usize = shape[1..].iter().product();
+            Tensor::rand_normal(
+                0.0,
+                1.0 / (fan_in as f64).sqrt(),
+                &shape,
+                DType::F32,
+                Device::Cpu,
+                seed ^ (i as u64 + 7919),
+            )?
+        };
+        t.assign(&new.to_dtype(t.dtype())?)?;
+    }
+    Ok(())
+}
+
+/// What the pipeline stores in a checkpoint's `extra` slot.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineExtra {
+    pub image_size: usize,
+    pub vocab: String,
+    pub normalizer: ActionNormalizer,
+    /// The dataset the run was trained on (for `--resume`).
+    pub dataset: PathBuf,
+}
+
+/// The action normaliser of the pipeline: the expert's actions already lie in [-1, 1], so the
+/// arm is clipped to ±1 and not scaled; the gripper is ±1 (open when positive).
+pub fn normalizer() -> Result<ActionNormalizer> {
+    ActionNormalizer::fixed_bounds(1.0, ARM_DIMS)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Collect
+
+/// What [`collect`] wrote.
+#[derive(Clone, Debug, Serialize)]
+pub struct CollectSummary {
+    pub dir: PathBuf,
+    pub episodes: usize,
+    pub frames: usize,
+    /// Expert episodes that failed and were left out.
+    pub dropped: usize,
+    pub first_seed: u64,
+    pub image_size: usize,
+    pub seconds: f64,
+}
+
+/// One recorded episode: observations, expert labels, instruction, success.
+type Rollout = (Vec<Observation>, Vec<Action>, String, bool);
+
+/// Runs the scripted expert on `episodes` episodes (families interleaved, seeds `seed ..`) and
+/// writes the successful ones as a LeRobot dataset at `out` (which must not exist).
+///
+/// With `noise > 0` the executed actions are perturbed (DART-style: on every other step on
+/// average, Gaussian noise of that standard deviation is added to dx, dy and dz) while the
+/// recorded label is always the expert's action in the state reached, so the data shows how to
+/// recover from small mistakes. The perturbation follows from the episode seed.
+pub fn collect(out: &Path, episodes: usize, seed: u64, image_size: usize, noise: f32) -> Result<CollectSummary> {
+    let started = Instant::now();
+    if episodes == 0 {
+        return Err(invalid("collect: --episodes must be at least 1"));
+    }
+    if !(noise.is_finite() && (0.0..=2.0).contains(&noise)) {
+        return Err(invalid(format!("collect: --noise {noise} is outside 0..=2")));
+    }
+    let env_cfg = EnvConfig { image_size, ..EnvConfig::default() };
+    env_cfg.validate()?;
+    let fams = TaskFamily::ALL;
+    let specs: Vec<EpisodeSpec> =
+        EpisodeSpec::balanced(&fams, seed, episodes.div_ceil(fams.len())).into_iter().take(episodes).collect();
+    let mut w = LeRobotWriter::create(out, FPS, [image_size, image_size, 3], 7, 7, ROBOT_TYPE)?;
+    let (mut kept, mut frames, mut dropped) = (0, 0, 0);
+    for part in specs.chunks(64) {
+        use rayon::prelude::*;
+        let demos: Vec<Result<Rollout>> = part
+            .par_iter()
+            .map(|spec| {
+                let mut env = TabletopEnv::new(env_cfg.clone())?;
+                env.reset(spec.seed, spec.family)?;
+                let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0xD1B5_4A32_D192_ED03);
+                let (mut obs, mut acts) = (Vec::new(), Vec::new());
+                while !env.done() {
+                    let a = env.expert_action();
+                    obs.push(env.observe());
+                    acts.push(a);
+                    let mut exec = a;
+                    if noise > 0.0 && rng.gen_bool(0.5) {
+                        for v in exec.iter_mut().take(3) {
+                            let g: f32 = (0..4).map(|_| rng.gen_range(-1.0f32..1.0)).sum::<f32>() * 0.866;
+                            *v = (*v + noise * g).clamp(-1.0, 1.0);
+                        }
+                    }
+                    env.step(&exec)?;
+                }
+                Ok((obs, acts, env.instruction(), env.is_success()))
+            })
+            .collect();
+        for d in demos {
+            let (obs, acts, instruction, success) = d?;
+            if !success {
+                dropped += 1;
+                continue;
+            }
+            for (f, a) in obs.iter().zip(&acts) {
+                w.add_frame(&f.image, &f.proprio, a)?;
+            }
+            frames += acts.len();
+            w.end_episode(&instruction)?;
+            kept += 1;
+        }
+    }
+    if kept == 0 {
+        return Err(invalid("collect: the expert solved none of the episodes"));
+    }
+    w.finish()?;
+    Ok(CollectSummary {
+        dir: out.to_path_buf(),
+        episodes: kept,
+        frames,
+        dropped,
+        first_seed: seed,
+        image_size,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Training data
+
+/// A resumable [`BatchSource`] over a whole dataset decoded into memory. Batch `k` holds
+/// `batch_size` frames drawn uniformly (with replacement) by a generator seeded from
+/// `(seed, k)`, so the position is just the number of batches handed out.
+pub struct DemoSource {
+    encoder: Encoder,
+    images: Vec<Vec<u8>>,
+    prompts: Vec<PromptTokens>,
+    /// Per frame: 6 normalised arm values and the gripper target in {0, 1}.
+    targets: Vec<[f32; ACTION_DIMS]>,
+    /// Per frame: the index one past its episode's last frame.
+    episode_end: Vec<usize>,
+    chunk: usize,
+    batch_size: usize,
+    seed: u64,
+    consumed: u64,
+}
+
+impl DemoSource {
+    /// Decode every frame of `dataset`; frames must be at the encoder's image size.
+    pub fn new(
+        dataset: &LeRobotDataset,
+        encoder: Encoder,
+        normalizer: &ActionNormalizer,
+        chunk: usize,
+        batch_size: usize,
+        seed: u64,
+    ) -> Result<DemoSource> {
+        let s = encoder.image_size();
+        let (h, w) = dataset.image_size();
+        if (h, w) != (s, s) {
+            return Err(Error::file(
+                dataset.root(),
+                format!("frames are {w}×{h} pixels but the policy takes {s}×{s} (collect with --image-size {s})"),
+            ));
+        }
+        if dataset.action_dim() != ACTION_DIMS {
+            return Err(Error::file(
+                dataset.root(),
+                format!("actions have {} dims, the policy predicts {ACTION_DIMS}", dataset.action_dim()),
+            ));
+        }
+        if dataset.is_empty() {
+            return Err(Error::file(dataset.root(), "the dataset has no frames"));
+        }
+        let n = dataset.len();
+        let mut images = Vec::with_capacity(n);
+        let mut prompts = Vec::with_capacity(n);
+        let mut targets = Vec::with_capacity(n);
+        let mut episode_end = Vec::with_capacity(n);
+        let mut cache: BTreeMap<String, PromptTokens> = BTreeMap::new();
+        for i in 0..n {
+            images.push(dataset.decode_image(i)?.data);
+            let text = dataset.instruction(i).unwrap_or_default();
+            let p = cache.entry(text.to_string()).or_insert_with(|| encoder.prompt(text)).clone();
+            prompts.push(p);
+            let raw =
+                dataset.action(i).ok_or_else(|| Error::file(dataset.root(), format!("frame {i} has no action")))?;
+            let norm = normalizer.normalize_actions(raw)?;
+            let mut t = [0f32; ACTION_DIMS];
+            t.copy_from_slice(&norm[..ACTION_DIMS]);
+            targets.push(t);
+            let ep = dataset
+                .episode_of(i)
+                .ok_or_else(|| Error::file(dataset.root(), format!("frame {i} has no episode")))?;
+            episode_end.push(ep.to);
+        }
+        Ok(DemoSource { encoder, images, prompts, targets, episode_end, chunk, batch_size, seed, consumed: 0 })
+    }
+
+    pub fn frames(&self) -> usize {
+        self.images.len()
+    }
+
+    fn make_batch(&self, k: u64) -> Result<Batch> {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let n = self.images.len();
+        let idx: Vec<usize> = (0..self.batch_size).map(|_| rng.gen_range(0..n)).collect();
+        let imgs: Vec<&[u8]> = idx.iter().map(|&i| self.images[i].as_slice()).collect();
+        let prompts: Vec<PromptTokens> = idx.iter().map(|&i| self.prompts[i].clone()).collect();
+        let input = self.encoder.encode(&imgs, &prompts)?;
+        let (b, c) = (idx.len(), self.chunk);
+        let mut actions = Vec::with_capacity(b * c * ACTION_DIMS);
+        let mut mask = Vec::with_capacity(b * c);
+        for &i in &idx {
+            let end = self.episode_end[i];
+            for j in 0..c {
+                let real = i + j < end;
+                actions.extend_from_slice(&self.targets[if real { i + j } else { end - 1 }]);
+                mask.push(if real { 1f32 } else { 0.0 });
+            }
+        }
+        Ok(Batch {
+            input,
+            actions: Tensor::from_vec(actions, &[b, c, ACTION_DIMS], Device::Cpu)?,
+            mask: Tensor::from_vec(mask, &[b, c], Device::Cpu)?,
+        })
+    }
+}
+
+impl BatchSource for DemoSource {
+    fn next_batch(&mut self) -> Option<Result<Batch>> {
+        let b = self.make_batch(self.consumed);
+        self.consumed += 1;
+        Some(b)
+    }
+
+    fn position(&self) -> serde_json::Value {
+        serde_json::json!({ "batches": self.consumed })
+    }
+
+    fn restore(&mut self, position: &serde_json::Value) -> Result<()> {
+        self.consumed = position
+            .get("batches")
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| invalid(format!("data position {position} has no `batches` count")))?;
+        Ok(())
+    }
+
+    fn batches_per_epoch(&self) -> Option<usize> {
+        Some(self.images.len().div_ceil(self.batch_size))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Training
+
+/// A pipeline training config: the dataset, and the [`TrainConfig`] tables.
+///
+/// ```toml
+/// dataset = "runs/demo/data"   # written by `vlm4vla collect`
+/// backbone = "paligemma-demo"
+/// output_dir = "runs/demo/train"
+/// [policy]
+/// chunk = 4
+/// [optim]
+/// lr = 1e-3
+/// [run]
+/// steps = 1000
+/// ```
+#[derive(Clone, Debug)]
+pub struct PipelineConfig {
+    pub dataset: PathBuf,
+    pub train: TrainConfig,
+}
+
+impl PipelineConfig {
+    /// Read a TOML file: the top-level `dataset` key, everything else a [`TrainConfig`] (strict:
+    /// unknown keys are errors naming the key and the file). A relative `dataset` is relative to
+    /// the working directory.
+    pub fn from_file(path: &Path) -> Result<PipelineConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+        Self::from_toml_str(&text, path)
+    }
+
+    pub fn from_toml_str(text: &str, origin: &Path) -> Result<PipelineConfig> {
+        let mut table: toml::Table = text.parse().map_err(|e| Error::file(origin, format!("invalid config: {e}")))?;
+        let dataset = match table.remove("dataset") {
+            Some(toml::Value::String(s)) => PathBuf::from(s),
+            Some(other) => {
+                return Err(Error::file(origin, format!("`dataset` must be a path string, found {}", other.type_str())))
+            }
+            None => return Err(Error::file(origin, "`dataset` is missing (the directory `vlm4vla collect` wrote)")),
+        };
+        let rest = toml::to_string(&table).map_err(|e| Error::file(origin, format!("invalid config: {e}")))?;
+        let train = TrainConfig::from_toml_str(&rest, origin)?;
+        backbone_config(&train.backbone, 8).map_err(|e| Error::file(origin, format!("`backbone`: {e}")))?;
+        Ok(PipelineConfig { dataset, train })
+    }
+
+    pub fn to_toml(&self) -> Result<String> {
+        Ok(format!(
+            "dataset = {}\n{}",
+            toml::Value::String(self.dataset.to_string_lossy().into_owned()),
+            self.train.to_toml()?
+        ))
+    }
+}
+
+/// How a training run went.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainOutcome {
+    pub checkpoint: PathBuf,
+    pub steps: usize,
+    /// Mean loss of the first and of the last `min(20, steps / 10 + 1)` steps.
+    pub first_loss: f64,
+    pub last_loss: f64,
+    pub stopped: bool,
+    pub seconds: f64,
+}
+
+fn loss_ends(losses: &[f64]) -> (f64, f64) {
+    if losses.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let k = (losses.len() / 10 + 1).min(20);
+    let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
+    (mean(&losses[..k]), mean(&losses[losses.len() - k..]))
+}
+
+/// Train on the dataset `cfg.dataset` (fresh, or continuing the checkpoint `resume`).
+pub fn train(cfg: &PipelineConfig, resume: Option<&Path>) -> Result<TrainOutcome> {
+    let started = Instant::now();
+    let dataset = LeRobotDataset::open(&cfg.dataset)?;
+    let (h, _) = dataset.image_size();
+    let (policy, encoder) = build_policy(&cfg.train, h)?;
+    let norm = normalizer()?;
+    let mut source =
+        DemoSource::new(&dataset, encoder, &norm, cfg.train.policy.chunk, cfg.train.run.batch_size, cfg.train.seed)?;
+    let mut trainer = match resume {
+        Some(dir) => {
+            let ckpt = Checkpoint::open(dir)?;
+            check_family(&ckpt, &cfg.train.backbone)?;
+            Trainer::resume(cfg.train.clone(), policy, dir)?
+        }
+        None => Trainer::new(cfg.train.clone(), policy)?,
+    };
+    let extra =
+        PipelineExtra { image_size: h, vocab: VOCAB_NAME.into(), normalizer: norm, dataset: cfg.dataset.clone() };
+    trainer.set_extra(serde_json::to_value(&extra).map_err(|e| invalid(format!("encoding extra: {e}")))?);
+    let summary = trainer.run(&mut source)?;
+    let (first_loss, last_loss) = loss_ends(trainer.losses());
+    Ok(TrainOutcome {
+        checkpoint: summary.last_checkpoint.unwrap_or_else(|| cfg.train.output_dir.clone()),
+        steps: summary.steps,
+        first_loss,
+        last_loss,
+        stopped: summary.stopped,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn check_family(ckpt: &Checkpoint, backbone: &str) -> Result<()> {
+    let path = ckpt.dir.join(crate::train::checkpoint::STATE_FILE);
+    if ckpt.state.backbone_family != "paligemma" {
+        return Err(Error::file(
+            path,
+            format!(
+                "the checkpoint's backbone family is `{}`, but this pipeline builds `{backbone}` (paligemma)",
+                ckpt.state.backbone_family
+            ),
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inference and evaluation
+
+/// A policy ready to act: trained (from a checkpoint) or untrained.
+pub struct LoadedPolicy {
+    pub policy: VlaPolicy,
+    pub encoder: Encoder,
+    pub normalizer: ActionNormalizer,
+    pub config: TrainConfig,
+}
+
+impl LoadedPolicy {
+    /// Read a checkpoint written by [`train`] (a `checkpoint-<step>` directory or the run's
+    /// output directory).
+    pub fn open(dir: &Path) -> Result<LoadedPolicy> {
+        if !dir.exists() {
+            return Err(Error::file(dir, "no such checkpoint directory"));
+        }
+        let ckpt = Checkpoint::open(dir)?;
+        let state_path = ckpt.dir.join(crate::train::checkpoint::STATE_FILE);
+        let extra: PipelineExtra = serde_json::from_value(ckpt.state.extra.clone()).map_err(|e| {
+            Error::file(
+                &state_path,
+                format!("`extra` is not a tabletop pipeline record ({e}); was it written by `vlm4vla train`?"),
+            )
+        })?;
+        if extra.vocab != VOCAB_NAME {
+            return Err(Error::file(&state_path, format!("vocabulary `{}` is not `{VOCAB_NAME}`", extra.vocab)));
+        }
+        backbone_config(&ckpt.config.backbone, extra.image_size)
+            .map_err(|e| Error::file(ckpt.dir.join(crate::train::checkpoint::CONFIG_FILE), e.to_string()))?;
+        check_family(&ckpt, &ckpt.config.backbone)?;
+        let (mut policy, encoder) = build_policy(&ckpt.config, extra.image_size)?;
+        let (groups, head) = ckpt.config.trainable();
+        policy.set_trainable(&groups, head)?;
+        let file = crate::engine::io::SafeTensorsFile::open(ckpt.model_path())?;
+        let saved: std::collections::BTreeSet<String> = file.names().iter().map(|n| n.to_string()).collect();
+        let expected: std::collections::BTreeSet<String> =
+            policy.trainable_params().into_iter().map(|(n, _)| n).collect();
+        if saved != expected {
+            let missing: Vec<&String> = expected.difference(&saved).take(3).collect();
+            let extra: Vec<&String> = saved.difference(&expected).take(3).collect();
+            return Err(Error::file(
+                ckpt.model_path(),
+                format!(
+                    "does not hold the parameters backbone `{}` trains (missing e.g. {missing:?}, unexpected e.g. \
+                     {extra:?}): was it trained with another backbone?",
+                    ckpt.config.backbone
+                ),
+            ));
+        }
+        policy.load_weights(ckpt.model_path())?;
+        Ok(LoadedPolicy { policy, encoder, normalizer: extra.normalizer, config: ckpt.config })
+    }
+
+    /// The policy `cfg` describes, before any training.
+    pub fn untrained(cfg: &TrainConfig, image_size: usize) -> Result<LoadedPolicy> {
+        let (policy, encoder) = build_policy(cfg, image_size)?;
+        Ok(LoadedPolicy { policy, encoder, normalizer: normalizer()?, config: cfg.clone() })
+    }
+
+    pub fn image_size(&self) -> usize {
+        self.encoder.image_size()
+    }
+
+    /// Action chunks (raw actions) for images at the model size and their instructions.
+    pub fn predict(&self, images: &[&[u8]], instructions: &[&str]) -> Result<Vec<Vec<Action>>> {
+        let prompts: Vec<PromptTokens> = instructions.iter().map(|t| self.encoder.prompt(t)).collect();
+        let input = self.encoder.encode(images, &prompts)?;
+        let chunks = self.policy.predict(&input)?;
+        chunks
+            .into_iter()
+            .map(|chunk| {
+                chunk
+                    .into_iter()
+                    .map(|a| {
+                        let raw = self.normalizer.denormalize_actions(&a[..ARM_DIMS], &[a[ARM_DIMS]])?;
+                        let mut out = [0f32; ACTION_DIMS];
+                        out.copy_from_slice(&raw);
+                        Ok(out)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The batched policy function of [`evaluate`].
+    pub fn act(&self, obs: &[Observation]) -> Result<Vec<Vec<Action>>> {
+        let images: Vec<&[u8]> = obs.iter().map(|o| o.image.as_slice()).collect();
+        let texts: Vec<&str> = obs.iter().map(|o| o.instruction.as_str()).collect();
+        self.predict(&images, &texts)
+    }
+
+    /// Closed-loop success on `per_family` episodes of each family from `first_seed`.
+    pub fn evaluate(&self, first_seed: u64, per_family: usize, opts: &EvalOptions) -> Result<EvalReport> {
+        let env = EnvConfig { image_size: self.image_size(), ..EnvConfig::default() };
+        let specs = EpisodeSpec::balanced(&TaskFamily::ALL, first_seed, per_family);
+        let mut f = |obs: &[Observation]| self.act(obs);
+        evaluate(&env, &mut f, &specs, opts)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The demo
+
+/// Sizes of a demo run.
+#[derive(Clone, Debug, Serialize)]
+pub struct DemoOptions {
+    pub out: PathBuf,
+    pub backbone: String,
+    pub image_size: usize,
+    pub train_episodes: usize,
+    /// DART noise of the collected demonstrations (see [`collect`]).
+    pub noise: f32,
+    pub steps: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub chunk: usize,
+    pub execute_steps: usize,
+    /// Evaluation episodes per task family (held-out seeds from [`EVAL_FIRST_SEED`]).
+    pub eval_per_family: usize,
+    pub seed: u64,
+    pub progress: bool,
+}
+
+impl DemoOptions {
+    /// The full demo: ≤ 15 minutes on 2 cores.
+    pub fn full(out: impl Into<PathBuf>) -> DemoOptions {
+        DemoOptions {
+            out: out.into(),
+            backbone: DEMO_BACKBONE.into(),
+            image_size: 48,
+            train_episodes: 2000,
+            noise: 0.3,
+            steps: 10000,
+            batch_size: 32,
+            lr: 1e-3,
+            chunk: 4,
+            execute_steps: 2,
+            eval_per_family: 25,
+            seed: 0,
+            progress: true,
+        }
+    }
+
+    /// The quick configuration (the CI test's): a few minutes on 2 cores.
+    pub fn quick(out: impl Into<PathBuf>) -> DemoOptions {
+        DemoOptions { train_episodes: 400, steps: 2000, eval_per_family: 10, ..DemoOptions::full(out) }
+    }
+
+    /// The training config of this demo, reading `dataset`.
+    pub fn pipeline_config(&self) -> PipelineConfig {
+        PipelineConfig {
+            dataset: self.out.join("data"),
+            train: TrainConfig {
+                backbone: self.backbone.clone(),
+                output_dir: self.out.join("train"),
+                seed: self.seed,
+                train_modules: crate::train::TrainModule::ALL.to_vec(),
+                policy: PolicyConfig {
+                    chunk: self.chunk,
+                    head: HeadConfig { trunk_hidden: Some(128), trunk_out: 128, branch_hidden: vec![128, 64] },
+                    gripper_loss_ratio: 0.1,
+                    ..PolicyConfig::default()
+                },
+                optim: OptimConfig {
+                    lr: self.lr,
+                    warmup_steps: (self.steps / 20).max(1),
+                    min_lr_ratio: 0.01,
+                    ..OptimConfig::default()
+                },
+                run: RunConfig {
+                    batch_size: self.batch_size,
+                    steps: Some(self.steps),
+                    log_every: 10,
+                    progress: self.progress,
+                    ..RunConfig::default()
+                },
+            },
+        }
+    }
+}
+
+/// Everything a demo run measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct DemoReport {
+    pub options: DemoOptions,
+    pub collect: CollectSummary,
+    pub train: TrainOutcome,
+    pub trained: EvalReport,
+    pub untrained: EvalReport,
+    pub mismatched: EvalReport,
+    pub eval_seconds: f64,
+    pub total_seconds: f64,
+}
+
+/// collect → train → evaluate, writing under `opts.out` (`data/`, `train/`, `train.toml`,
+/// `results.json`). `log` receives progress lines.
+pub fn run_demo(opts: &DemoOptions, log: &mut dyn FnMut(&str)) -> Result<DemoReport> {
+    let started = Instant::now();
+    let out = &opts.out;
+    let marker = out.join(".vlm4vla-demo");
+    if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(false) && !marker.exists() {
+        return Err(Error::file(out, "exists and was not written by `vlm4vla demo`; choose another --out"));
+    }
+    for sub in ["data", "train"] {
+        let p = out.join(sub);
+        if p.exists() {
+            std::fs::remove_dir_all(&p).map_err(|e| Error::io(format!("removing {}", p.display()), e))?;
+        }
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(format!("creating {}", out.display()), e))?;
+    std::fs::write(&marker, b"").map_err(|e| Error::io(format!("writing {}", marker.display()), e))?;
+
+    log(&format!("[1/3] collecting {} expert episodes ({} px)...", opts.train_episodes, opts.image_size));
+    let cfg = opts.pipeline_config();
+    let collect = collect(&cfg.dataset, opts.train_episodes, opts.seed, opts.image_size, opts.noise)?;
+    log(&format!("      {} episodes, {} frames in {:.1} s", collect.episodes, collect.frames, collect.seconds));
+    std::fs::write(out.join("train.toml"), cfg.to_toml()?)
+        .map_err(|e| Error::io(format!("writing {}", out.join("train.toml").display()), e))?;
+
+    log(&format!("[2/3] training `{}` from scratch for {} steps...", opts.backbone, opts.steps));
+    let train = train(&cfg, None)?;
+    log(&format!("      loss {:.4} → {:.4} in {:.1} s", train.first_loss, train.last_loss, train.seconds));
+
+    let eval_started = Instant::now();
+    let episodes = opts.eval_per_family * TaskFamily::ALL.len();
+    log(&format!("[3/3] evaluating on {episodes} held-out episodes (seeds {EVAL_FIRST_SEED}..)..."));
+    let eval_opts = EvalOptions { execute_steps: opts.execute_steps, ..EvalOptions::default() };
+    let trained_policy = LoadedPolicy::open(&train.checkpoint)?;
+    let trained = trained_policy.evaluate(EVAL_FIRST_SEED, opts.eval_per_family, &eval_opts)?;
+    let mism_opts = EvalOptions { instructions: InstructionMode::Mismatched, ..eval_opts.clone() };
+    let mismatched = trained_policy.evaluate(EVAL_FIRST_SEED, opts.eval_per_family, &mism_opts)?;
+    let untrained = LoadedPolicy::untrained(&cfg.train, opts.image_size)?.evaluate(
+        EVAL_FIRST_SEED,
+        opts.eval_per_family,
+        &eval_opts,
+    )?;
+    let report = DemoReport {
+        options: opts.clone(),
+        collect,
+        train,
+        trained,
+        untrained,
+        mismatched,
+        eval_seconds: eval_started.elapsed().as_secs_f64(),
+        total_seconds: started.elapsed().as_secs_f64(),
+    };
+    let json = serde_json::to_vec_pretty(&report).map_err(|e| invalid(format!("encoding results: {e}")))?;
+    crate::engine::io::write_atomic(out.join("results.json"), &json)?;
+    Ok(report)
+}
+
+/// The results table of a demo run.
+pub fn results_table(r: &DemoReport) -> String {
+    let mut s = String::new();
+    let rate = |rep: &EvalReport, fam: Option<TaskFamily>| -> String {
+        match fam {
+            None => format!("{:>5.1}%", 100.0 * rep.success_rate),
+            Some(f) => match rep.families.iter().find(|x| x.family == f) {
+                Some(x) => format!("{:>5.1}%", 100.0 * x.success_rate),
+                None => "    -".into(),
+            },
+        }
+    };
+    s.push_str(&format!("{:<16} {:>9} {:>9} {:>12}\n", "task family", "trained", "untrained", "mismatched"));
+    let fams: Vec<Option<TaskFamily>> = TaskFamily::ALL.iter().map(|&f| Some(f)).chain([None]).collect();
+    for f in fams {
+        let name = f.map(|f| f.name()).unwrap_or("overall");
+        s.push_str(&format!(
+            "{:<16} {:>9} {:>9} {:>12}\n",
+            name,
+            rate(&r.trained, f),
+            rate(&r.untrained, f),
+            rate(&r.mismatched, f)
+        ));
+    }
+    s.push_str(&format!(
+        "\nheld-out episodes: {} per policy (seeds from {EVAL_FIRST_SEED}; training used seeds {}..{})\n",
+        r.trained.episodes,
+        r.collect.first_seed,
+        r.collect.first_seed + r.options.train_episodes as u64
+    ));
+    s.push_str(&format!(
+        "loss: {:.4} (first steps) → {:.4} (last steps), {:.1}× lower, {} steps\n",
+        r.train.first_loss,
+        r.train.last_loss,
+        r.train.first_loss / r.train.last_loss,
+        r.train.steps
+    ));
+    s.push_str(&format!(
+        "wall time: collect {:.1} s, train {:.1} s, eval {:.1} s, total {:.1} s ({} threads)\n",
+        r.collect.seconds,
+        r.train.seconds,
+        r.eval_seconds,
+        r.total_seconds,
+        rayon::current_num_threads()
+    ));
+    s
+}
