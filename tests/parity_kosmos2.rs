@@ -12,6 +12,8 @@
 //! set of keys (its additive `finfo.min` masks saturate), ours see none; real rows never read
 //! them and the fixture probes are zero there.
 
+mod common;
+
 use std::path::PathBuf;
 use vlm4vla::engine::{DType, Device, ParamStore, SafeTensorsFile, Tensor};
 use vlm4vla::models::kosmos2::{num_params, param_shapes, Kosmos2, Kosmos2Config, Kosmos2Processor};
@@ -94,14 +96,7 @@ fn parity(case_name: &str) {
 
     let probe = case.get("probe", None).unwrap();
     let probe2 = case.get("probe2", None).unwrap();
-    let loss = trace
-        .last_hidden
-        .mul(&probe)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .add(&trace.logits.mul(&probe2).unwrap().sum_all().unwrap())
-        .unwrap();
+    let loss = common::probe_loss(&trace.last_hidden, &trace.logits, &probe, &probe2);
     let ref_loss = case.get("loss", None).unwrap().to_vec::<f64>().unwrap()[0];
     let our_loss = loss.to_scalar::<f64>().unwrap();
     println!("{case_name} loss: ours {our_loss} reference {ref_loss}");

@@ -65,14 +65,7 @@ fn check_case(file: &str) {
 
     let probe = case.get("probe", None).unwrap();
     let probe2 = case.get("probe2", None).unwrap();
-    let loss = trace
-        .last_hidden
-        .mul(&probe)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .add(&trace.logits.mul(&probe2).unwrap().sum_all().unwrap())
-        .unwrap();
+    let loss = common::probe_loss(&trace.last_hidden, &trace.logits, &probe, &probe2);
     let ref_loss = case.get("loss", None).unwrap().to_vec::<f64>().unwrap()[0];
     let our_loss = loss.to_scalar::<f64>().unwrap();
     assert!((our_loss - ref_loss).abs() <= 1e-4 * (1.0 + ref_loss.abs()), "{file}: loss {our_loss} vs {ref_loss}");

@@ -4,6 +4,8 @@
 //! processor's pixels within 1e-6, the token layout, real-size parameter counts, and errors on
 //! bad input.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use vlm4vla::engine::io::{self, LoadOptions};
@@ -110,14 +112,7 @@ fn parity_case(name: &str, dtype: DType) {
 
     let probe = t["probe"].to_dtype(dtype).unwrap();
     let probe2 = t["probe2"].to_dtype(dtype).unwrap();
-    let loss = trace
-        .last_hidden
-        .mul(&probe)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .add(&trace.logits.mul(&probe2).unwrap().sum_all().unwrap())
-        .unwrap();
+    let loss = common::probe_loss(&trace.last_hidden, &trace.logits, &probe, &probe2);
     let ref_loss = t["loss"].to_vec::<f64>().unwrap()[0];
     let our_loss = loss.to_scalar::<f64>().unwrap();
     assert!((our_loss - ref_loss).abs() <= 1e-4 * (1.0 + ref_loss.abs()), "{name}: loss {our_loss} vs {ref_loss}");
@@ -272,14 +267,7 @@ fn every_trainable_parameter_gets_a_gradient() {
     let trace = model.forward_trace(&input).unwrap();
     let probe = Tensor::rand_normal(0., 1., trace.last_hidden.shape(), DType::F32, Device::Cpu, 1).unwrap();
     let probe2 = Tensor::rand_normal(0., 1., trace.logits.shape(), DType::F32, Device::Cpu, 2).unwrap();
-    let loss = trace
-        .last_hidden
-        .mul(&probe)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .add(&trace.logits.mul(&probe2).unwrap().sum_all().unwrap())
-        .unwrap();
+    let loss = common::probe_loss(&trace.last_hidden, &trace.logits, &probe, &probe2);
     let grads = loss.backward().unwrap();
     eprintln!("qwen2_5_vl tiny forward + backward, 2 images (56×56, 56×112): {:?}", start.elapsed());
     let trainable = model.params().trainable();

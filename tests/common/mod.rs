@@ -225,3 +225,9 @@ pub fn config(cases: u32) -> ProptestConfig {
     let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(cases);
     ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
 }
+
+/// The probe loss every parity fixture's gradients are taken of (see `tools/golden/gen_*.py`):
+/// `Σ last_hidden · probe + Σ logits · probe2`.
+pub fn probe_loss(last_hidden: &Tensor, logits: &Tensor, probe: &Tensor, probe2: &Tensor) -> Tensor {
+    last_hidden.mul(probe).unwrap().sum_all().unwrap().add(&logits.mul(probe2).unwrap().sum_all().unwrap()).unwrap()
+}
