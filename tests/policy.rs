@@ -341,3 +341,35 @@ fn invalid_policy_configs_are_named() {
     let e = VlaPolicy::new(bb(), PolicyConfig { head, ..Default::default() }, 0).unwrap_err().to_string();
     assert!(e.contains("head.branch_hidden"), "{e}");
 }
+
+#[test]
+fn state_row_feeds_the_queries_and_is_checked() {
+    let p = policy_with(PolicyConfig { chunk: CHUNK, head: small_head(), state_dim: 3, ..PolicyConfig::default() });
+    let x = input(2, 5);
+    let s1 = Tensor::from_vec(vec![0.1f32, 0.2, 0.3, -0.4, 0.5, 0.6], &[2, 3], Device::Cpu).unwrap();
+    let s2 = Tensor::from_vec(vec![0.9f32, -0.2, 0.3, -0.4, 0.5, 0.6], &[2, 3], Device::Cpu).unwrap();
+    let a = p.forward_with_state(&x, Some(&s1)).unwrap().arm.to_vec::<f32>().unwrap();
+    let b = p.forward_with_state(&x, Some(&s2)).unwrap().arm.to_vec::<f32>().unwrap();
+    let per_row = a.len() / 2;
+    // Row 0's state changed, row 1's did not: only row 0's actions move.
+    assert!(a[..per_row].iter().zip(&b[..per_row]).any(|(u, v)| (u - v).abs() > 1e-6));
+    assert_eq!(a[per_row..], b[per_row..]);
+    // The state projection learns: it gets a gradient.
+    let l = p
+        .forward_loss_with_state(
+            &x,
+            Some(&s1),
+            &targets(2, 6),
+            &Tensor::ones(&[2, CHUNK], DType::U8, Device::Cpu).unwrap(),
+        )
+        .unwrap();
+    let g = l.loss.backward().unwrap();
+    let w = p.params().get("vla.state_proj.weight").unwrap();
+    assert!(g.get(&w).unwrap().to_vec::<f32>().unwrap().iter().any(|v| *v != 0.0));
+    // Missing, unexpected and wrongly shaped states are errors, not panics.
+    assert!(p.forward(&x).unwrap_err().to_string().contains("state_dim"));
+    let bad = Tensor::zeros(&[2, 4], DType::F32, Device::Cpu).unwrap();
+    assert!(p.forward_with_state(&x, Some(&bad)).is_err());
+    let plain = policy();
+    assert!(plain.forward_with_state(&x, Some(&s1)).unwrap_err().to_string().contains("state_dim = 0"));
+}

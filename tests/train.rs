@@ -71,6 +71,7 @@ fn synthetic_batch(index: u64, nan_at: Option<u64>) -> Batch {
         },
         actions: Tensor::from_vec(act, &[ROWS, CHUNK, 7], Device::Cpu).unwrap(),
         mask: Tensor::from_vec(mask, &[ROWS, CHUNK], Device::Cpu).unwrap(),
+        state: None,
     }
 }
 

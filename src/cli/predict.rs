@@ -39,7 +39,7 @@ pub fn run(a: &PredictArgs) -> Result<(), Box<dyn std::error::Error>> {
     if !unknown.is_empty() {
         eprintln!("warning: words outside the instruction vocabulary: {}", unknown.join(", "));
     }
-    let chunk = p.predict(&[img.data.as_slice()], &[a.instruction.as_str()])?.remove(0);
+    let chunk = p.predict(&[img.data.as_slice()], &[a.instruction.as_str()], None)?.remove(0);
     println!("{}", serde_json::json!({ "instruction": a.instruction, "chunk": chunk }));
     Ok(())
 }

@@ -370,6 +370,8 @@ pub struct DemoSource {
     targets: Vec<[f32; ACTION_DIMS]>,
     /// Per frame: the index one past its episode's last frame.
     episode_end: Vec<usize>,
+    /// Per frame: the proprioceptive state, when the policy takes it.
+    states: Option<Vec<Vec<f32>>>,
     chunk: usize,
     batch_size: usize,
     seed: u64,
@@ -385,6 +387,7 @@ impl DemoSource {
         chunk: usize,
         batch_size: usize,
         seed: u64,
+        state_dim: usize,
     ) -> Result<DemoSource> {
         let s = encoder.image_size();
         let (h, w) = dataset.image_size();
@@ -408,6 +411,16 @@ impl DemoSource {
         let mut prompts = Vec::with_capacity(n);
         let mut targets = Vec::with_capacity(n);
         let mut episode_end = Vec::with_capacity(n);
+        let mut states = (state_dim > 0).then(|| Vec::with_capacity(n));
+        if state_dim > 0 && dataset.state_dim() != state_dim {
+            return Err(Error::file(
+                dataset.root(),
+                format!(
+                    "frames have a {}-D state but the policy takes {state_dim} (policy.state_dim)",
+                    dataset.state_dim()
+                ),
+            ));
+        }
         let mut cache: BTreeMap<String, PromptTokens> = BTreeMap::new();
         for i in 0..n {
             images.push(dataset.decode_image(i)?.data);
@@ -424,8 +437,13 @@ impl DemoSource {
                 .episode_of(i)
                 .ok_or_else(|| Error::file(dataset.root(), format!("frame {i} has no episode")))?;
             episode_end.push(ep.to);
+            if let Some(states) = states.as_mut() {
+                let s =
+                    dataset.state(i).ok_or_else(|| Error::file(dataset.root(), format!("frame {i} has no state")))?;
+                states.push(s.to_vec());
+            }
         }
-        Ok(DemoSource { encoder, images, prompts, targets, episode_end, chunk, batch_size, seed, consumed: 0 })
+        Ok(DemoSource { encoder, images, prompts, targets, episode_end, states, chunk, batch_size, seed, consumed: 0 })
     }
 
     pub fn frames(&self) -> usize {
@@ -454,6 +472,14 @@ impl DemoSource {
             input,
             actions: Tensor::from_vec(actions, &[b, c, ACTION_DIMS], Device::Cpu)?,
             mask: Tensor::from_vec(mask, &[b, c], Device::Cpu)?,
+            state: match &self.states {
+                Some(all) => {
+                    let d = all.first().map_or(0, Vec::len);
+                    let v: Vec<f32> = idx.iter().flat_map(|&i| all[i].iter().copied()).collect();
+                    Some(Tensor::from_vec(v, &[b, d], Device::Cpu)?)
+                }
+                None => None,
+            },
         })
     }
 }
@@ -565,8 +591,15 @@ pub fn train(cfg: &PipelineConfig, resume: Option<&Path>) -> Result<TrainOutcome
     let (h, _) = dataset.image_size();
     let (policy, encoder) = build_policy(&cfg.train, h)?;
     let norm = normalizer()?;
-    let mut source =
-        DemoSource::new(&dataset, encoder, &norm, cfg.train.policy.chunk, cfg.train.run.batch_size, cfg.train.seed)?;
+    let mut source = DemoSource::new(
+        &dataset,
+        encoder,
+        &norm,
+        cfg.train.policy.chunk,
+        cfg.train.run.batch_size,
+        cfg.train.seed,
+        cfg.train.policy.state_dim,
+    )?;
     let mut trainer = match resume {
         Some(dir) => {
             let ckpt = Checkpoint::open(dir)?;
@@ -670,10 +703,32 @@ impl LoadedPolicy {
     }
 
     /// Action chunks (raw actions) for images at the model size and their instructions.
-    pub fn predict(&self, images: &[&[u8]], instructions: &[&str]) -> Result<Vec<Vec<Action>>> {
+    /// `states` (the environment's 7-D proprioception per image) is required by policies trained
+    /// with `policy.state_dim = 7` and ignored by the others.
+    pub fn predict(
+        &self,
+        images: &[&[u8]],
+        instructions: &[&str],
+        states: Option<&[[f32; 7]]>,
+    ) -> Result<Vec<Vec<Action>>> {
         let prompts: Vec<PromptTokens> = instructions.iter().map(|t| self.encoder.prompt(t)).collect();
         let input = self.encoder.encode(images, &prompts)?;
-        let chunks = self.policy.predict(&input)?;
+        let state = match (self.policy.config().state_dim, states) {
+            (0, _) => None,
+            (d, Some(s)) => {
+                if d != 7 || s.len() != images.len() {
+                    return Err(invalid(format!(
+                        "the policy takes a {d}-D state per image; got {} states of 7 for {} images",
+                        s.len(),
+                        images.len()
+                    )));
+                }
+                let flat: Vec<f32> = s.iter().flatten().copied().collect();
+                Some(Tensor::from_vec(flat, &[s.len(), 7], Device::Cpu)?)
+            }
+            (d, None) => return Err(invalid(format!("the policy takes a {d}-D proprioceptive state"))),
+        };
+        let chunks = self.policy.predict_with_state(&input, state.as_ref())?;
         chunks
             .into_iter()
             .map(|chunk| {
@@ -694,7 +749,8 @@ impl LoadedPolicy {
     pub fn act(&self, obs: &[Observation]) -> Result<Vec<Vec<Action>>> {
         let images: Vec<&[u8]> = obs.iter().map(|o| o.image.as_slice()).collect();
         let texts: Vec<&str> = obs.iter().map(|o| o.instruction.as_str()).collect();
-        self.predict(&images, &texts)
+        let states: Vec<[f32; 7]> = obs.iter().map(|o| o.proprio).collect();
+        self.predict(&images, &texts, Some(&states))
     }
 
     /// Closed-loop success on `per_family` episodes of each family from `first_seed`.

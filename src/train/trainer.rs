@@ -30,6 +30,8 @@ pub struct Batch {
     pub actions: Tensor,
     /// `[B, chunk]`, nonzero where the chunk step lies inside the episode.
     pub mask: Tensor,
+    /// `[B, state_dim]` proprioceptive state, for policies that take one (`policy.state_dim`).
+    pub state: Option<Tensor>,
 }
 
 impl Batch {
@@ -411,7 +413,7 @@ impl Trainer {
         let k = micro.len() as f64;
         let (mut loss, mut arm, mut gripper, mut correct, mut valid) = (0.0, 0.0, 0.0, 0.0, 0usize);
         for b in micro {
-            let pl = self.policy.forward_loss(&b.input, &b.actions, &b.mask)?;
+            let pl = self.policy.forward_loss_with_state(&b.input, b.state.as_ref(), &b.actions, &b.mask)?;
             let value = pl.loss.to_scalar::<f64>()?;
             if !value.is_finite() {
                 return Err(

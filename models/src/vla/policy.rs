@@ -28,6 +28,8 @@ use vlm4vla_engine::{DType, Device, Error, ParamStore, Result, SafeTensorsFile, 
 
 /// The name of the action-query parameter, `[latent, hidden]`.
 pub const ACTION_QUERY: &str = "vla.action_query";
+/// The state projection's parameter prefix (`.weight` `[hidden, state_dim]`, `.bias` `[hidden]`).
+pub const STATE_PROJ: &str = "vla.state_proj";
 /// The prefix of every parameter the policy adds to its backbone's.
 pub const POLICY_PREFIX: &str = "vla.";
 /// Dimensions of one action: 6 arm deltas + the gripper.
@@ -60,6 +62,10 @@ pub struct PolicyConfig {
     /// Huber delta of the arm term.
     pub huber_delta: f64,
     pub head: HeadConfig,
+    /// Width of the proprioceptive state fed to the policy (0: none). When set, a learnable
+    /// linear map (`vla.state_proj`) turns the state into one more appended row, placed before
+    /// the action queries, so the queries attend to it.
+    pub state_dim: usize,
 }
 
 impl Default for PolicyConfig {
@@ -71,6 +77,7 @@ impl Default for PolicyConfig {
             gripper_loss_ratio: 0.01,
             huber_delta: 1.0,
             head: HeadConfig::default(),
+            state_dim: 0,
         }
     }
 }
@@ -152,6 +159,19 @@ impl VlaPolicy {
             LatentCombine::Mean => hidden,
         };
         let head = FcDecoder::init(&mut params, &config.head, in_features, config.chunk, dtype, device, seed)?;
+        if config.state_dim > 0 {
+            let bound = 1.0 / (config.state_dim as f64).sqrt();
+            let w = Tensor::rand_uniform(
+                -bound,
+                bound,
+                &[hidden, config.state_dim],
+                dtype,
+                device,
+                seed ^ 0x5EED_57A7_E000_0001,
+            )?;
+            params.insert(format!("{STATE_PROJ}.weight"), &w)?;
+            params.insert(format!("{STATE_PROJ}.bias"), &Tensor::zeros(&[hidden], dtype, device)?)?;
+        }
         let backbone_trainable =
             backbone.params().iter().filter(|(_, t)| t.dtype().is_float()).map(|(n, _)| n.to_string()).collect();
         Ok(VlaPolicy { backbone, config, params, head, backbone_trainable })
@@ -252,33 +272,64 @@ impl VlaPolicy {
     }
 
     /// The action queries as the backbone's `extra` rows, `[B, latent, hidden]`.
-    fn extra_rows(&self, batch: usize) -> Result<Tensor> {
+    fn extra_rows(&self, batch: usize, state: Option<&Tensor>) -> Result<Tensor> {
         let q = self.params.get(ACTION_QUERY)?;
         let (latent, hidden) = (q.dim(0)?, q.dim(1)?);
-        q.unsqueeze(0)?.broadcast_as(&[batch, latent, hidden])?.contiguous()
+        let queries = q.unsqueeze(0)?.broadcast_as(&[batch, latent, hidden])?.contiguous()?;
+        let sd = self.config.state_dim;
+        match (sd, state) {
+            (0, None) => Ok(queries),
+            (0, Some(s)) => Err(invalid(format!(
+                "a state {:?} was given but the policy takes none (policy.state_dim = 0)",
+                s.shape()
+            ))),
+            (_, None) => {
+                Err(invalid(format!("the policy takes a [B, {sd}] state (policy.state_dim) but none was given")))
+            }
+            (_, Some(s)) => {
+                if s.shape() != [batch, sd] {
+                    return Err(Error::ShapeMismatch {
+                        op: "VlaPolicy::forward",
+                        shapes: vec![s.shape().to_vec()],
+                        note: format!("expected the state [{batch}, {sd}] (batch, policy.state_dim)"),
+                    });
+                }
+                let w = self.params.get(&format!("{STATE_PROJ}.weight"))?;
+                let b = self.params.get(&format!("{STATE_PROJ}.bias"))?;
+                let row = s.detach().to_dtype(q.dtype())?.matmul(&w.t()?)?.add(&b)?.unsqueeze(1)?;
+                Tensor::cat(&[&row, &queries], 1)
+            }
+        }
     }
 
     /// Run backbone and head: arm `[B, chunk, 6]` (tanh) and gripper logits `[B, chunk]`.
     pub fn forward(&self, input: &BackboneInput) -> Result<HeadOutput> {
+        self.forward_with_state(input, None)
+    }
+
+    /// [`forward`](Self::forward) with the proprioceptive state `[B, state_dim]` (required when
+    /// `policy.state_dim > 0`, refused otherwise).
+    pub fn forward_with_state(&self, input: &BackboneInput, state: Option<&Tensor>) -> Result<HeadOutput> {
         let batch = input.input_ids.dim(0)?;
-        let extra = self.extra_rows(batch)?;
+        let extra = self.extra_rows(batch, state)?;
+        let extra_len = extra.dim(1)?;
         let record = extra.tracks_grad() || !self.trainable_backbone_is_empty();
         let out = vlm4vla_engine::with_grad_enabled(record && vlm4vla_engine::is_grad_enabled(), || {
             self.backbone.forward(input, Some(&extra))
         })?;
         let latent = self.config.latent;
-        if out.appended.len() != latent || out.hidden.rank() != 3 || out.hidden.dim(1)? < out.appended.end {
+        if out.appended.len() != extra_len || out.hidden.rank() != 3 || out.hidden.dim(1)? < out.appended.end {
             return Err(Error::ShapeMismatch {
                 op: "VlaPolicy::forward",
                 shapes: vec![out.hidden.shape().to_vec()],
                 note: format!(
-                    "backbone `{}` returned appended rows {:?} for {latent} action queries",
+                    "backbone `{}` returned appended rows {:?} for {extra_len} appended rows",
                     self.backbone.family(),
                     out.appended
                 ),
             });
         }
-        let rows = out.hidden.narrow(1, out.appended.start, latent)?;
+        let rows = out.hidden.narrow(1, out.appended.end - latent, latent)?;
         let x = match self.config.latent_combine {
             LatentCombine::Flatten => rows.reshape(&[batch, latent * self.backbone.hidden_size()])?,
             LatentCombine::Mean => rows.mean(1)?,
@@ -350,7 +401,18 @@ impl VlaPolicy {
 
     /// [`forward`](Self::forward) then [`loss`](Self::loss).
     pub fn forward_loss(&self, input: &BackboneInput, actions: &Tensor, mask: &Tensor) -> Result<PolicyLoss> {
-        let out = self.forward(input)?;
+        self.forward_loss_with_state(input, None, actions, mask)
+    }
+
+    /// [`forward_with_state`](Self::forward_with_state) then [`loss`](Self::loss).
+    pub fn forward_loss_with_state(
+        &self,
+        input: &BackboneInput,
+        state: Option<&Tensor>,
+        actions: &Tensor,
+        mask: &Tensor,
+    ) -> Result<PolicyLoss> {
+        let out = self.forward_with_state(input, state)?;
         self.loss(&out, actions, mask)
     }
 
@@ -358,7 +420,16 @@ impl VlaPolicy {
     /// normalised arm values (tanh outputs) and the gripper as +1 (open, probability ≥ 0.5) or
     /// −1 (closed).
     pub fn predict(&self, input: &BackboneInput) -> Result<Vec<Vec<[f32; ACTION_DIMS]>>> {
-        let out = vlm4vla_engine::no_grad(|| self.forward(input))?;
+        self.predict_with_state(input, None)
+    }
+
+    /// [`predict`](Self::predict) with the proprioceptive state `[B, state_dim]`.
+    pub fn predict_with_state(
+        &self,
+        input: &BackboneInput,
+        state: Option<&Tensor>,
+    ) -> Result<Vec<Vec<[f32; ACTION_DIMS]>>> {
+        let out = vlm4vla_engine::no_grad(|| self.forward_with_state(input, state))?;
         let (b, chunk) = (out.gripper_logits.dim(0)?, self.config.chunk);
         let arm = out.arm.to_vec::<f32>()?;
         let grip = out.gripper_logits.to_vec::<f32>()?;
