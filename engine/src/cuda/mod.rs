@@ -156,7 +156,22 @@ pub(crate) struct CudaDevice {
     modules: Mutex<HashMap<&'static str, Module>>,
     funcs: Mutex<HashMap<String, Func>>,
     pub(crate) blas: OnceLock<std::result::Result<matmul::Blas, String>>,
+    staging: Mutex<Option<Staging>>,
 }
+
+/// Pinned host memory that uploads of batch-sized buffers go through, so the host returns while
+/// the DMA runs; `done` is recorded after each copy out of it and waited on before it is reused.
+struct Staging {
+    ptr: *mut c_void,
+    cap: usize,
+    done: sys::CUevent,
+}
+// SAFETY: the pinned buffer and the event are plain driver handles, used under the device's mutex.
+unsafe impl Send for Staging {}
+
+/// Uploads of at least this many bytes (and at most `STAGING_MAX`) go through pinned memory.
+const STAGING_MIN: usize = 64 << 10;
+const STAGING_MAX: usize = 64 << 20;
 
 impl std::fmt::Debug for CudaDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -213,6 +228,7 @@ fn init(ordinal: usize) -> std::result::Result<CudaDevice, String> {
             modules: Mutex::new(HashMap::new()),
             funcs: Mutex::new(HashMap::new()),
             blas: OnceLock::new(),
+            staging: Mutex::new(None),
         })
     });
     r.unwrap_or_else(|p| Err(format!("the CUDA driver failed during initialisation: {}", panic_message(&p))))
@@ -358,16 +374,48 @@ impl CudaDevice {
         Ok(s)
     }
 
-    /// Copy a CPU buffer to the device (f32, bf16, u8, i64).
+    /// Copy a CPU buffer to the device (f32, bf16, u8, i64). Batch-sized buffers are staged in
+    /// pinned memory, so the copy overlaps with the host's next work.
     pub(crate) fn upload(self: &Arc<Self>, op: &'static str, src: &CpuStorage) -> Result<CudaStorage> {
         let dst = self.alloc(op, src.dtype(), src.len())?;
         let bytes = src.as_bytes();
-        if !bytes.is_empty() {
+        if (STAGING_MIN..=STAGING_MAX).contains(&bytes.len()) {
+            self.upload_staged(op, dst.ptr, bytes)?;
+        } else if !bytes.is_empty() {
             // SAFETY: `dst` holds exactly `bytes.len()` bytes; a pageable source is staged by the
             // driver before this call returns, so `src` may be dropped afterwards.
             unsafe { cu::memcpy_htod_async(dst.ptr, bytes, self.stream()) }.map_err(drv(op))?;
         }
         Ok(dst)
+    }
+
+    fn upload_staged(&self, op: &'static str, dst: sys::CUdeviceptr, bytes: &[u8]) -> Result<()> {
+        let mut guard = self.staging.lock().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: the staging buffer is pinned host memory of `cap` bytes owned by this device;
+        // before it is overwritten or freed, the event recorded after the last copy out of it is
+        // waited on, so no DMA still reads it; the copy into `dst` (a live allocation of at least
+        // `bytes.len()` bytes) is ordered on the device's stream.
+        unsafe {
+            if let Some(st) = guard.as_ref() {
+                cu::event::synchronize(st.done).map_err(drv(op))?;
+            }
+            if guard.as_ref().is_none_or(|st| st.cap < bytes.len()) {
+                if let Some(old) = guard.take() {
+                    let _ = cu::free_host(old.ptr);
+                    let _ = cu::event::destroy(old.done);
+                }
+                let cap = bytes.len().next_power_of_two().min(STAGING_MAX);
+                let ptr = cu::malloc_host(cap, 0).map_err(drv(op))?;
+                let done = cu::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING).map_err(drv(op))?;
+                *guard = Some(Staging { ptr, cap, done });
+            }
+            let st = guard.as_ref().expect("staging buffer set above");
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), st.ptr as *mut u8, bytes.len());
+            let pinned = std::slice::from_raw_parts(st.ptr as *const u8, bytes.len());
+            cu::memcpy_htod_async(dst, pinned, self.stream()).map_err(drv(op))?;
+            cu::event::record(st.done, self.stream()).map_err(drv(op))?;
+        }
+        Ok(())
     }
 
     /// An i64 buffer holding `v` (index tables built on the host).

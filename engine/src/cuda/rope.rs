@@ -1,8 +1,8 @@
-//! CUDA launchers of `rope.cu`: rotate-half rope with caller-given cos/sin tables (converted to
-//! the input's dtype: the kernel reads one element type).
+//! CUDA launchers of `rope.cu`: rotate-half rope with caller-given cos/sin tables (read in fp32,
+//! as the CPU does for bf16 inputs).
 
 use super::{contig, dev_of, ew_grid, float_name, launch, ptr, CudaStorage};
-use crate::{Result, Tensor};
+use crate::{DType, Result, Tensor};
 use vlm4vla_kernels::params::{RopeParams, EW_THREADS};
 
 /// Forward (`backward = false`: rotate x) or backward (rotate g by the transpose).
@@ -10,7 +10,7 @@ pub(crate) fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor, batched: bool, backw
     let op = "rope";
     let x = contig(x)?;
     let dev = dev_of(op, &x)?;
-    let (c, s) = (contig(&cos.to_dtype(x.dtype())?)?, contig(&sin.to_dtype(x.dtype())?)?);
+    let (c, s) = (contig(&cos.to_dtype(DType::F32)?)?, contig(&sin.to_dtype(DType::F32)?)?);
     let sh = x.shape();
     let p = RopeParams {
         b: sh[0] as i64,
@@ -23,8 +23,8 @@ pub(crate) fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor, batched: bool, backw
     let out = dev.alloc(op, x.dtype(), x.elem_count())?;
     let symbol = format!("rope_{}_{}", if backward { "bwd" } else { "fwd" }, float_name(op, x.dtype())?);
     let pairs = x.elem_count() / 2;
-    // SAFETY: x and out are contiguous [B, L, H, D]; the tables are contiguous [L, D] or
-    // [B, L, D] (checked by the op), all of one dtype.
+    // SAFETY: x and out are contiguous [B, L, H, D] of one dtype; the tables are contiguous f32
+    // [L, D] or [B, L, D] (shapes checked by the op).
     unsafe {
         launch!(
             dev,
