@@ -1,7 +1,7 @@
 // rope.cu: rotary position embedding in the rotate-half form, with caller-given cos/sin tables
 // (so 1-D rope, Qwen's 2-D vision rope and M-RoPE are all the same kernel).
 //
-// Shapes: x, out, g, dx contiguous [B, L, H, D] (D even); cos and sin contiguous [L, D], or
+// Shapes: x, out, g, dx contiguous [B, L, H, D] (D even); cos and sin contiguous fp32 [L, D], or
 // [B, L, D] when `batched` (per-sample positions, M-RoPE). One thread per (row, j < D/2) pair,
 // rows = B*L*H; a row (b, l, h) reads table row l (or (b, l)).
 // fwd: out[j] = x[j] c[j] - x[j+D/2] s[j];  out[j+D/2] = x[j+D/2] c[j+D/2] + x[j] s[j+D/2].
@@ -32,8 +32,8 @@ __device__ __forceinline__ void rope_pair(const RopeParams& p, i64 e, i64& xo, i
 
 // sign = +1: forward rotation; -1: its transpose (backward).
 template <typename T>
-__device__ void rope_apply(const RopeParams p, const T* x, const T* __restrict__ cos_t,
-                           const T* __restrict__ sin_t, T* out, float sign) {
+__device__ void rope_apply(const RopeParams p, const T* x, const float* __restrict__ cos_t,
+                           const float* __restrict__ sin_t, T* out, float sign) {
     const i64 half = p.d / 2;
     FOR_EACH(e, p.b * p.l * p.h * half) {
         i64 xo, to, j;
@@ -53,10 +53,10 @@ __device__ void rope_apply(const RopeParams p, const T* x, const T* __restrict__
 
 #define EW_KERNEL extern "C" __global__ void __launch_bounds__(EW_THREADS)
 #define ROPE(dtype, T)                                                                                          \
-    EW_KERNEL rope_fwd_##dtype(const RopeParams p, const T* x, const T* cos_t, const T* sin_t, T* out) {        \
+    EW_KERNEL rope_fwd_##dtype(const RopeParams p, const T* x, const float* cos_t, const float* sin_t, T* out) { \
         rope_apply<T>(p, x, cos_t, sin_t, out, 1.0f);                                                           \
     }                                                                                                           \
-    EW_KERNEL rope_bwd_##dtype(const RopeParams p, const T* g, const T* cos_t, const T* sin_t, T* dx) {         \
+    EW_KERNEL rope_bwd_##dtype(const RopeParams p, const T* g, const float* cos_t, const float* sin_t, T* dx) {  \
         rope_apply<T>(p, g, cos_t, sin_t, dx, -1.0f);                                                           \
     }
 ROPE(f32, float)
