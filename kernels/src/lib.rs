@@ -22,8 +22,19 @@ pub use compile::{arch_for_capability, parse_ptxas, Compiled, Compiler, Resource
 pub use nvrtc::Nvrtc;
 
 /// The op families that have kernels, named as the engine's `ops/` files are.
-pub const FAMILIES: &[&str] =
-    &["unary", "binary", "reduce", "index", "norm", "activation", "rope", "attention", "loss", "optim"];
+pub const FAMILIES: &[&str] = &[
+    "unary",
+    "binary",
+    "reduce",
+    "index",
+    "norm",
+    "activation",
+    "rope",
+    "attention",
+    "loss",
+    "optim",
+    "flash_attention",
+];
 
 /// The kernel symbol for an op, direction and dtype: `{op}_{fwd|bwd}_{dtype}`.
 pub fn symbol(op: &str, backward: bool, dtype: &str) -> String {
@@ -102,6 +113,7 @@ impl Kernel {
 pub const COMMON: &str = include_str!("../cuda/common.cuh");
 
 const BOTH: &[Dtype] = &[Dtype::F32, Dtype::Bf16];
+const BF16: &[Dtype] = &[Dtype::Bf16];
 
 const fn op(name: &'static str, dirs: Dirs) -> KernelOp {
     KernelOp { name, dirs }
@@ -109,12 +121,15 @@ const fn op(name: &'static str, dirs: Dirs) -> KernelOp {
 
 macro_rules! family {
     ($family:literal, [$($op:expr),* $(,)?], fast_math: $fast:expr, must_not_spill: $spill:expr) => {
+        family!($family, [$($op),*], dtypes: BOTH, fast_math: $fast, must_not_spill: $spill)
+    };
+    ($family:literal, [$($op:expr),* $(,)?], dtypes: $dtypes:expr, fast_math: $fast:expr, must_not_spill: $spill:expr) => {
         Kernel {
             family: $family,
             file: concat!($family, ".cu"),
             source: include_str!(concat!("../cuda/", $family, ".cu")),
             ops: &[$($op),*],
-            dtypes: BOTH,
+            dtypes: $dtypes,
             fast_math: $fast,
             must_not_spill: $spill,
         }
@@ -168,6 +183,26 @@ pub static KERNELS: &[Kernel] = &[
         must_not_spill: true
     ),
     family!("optim", [op("adamw", Dirs::Fwd), op("sgd", Dirs::Fwd)], fast_math: false, must_not_spill: true),
+    // Tensor-core flash attention, bf16 only, one op per head-dim tile (see flash.rs for the
+    // launch geometry): `_fwd` is the forward, `_bwd` dK/dV, `flash_attention_dq_*_bwd` dQ and
+    // `flash_attention_delta_bwd` the rowsum(dO * O) preprocessing.
+    family!(
+        "flash_attention",
+        [
+            op("flash_attention_d64", Dirs::Both),
+            op("flash_attention_d80", Dirs::Both),
+            op("flash_attention_d128", Dirs::Both),
+            op("flash_attention_d256", Dirs::Both),
+            op("flash_attention_dq_d64", Dirs::Bwd),
+            op("flash_attention_dq_d80", Dirs::Bwd),
+            op("flash_attention_dq_d128", Dirs::Bwd),
+            op("flash_attention_dq_d256", Dirs::Bwd),
+            op("flash_attention_delta", Dirs::Bwd),
+        ],
+        dtypes: BF16,
+        fast_math: true,
+        must_not_spill: true
+    ),
 ];
 
 /// The kernel family named `family`, if there is one.
