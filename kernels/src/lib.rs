@@ -14,6 +14,7 @@
 //! ```
 
 mod compile;
+pub mod launch;
 mod nvrtc;
 pub mod params;
 pub mod paths;
@@ -164,12 +165,21 @@ pub static KERNELS: &[Kernel] = &[
             op("rms_norm", Dirs::Both),
             op("layer_norm", Dirs::Both),
             op("l2_normalize", Dirs::Both),
+            op("rms_norm_rows", Dirs::Both),
+            op("rms_norm_wide", Dirs::Both),
+            op("layer_norm_rows", Dirs::Both),
+            op("layer_norm_wide", Dirs::Both),
         ],
         fast_math: false,
         must_not_spill: true
     ),
-    family!("activation", [op("swiglu", Dirs::Both), op("geglu", Dirs::Both)], fast_math: false, must_not_spill: true),
-    family!("rope", [op("rope", Dirs::Both)], fast_math: false, must_not_spill: true),
+    family!(
+        "activation",
+        [op("swiglu", Dirs::Both), op("geglu", Dirs::Both), op("swiglu_vec", Dirs::Both), op("geglu_vec", Dirs::Both)],
+        fast_math: false,
+        must_not_spill: true
+    ),
+    family!("rope", [op("rope", Dirs::Both), op("rope_vec", Dirs::Both)], fast_math: false, must_not_spill: true),
     family!(
         "attention",
         [op("attention", Dirs::Both), op("attention_dq", Dirs::Bwd)],
