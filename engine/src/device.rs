@@ -14,9 +14,17 @@ impl Device {
         matches!(self, Device::Cpu)
     }
 
+    pub fn is_cuda(self) -> bool {
+        matches!(self, Device::Cuda(_))
+    }
+
     /// Devices this build can use on this machine.
     pub fn available() -> Vec<Device> {
-        vec![Device::Cpu]
+        #[allow(unused_mut)]
+        let mut out = vec![Device::Cpu];
+        #[cfg(feature = "cuda")]
+        out.extend((0..crate::cuda::device_count()).filter(|&n| crate::cuda::is_available(n)).map(Device::Cuda));
+        out
     }
 }
 

@@ -29,6 +29,10 @@ pub enum Error {
     #[error("device {device} is not available: {reason}")]
     DeviceUnavailable { device: Device, reason: String },
 
+    /// The CUDA driver, cuBLASLt or a kernel reported an error while running `op`.
+    #[error("{op}: CUDA: {msg}")]
+    Cuda { op: &'static str, msg: String },
+
     /// A gradient is needed through an op that has no backward rule.
     #[error("backward: op `{op}` has no backward rule but a gradient flows through it")]
     NoBackward { op: &'static str },

@@ -1,5 +1,5 @@
 //! The vlm4vla engine: tensors with strided views, a reverse-mode autograd, a CPU backend (the
-//! reference) with a CUDA backend to follow, optimizers and safetensors I/O.
+//! reference), a CUDA backend (feature `cuda`), optimizers and safetensors I/O.
 //!
 //! ```
 //! use vlm4vla_engine::{Device, DType, Tensor};
@@ -11,6 +11,8 @@
 
 pub mod autograd;
 pub(crate) mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod dtype;
 pub mod error;
 pub mod io;
@@ -45,10 +47,7 @@ pub fn enabled_features() -> Vec<&'static str> {
     f
 }
 
+#[cfg(not(feature = "cuda"))]
 pub(crate) fn cuda_unavailable_reason() -> String {
-    if cfg!(feature = "cuda") {
-        "the CUDA backend is not implemented yet in this build".into()
-    } else {
-        "this build has no CUDA support (rebuild with `--features cuda`)".into()
-    }
+    "this build has no CUDA support (rebuild with `--features cuda`)".into()
 }

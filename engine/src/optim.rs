@@ -64,6 +64,12 @@ impl NamedParams for Vec<(String, Tensor)> {
 enum Buffers {
     F32(Vec<Vec<f32>>),
     F64(Vec<Vec<f64>>),
+    /// f32 buffers on the parameter's GPU, and the f32 master of a bf16 parameter.
+    #[cfg(feature = "cuda")]
+    Cuda {
+        bufs: Vec<crate::cuda::CudaStorage>,
+        master: Option<crate::cuda::CudaStorage>,
+    },
 }
 
 struct ParamState {
@@ -150,6 +156,14 @@ impl OptimState {
         let (n, nbuf) = (p.elem_count(), self.buffer_names.len());
         let wide = p.dtype() == DType::F64;
         let kind = self.kind;
+        #[cfg(feature = "cuda")]
+        if p.device().is_cuda() && !self.params.contains_key(name) {
+            let dev = crate::cuda::dev_of(kind, p)?;
+            let bufs = (0..nbuf).map(|_| dev.zeros(kind, DType::F32, n)).collect::<Result<Vec<_>>>()?;
+            let buffers = Buffers::Cuda { bufs, master: None };
+            self.params
+                .insert(name.to_string(), ParamState { shape: p.shape().to_vec(), step: 0, buffers, master: None });
+        }
         let st = self.params.entry(name.to_string()).or_insert_with(|| {
             let buffers =
                 if wide { Buffers::F64(vec![vec![0.0; n]; nbuf]) } else { Buffers::F32(vec![vec![0.0; n]; nbuf]) };
@@ -167,6 +181,22 @@ impl OptimState {
                 format!("state precision does not match the {} parameter (dtype changed after a step)", p.dtype());
             return Err(state_err(kind, name, msg));
         }
+        #[cfg(feature = "cuda")]
+        if let Buffers::Cuda { master, .. } = &mut st.buffers {
+            if !p.device().is_cuda() {
+                return Err(state_err(kind, name, "state lives on a GPU but the parameter does not"));
+            }
+            if !is_low(p.dtype()) {
+                *master = None;
+            } else if master.is_none() {
+                *master = Some(crate::cuda::view::convert(kind, p, DType::F32)?);
+            }
+            return Ok(st);
+        }
+        #[cfg(feature = "cuda")]
+        if p.device().is_cuda() {
+            return Err(state_err(kind, name, "state lives on the CPU but the parameter is on a GPU"));
+        }
         if !is_low(p.dtype()) {
             st.master = None;
         } else if st.master.is_none() {
@@ -183,8 +213,17 @@ impl OptimState {
                 let data = match &st.buffers {
                     Buffers::F32(b) => CpuStorage::F32(b[k].clone()),
                     Buffers::F64(b) => CpuStorage::F64(b[k].clone()),
+                    #[cfg(feature = "cuda")]
+                    Buffers::Cuda { bufs, .. } => {
+                        out.push((format!("{name}.{buf}"), crate::cuda::tensor(bufs[k].clone(), &st.shape)));
+                        continue;
+                    }
                 };
                 out.push((format!("{name}.{buf}"), Tensor::from_cpu(data, &st.shape, None)));
+            }
+            #[cfg(feature = "cuda")]
+            if let Buffers::Cuda { master: Some(m), .. } = &st.buffers {
+                out.push((format!("{name}.master"), crate::cuda::tensor(m.clone(), &st.shape)));
             }
             if let Some(m) = &st.master {
                 out.push((format!("{name}.master"), Tensor::from_cpu(CpuStorage::F32(m.clone()), &st.shape, None)));
@@ -236,6 +275,21 @@ impl OptimState {
             } else {
                 Buffers::F32(parts[..nbuf].iter().map(|k| load(k)?.to_vec::<f32>()).collect::<Result<_>>()?)
             };
+            #[cfg(feature = "cuda")]
+            if p.device().is_cuda() {
+                let dev = crate::cuda::dev_of(self.kind, &p)?;
+                let mut upload = |k: &String| -> Result<crate::cuda::CudaStorage> {
+                    dev.upload(self.kind, &CpuStorage::F32(load(k)?.to_vec::<f32>()?))
+                };
+                let bufs = parts[..nbuf].iter().map(&mut upload).collect::<Result<Vec<_>>>()?;
+                let master = parts.get(nbuf).map(&mut upload).transpose()?;
+                let buffers = Buffers::Cuda { bufs, master };
+                new.insert(
+                    name.clone(),
+                    ParamState { shape: p.shape().to_vec(), step: step as u64, buffers, master: None },
+                );
+                continue;
+            }
             let master = match parts.get(nbuf) {
                 Some(k) => Some(load(k)?.to_vec::<f32>()?),
                 None => None,
@@ -277,6 +331,11 @@ fn apply<R: UpdateRule>(
         .layout()
         .contiguous_range()
         .ok_or_else(|| Error::tensor(kind, name, "parameter must be contiguous to be updated in place"))?;
+    #[cfg(feature = "cuda")]
+    if let Buffers::Cuda { bufs, master } = &st.buffers {
+        let (kernel, params) = rule.cuda_params();
+        return crate::cuda::optim::step(kernel, p, g, bufs, master.as_ref(), params);
+    }
     // A gradient sharing the parameter's storage is copied first (we hold its write lock below).
     let g_copy;
     let g = if g.same_storage(p) {
@@ -288,7 +347,11 @@ fn apply<R: UpdateRule>(
     g.with_cpu(|gs, gl| {
         let gf = cpu::floats(gs, gl);
         let mut guard = p.write_storage();
-        let Storage::Cpu(ps) = &mut *guard;
+        #[allow(irrefutable_let_patterns)] // a CUDA arm exists with the `cuda` feature
+        let Storage::Cpu(ps) = &mut *guard
+        else {
+            return Err(Error::tensor(kind, name, "the parameter is not on the CPU"));
+        };
         match (ps, &mut st.buffers, &mut st.master) {
             (CpuStorage::F64(v), Buffers::F64(b), _) => {
                 fused_update(&mut v[range], &as_f64(&gf), b, LowCopy::None, rule)
@@ -541,6 +604,12 @@ pub fn grad_norm(grads: &GradStore, params: &[Tensor]) -> Result<f64> {
             continue;
         }
         if let Some(g) = grads.get(p) {
+            #[cfg(feature = "cuda")]
+            if g.device().is_cuda() {
+                let sq = crate::no_grad(|| g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f64>())?;
+                sum += sq;
+                continue;
+            }
             sum += g.with_cpu(|s, l| {
                 Ok(match cpu::floats(s, l) {
                     Floats::F32(v) => cpu::optim::sum_sq(&v),

@@ -19,6 +19,21 @@ pub enum CpuStorage {
 #[derive(Clone, Debug)]
 pub enum Storage {
     Cpu(CpuStorage),
+    #[cfg(feature = "cuda")]
+    Cuda(crate::cuda::CudaStorage),
+}
+
+impl From<CpuStorage> for Storage {
+    fn from(s: CpuStorage) -> Self {
+        Storage::Cpu(s)
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl From<crate::cuda::CudaStorage> for Storage {
+    fn from(s: crate::cuda::CudaStorage) -> Self {
+        Storage::Cuda(s)
+    }
 }
 
 /// Apply `$body` with `$v` bound to the typed vector of a `CpuStorage`.
@@ -178,12 +193,24 @@ impl Storage {
     pub fn dtype(&self) -> DType {
         match self {
             Storage::Cpu(s) => s.dtype(),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => s.dtype(),
         }
     }
 
     pub fn cpu(&self) -> Option<&CpuStorage> {
         match self {
             Storage::Cpu(s) => Some(s),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => None,
+        }
+    }
+
+    pub fn device(&self) -> crate::Device {
+        match self {
+            Storage::Cpu(_) => crate::Device::Cpu,
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => crate::Device::Cuda(s.ordinal()),
         }
     }
 }

@@ -67,10 +67,7 @@ impl Tensor {
     fn from_parts(storage: Arc<RwLock<Storage>>, layout: Layout, op: Option<Op>) -> Tensor {
         let (dtype, device) = {
             let s = storage.read().unwrap_or_else(|e| e.into_inner());
-            let device = match &*s {
-                Storage::Cpu(_) => Device::Cpu,
-            };
-            (s.dtype(), device)
+            (s.dtype(), s.device())
         };
         Tensor(Arc::new(TensorInner { id: TensorId::new(), storage, layout, dtype, device, op, is_variable: false }))
     }
@@ -110,6 +107,11 @@ impl Tensor {
 
     pub fn full(value: f64, shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
         let n = shape.iter().product();
+        #[cfg(feature = "cuda")]
+        if let (Device::Cuda(ordinal), true) = (device, value == 0.0) {
+            let s = crate::cuda::device(ordinal)?.zeros("zeros", dtype, n)?;
+            return Ok(Tensor::from_storage(Storage::Cuda(s), shape, None));
+        }
         let s = match dtype {
             DType::U8 => CpuStorage::U8(vec![value as u8; n]),
             DType::I64 => CpuStorage::I64(vec![value as i64; n]),
@@ -278,6 +280,12 @@ impl Tensor {
         let s = self.read_storage();
         match &*s {
             Storage::Cpu(c) => Ok(c.gather_as::<T>(self.layout())),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => {
+                drop(s);
+                let c = crate::cuda::to_cpu(self)?;
+                Ok(c.gather_as::<T>(&Layout::contiguous(self.shape())))
+            }
         }
     }
 
@@ -294,13 +302,30 @@ impl Tensor {
         let s = self.read_storage();
         match &*s {
             Storage::Cpu(c) => Ok(c.gather(self.layout())),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => {
+                drop(s);
+                crate::cuda::to_cpu(self)
+            }
         }
     }
 
+    /// A copy on `device` (this tensor when it is already there). Not recorded by the autograd:
+    /// move parameters and inputs before building the graph.
     pub fn to_device(&self, device: Device) -> Result<Tensor> {
         if device == self.device() {
             return Ok(self.clone());
         }
+        #[cfg(feature = "cuda")]
+        {
+            let host = self.to_cpu_storage()?;
+            let storage = match device {
+                Device::Cpu => Storage::Cpu(host),
+                Device::Cuda(ordinal) => Storage::Cuda(crate::cuda::from_cpu(&host, ordinal)?),
+            };
+            Ok(Tensor::from_storage(storage, self.shape(), None))
+        }
+        #[cfg(not(feature = "cuda"))]
         Err(Error::DeviceUnavailable { device, reason: crate::cuda_unavailable_reason() })
     }
 
@@ -314,6 +339,10 @@ impl Tensor {
             .layout()
             .contiguous_range()
             .ok_or_else(|| Error::invalid("assign", "destination must be contiguous"))?;
+        #[cfg(feature = "cuda")]
+        if self.device().is_cuda() {
+            return crate::cuda::assign(self, src);
+        }
         let data = src.to_dtype(self.dtype())?.to_cpu_storage()?;
         let mut dst = self.write_storage();
         match &mut *dst {
@@ -322,14 +351,21 @@ impl Tensor {
                 let dst_bytes: &mut [u8] = crate::map_cpu_storage!(d, v => bytemuck::cast_slice_mut(v.as_mut_slice()));
                 dst_bytes[range.start * bytes..range.end * bytes].copy_from_slice(data.as_bytes());
             }
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => unreachable!("handled above"),
         }
         Ok(())
     }
 
     /// Helper for ops: wrap fresh storage, recording `op` only when an input tracks gradients.
-    pub(crate) fn from_op(storage: CpuStorage, shape: &[usize], inputs: &[&Tensor], op: impl FnOnce() -> Op) -> Tensor {
+    pub(crate) fn from_op(
+        storage: impl Into<Storage>,
+        shape: &[usize],
+        inputs: &[&Tensor],
+        op: impl FnOnce() -> Op,
+    ) -> Tensor {
         let op = autograd::record(inputs, op);
-        Tensor::from_cpu(storage, shape, op)
+        Tensor::from_storage(storage.into(), shape, op)
     }
 
     /// Helper for ops: check that all tensors share dtype and device.
@@ -355,6 +391,11 @@ impl Tensor {
         let s = self.read_storage();
         match &*s {
             Storage::Cpu(c) => f(c, self.layout()),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => Err(Error::Cuda {
+                op: "cpu kernel",
+                msg: format!("a CPU-only code path was reached with a tensor on {}", self.device()),
+            }),
         }
     }
 }

@@ -196,6 +196,8 @@ pub fn vector_len(dtype: Dtype) -> usize {
     match dtype {
         Dtype::F32 => 4,
         Dtype::Bf16 => 8,
+        Dtype::U8 => 16,
+        Dtype::I64 => 2,
     }
 }
 

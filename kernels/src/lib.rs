@@ -24,6 +24,7 @@ pub use nvrtc::Nvrtc;
 
 /// The op families that have kernels, named as the engine's `ops/` files are.
 pub const FAMILIES: &[&str] = &[
+    "view",
     "unary",
     "binary",
     "reduce",
@@ -42,11 +43,14 @@ pub fn symbol(op: &str, backward: bool, dtype: &str) -> String {
     format!("{op}_{}_{dtype}", if backward { "bwd" } else { "fwd" })
 }
 
-/// The element type a kernel is instantiated for (bf16 kernels compute in fp32).
+/// The element type a kernel is instantiated for (bf16 kernels compute in fp32). Only the `view`
+/// family (copies, conversions, comparisons) has u8 and i64 instances.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Dtype {
     F32,
     Bf16,
+    U8,
+    I64,
 }
 
 impl Dtype {
@@ -55,6 +59,8 @@ impl Dtype {
         match self {
             Dtype::F32 => "f32",
             Dtype::Bf16 => "bf16",
+            Dtype::U8 => "u8",
+            Dtype::I64 => "i64",
         }
     }
 }
@@ -115,6 +121,7 @@ pub const COMMON: &str = include_str!("../cuda/common.cuh");
 
 const BOTH: &[Dtype] = &[Dtype::F32, Dtype::Bf16];
 const BF16: &[Dtype] = &[Dtype::Bf16];
+const EVERY: &[Dtype] = &[Dtype::F32, Dtype::Bf16, Dtype::U8, Dtype::I64];
 
 const fn op(name: &'static str, dirs: Dirs) -> KernelOp {
     KernelOp { name, dirs }
@@ -139,6 +146,20 @@ macro_rules! family {
 
 /// Every kernel family, in [`FAMILIES`] order.
 pub static KERNELS: &[Kernel] = &[
+    family!(
+        "view",
+        [
+            op("to_f32", Dirs::Fwd),
+            op("to_bf16", Dirs::Fwd),
+            op("to_u8", Dirs::Fwd),
+            op("to_i64", Dirs::Fwd),
+            op("cmp", Dirs::Fwd),
+            op("where_cond", Dirs::Fwd),
+        ],
+        dtypes: EVERY,
+        fast_math: false,
+        must_not_spill: true
+    ),
     family!("unary", [op("unary", Dirs::Both)], fast_math: false, must_not_spill: true),
     family!(
         "binary",

@@ -46,6 +46,8 @@ pub const UNARY_OPS: &[&str] = &[
 ];
 /// Op codes of `binary.cu` (`BinaryCode`): max and min are the engine's maximum and minimum.
 pub const BINARY_OPS: &[&str] = &["add", "sub", "mul", "div", "max", "min"];
+/// Op codes of `view.cu`'s `cmp` (`CmpCode`), the order of the engine's `CmpKind`.
+pub const CMP_OPS: &[&str] = &["eq", "ne", "lt", "le", "gt", "ge"];
 /// Op codes of `reduce.cu` (`ReduceCode`).
 pub const REDUCE_OPS: &[&str] = &["sum", "max", "min"];
 /// The `flag` of rms_norm in `norm.cu` (`RmsKind`).
@@ -74,6 +76,21 @@ pub struct UnaryParams {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BinaryParams {
+    pub n: i64,
+    pub op: i32,
+    pub rank: i32,
+    pub dims: [i64; MAX_RANK],
+    pub a_strides: [i64; MAX_RANK],
+    pub b_strides: [i64; MAX_RANK],
+    pub a_offset: i64,
+    pub b_offset: i64,
+}
+
+/// `view.cu`: the logical shape `dims` and each operand's strides and offset (elements). For the
+/// conversions `a` is the source and `b` the destination.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StridedParams {
     pub n: i64,
     pub op: i32,
     pub rank: i32,
@@ -256,6 +273,7 @@ mod tests {
     #[test]
     fn params_sizes_match_the_cuda_static_asserts() {
         let cases: &[(&str, &str, usize)] = &[
+            ("view", "StridedParams", size_of::<StridedParams>()),
             ("unary", "UnaryParams", size_of::<UnaryParams>()),
             ("binary", "BinaryParams", size_of::<BinaryParams>()),
             ("reduce", "ReduceParams", size_of::<ReduceParams>()),
@@ -276,6 +294,7 @@ mod tests {
     #[test]
     fn op_codes_match_the_cuda_enums() {
         let cases: &[(&str, &str, &[&str])] = &[
+            ("view", "CmpCode", CMP_OPS),
             ("unary", "UnaryCode", UNARY_OPS),
             ("binary", "BinaryCode", BINARY_OPS),
             ("reduce", "ReduceCode", REDUCE_OPS),
@@ -295,6 +314,7 @@ mod tests {
         assert_eq!(c_define(COMMON, "EW_THREADS"), EW_THREADS.to_string());
         assert_eq!(c_define(COMMON, "ROW_THREADS"), ROW_THREADS.to_string());
         assert_eq!(c_define(source("binary"), "MAX_RANK"), MAX_RANK.to_string());
+        assert_eq!(c_define(source("view"), "MAX_RANK"), MAX_RANK.to_string());
         assert_eq!(c_define(source("attention"), "ATT_WARPS"), ATT_WARPS.to_string());
         assert_eq!(c_define(source("attention"), "ATT_MAX_D"), ATT_MAX_D.to_string());
         assert_eq!(c_define(source("optim"), "OPTIM_CHUNK"), OPTIM_CHUNK.to_string());

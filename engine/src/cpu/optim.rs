@@ -51,6 +51,9 @@ impl LowChunk<'_> {
 /// rule's buffers (`bufs[k]` is the chunk of buffer `k`).
 pub(crate) trait UpdateRule: Sync {
     fn apply<T: Float>(&self, p: &mut [T], g: &[T], bufs: &mut [&mut [T]]);
+    /// The `optim.cu` kernel of this rule and its hyper-parameters for one step.
+    #[cfg(feature = "cuda")]
+    fn cuda_params(&self) -> (&'static str, vlm4vla_kernels::params::OptimParams);
 }
 
 /// Run `rule` over `p`, `g` and `bufs` in chunks (in parallel for large tensors), writing each
@@ -103,6 +106,22 @@ pub(crate) struct AdamWRule {
 }
 
 impl UpdateRule for AdamWRule {
+    #[cfg(feature = "cuda")]
+    fn cuda_params(&self) -> (&'static str, vlm4vla_kernels::params::OptimParams) {
+        // The kernel decays by 1 - lr·wd: lr 1 and wd 1 - decay give this step's factor.
+        let p = vlm4vla_kernels::params::OptimParams {
+            lr: 1.0,
+            weight_decay: (1.0 - self.decay) as f32,
+            beta1: self.beta1 as f32,
+            beta2: self.beta2 as f32,
+            eps: self.eps as f32,
+            step_size: self.step_size as f32,
+            bc2_sqrt: self.bias_correction2_sqrt as f32,
+            ..Default::default()
+        };
+        ("adamw", p)
+    }
+
     fn apply<T: Float>(&self, p: &mut [T], g: &[T], bufs: &mut [&mut [T]]) {
         let [m, v] = bufs else { return };
         let decay = T::c(self.decay);
@@ -135,6 +154,18 @@ pub(crate) struct SgdRule {
 }
 
 impl UpdateRule for SgdRule {
+    #[cfg(feature = "cuda")]
+    fn cuda_params(&self) -> (&'static str, vlm4vla_kernels::params::OptimParams) {
+        let p = vlm4vla_kernels::params::OptimParams {
+            lr: self.lr as f32,
+            beta1: self.momentum as f32,
+            weight_decay: self.weight_decay as f32,
+            first: self.first as i32,
+            ..Default::default()
+        };
+        ("sgd", p)
+    }
+
     fn apply<T: Float>(&self, p: &mut [T], g: &[T], bufs: &mut [&mut [T]]) {
         let neg_lr = T::c(-self.lr);
         let wd = T::c(self.weight_decay);

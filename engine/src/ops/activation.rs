@@ -19,7 +19,7 @@ pub(crate) enum GateKind {
 }
 
 impl GateKind {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             GateKind::Silu => "swiglu",
             GateKind::GeluTanh => "geglu",
@@ -56,11 +56,16 @@ impl Tensor {
         if let Some(last) = shape.last_mut() {
             *last = f;
         }
+        let record = || Op::Activation(ActivationOp { kind, arg: self.clone() });
+        #[cfg(feature = "cuda")]
+        if self.device().is_cuda() {
+            return Ok(Tensor::from_op(crate::cuda::activation::forward(self, kind, f)?, &shape, &[self], record));
+        }
         let data = self.with_cpu(|s, l| {
             let x = cpu::floats(s, l);
             Ok(crate::float_map!(x, v => cpu::activation::forward(kind, &v, f)).into_storage(dtype))
         })?;
-        Ok(Tensor::from_op(data, &shape, &[self], || Op::Activation(ActivationOp { kind, arg: self.clone() })))
+        Ok(Tensor::from_op(data, &shape, &[self], record))
     }
 
     /// SwiGLU on a merged projection: `[..., 2F] → [..., F]`, `silu(x[..., :F]) · x[..., F:]`.
@@ -121,6 +126,10 @@ impl BackwardOp for ActivationOp {
         }
         let kind = self.kind;
         let f = x.shape().last().copied().unwrap_or(0) / 2;
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            return grads.add(x, crate::cuda::tensor(crate::cuda::activation::backward(x, grad, kind, f)?, x.shape()));
+        }
         let data = x.with_cpu(|xs, xl| {
             grad.with_cpu(|gs, gl| {
                 crate::float_zip!(

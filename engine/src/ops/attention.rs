@@ -25,6 +25,9 @@ pub(crate) struct AttentionOp {
     /// `[B, Hq, Lq]`, in compute precision (f32, or f64 for f64 inputs).
     lse: Tensor,
     scale: f64,
+    /// The mask as the CUDA kernels read it (device tables), for GPU tensors.
+    #[cfg(feature = "cuda")]
+    cuda_mask: Option<std::sync::Arc<crate::cuda::attention::MaskData>>,
 }
 
 /// Which keys each query may see (combined with an optional key-padding mask).
@@ -216,6 +219,25 @@ pub fn attention(
 ) -> Result<AttentionOutput> {
     let (dims, keys) = prepare(q, k, v, mask, key_padding, scale)?;
     let dtype = q.dtype();
+    #[cfg(feature = "cuda")]
+    if q.device().is_cuda() {
+        let dev = crate::cuda::dev_of(OP, q)?;
+        let m = std::sync::Arc::new(crate::cuda::attention::mask_data(&dev, mask, keys.padding.as_deref())?);
+        let (out, lse) = crate::cuda::attention::forward(q, k, v, &m, &dims, scale)?;
+        let out_shape = [dims.b, dims.lq, dims.hq, dims.dv];
+        let out = Tensor::from_op(out, &out_shape, &[q, k, v], || {
+            Op::Attention(AttentionOp {
+                q: q.clone(),
+                k: k.clone(),
+                v: v.clone(),
+                keys,
+                lse: lse.clone(),
+                scale,
+                cuda_mask: Some(m.clone()),
+            })
+        });
+        return Ok(AttentionOutput { out, lse: lse_output(lse, q, k, v) });
+    }
     let (out, lse) = q.with_cpu(|qs, ql| {
         k.with_cpu(|ks, kl| {
             v.with_cpu(|vs, vl| match (heads_first(qs, ql), heads_first(ks, kl), heads_first(vs, vl)) {
@@ -234,11 +256,24 @@ pub fn attention(
     let lse = Tensor::from_cpu(lse.into_storage(dtype.compute()), &[dims.b, dims.hq, dims.lq], None);
     let out_shape = [dims.b, dims.lq, dims.hq, dims.dv];
     let out = Tensor::from_op(out.into_storage(dtype), &out_shape, &[q, k, v], || {
-        Op::Attention(AttentionOp { q: q.clone(), k: k.clone(), v: v.clone(), keys, lse: lse.clone(), scale })
+        Op::Attention(AttentionOp {
+            q: q.clone(),
+            k: k.clone(),
+            v: v.clone(),
+            keys,
+            lse: lse.clone(),
+            scale,
+            #[cfg(feature = "cuda")]
+            cuda_mask: None,
+        })
     });
-    // The returned lse is recorded without a backward rule, so using it in a loss is an error
-    // at backward time rather than a silently missing gradient.
-    let lse_out = lse.view_with(
+    Ok(AttentionOutput { out, lse: lse_output(lse, q, k, v) })
+}
+
+/// The returned lse is recorded without a backward rule, so using it in a loss is an error at
+/// backward time rather than a silently missing gradient.
+fn lse_output(lse: Tensor, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+    lse.view_with(
         lse.layout().clone(),
         crate::autograd::record(&[q, k, v], || {
             Op::NoBackward(crate::autograd::NoBackwardOp {
@@ -246,8 +281,7 @@ pub fn attention(
                 inputs: vec![q.clone(), k.clone(), v.clone()],
             })
         }),
-    );
-    Ok(AttentionOutput { out, lse: lse_out })
+    )
 }
 
 /// The composite twin of [`attention`], from primitive ops (permute, matmul, scale, an additive
@@ -353,6 +387,16 @@ impl BackwardOp for AttentionOp {
             d: q.shape()[3],
             dv: v.shape()[3],
         };
+        #[cfg(feature = "cuda")]
+        if let Some(m) = &self.cuda_mask {
+            let (dq, dk, dv) = crate::cuda::attention::backward(q, k, v, out, grad, &self.lse, m, &dims, self.scale)?;
+            for (t, data) in [(q, dq), (k, dk), (v, dv)] {
+                if t.tracks_grad() {
+                    grads.add(t, crate::cuda::tensor(data, t.shape()))?;
+                }
+            }
+            return Ok(());
+        }
         // The output and its gradient in q's compute precision (a bf16 output is read as f32).
         let compute = q.dtype().compute();
         let out = out.to_dtype(compute)?;

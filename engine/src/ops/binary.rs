@@ -21,7 +21,7 @@ pub(crate) enum BinaryKind {
 }
 
 impl BinaryKind {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             BinaryKind::Add => "add",
             BinaryKind::Sub => "sub",
@@ -94,15 +94,19 @@ impl Tensor {
             return Err(Error::dtype(op, self.dtype(), "expected float tensors"));
         }
         let (a, b) = Tensor::broadcast_pair(op, self, rhs)?;
+        let record = || Op::Binary(BinaryOp { kind, lhs: a.clone(), rhs: b.clone() });
+        #[cfg(feature = "cuda")]
+        if a.device().is_cuda() {
+            let data = crate::cuda::binary::forward(&a, &b, kind)?;
+            return Ok(Tensor::from_op(data, a.shape(), &[&a, &b], record));
+        }
         let dtype = a.dtype();
         let data = a.with_cpu(|sa, la| {
             b.with_cpu(|sb, lb| {
                 crate::float_zip!(op, (cpu::floats(sa, la), cpu::floats(sb, lb)), (x, y) => binary_kernel(kind, &x, &y))
             })
         })?;
-        Ok(Tensor::from_op(data.into_storage(dtype), a.shape(), &[&a, &b], || {
-            Op::Binary(BinaryOp { kind, lhs: a.clone(), rhs: b.clone() })
-        }))
+        Ok(Tensor::from_op(data.into_storage(dtype), a.shape(), &[&a, &b], record))
     }
 
     pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {
@@ -128,6 +132,10 @@ impl Tensor {
     pub fn cmp(&self, rhs: &Tensor, kind: CmpKind) -> Result<Tensor> {
         Tensor::same_dtype_device("cmp", &[self, rhs])?;
         let (a, b) = Tensor::broadcast_pair("cmp", self, rhs)?;
+        #[cfg(feature = "cuda")]
+        if a.device().is_cuda() {
+            return Ok(crate::cuda::tensor(crate::cuda::view::cmp(&a, &b, kind)?, a.shape()));
+        }
         let av: Vec<f64> = a.to_vec()?;
         let bv: Vec<f64> = b.to_vec()?;
         let out: Vec<u8> = av

@@ -35,7 +35,7 @@ pub(crate) enum PairKind {
 }
 
 impl PairKind {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             PairKind::Mse => "mse",
             PairKind::Huber(_) => "huber",
@@ -141,6 +141,27 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore_index: i64, reduc
     let n = t.len();
     let dtype = logits.dtype();
     let compute = dtype.compute();
+    #[cfg(feature = "cuda")]
+    if logits.device().is_cuda() {
+        let (losses, stats) = crate::cuda::loss::cross_entropy(logits, targets, ignore_index)?;
+        let data = match reduction {
+            Reduction::None => losses,
+            Reduction::Sum | Reduction::Mean => crate::no_grad(|| {
+                losses.to_dtype(DType::F32)?.sum_all()?.scale(grad_scale(reduction, count))?.to_dtype(dtype)
+            })?,
+        };
+        let storage = crate::cuda::view::convert("cross_entropy", &data, dtype)?;
+        return Ok(Tensor::from_op(storage, data.shape(), &[logits], || {
+            Op::Loss(LossOp::CrossEntropy {
+                logits: logits.clone(),
+                targets: targets.clone(),
+                stats,
+                ignore_index,
+                reduction,
+                count,
+            })
+        }));
+    }
     let (losses, stats) = logits.with_cpu(|s, l| {
         Ok(match cpu::floats(s, l) {
             Floats::F32(x) => {
@@ -208,6 +229,19 @@ fn pair(kind: PairKind, pred: &Tensor, target: &Tensor, reduction: Reduction) ->
     let op = kind.name();
     let dtype = pred.dtype();
     let n = pred.elem_count();
+    let record = || Op::Loss(LossOp::Pair { kind, pred: pred.clone(), target: target.clone(), reduction });
+    #[cfg(feature = "cuda")]
+    if pred.device().is_cuda() {
+        let losses = crate::cuda::loss::pair(kind, pred, target)?;
+        let data = match reduction {
+            Reduction::None => losses,
+            Reduction::Sum | Reduction::Mean => crate::no_grad(|| {
+                losses.to_dtype(DType::F32)?.sum_all()?.scale(grad_scale(reduction, n))?.to_dtype(dtype)
+            })?,
+        };
+        let storage = crate::cuda::view::convert(op, &data, dtype)?;
+        return Ok(Tensor::from_op(storage, data.shape(), &[pred, target], record));
+    }
     let data = pred.with_cpu(|ps, pl| {
         target.with_cpu(|ts, tl| {
             let (p, t) = (cpu::floats(ps, pl), cpu::floats(ts, tl));
@@ -221,9 +255,7 @@ fn pair(kind: PairKind, pred: &Tensor, target: &Tensor, reduction: Reduction) ->
         })
     })?;
     let shape: &[usize] = if reduction == Reduction::None { pred.shape() } else { &[] };
-    Ok(Tensor::from_op(data.into_storage(dtype), shape, &[pred, target], || {
-        Op::Loss(LossOp::Pair { kind, pred: pred.clone(), target: target.clone(), reduction })
-    }))
+    Ok(Tensor::from_op(data.into_storage(dtype), shape, &[pred, target], record))
 }
 
 /// Mean squared error, `(pred − target)²` per element; `pred` and `target` share one shape.
@@ -337,9 +369,15 @@ impl BackwardOp for LossOp {
                     return Ok(());
                 }
                 // dx = (softmax(x) − onehot(t)) · g / count, one fused pass over the logits.
+                let scale = grad_scale(*reduction, *count);
+                #[cfg(feature = "cuda")]
+                if logits.device().is_cuda() {
+                    let dx =
+                        crate::cuda::loss::cross_entropy_backward(logits, targets, stats, grad, *ignore_index, scale)?;
+                    return grads.add(logits, crate::cuda::tensor(dx, logits.shape()));
+                }
                 let t = targets.to_vec::<i64>()?;
                 let c = logits.shape()[1];
-                let scale = grad_scale(*reduction, *count);
                 let data = logits.with_cpu(|xs, xl| {
                     stats.with_cpu(|ss, sl| {
                         grad.with_cpu(|gs, gl| {
@@ -361,6 +399,17 @@ impl BackwardOp for LossOp {
                 // Both operand gradients in one pass: dp = g·∂l/∂p, dt = g·∂l/∂t (scaled for a mean).
                 let scale = grad_scale(*reduction, pred.elem_count());
                 let kind = *kind;
+                #[cfg(feature = "cuda")]
+                if pred.device().is_cuda() {
+                    let (dp, dt) = crate::cuda::loss::pair_backward(kind, pred, target, grad, scale, (want_p, want_t))?;
+                    if let Some(dp) = dp {
+                        grads.add(pred, dp)?;
+                    }
+                    if let Some(dt) = dt {
+                        grads.add(target, dt)?;
+                    }
+                    return Ok(());
+                }
                 let (dp, dt) = pred.with_cpu(|ps, pl| {
                     target.with_cpu(|ts, tl| {
                         grad.with_cpu(|gs, gl| match (cpu::floats(ps, pl), cpu::floats(ts, tl), cpu::floats(gs, gl)) {

@@ -38,10 +38,14 @@ impl Tensor {
         let mut out_shape = batch.clone();
         out_shape.extend([m, n]);
         let dtype = self.dtype();
+        let record = || Op::Matmul(MatmulOp { lhs: self.clone(), rhs: rhs.clone() });
+        #[cfg(feature = "cuda")]
+        if self.device().is_cuda() {
+            let data = crate::cuda::matmul::matmul(self, &la, rhs, &lb, dtype)?;
+            return Ok(Tensor::from_op(data, &out_shape, &[self, rhs], record));
+        }
         let data = self.with_cpu(|sa, _| rhs.with_cpu(|sb, _| cpu::matmul::matmul(sa, &la, sb, &lb, dtype)))?;
-        Ok(Tensor::from_op(data, &out_shape, &[self, rhs], || {
-            Op::Matmul(MatmulOp { lhs: self.clone(), rhs: rhs.clone() })
-        }))
+        Ok(Tensor::from_op(data, &out_shape, &[self, rhs], record))
     }
 }
 

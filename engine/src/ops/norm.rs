@@ -148,13 +148,18 @@ impl Tensor {
     }
 
     fn softmax_last(&self, log: bool) -> Result<Tensor> {
+        let record = || Op::Norm(NormOp::Softmax { arg: self.clone(), log });
+        #[cfg(feature = "cuda")]
+        if self.device().is_cuda() {
+            return Ok(Tensor::from_op(crate::cuda::norm::softmax(self, log)?, self.shape(), &[self], record));
+        }
         let dtype = self.dtype();
         let (_, width) = cpu::rows_of(self.shape());
         let data = self.with_cpu(|s, l| {
             let x = cpu::floats(s, l);
             Ok(crate::float_map!(x, v => kernels::softmax_forward(&v, width, log)).into_storage(dtype))
         })?;
-        Ok(Tensor::from_op(data, self.shape(), &[self], || Op::Norm(NormOp::Softmax { arg: self.clone(), log })))
+        Ok(Tensor::from_op(data, self.shape(), &[self], record))
     }
 
     /// RMSNorm over the last dim: `x / sqrt(mean(x²) + eps) · w` (`Plain`) or `· (1 + w)`
@@ -172,6 +177,15 @@ impl Tensor {
         check_input(OP, self, eps)?;
         check_param(OP, self, weight, "weight")?;
         let (rows, width) = cpu::rows_of(self.shape());
+        let mut inputs = vec![self];
+        inputs.extend(weight);
+        #[cfg(feature = "cuda")]
+        if self.device().is_cuda() {
+            let (y, rstd) = crate::cuda::norm::rms_norm(self, weight, eps, kind)?;
+            return Ok(Tensor::from_op(y, self.shape(), &inputs, || {
+                Op::Norm(NormOp::RmsNorm { arg: self.clone(), weight: weight.cloned(), kind, rstd })
+            }));
+        }
         let w = owned_opt(weight)?;
         let (y, rstd) = self.with_cpu(|s, l| {
             fn go<T: Compute>(
@@ -189,8 +203,6 @@ impl Tensor {
                 Floats::F64(x) => go(&x, w.as_ref(), width, eps, kind),
             }
         })?;
-        let mut inputs = vec![self];
-        inputs.extend(weight);
         Ok(Tensor::from_op(y.into_storage(self.dtype()), self.shape(), &inputs, || {
             Op::Norm(NormOp::RmsNorm {
                 arg: self.clone(),
@@ -230,6 +242,22 @@ impl Tensor {
         check_param(OP, self, weight, "weight")?;
         check_param(OP, self, bias, "bias")?;
         let (rows, width) = cpu::rows_of(self.shape());
+        let mut inputs = vec![self];
+        inputs.extend(weight);
+        inputs.extend(bias);
+        #[cfg(feature = "cuda")]
+        if self.device().is_cuda() {
+            let (y, mean, rstd) = crate::cuda::norm::layer_norm(self, weight, bias, eps)?;
+            return Ok(Tensor::from_op(y, self.shape(), &inputs, || {
+                Op::Norm(NormOp::LayerNorm {
+                    arg: self.clone(),
+                    weight: weight.cloned(),
+                    bias: bias.cloned(),
+                    mean,
+                    rstd,
+                })
+            }));
+        }
         let (w, b) = (owned_opt(weight)?, owned_opt(bias)?);
         let (y, mean, rstd) = self.with_cpu(|s, l| {
             fn go<T: Compute>(
@@ -247,9 +275,6 @@ impl Tensor {
                 Floats::F64(x) => go(&x, w.as_ref(), b.as_ref(), width, eps),
             }
         })?;
-        let mut inputs = vec![self];
-        inputs.extend(weight);
-        inputs.extend(bias);
         Ok(Tensor::from_op(y.into_storage(self.dtype()), self.shape(), &inputs, || {
             Op::Norm(NormOp::LayerNorm {
                 arg: self.clone(),
@@ -266,6 +291,13 @@ impl Tensor {
         const OP: &str = "l2_normalize";
         check_input(OP, self, eps)?;
         let (rows, width) = cpu::rows_of(self.shape());
+        #[cfg(feature = "cuda")]
+        if self.device().is_cuda() {
+            let (y, norm) = crate::cuda::norm::l2_normalize(self, eps)?;
+            return Ok(Tensor::from_op(y, self.shape(), &[self], || {
+                Op::Norm(NormOp::L2Normalize { arg: self.clone(), eps, norm })
+            }));
+        }
         let (y, norm) = self.with_cpu(|s, l| {
             Ok(match cpu::floats(s, l) {
                 Floats::F32(x) => {
@@ -366,6 +398,11 @@ impl BackwardOp for NormOp {
         let op = self.name();
         match self {
             NormOp::Softmax { arg, log } => {
+                #[cfg(feature = "cuda")]
+                if arg.device().is_cuda() {
+                    let dx = crate::cuda::norm::softmax_backward(out, grad, *log)?;
+                    return grads.add(arg, crate::cuda::tensor(dx, arg.shape()));
+                }
                 let (_, width) = cpu::rows_of(arg.shape());
                 let dx = out.with_cpu(|ys, yl| {
                     grad.with_cpu(|gs, gl| {
@@ -379,6 +416,25 @@ impl BackwardOp for NormOp {
                 let want_dx = arg.tracks_grad();
                 let want_dw = weight.as_ref().is_some_and(|w| w.tracks_grad());
                 if !want_dx && !want_dw {
+                    return Ok(());
+                }
+                #[cfg(feature = "cuda")]
+                if arg.device().is_cuda() {
+                    let (dx, dw) = crate::cuda::norm::rms_norm_backward(
+                        arg,
+                        weight.as_ref(),
+                        rstd,
+                        grad,
+                        *kind,
+                        want_dx,
+                        want_dw,
+                    )?;
+                    if let Some(dx) = dx {
+                        grads.add(arg, dx)?;
+                    }
+                    if let (Some(w), Some(dw)) = (weight, dw) {
+                        grads.add(w, dw)?;
+                    }
                     return Ok(());
                 }
                 let (_, width) = cpu::rows_of(arg.shape());
@@ -433,6 +489,29 @@ impl BackwardOp for NormOp {
                 if !want_dx && !want_params {
                     return Ok(());
                 }
+                #[cfg(feature = "cuda")]
+                if arg.device().is_cuda() {
+                    let (dx, dw, db) = crate::cuda::norm::layer_norm_backward(
+                        arg,
+                        weight.as_ref(),
+                        bias.as_ref(),
+                        mean,
+                        rstd,
+                        grad,
+                        want_dx,
+                        want_params,
+                    )?;
+                    if let Some(dx) = dx {
+                        grads.add(arg, dx)?;
+                    }
+                    if let (Some(w), Some(dw)) = (weight.as_ref().filter(|w| w.tracks_grad()), dw) {
+                        grads.add(w, dw)?;
+                    }
+                    if let (Some(b), Some(db)) = (bias.as_ref().filter(|b| b.tracks_grad()), db) {
+                        grads.add(b, db)?;
+                    }
+                    return Ok(());
+                }
                 let (_, width) = cpu::rows_of(arg.shape());
                 let (w, mu, rs) = (owned_opt(weight.as_ref())?, owned_floats(mean)?, owned_floats(rstd)?);
                 let (dx, dw, db) = arg.with_cpu(|xs, xl| {
@@ -483,6 +562,11 @@ impl BackwardOp for NormOp {
                 Ok(())
             }
             NormOp::L2Normalize { arg, eps, norm } => {
+                #[cfg(feature = "cuda")]
+                if arg.device().is_cuda() {
+                    let dx = crate::cuda::norm::l2_normalize_backward(out, norm, grad, *eps)?;
+                    return grads.add(arg, crate::cuda::tensor(dx, arg.shape()));
+                }
                 let (_, width) = cpu::rows_of(arg.shape());
                 let n = owned_floats(norm)?;
                 let dx = out.with_cpu(|ys, yl| {

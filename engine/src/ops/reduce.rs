@@ -18,7 +18,8 @@ pub(crate) enum ReduceOp {
     Select {
         arg: Tensor,
         dim: usize,
-        indices: Vec<i64>,
+        /// i64, shaped like the output, on the input's device.
+        indices: Tensor,
         is_max: bool,
     },
     NormL2 {
@@ -48,6 +49,15 @@ impl Tensor {
         if out_shape == self.shape() {
             return Ok(self.clone());
         }
+        let record = || Op::Reduce(ReduceOp::Sum { arg: self.clone() });
+        #[cfg(feature = "cuda")]
+        if self.device().is_cuda() {
+            let mut sorted = dims.to_vec();
+            sorted.sort_unstable();
+            sorted.dedup();
+            let data = crate::cuda::reduce::sum_dims(self, &sorted)?;
+            return Ok(Tensor::from_op(data, &out_shape, &[self], record));
+        }
         let dtype = self.dtype();
         // Reduce one dim at a time on contiguous data.
         let mut shape = self.shape().to_vec();
@@ -65,9 +75,7 @@ impl Tensor {
                 cur
             }))
         })?;
-        Ok(Tensor::from_op(data.into_storage(dtype), &out_shape, &[self], || {
-            Op::Reduce(ReduceOp::Sum { arg: self.clone() })
-        }))
+        Ok(Tensor::from_op(data.into_storage(dtype), &out_shape, &[self], record))
     }
 
     pub fn sum_keepdim(&self, dim: impl Dim) -> Result<Tensor> {
@@ -90,14 +98,19 @@ impl Tensor {
     pub fn mean_dims_keepdim(&self, dims: &[usize]) -> Result<Tensor> {
         let s = crate::no_grad(|| self.sum_dims_keepdim(dims))?;
         let count = self.elem_count() / s.elem_count().max(1);
+        let record = || Op::Reduce(ReduceOp::Mean { arg: self.clone(), count });
+        #[cfg(feature = "cuda")]
+        if self.device().is_cuda() {
+            let kind = crate::ops::unary::UnaryKind::Affine(1.0 / count.max(1) as f64, 0.0);
+            let data = crate::cuda::unary::forward(&s, kind)?;
+            return Ok(Tensor::from_op(data, s.shape(), &[self], record));
+        }
         let dtype = self.dtype();
         let data = s.with_cpu(|st, l| {
             let x = cpu::floats(st, l);
             Ok(crate::float_map!(x, v => cpu::reduce::scale(&v, 1.0 / count.max(1) as f64)))
         })?;
-        Ok(Tensor::from_op(data.into_storage(dtype), s.shape(), &[self], || {
-            Op::Reduce(ReduceOp::Mean { arg: self.clone(), count })
-        }))
+        Ok(Tensor::from_op(data.into_storage(dtype), s.shape(), &[self], record))
     }
 
     pub fn mean_keepdim(&self, dim: impl Dim) -> Result<Tensor> {
@@ -115,7 +128,8 @@ impl Tensor {
         self.mean_dims_keepdim(&dims)?.reshape(&[])
     }
 
-    fn select_reduce(&self, dim: usize, is_max: bool) -> Result<(Tensor, Vec<i64>)> {
+    /// (values, i64 indices), both shaped like the input with `dim` of size 1.
+    fn select_reduce(&self, dim: usize, is_max: bool) -> Result<(Tensor, Tensor)> {
         let op = if is_max { "max" } else { "min" };
         self.check_float(op)?;
         if self.shape()[dim] == 0 {
@@ -124,6 +138,15 @@ impl Tensor {
         let dtype = self.dtype();
         let mut out_shape = self.shape().to_vec();
         out_shape[dim] = 1;
+        #[cfg(feature = "cuda")]
+        if self.device().is_cuda() {
+            let (data, idx) = crate::cuda::reduce::select(self, dim, is_max)?;
+            let indices = crate::cuda::tensor(idx, &out_shape);
+            let t = Tensor::from_op(data, &out_shape, &[self], || {
+                Op::Reduce(ReduceOp::Select { arg: self.clone(), dim, indices: indices.clone(), is_max })
+            });
+            return Ok((t, indices));
+        }
         let (data, idx) = self.with_cpu(|s, l| {
             let x = cpu::floats(s, l);
             Ok(match x {
@@ -137,11 +160,11 @@ impl Tensor {
                 }
             })
         })?;
-        let indices = idx.clone();
+        let indices = Tensor::from_cpu(CpuStorage::I64(idx), &out_shape, None);
         let t = Tensor::from_op(data.into_storage(dtype), &out_shape, &[self], || {
-            Op::Reduce(ReduceOp::Select { arg: self.clone(), dim, indices, is_max })
+            Op::Reduce(ReduceOp::Select { arg: self.clone(), dim, indices: indices.clone(), is_max })
         });
-        Ok((t, idx))
+        Ok((t, indices))
     }
 
     pub fn max_keepdim(&self, dim: impl Dim) -> Result<Tensor> {
@@ -164,8 +187,8 @@ impl Tensor {
     /// Index of the largest element along `dim` (first on ties), as i64, keeping `dim` as size 1.
     pub fn argmax_keepdim(&self, dim: impl Dim) -> Result<Tensor> {
         let d = dim.resolve(self.rank(), "argmax", self.shape())?;
-        let (t, idx) = crate::no_grad(|| self.detach().select_reduce(d, true))?;
-        Tensor::from_cpu(CpuStorage::I64(idx), t.shape(), None).to_device(self.device())
+        let (_, idx) = crate::no_grad(|| self.detach().select_reduce(d, true))?;
+        Ok(idx)
     }
 
     pub fn argmax(&self, dim: impl Dim) -> Result<Tensor> {
@@ -177,6 +200,15 @@ impl Tensor {
     pub fn norm_l2(&self) -> Result<Tensor> {
         self.check_float("norm_l2")?;
         let dtype = self.dtype();
+        #[cfg(feature = "cuda")]
+        if self.device().is_cuda() {
+            // sqrt(sum(x^2)) in f32 on the device, rounded once to the dtype.
+            let data = crate::no_grad(|| -> Result<Tensor> {
+                self.detach().to_dtype(crate::DType::F32)?.sqr()?.sum_all()?.sqrt()?.to_dtype(dtype)
+            })?;
+            let data = crate::cuda::view::convert("norm_l2", &data, dtype)?;
+            return Ok(Tensor::from_op(data, &[], &[self], || Op::Reduce(ReduceOp::NormL2 { arg: self.clone() })));
+        }
         let data = self.with_cpu(|s, l| {
             let x = cpu::floats(s, l);
             Ok(crate::float_map!(x, v => vec![cpu::reduce::norm_l2(&v)]))
@@ -215,7 +247,15 @@ impl BackwardOp for ReduceOp {
             ReduceOp::Mean { arg, count } => {
                 grads.add(arg, grad.scale(1.0 / (*count).max(1) as f64)?.broadcast_as(arg.shape())?.contiguous()?)
             }
-            ReduceOp::Select { arg, dim, indices, .. } => {
+            ReduceOp::Select { arg, dim, indices, is_max } => {
+                #[cfg(feature = "cuda")]
+                if arg.device().is_cuda() {
+                    let data = crate::cuda::reduce::select_backward(grad, indices, arg.shape(), *dim, *is_max)?;
+                    return grads.add(arg, crate::cuda::tensor(data, arg.shape()));
+                }
+                let _ = is_max;
+                let indices = indices.to_vec::<i64>()?;
+                let indices = &indices;
                 let dtype = arg.dtype();
                 let data = grad.with_cpu(|s, l| {
                     let g = cpu::floats(s, l);

@@ -77,6 +77,12 @@ impl Tensor {
     /// ```
     pub fn rope(&self, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         let (c, s, batched) = prepare(self, cos, sin)?;
+        let record = || Op::Rope(RopeOp { arg: self.clone(), cos: c.clone(), sin: s.clone() });
+        #[cfg(feature = "cuda")]
+        if self.device().is_cuda() {
+            let data = crate::cuda::rope::apply(self, &c, &s, batched, false)?;
+            return Ok(Tensor::from_op(data, self.shape(), &[self], record));
+        }
         let dims = rope_dims(self.shape(), batched);
         let dtype = self.dtype();
         let data = self.with_cpu(|xs, xl| {
@@ -90,9 +96,7 @@ impl Tensor {
                 })
             })
         })?;
-        Ok(Tensor::from_op(data.into_storage(dtype), self.shape(), &[self], || {
-            Op::Rope(RopeOp { arg: self.clone(), cos: c.clone(), sin: s.clone() })
-        }))
+        Ok(Tensor::from_op(data.into_storage(dtype), self.shape(), &[self], record))
     }
 
     /// The composite twin of [`rope`](Self::rope), from primitive ops: `rotate_half` is a matmul
@@ -136,6 +140,11 @@ impl BackwardOp for RopeOp {
 
     fn backward(&self, _out: &Tensor, grad: &Tensor, grads: &mut Grads) -> Result<()> {
         let x = &self.arg;
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            let data = crate::cuda::rope::apply(grad, &self.cos, &self.sin, self.cos.rank() == 3, true)?;
+            return grads.add(x, crate::cuda::tensor(data, x.shape()));
+        }
         let dims = rope_dims(x.shape(), self.cos.rank() == 3);
         let data = grad.with_cpu(|gs, gl| {
             self.cos.with_cpu(|cs, cl| {

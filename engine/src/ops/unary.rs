@@ -55,7 +55,7 @@ pub(crate) enum UnaryKind {
 }
 
 impl UnaryKind {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             UnaryKind::Neg => "neg",
             UnaryKind::Exp => "exp",
@@ -91,12 +91,18 @@ impl Tensor {
         if !self.dtype().is_float() {
             return Err(Error::dtype(kind.name(), self.dtype(), "expected a float tensor"));
         }
+        let record = || Op::Unary(UnaryOp { kind, arg: self.clone() });
+        #[cfg(feature = "cuda")]
+        if self.device().is_cuda() {
+            let data = crate::cuda::unary::forward(self, kind)?;
+            return Ok(Tensor::from_op(data, self.shape(), &[self], record));
+        }
         let dtype = self.dtype();
         let data = self.with_cpu(|s, l| {
             let x = cpu::floats(s, l);
             Ok(crate::float_map!(x, v => cpu::unary::forward(kind, &v)).into_storage(dtype))
         })?;
-        Ok(Tensor::from_op(data, self.shape(), &[self], || Op::Unary(UnaryOp { kind, arg: self.clone() })))
+        Ok(Tensor::from_op(data, self.shape(), &[self], record))
     }
 
     pub fn neg(&self) -> Result<Tensor> {
@@ -189,6 +195,11 @@ impl BackwardOp for UnaryOp {
         let kind = self.kind;
         let dtype = self.arg.dtype();
         let x = &self.arg;
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            let data = crate::cuda::unary::backward(kind, x, out, grad)?;
+            return grads.add(x, crate::cuda::tensor(data, x.shape()));
+        }
         let data = x.with_cpu(|xs, xl| {
             out.with_cpu(|ys, yl| {
                 grad.with_cpu(|gs, gl| {

@@ -154,8 +154,14 @@ impl Tensor {
         if self.is_contiguous() {
             return Ok(self.clone());
         }
+        let record = || Op::View(ViewOp::Contiguous { arg: self.clone() });
+        #[cfg(feature = "cuda")]
+        if self.device().is_cuda() {
+            let data = crate::cuda::view::convert("contiguous", self, self.dtype())?;
+            return Ok(Tensor::from_op(data, self.shape(), &[self], record));
+        }
         let data = self.to_cpu_storage()?;
-        Ok(Tensor::from_op(data, self.shape(), &[self], || Op::View(ViewOp::Contiguous { arg: self.clone() })))
+        Ok(Tensor::from_op(data, self.shape(), &[self], record))
     }
 
     /// Convert element type (a copy; differentiable between float types).
@@ -163,10 +169,16 @@ impl Tensor {
         if dtype == self.dtype() {
             return Ok(self.clone());
         }
-        let data = self.with_cpu(|s, l| Ok(s.to_dtype(l, dtype)))?;
         let track = dtype.is_float() && self.dtype().is_float();
         let inputs: &[&Tensor] = if track { &[self] } else { &[] };
-        Ok(Tensor::from_op(data, self.shape(), inputs, || Op::View(ViewOp::ToDType { arg: self.clone() })))
+        let record = || Op::View(ViewOp::ToDType { arg: self.clone() });
+        #[cfg(feature = "cuda")]
+        if self.device().is_cuda() {
+            let data = crate::cuda::view::convert("to_dtype", self, dtype)?;
+            return Ok(Tensor::from_op(data, self.shape(), inputs, record));
+        }
+        let data = self.with_cpu(|s, l| Ok(s.to_dtype(l, dtype)))?;
+        Ok(Tensor::from_op(data, self.shape(), inputs, record))
     }
 
     /// Sum `self` down to `shape`, the inverse of broadcasting (used by backward rules).
@@ -195,11 +207,19 @@ impl Tensor {
 
     /// A zero tensor of `full` shape with `self` written at `start..start+len` along `dim`.
     pub(crate) fn pad_into(&self, full: &[usize], dim: usize, start: usize) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if self.device().is_cuda() {
+            return Ok(crate::cuda::tensor(crate::cuda::view::pad_into(self, full, dim, start)?, full));
+        }
         let out = Tensor::zeros(full, self.dtype(), self.device())?;
         let src = self.to_cpu_storage()?;
         {
             let mut dst = out.write_storage();
-            let crate::Storage::Cpu(d) = &mut *dst;
+            #[allow(irrefutable_let_patterns)] // a CUDA arm exists with the `cuda` feature
+            let crate::Storage::Cpu(d) = &mut *dst
+            else {
+                return Err(Error::invalid("narrow", "a CPU tensor expected"));
+            };
             let view = Layout::contiguous(full).narrow(dim, start, self.shape()[dim]);
             cpu::copy_into_view(d, &view, &src)?;
         }

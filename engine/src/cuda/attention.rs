@@ -1,0 +1,180 @@
+//! CUDA launchers of `attention.cu` (the simple correct kernels: online softmax, never the score
+//! matrix; a backward for dK/dV and one for dQ, recomputing probabilities from the saved lse).
+//! Tensors stay `[B, L, H, X]` and reach the kernels through (batch, head, seq) strides.
+
+use super::{contig, dev_of, float_name, launch, ptr, tensor, CudaDevice, CudaStorage};
+use crate::ops::attention::{AttentionMask, AttnDims};
+use crate::{DType, Error, Result, Tensor};
+use std::sync::Arc;
+use vlm4vla_kernels::params::{code, AttnParams, Strides, ATT_MAX_D, ATT_WARPS, MASK_KINDS};
+
+/// The mask as the kernels read it: a kind, its i64 table (prefix lengths or cumulative segment
+/// lengths) and the u8 key padding, on the device.
+pub(crate) struct MaskData {
+    kind: i32,
+    n_segments: i32,
+    data: Option<CudaStorage>,
+    padding: Option<CudaStorage>,
+}
+
+pub(crate) fn mask_data(dev: &Arc<CudaDevice>, mask: &AttentionMask, padding: Option<&[bool]>) -> Result<MaskData> {
+    let op = "attention";
+    let kind = |name: &str| code(MASK_KINDS, name).unwrap_or(0);
+    let (kind, table) = match mask {
+        AttentionMask::Full => (kind("full"), None),
+        AttentionMask::Causal => (kind("causal"), None),
+        AttentionMask::PrefixLm(p) => (kind("prefix"), Some(p)),
+        AttentionMask::Segments(cu) => (kind("segments"), Some(cu)),
+    };
+    let n_segments = match mask {
+        AttentionMask::Segments(cu) => cu.len().saturating_sub(1) as i32,
+        _ => 0,
+    };
+    let data = table.map(|t| dev.upload_i64(op, t.iter().map(|&x| x as i64).collect())).transpose()?;
+    let padding =
+        padding.map(|p| dev.upload(op, &crate::CpuStorage::U8(p.iter().map(|&x| x as u8).collect()))).transpose()?;
+    Ok(MaskData { kind, n_segments, data, padding })
+}
+
+/// (batch, head, seq) strides of a `[B, L, H, X]` tensor with a contiguous last dim.
+fn strides(t: &Tensor) -> Strides {
+    let s = t.layout().strides();
+    Strides { b: s[0] as i64, h: s[2] as i64, l: s[1] as i64 }
+}
+
+/// `t` with a unit-stride last dim (a copy only when needed).
+fn rows(t: &Tensor) -> Result<Tensor> {
+    if t.layout().strides()[3] == 1 || t.shape()[3] <= 1 {
+        Ok(t.clone())
+    } else {
+        contig(t)
+    }
+}
+
+fn base_params(dims: &AttnDims, mask: &MaskData, scale: f64) -> Result<AttnParams> {
+    if dims.d > ATT_MAX_D || dims.dv > ATT_MAX_D {
+        return Err(Error::invalid("attention", format!("the CUDA kernels take head dims up to {ATT_MAX_D}")));
+    }
+    let int = |v: usize| i32::try_from(v).map_err(|_| Error::invalid("attention", format!("size {v} is too large")));
+    Ok(AttnParams {
+        mask_data: mask.data.as_ref().map_or(0, |d| d.ptr_at(0)),
+        key_padding: mask.padding.as_ref().map_or(0, |d| d.ptr_at(0)),
+        b: int(dims.b)?,
+        hq: int(dims.hq)?,
+        hkv: int(dims.hkv)?,
+        lq: int(dims.lq)?,
+        lk: int(dims.lk)?,
+        d: int(dims.d)?,
+        dv_dim: int(dims.dv)?,
+        mask: mask.kind,
+        n_segments: mask.n_segments,
+        scale: scale as f32,
+        ..Default::default()
+    })
+}
+
+/// (out `[B, Lq, Hq, Dv]`, lse f32 `[B, Hq, Lq]`).
+pub(crate) fn forward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &MaskData,
+    dims: &AttnDims,
+    scale: f64,
+) -> Result<(CudaStorage, Tensor)> {
+    let op = "attention";
+    let (q, k, v) = (rows(q)?, rows(k)?, rows(v)?);
+    let dev = dev_of(op, &q)?;
+    let out_shape = [dims.b, dims.lq, dims.hq, dims.dv];
+    let out = dev.alloc(op, q.dtype(), out_shape.iter().product())?;
+    let lse = dev.alloc(op, DType::F32, dims.b * dims.hq * dims.lq)?;
+    let mut p = base_params(dims, mask, scale)?;
+    p.q = strides(&q);
+    p.k = strides(&k);
+    p.v = strides(&v);
+    p.o = packed(out_shape);
+    let grid = (dims.lq.div_ceil(ATT_WARPS as usize) as u32, (dims.b * dims.hq) as u32, 1);
+    let symbol = format!("attention_fwd_{}", float_name(op, q.dtype())?);
+    // SAFETY: q, k, v are [B, L, H, X] views with unit-stride rows described by their strides;
+    // out is contiguous [B, Lq, Hq, Dv]; lse holds B*Hq*Lq floats; the mask tables live in `mask`.
+    unsafe {
+        launch!(
+            dev,
+            op,
+            "attention",
+            symbol,
+            grid,
+            ATT_WARPS * 32,
+            p,
+            [ptr(op, &q)?, ptr(op, &k)?, ptr(op, &v)?, out.ptr_at(0), lse.ptr_at(0)]
+        )
+    }?;
+    Ok((out, tensor(lse, &[dims.b, dims.hq, dims.lq])))
+}
+
+/// The strides of a contiguous `[B, L, H, X]` tensor, for outputs.
+fn packed(shape: [usize; 4]) -> Strides {
+    let s = crate::shape::contiguous_strides(&shape);
+    Strides { b: s[0] as i64, h: s[2] as i64, l: s[1] as i64 }
+}
+
+/// (dq, dk, dv), contiguous, in the inputs' dtype.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    g: &Tensor,
+    lse: &Tensor,
+    mask: &MaskData,
+    dims: &AttnDims,
+    scale: f64,
+) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+    let op = "attention";
+    let (q, k, v) = (rows(q)?, rows(k)?, rows(v)?);
+    let (o, g, lse) = (rows(&out.to_dtype(q.dtype())?)?, rows(&g.to_dtype(q.dtype())?)?, contig(lse)?);
+    let dev = dev_of(op, &q)?;
+    let dq = dev.alloc(op, q.dtype(), q.elem_count())?;
+    let dk = dev.alloc(op, q.dtype(), k.elem_count())?;
+    let dv = dev.alloc(op, q.dtype(), v.elem_count())?;
+    let mut p = base_params(dims, mask, scale)?;
+    p.q = strides(&q);
+    p.k = strides(&k);
+    p.v = strides(&v);
+    p.o = strides(&o);
+    p.g = strides(&g);
+    p.dq = packed([dims.b, dims.lq, dims.hq, dims.d]);
+    p.dk = packed([dims.b, dims.lk, dims.hkv, dims.d]);
+    p.dv = packed([dims.b, dims.lk, dims.hkv, dims.dv]);
+    let name = float_name(op, q.dtype())?;
+    let kv_grid = (dims.lk.div_ceil(ATT_WARPS as usize) as u32, (dims.b * dims.hkv) as u32, 1);
+    let q_grid = (dims.lq.div_ceil(ATT_WARPS as usize) as u32, (dims.b * dims.hq) as u32, 1);
+    let (pq, pk, pv, po, pg, pl) =
+        (ptr(op, &q)?, ptr(op, &k)?, ptr(op, &v)?, ptr(op, &o)?, ptr(op, &g)?, ptr(op, &lse)?);
+    // SAFETY: inputs are [B, L, H, X] views with unit-stride rows described by their strides; lse
+    // holds B*Hq*Lq floats; dq, dk, dv are contiguous and fully written by the two kernels.
+    unsafe {
+        launch!(
+            dev,
+            op,
+            "attention",
+            format!("attention_bwd_{name}"),
+            kv_grid,
+            ATT_WARPS * 32,
+            p,
+            [pq, pk, pv, po, pg, pl, dk.ptr_at(0), dv.ptr_at(0)]
+        )?;
+        launch!(
+            dev,
+            op,
+            "attention",
+            format!("attention_dq_bwd_{name}"),
+            q_grid,
+            ATT_WARPS * 32,
+            p,
+            [pq, pk, pv, po, pg, pl, dq.ptr_at(0)]
+        )
+    }?;
+    Ok((dq, dk, dv))
+}

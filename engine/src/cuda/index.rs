@@ -1,0 +1,245 @@
+//! CUDA launchers of `index.cu`: index_select, gather, scatter_add and masked_scatter, forward and
+//! backward, for f32 and bf16 (indices are validated on the host by the ops and uploaded as i64).
+//! Scatter-style backwards accumulate with atomics into zeroed buffers.
+
+use super::{contig, dev_of, ew_grid, float_name, launch, ptr, tensor, view, CudaDevice, CudaStorage};
+use crate::{Layout, Result, Tensor};
+use std::sync::Arc;
+use vlm4vla_kernels::params::{IndexParams, EW_THREADS};
+
+fn idx_params(outer: usize, src_len: usize, idx_len: usize, inner: usize) -> IndexParams {
+    IndexParams {
+        outer: outer as i64,
+        src_len: src_len as i64,
+        idx_len: idx_len as i64,
+        inner: inner as i64,
+        n: (outer * idx_len * inner) as i64,
+    }
+}
+
+fn upload_idx(dev: &Arc<CudaDevice>, op: &'static str, idx: &[usize]) -> Result<CudaStorage> {
+    dev.upload_i64(op, idx.iter().map(|&i| i as i64).collect())
+}
+
+/// `out[o, j, i] = src[o, idx[j], i]` around `dim`.
+pub(crate) fn index_select(src: &Tensor, dim: usize, idx: &[usize]) -> Result<CudaStorage> {
+    let op = "index_select";
+    let src = contig(src)?;
+    let dev = dev_of(op, &src)?;
+    let (outer, len, inner) = crate::cpu::split_at_dim(src.shape(), dim);
+    let p = idx_params(outer, len, idx.len(), inner);
+    let n = p.n as usize;
+    let out = dev.alloc(op, src.dtype(), n)?;
+    let ids = upload_idx(&dev, op, idx)?;
+    let symbol = format!("index_select_fwd_{}", float_name(op, src.dtype())?);
+    // SAFETY: src contiguous [outer, len, inner], ids idx_len i64 in range, out [outer, idx_len, inner].
+    unsafe {
+        launch!(dev, op, "index", symbol, ew_grid(n), EW_THREADS, p, [ptr(op, &src)?, ids.ptr_at(0), out.ptr_at(0)])
+    }?;
+    Ok(out)
+}
+
+/// The index_select backward: `g` scatter-added into zeros of `shape` (repeats accumulate).
+pub(crate) fn index_add(g: &Tensor, shape: &[usize], dim: usize, idx: &[usize]) -> Result<CudaStorage> {
+    let op = "index_select";
+    let g = contig(g)?;
+    let dev = dev_of(op, &g)?;
+    let (outer, len, inner) = crate::cpu::split_at_dim(shape, dim);
+    let p = idx_params(outer, len, idx.len(), inner);
+    let n = p.n as usize;
+    let out = dev.zeros(op, g.dtype(), outer * len * inner)?;
+    let ids = upload_idx(&dev, op, idx)?;
+    let symbol = format!("index_select_bwd_{}", float_name(op, g.dtype())?);
+    // SAFETY: g contiguous [outer, idx_len, inner], out zeroed [outer, len, inner].
+    unsafe {
+        launch!(dev, op, "index", symbol, ew_grid(n), EW_THREADS, p, [ptr(op, &g)?, ids.ptr_at(0), out.ptr_at(0)])
+    }?;
+    Ok(out)
+}
+
+/// `t` narrowed from 0 to `shape` on every dim except `dim` (a view).
+fn region(t: &Tensor, shape: &[usize], dim: usize) -> Result<Tensor> {
+    let mut r = t.detach();
+    for (i, &n) in shape.iter().enumerate() {
+        if i != dim && n != t.shape()[i] {
+            r = r.narrow(i, 0, n)?;
+        }
+    }
+    Ok(r)
+}
+
+/// `out[o, j, i] = src[o, idx[o, j, i], i]` with `idx` of shape `ishape`.
+pub(crate) fn gather(src: &Tensor, dim: usize, idx: &[usize], ishape: &[usize]) -> Result<CudaStorage> {
+    let op = "gather";
+    let src = contig(&region(src, ishape, dim)?)?;
+    let dev = dev_of(op, &src)?;
+    let (outer, len, inner) = crate::cpu::split_at_dim(src.shape(), dim);
+    let p = idx_params(outer, len, ishape[dim], inner);
+    let n = p.n as usize;
+    let out = dev.alloc(op, src.dtype(), n)?;
+    let ids = upload_idx(&dev, op, idx)?;
+    let symbol = format!("gather_fwd_{}", float_name(op, src.dtype())?);
+    // SAFETY: src contiguous [outer, len, inner], ids and out [outer, idx_len, inner].
+    unsafe {
+        launch!(dev, op, "index", symbol, ew_grid(n), EW_THREADS, p, [ptr(op, &src)?, ids.ptr_at(0), out.ptr_at(0)])
+    }?;
+    Ok(out)
+}
+
+/// The gather backward: `g` (shape `ishape`) scatter-added into zeros of `shape`.
+pub(crate) fn gather_backward(
+    g: &Tensor,
+    shape: &[usize],
+    dim: usize,
+    idx: &[usize],
+    ishape: &[usize],
+) -> Result<CudaStorage> {
+    let op = "gather";
+    let g = contig(g)?;
+    let dev = dev_of(op, &g)?;
+    let mut rshape = ishape.to_vec();
+    rshape[dim] = shape[dim];
+    let (outer, len, inner) = crate::cpu::split_at_dim(&rshape, dim);
+    let p = idx_params(outer, len, ishape[dim], inner);
+    let n = p.n as usize;
+    let part = dev.zeros(op, g.dtype(), outer * len * inner)?;
+    let ids = upload_idx(&dev, op, idx)?;
+    let symbol = format!("gather_bwd_{}", float_name(op, g.dtype())?);
+    // SAFETY: g and ids [outer, idx_len, inner], part zeroed [outer, len, inner].
+    unsafe {
+        launch!(dev, op, "index", symbol, ew_grid(n), EW_THREADS, p, [ptr(op, &g)?, ids.ptr_at(0), part.ptr_at(0)])
+    }?;
+    if rshape == shape {
+        return Ok(part);
+    }
+    let out = dev.zeros(op, g.dtype(), shape.iter().product())?;
+    view::convert_into(op, &tensor(part, &rshape), &out, &region_layout(shape, &rshape))?;
+    Ok(out)
+}
+
+/// The layout of the leading `part` block inside a contiguous `full` shape.
+fn region_layout(full: &[usize], part: &[usize]) -> Layout {
+    let c = Layout::contiguous(full);
+    Layout::new(part.to_vec(), c.strides().to_vec(), 0)
+}
+
+/// `self` with `src[p]` added at `p with dim <- idx[p]` (`src` already narrowed to `ishape`).
+pub(crate) fn scatter_add(
+    x: &Tensor,
+    dim: usize,
+    idx: &[usize],
+    src: &Tensor,
+    ishape: &[usize],
+) -> Result<CudaStorage> {
+    let op = "scatter_add";
+    let dev = dev_of(op, x)?;
+    let out = super::to_contiguous(op, x, x.dtype())?;
+    let mut rshape = ishape.to_vec();
+    rshape[dim] = x.shape()[dim];
+    let whole = rshape == x.shape();
+    // The part of the output the indices reach, as its own contiguous buffer unless it is all.
+    let tmp = if whole { None } else { Some(super::to_contiguous(op, &region(x, ishape, dim)?, x.dtype())?) };
+    let target = tmp.as_ref().unwrap_or(&out);
+    let src = contig(src)?;
+    let (outer, len, inner) = crate::cpu::split_at_dim(&rshape, dim);
+    let p = idx_params(outer, len, ishape[dim], inner);
+    let n = p.n as usize;
+    let ids = upload_idx(&dev, op, idx)?;
+    let symbol = format!("scatter_add_fwd_{}", float_name(op, x.dtype())?);
+    // SAFETY: src and ids [outer, idx_len, inner], target [outer, len, inner].
+    unsafe {
+        launch!(dev, op, "index", symbol, ew_grid(n), EW_THREADS, p, [ptr(op, &src)?, ids.ptr_at(0), target.ptr_at(0)])
+    }?;
+    if let Some(tmp) = tmp {
+        view::convert_into(op, &tensor(tmp, &rshape), &out, &region_layout(x.shape(), &rshape))?;
+    }
+    Ok(out)
+}
+
+/// The scatter_add backward for `src`: `grad` gathered at the scatter targets (shape `ishape`).
+pub(crate) fn scatter_add_src_grad(grad: &Tensor, dim: usize, idx: &[usize], ishape: &[usize]) -> Result<CudaStorage> {
+    gather(grad, dim, idx, ishape)
+}
+
+/// Per-element mask (u8) and source position (i64) of masked_scatter over `n = rows_total * w`.
+fn row_tables(
+    dev: &Arc<CudaDevice>,
+    op: &'static str,
+    n: usize,
+    rows: &[usize],
+    w: usize,
+) -> Result<(CudaStorage, CudaStorage)> {
+    let mut mask = vec![0u8; n];
+    let mut pos = vec![0i64; n];
+    for (k, &r) in rows.iter().enumerate() {
+        for c in 0..w {
+            mask[r * w + c] = 1;
+            pos[r * w + c] = (k * w + c) as i64;
+        }
+    }
+    Ok((dev.upload(op, &crate::CpuStorage::U8(mask))?, dev.upload_i64(op, pos)?))
+}
+
+/// Rows `rows` of `x` (`[..., w]`) replaced by the consecutive rows of `source` (`[M, w]`).
+pub(crate) fn masked_scatter(x: &Tensor, source: &Tensor, rows: &[usize], w: usize) -> Result<CudaStorage> {
+    let op = "masked_scatter";
+    let (x, source) = (contig(x)?, contig(source)?);
+    let dev = dev_of(op, &x)?;
+    let n = x.elem_count();
+    let out = dev.alloc(op, x.dtype(), n)?;
+    let (mask, pos) = row_tables(&dev, op, n, rows, w)?;
+    let p = IndexParams { src_len: source.elem_count() as i64, n: n as i64, ..Default::default() };
+    let symbol = format!("masked_scatter_fwd_{}", float_name(op, x.dtype())?);
+    // SAFETY: x, mask, pos, out hold n elements; positions index into source's M*w elements.
+    unsafe {
+        launch!(
+            dev,
+            op,
+            "index",
+            symbol,
+            ew_grid(n),
+            EW_THREADS,
+            p,
+            [ptr(op, &x)?, mask.ptr_at(0), pos.ptr_at(0), ptr(op, &source)?, out.ptr_at(0)]
+        )
+    }?;
+    Ok(out)
+}
+
+/// (d input, d source), each only when asked for.
+pub(crate) fn masked_scatter_backward(
+    g: &Tensor,
+    rows: &[usize],
+    w: usize,
+    want: (bool, bool),
+) -> Result<(Option<CudaStorage>, Option<CudaStorage>)> {
+    let op = "masked_scatter";
+    let g = contig(g)?;
+    let dev = dev_of(op, &g)?;
+    let n = g.elem_count();
+    let (mask, pos) = row_tables(&dev, op, n, rows, w)?;
+    let ddst = if want.0 { Some(dev.alloc(op, g.dtype(), n)?) } else { None };
+    let dsrc = if want.1 { Some(dev.zeros(op, g.dtype(), rows.len() * w)?) } else { None };
+    let p = IndexParams { src_len: (rows.len() * w) as i64, n: n as i64, ..Default::default() };
+    let symbol = format!("masked_scatter_bwd_{}", float_name(op, g.dtype())?);
+    // SAFETY: g, mask, pos (and ddst) hold n elements; dsrc holds M*w elements.
+    unsafe {
+        launch!(
+            dev,
+            op,
+            "index",
+            symbol,
+            ew_grid(n),
+            EW_THREADS,
+            p,
+            [
+                ptr(op, &g)?,
+                mask.ptr_at(0),
+                pos.ptr_at(0),
+                ddst.as_ref().map_or(0, |d| d.ptr_at(0)),
+                dsrc.as_ref().map_or(0, |d| d.ptr_at(0))
+            ]
+        )
+    }?;
+    Ok((ddst, dsrc))
+}

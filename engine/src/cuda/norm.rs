@@ -1,0 +1,317 @@
+//! CUDA launchers of `norm.cu`: softmax / log_softmax, rms_norm, layer_norm and l2_normalize over
+//! the last dim, forward and backward. Per-row statistics are f32 `[rows]` tensors; parameter
+//! gradients come from per-block partials summed in a fixed order.
+
+use super::{contig, dev_of, float_name, launch, opt_ptr, ptr, row_grid, tensor, CudaStorage};
+use crate::ops::norm::RmsNormKind;
+use crate::{DType, Error, Result, Tensor};
+use vlm4vla_kernels::params::{NormParams, NORM_MAX_WIDTH, ROW_THREADS};
+
+/// Blocks of the backward kernels that write parameter-gradient partials `[blocks, width]`.
+const PARTIAL_BLOCKS: usize = 264;
+
+fn dims(x: &Tensor) -> (usize, usize) {
+    crate::cpu::rows_of(x.shape())
+}
+
+fn params(x: &Tensor, eps: f64, flag: i32) -> NormParams {
+    let (rows, width) = dims(x);
+    NormParams { rows: rows as i64, width: width as i64, eps: eps as f32, flag }
+}
+
+fn check_width(op: &'static str, x: &Tensor) -> Result<()> {
+    let (_, width) = dims(x);
+    if width > NORM_MAX_WIDTH {
+        return Err(Error::shapes_note(
+            op,
+            &[x.shape()],
+            format!("the CUDA kernel takes rows of at most {NORM_MAX_WIDTH}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A parameter gradient from f32 partials: summed over blocks, converted to `dtype`.
+fn param_grad(
+    dev: &std::sync::Arc<super::CudaDevice>,
+    part: &CudaStorage,
+    blocks: usize,
+    width: usize,
+    dtype: DType,
+) -> Result<Tensor> {
+    let sum = super::reduce::sum_partials(dev, part, blocks, width)?;
+    let t = tensor(sum, &[width]);
+    Ok(if dtype == DType::F32 { t } else { tensor(super::to_contiguous("norm", &t, dtype)?, &[width]) })
+}
+
+pub(crate) fn softmax(x: &Tensor, log: bool) -> Result<CudaStorage> {
+    let op = if log { "log_softmax" } else { "softmax" };
+    let x = contig(x)?;
+    let dev = dev_of(op, &x)?;
+    let y = dev.alloc(op, x.dtype(), x.elem_count())?;
+    let symbol = format!("softmax_fwd_{}", float_name(op, x.dtype())?);
+    // SAFETY: x and y are contiguous [rows, width] of one dtype.
+    unsafe {
+        launch!(
+            dev,
+            op,
+            "norm",
+            symbol,
+            row_grid(dims(&x).0),
+            ROW_THREADS,
+            params(&x, 0.0, log as i32),
+            [ptr(op, &x)?, y.ptr_at(0)]
+        )
+    }?;
+    Ok(y)
+}
+
+pub(crate) fn softmax_backward(y: &Tensor, g: &Tensor, log: bool) -> Result<CudaStorage> {
+    let op = if log { "log_softmax" } else { "softmax" };
+    let (y, g) = (contig(y)?, contig(g)?);
+    let dev = dev_of(op, &y)?;
+    let dx = dev.alloc(op, y.dtype(), y.elem_count())?;
+    let symbol = format!("softmax_bwd_{}", float_name(op, y.dtype())?);
+    // SAFETY: y, g, dx are contiguous [rows, width] of one dtype.
+    unsafe {
+        launch!(
+            dev,
+            op,
+            "norm",
+            symbol,
+            row_grid(dims(&y).0),
+            ROW_THREADS,
+            params(&y, 0.0, log as i32),
+            [ptr(op, &y)?, ptr(op, &g)?, dx.ptr_at(0)]
+        )
+    }?;
+    Ok(dx)
+}
+
+fn rms_flag(kind: RmsNormKind) -> i32 {
+    match kind {
+        RmsNormKind::Plain => 0,
+        RmsNormKind::Gemma => 1,
+    }
+}
+
+/// (y, rstd f32 [rows]).
+pub(crate) fn rms_norm(x: &Tensor, w: Option<&Tensor>, eps: f64, kind: RmsNormKind) -> Result<(CudaStorage, Tensor)> {
+    let op = "rms_norm";
+    check_width(op, x)?;
+    let x = contig(x)?;
+    let w = w.map(contig).transpose()?;
+    let dev = dev_of(op, &x)?;
+    let (rows, _) = dims(&x);
+    let y = dev.alloc(op, x.dtype(), x.elem_count())?;
+    let rstd = dev.alloc(op, DType::F32, rows)?;
+    let symbol = format!("rms_norm_fwd_{}", float_name(op, x.dtype())?);
+    // SAFETY: x, y contiguous [rows, width]; w [width] or null; no residual (null) so h is unused;
+    // rstd holds rows floats.
+    unsafe {
+        launch!(
+            dev,
+            op,
+            "norm",
+            symbol,
+            row_grid(rows),
+            ROW_THREADS,
+            params(&x, eps, rms_flag(kind)),
+            [ptr(op, &x)?, 0, opt_ptr(op, w.as_ref())?, y.ptr_at(0), 0, rstd.ptr_at(0)]
+        )
+    }?;
+    Ok((y, tensor(rstd, &[rows])))
+}
+
+/// (dx, dw), each only when asked for.
+pub(crate) fn rms_norm_backward(
+    x: &Tensor,
+    w: Option<&Tensor>,
+    rstd: &Tensor,
+    g: &Tensor,
+    kind: RmsNormKind,
+    want_dx: bool,
+    want_dw: bool,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let op = "rms_norm";
+    let (x, g, rstd) = (contig(x)?, contig(g)?, contig(rstd)?);
+    let w = w.map(contig).transpose()?;
+    let dev = dev_of(op, &x)?;
+    let (rows, width) = dims(&x);
+    let blocks = if want_dw { rows.clamp(1, PARTIAL_BLOCKS) } else { rows.clamp(1, 65535) };
+    let dx = if want_dx { Some(dev.alloc(op, x.dtype(), x.elem_count())?) } else { None };
+    let part = if want_dw { Some(dev.alloc(op, DType::F32, blocks * width)?) } else { None };
+    let symbol = format!("rms_norm_bwd_{}", float_name(op, x.dtype())?);
+    // SAFETY: x, g (and dx) contiguous [rows, width]; w [width] or null; rstd rows floats; the
+    // partials [blocks, width] floats for a grid of `blocks`.
+    unsafe {
+        launch!(
+            dev,
+            op,
+            "norm",
+            symbol,
+            (blocks as u32, 1, 1),
+            ROW_THREADS,
+            params(&x, 0.0, rms_flag(kind)),
+            [
+                ptr(op, &x)?,
+                opt_ptr(op, w.as_ref())?,
+                ptr(op, &rstd)?,
+                ptr(op, &g)?,
+                0,
+                dx.as_ref().map_or(0, |d| d.ptr_at(0)),
+                part.as_ref().map_or(0, |p| p.ptr_at(0))
+            ]
+        )
+    }?;
+    let dx = dx.map(|d| tensor(d, x.shape()));
+    let dw = match (part, w) {
+        (Some(part), Some(w)) => Some(param_grad(&dev, &part, blocks, width, w.dtype())?),
+        _ => None,
+    };
+    Ok((dx, dw))
+}
+
+/// (y, mean, rstd), statistics f32 [rows].
+pub(crate) fn layer_norm(
+    x: &Tensor,
+    w: Option<&Tensor>,
+    b: Option<&Tensor>,
+    eps: f64,
+) -> Result<(CudaStorage, Tensor, Tensor)> {
+    let op = "layer_norm";
+    check_width(op, x)?;
+    let x = contig(x)?;
+    let (w, b) = (w.map(contig).transpose()?, b.map(contig).transpose()?);
+    let dev = dev_of(op, &x)?;
+    let (rows, _) = dims(&x);
+    let y = dev.alloc(op, x.dtype(), x.elem_count())?;
+    let mean = dev.alloc(op, DType::F32, rows)?;
+    let rstd = dev.alloc(op, DType::F32, rows)?;
+    let symbol = format!("layer_norm_fwd_{}", float_name(op, x.dtype())?);
+    // SAFETY: x, y contiguous [rows, width]; w, b [width] or null; mean, rstd rows floats.
+    unsafe {
+        launch!(
+            dev,
+            op,
+            "norm",
+            symbol,
+            row_grid(rows),
+            ROW_THREADS,
+            params(&x, eps, 0),
+            [
+                ptr(op, &x)?,
+                opt_ptr(op, w.as_ref())?,
+                opt_ptr(op, b.as_ref())?,
+                y.ptr_at(0),
+                mean.ptr_at(0),
+                rstd.ptr_at(0)
+            ]
+        )
+    }?;
+    Ok((y, tensor(mean, &[rows]), tensor(rstd, &[rows])))
+}
+
+/// (dx, dw, db), each only when asked for.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn layer_norm_backward(
+    x: &Tensor,
+    w: Option<&Tensor>,
+    b: Option<&Tensor>,
+    mean: &Tensor,
+    rstd: &Tensor,
+    g: &Tensor,
+    want_dx: bool,
+    want_params: bool,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let op = "layer_norm";
+    let (x, g, mean, rstd) = (contig(x)?, contig(g)?, contig(mean)?, contig(rstd)?);
+    let w = w.map(contig).transpose()?;
+    let dev = dev_of(op, &x)?;
+    let (rows, width) = dims(&x);
+    let blocks = if want_params { rows.clamp(1, PARTIAL_BLOCKS) } else { rows.clamp(1, 65535) };
+    let dx = if want_dx { Some(dev.alloc(op, x.dtype(), x.elem_count())?) } else { None };
+    let dw_part = if want_params && w.is_some() { Some(dev.alloc(op, DType::F32, blocks * width)?) } else { None };
+    let db_part = if want_params && b.is_some() { Some(dev.alloc(op, DType::F32, blocks * width)?) } else { None };
+    let symbol = format!("layer_norm_bwd_{}", float_name(op, x.dtype())?);
+    // SAFETY: x, g (and dx) contiguous [rows, width]; w [width] or null; mean, rstd rows floats;
+    // partials [blocks, width] floats for a grid of `blocks`.
+    unsafe {
+        launch!(
+            dev,
+            op,
+            "norm",
+            symbol,
+            (blocks as u32, 1, 1),
+            ROW_THREADS,
+            params(&x, 0.0, 0),
+            [
+                ptr(op, &x)?,
+                opt_ptr(op, w.as_ref())?,
+                ptr(op, &mean)?,
+                ptr(op, &rstd)?,
+                ptr(op, &g)?,
+                dx.as_ref().map_or(0, |d| d.ptr_at(0)),
+                dw_part.as_ref().map_or(0, |p| p.ptr_at(0)),
+                db_part.as_ref().map_or(0, |p| p.ptr_at(0))
+            ]
+        )
+    }?;
+    let dx = dx.map(|d| tensor(d, x.shape()));
+    let dw = match (&dw_part, &w) {
+        (Some(p), Some(w)) => Some(param_grad(&dev, p, blocks, width, w.dtype())?),
+        _ => None,
+    };
+    let db = match (&db_part, b) {
+        (Some(p), Some(b)) => Some(param_grad(&dev, p, blocks, width, b.dtype())?),
+        _ => None,
+    };
+    Ok((dx, dw, db))
+}
+
+/// (y, norm f32 [rows]).
+pub(crate) fn l2_normalize(x: &Tensor, eps: f64) -> Result<(CudaStorage, Tensor)> {
+    let op = "l2_normalize";
+    let x = contig(x)?;
+    let dev = dev_of(op, &x)?;
+    let (rows, _) = dims(&x);
+    let y = dev.alloc(op, x.dtype(), x.elem_count())?;
+    let norm = dev.alloc(op, DType::F32, rows)?;
+    let symbol = format!("l2_normalize_fwd_{}", float_name(op, x.dtype())?);
+    // SAFETY: x, y contiguous [rows, width]; norm rows floats.
+    unsafe {
+        launch!(
+            dev,
+            op,
+            "norm",
+            symbol,
+            row_grid(rows),
+            ROW_THREADS,
+            params(&x, eps, 0),
+            [ptr(op, &x)?, y.ptr_at(0), norm.ptr_at(0)]
+        )
+    }?;
+    Ok((y, tensor(norm, &[rows])))
+}
+
+pub(crate) fn l2_normalize_backward(y: &Tensor, norm: &Tensor, g: &Tensor, eps: f64) -> Result<CudaStorage> {
+    let op = "l2_normalize";
+    let (y, norm, g) = (contig(y)?, contig(norm)?, contig(g)?);
+    let dev = dev_of(op, &y)?;
+    let dx = dev.alloc(op, y.dtype(), y.elem_count())?;
+    let symbol = format!("l2_normalize_bwd_{}", float_name(op, y.dtype())?);
+    // SAFETY: y, g, dx contiguous [rows, width] of one dtype; norm rows floats.
+    unsafe {
+        launch!(
+            dev,
+            op,
+            "norm",
+            symbol,
+            row_grid(dims(&y).0),
+            ROW_THREADS,
+            params(&y, eps, 0),
+            [ptr(op, &y)?, ptr(op, &norm)?, ptr(op, &g)?, dx.ptr_at(0)]
+        )
+    }?;
+    Ok(dx)
+}

@@ -1,0 +1,111 @@
+//! CUDA launchers of `view.cu`: strided copies with dtype conversion (`contiguous`, `to_dtype`,
+//! writes into views for cat and the narrow backward), comparisons and `where_cond`.
+
+use super::{any_name, dev_of, ptr, strided_params, CudaStorage};
+use crate::ops::binary::CmpKind;
+use crate::{DType, Error, Layout, Result, Tensor};
+use std::ffi::c_void;
+
+/// Write the elements of `src` (any layout) converted to `dst`'s dtype into the view `dst_layout`
+/// of `dst` (same shape as `src`).
+pub(crate) fn convert_into(op: &'static str, src: &Tensor, dst: &CudaStorage, dst_layout: &Layout) -> Result<()> {
+    if dst_layout.shape() != src.shape() {
+        return Err(Error::shapes(op, &[src.shape(), dst_layout.shape()]));
+    }
+    let dev = dev_of(op, src)?;
+    if dev.ordinal != dst.ordinal() {
+        return Err(Error::DeviceMismatch { op, a: src.device(), b: crate::Device::Cuda(dst.ordinal()) });
+    }
+    let mut p = strided_params(op, src.shape(), [src.layout(), dst_layout])?;
+    // Offsets are applied through the base pointers below.
+    let mut a = ptr(op, src)?;
+    let mut b = dst.ptr_at(dst_layout.offset());
+    p.a_offset = 0;
+    p.b_offset = 0;
+    let symbol = format!("to_{}_fwd_{}", any_name(op, dst.dtype())?, any_name(op, src.dtype())?);
+    let n = p.n as usize;
+    let mut args = [&mut p as *mut _ as *mut c_void, &mut a as *mut _ as *mut c_void, &mut b as *mut _ as *mut c_void];
+    // SAFETY: the params describe `src`'s view (inside its storage) and `dst_layout` (inside
+    // `dst`, checked by the callers' shapes); the symbol's types are the two dtypes.
+    unsafe { dev.launch_ew(op, "view", &symbol, n, &mut args) }
+}
+
+/// `src` as a new contiguous tensor of `dtype` (no graph).
+pub(crate) fn convert(op: &'static str, src: &Tensor, dtype: DType) -> Result<CudaStorage> {
+    super::to_contiguous(op, src, dtype)
+}
+
+/// A zero tensor of shape `full` on `like`'s device with `src` written at `start..` along `dim`.
+pub(crate) fn pad_into(src: &Tensor, full: &[usize], dim: usize, start: usize) -> Result<CudaStorage> {
+    let op = "narrow";
+    let dev = dev_of(op, src)?;
+    let out = dev.zeros(op, src.dtype(), full.iter().product())?;
+    let view = Layout::contiguous(full).narrow(dim, start, src.shape()[dim]);
+    convert_into(op, src, &out, &view)?;
+    Ok(out)
+}
+
+/// Concatenate `parts` (same dtype and device) along `dim` into a contiguous `shape`.
+pub(crate) fn cat(parts: &[&Tensor], dim: usize, shape: &[usize]) -> Result<CudaStorage> {
+    let op = "cat";
+    let dev = dev_of(op, parts[0])?;
+    let out = dev.alloc(op, parts[0].dtype(), shape.iter().product())?;
+    let full = Layout::contiguous(shape);
+    let mut start = 0;
+    for t in parts {
+        let len = t.shape()[dim];
+        if len > 0 {
+            convert_into(op, t, &out, &full.narrow(dim, start, len))?;
+        }
+        start += len;
+    }
+    Ok(out)
+}
+
+/// `a OP b` (same shape, any layouts, same dtype) as a contiguous u8 mask.
+pub(crate) fn cmp(a: &Tensor, b: &Tensor, kind: CmpKind) -> Result<CudaStorage> {
+    let op = "cmp";
+    let dev = dev_of(op, a)?;
+    let out = dev.alloc(op, DType::U8, a.elem_count())?;
+    let mut p = strided_params(op, a.shape(), [a.layout(), b.layout()])?;
+    p.op = kind as i32;
+    p.a_offset = 0;
+    p.b_offset = 0;
+    let (mut pa, mut pb, mut po) = (ptr(op, a)?, ptr(op, b)?, out.ptr_at(0));
+    let symbol = format!("cmp_fwd_{}", any_name(op, a.dtype())?);
+    let n = p.n as usize;
+    let mut args = [
+        &mut p as *mut _ as *mut c_void,
+        &mut pa as *mut _ as *mut c_void,
+        &mut pb as *mut _ as *mut c_void,
+        &mut po as *mut _ as *mut c_void,
+    ];
+    // SAFETY: a and b are views of the logical shape inside their storages; out holds n bytes.
+    unsafe { dev.launch_ew(op, "view", &symbol, n, &mut args) }?;
+    Ok(out)
+}
+
+/// `mask ? a : b` elementwise; `mask` is the host mask (already broadcast, row-major), `a` and
+/// `b` views of the output shape.
+pub(crate) fn where_cond(mask: &[bool], a: &Tensor, b: &Tensor) -> Result<CudaStorage> {
+    let op = "where_cond";
+    let dev = dev_of(op, a)?;
+    let m = dev.upload(op, &crate::CpuStorage::U8(mask.iter().map(|&x| x as u8).collect()))?;
+    let out = dev.alloc(op, a.dtype(), a.elem_count())?;
+    let mut p = strided_params(op, a.shape(), [a.layout(), b.layout()])?;
+    p.a_offset = 0;
+    p.b_offset = 0;
+    let (mut pm, mut pa, mut pb, mut po) = (m.ptr_at(0), ptr(op, a)?, ptr(op, b)?, out.ptr_at(0));
+    let symbol = format!("where_cond_fwd_{}", any_name(op, a.dtype())?);
+    let n = p.n as usize;
+    let mut args = [
+        &mut p as *mut _ as *mut c_void,
+        &mut pm as *mut _ as *mut c_void,
+        &mut pa as *mut _ as *mut c_void,
+        &mut pb as *mut _ as *mut c_void,
+        &mut po as *mut _ as *mut c_void,
+    ];
+    // SAFETY: mask and out hold n elements; a and b are views of the logical shape.
+    unsafe { dev.launch_ew(op, "view", &symbol, n, &mut args) }?;
+    Ok(out)
+}
