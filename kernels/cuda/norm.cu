@@ -306,10 +306,11 @@ NORM(bf16, bf16)
 // is read once (16-byte loads) and kept in registers (up to NORM_VEC_VALUES values per thread):
 //   *_rows: a warp per row, ROW_THREADS / 32 rows per block: width <= 32 NORM_VEC_VALUES = 1024.
 //   *_wide: a block of ROW_THREADS per row: width <= ROW_THREADS NORM_VEC_VALUES = 8192.
-// Grid: any (row loop is grid-stride over row workers); workers = gridDim.x * (ROW_THREADS / 32)
-// for _rows, gridDim.x for _wide. The backward's parameter-gradient partials are fp32
-// [workers, width] (one row per worker, overwritten; workers with no row write zeros); the
-// weight is read once per worker into registers. dx may be null (only parameter gradients).
+// Grid: any (the rows loop is grid-stride over row workers: warps for _rows, blocks for _wide).
+// The backward's parameter-gradient partials are fp32 [gridDim.x, width] as for the kernels
+// above (overwritten; a block with no row writes zeros); each worker keeps its column sums in
+// registers, and _rows sums its 8 warps through shared memory before writing. The weight is read
+// once per worker. dx may be null (only parameter gradients).
 #define NORM_VEC_VALUES 32
 
 template <typename T> struct VecN {
@@ -339,6 +340,44 @@ template <typename T> __device__ __forceinline__ void store_vals(T* p, const flo
 #pragma unroll
     for (int e = 0; e < Vec16<T>::N; ++e) v.v[e] = from_f32<T>(in[e]);
     store16(p, v);
+}
+
+// Write a thread's per-column partial sums acc (its columns of the row layout) as row blockIdx.x
+// of part [gridDim.x, width]: with a warp per row the block's warps are first summed through
+// shared memory, in a fixed order.
+template <typename T, int TPR>
+__device__ __forceinline__ void write_partials(const float (&acc)[VecN<T>::V][VecN<T>::N], float* __restrict__ part,
+                                               i64 width, int tl) {
+    constexpr int N = VecN<T>::N, V = VecN<T>::V;
+    float* dst = part + (i64)blockIdx.x * width;
+    if (TPR == WARP) {
+        __shared__ float red[ROW_THREADS / WARP][WARP * NORM_VEC_VALUES];
+        const int warp = threadIdx.x / WARP;
+        __syncthreads();  // red may hold a previous call's sums
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            const i64 c = ((i64)k * TPR + tl) * N;
+            if (c < width)
+#pragma unroll
+                for (int e = 0; e < N; ++e) red[warp][c + e] = acc[k][e];
+        }
+        __syncthreads();
+        for (i64 j = threadIdx.x; j < width; j += ROW_THREADS) {
+            float s = 0.0f;
+#pragma unroll
+            for (int w = 0; w < ROW_THREADS / WARP; ++w) s += red[w][j];
+            dst[j] = s;
+        }
+    } else {
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            const i64 c = ((i64)k * TPR + tl) * N;
+            if (c < width)
+#pragma unroll
+                for (int e = 0; e < N; e += 4)
+                    *reinterpret_cast<float4*>(dst + c + e) = make_float4(acc[k][e], acc[k][e + 1], acc[k][e + 2], acc[k][e + 3]);
+        }
+    }
 }
 
 template <typename T, int TPR>
@@ -453,17 +492,7 @@ __device__ void rms_norm_vec_bwd(const NormParams p, const T* __restrict__ h, co
             }
         }
     }
-    if (!dw_part) return;
-#pragma unroll
-    for (int k = 0; k < V; ++k) {
-        const i64 c = ((i64)k * TPR + tl) * N;
-        if (c < p.width) {
-            float* dst = dw_part + worker * p.width + c;
-#pragma unroll
-            for (int e = 0; e < N; e += 4)
-                *reinterpret_cast<float4*>(dst + e) = make_float4(dw[k][e], dw[k][e + 1], dw[k][e + 2], dw[k][e + 3]);
-        }
-    }
+    if (dw_part) write_partials<T, TPR>(dw, dw_part, p.width, tl);
 }
 
 template <typename T, int TPR>
@@ -584,21 +613,8 @@ __device__ void layer_norm_vec_bwd(const NormParams p, const T* __restrict__ x, 
             }
         }
     }
-#pragma unroll
-    for (int k = 0; k < V; ++k) {
-        const i64 c = ((i64)k * TPR + tl) * N;
-        if (c < p.width) {
-#pragma unroll
-            for (int e = 0; e < N; e += 4) {
-                if (dw_part)
-                    *reinterpret_cast<float4*>(dw_part + worker * p.width + c + e) =
-                        make_float4(dw[k][e], dw[k][e + 1], dw[k][e + 2], dw[k][e + 3]);
-                if (db_part)
-                    *reinterpret_cast<float4*>(db_part + worker * p.width + c + e) =
-                        make_float4(db[k][e], db[k][e + 1], db[k][e + 2], db[k][e + 3]);
-            }
-        }
-    }
+    if (dw_part) write_partials<T, TPR>(dw, dw_part, p.width, tl);
+    if (db_part) write_partials<T, TPR>(db, db_part, p.width, tl);
 }
 
 #define NORM_VEC(dtype, T, name, TPR)                                                                          \

@@ -206,12 +206,12 @@ pub const NORM_VEC_VALUES: usize = 32;
 /// The widest row the warp-per-row norms take (32 lanes x `NORM_VEC_VALUES`).
 pub const NORM_ROWS_MAX_WIDTH: usize = 32 * NORM_VEC_VALUES;
 
-/// A vectorised norm launch and its row-worker count: the backward's parameter-gradient partials
-/// are fp32 `[workers, width]` (summed over workers by the caller).
+/// A vectorised norm launch and the rows of its backward's parameter-gradient partials, fp32
+/// `[partials, width]` (= the grid, as for the simple kernels; summed by the caller).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NormLaunch {
     pub launch: Launch,
-    pub workers: usize,
+    pub partials: usize,
 }
 
 /// `rms_norm_{rows|wide}_{fwd|bwd}_{dtype}` (`op` = "rms_norm") or `layer_norm_...` (`op` =
@@ -246,7 +246,7 @@ pub fn norm_vec(
             block: [ROW_THREADS, 1, 1],
             smem: 0,
         },
-        workers: grid * rows_per_block,
+        partials: grid,
     })
 }
 
@@ -398,10 +398,10 @@ mod tests {
         let norm = kernel("norm").unwrap().symbols();
         let l = norm_vec("rms_norm", false, Dtype::Bf16, 4000, 1152, 1 << 20).unwrap();
         assert_eq!(l.launch.symbol, "rms_norm_wide_fwd_bf16");
-        assert_eq!((l.launch.grid[0], l.workers), (4000, 4000));
+        assert_eq!((l.launch.grid[0], l.partials), (4000, 4000));
         let l = norm_vec("layer_norm", true, Dtype::Bf16, 4000, 1024, 264).unwrap();
         assert_eq!(l.launch.symbol, "layer_norm_rows_bwd_bf16");
-        assert_eq!((l.launch.grid[0], l.workers), (264, 264 * 8));
+        assert_eq!((l.launch.grid[0], l.partials), (264, 264));
         assert!(norm.contains(&l.launch.symbol));
         assert_eq!(norm_vec("rms_norm", false, Dtype::F32, 3, 8192, 100).unwrap().launch.grid[0], 3);
         assert!(norm_vec("rms_norm", false, Dtype::Bf16, 3, 8200, 100).is_err());

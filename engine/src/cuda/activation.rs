@@ -7,7 +7,14 @@ use vlm4vla_kernels::params::{GateParams, EW_THREADS};
 
 /// (symbol, grid) of the 16-byte kernel when it takes the call: bf16, F a multiple of 8,
 /// 16-byte aligned pointers.
-fn vec_gate(op: &str, backward: bool, x: &Tensor, rows: usize, f: usize, ptrs: &[u64]) -> Option<(String, (u32, u32, u32))> {
+fn vec_gate(
+    op: &str,
+    backward: bool,
+    x: &Tensor,
+    rows: usize,
+    f: usize,
+    ptrs: &[u64],
+) -> Option<(String, (u32, u32, u32))> {
     if x.dtype() != DType::BF16 || !fast_kernels() || ptrs.iter().any(|p| p % 16 != 0) {
         return None;
     }

@@ -22,7 +22,10 @@ fn flash_shape(dtype: DType, p: &AttnParams, ptrs: &[u64]) -> Option<FlashShape>
     geom::flash_supported(&s).then_some(s)
 }
 
-fn flash_geom(f: fn(&FlashShape) -> std::result::Result<Launch, vlm4vla_kernels::Error>, s: &FlashShape) -> Result<Launch> {
+fn flash_geom(
+    f: fn(&FlashShape) -> std::result::Result<Launch, vlm4vla_kernels::Error>,
+    s: &FlashShape,
+) -> Result<Launch> {
     f(s).map_err(|e| Error::invalid("attention", e.to_string()))
 }
 
@@ -124,16 +127,7 @@ pub(crate) fn forward(
     // SAFETY: q, k, v are [B, L, H, X] views with unit-stride rows described by their strides;
     // out is contiguous [B, Lq, Hq, Dv]; lse holds B*Hq*Lq floats; the mask tables live in `mask`.
     unsafe {
-        launch!(
-            dev,
-            op,
-            "attention",
-            symbol,
-            grid,
-            ATT_WARPS * 32,
-            p,
-            [pq, pk, pv, out.ptr_at(0), lse.ptr_at(0)]
-        )
+        launch!(dev, op, "attention", symbol, grid, ATT_WARPS * 32, p, [pq, pk, pv, out.ptr_at(0), lse.ptr_at(0)])
     }?;
     Ok((out, tensor(lse, &[dims.b, dims.hq, dims.lq])))
 }

@@ -23,7 +23,11 @@ impl AttentionKernels {
         let op = "attention";
         let (qs, ks, vs) = (q.shape(), k.shape(), v.shape());
         if qs.len() != 4 || ks.len() != 4 || vs.len() != 4 || ks[2] == 0 || qs[2] % ks[2] != 0 {
-            return Err(Error::shapes_note(op, &[qs, ks, vs], "q, k, v must be [B, L, H, D] with Hq a multiple of Hkv"));
+            return Err(Error::shapes_note(
+                op,
+                &[qs, ks, vs],
+                "q, k, v must be [B, L, H, D] with Hq a multiple of Hkv",
+            ));
         }
         let dims = AttnDims { b: qs[0], lq: qs[1], lk: ks[1], hq: qs[2], hkv: ks[2], d: qs[3], dv: vs[3] };
         let mask = att::mask_data(&dev_of(op, q)?, mask, None)?;
@@ -199,7 +203,11 @@ impl AdamWMulti {
         let mut starts: Vec<i64> = vec![0];
         for (p, g) in params.iter().zip(grads) {
             if p.dtype() != DType::BF16 || g.dtype() != DType::BF16 || p.shape() != g.shape() {
-                return Err(Error::shapes_note(op, &[p.shape(), g.shape()], "bf16 parameter and gradient of one shape"));
+                return Err(Error::shapes_note(
+                    op,
+                    &[p.shape(), g.shape()],
+                    "bf16 parameter and gradient of one shape",
+                ));
             }
             let n = p.elem_count();
             let master = super::to_contiguous(op, p, DType::F32)?;

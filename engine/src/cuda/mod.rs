@@ -168,10 +168,7 @@ pub fn sm_count(ordinal: usize) -> Result<usize> {
     d.bind("sm_count")?;
     // SAFETY: the device handle belongs to the bound context.
     let n = unsafe {
-        cu::device::get_attribute(
-            d.ctx.cu_device(),
-            sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
-        )
+        cu::device::get_attribute(d.ctx.cu_device(), sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
     }
     .map_err(drv("sm_count"))?;
     Ok(n.max(1) as usize)

@@ -32,10 +32,9 @@ pub(crate) fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor, batched: bool, backw
         .flatten();
     let (symbol, grid) = match vec {
         Some(l) => (l.symbol, (l.grid[0], 1, 1)),
-        None => (
-            format!("rope_{}_{}", if backward { "bwd" } else { "fwd" }, float_name(op, x.dtype())?),
-            ew_grid(pairs),
-        ),
+        None => {
+            (format!("rope_{}_{}", if backward { "bwd" } else { "fwd" }, float_name(op, x.dtype())?), ew_grid(pairs))
+        }
     };
     // SAFETY: x and out are contiguous [B, L, H, D]; the tables are contiguous [L, D] or
     // [B, L, D] (checked by the op), all of one dtype; the vectorised kernel only with 16-byte
