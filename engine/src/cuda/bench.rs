@@ -260,6 +260,6 @@ impl AdamWMulti {
         // SAFETY: the slot table holds, per parameter, an OptimSlot of device pointers to its fp32
         // master, bf16 gradient, fp32 moments and bf16 parameter (n elements each, all alive in
         // `self`), and chunk_start the cumulative chunk counts; both tables live in `self`.
-        unsafe { super::launch!(dev, op, "optim", "adamw_fwd_bf16".to_string(), grid, EW_THREADS, p, []) }
+        unsafe { super::launch!(dev, op, "optim", "adamw_fwd_bf16", grid, EW_THREADS, p, []) }
     }
 }
