@@ -75,7 +75,9 @@ impl Timer {
     }
 }
 
-/// One benchmark row before PyTorch's numbers are joined in.
+/// One benchmark row before PyTorch's numbers are joined in. `check`: the largest ‖fast − simple‖ /
+/// ‖simple‖ over the row's outputs, the performance kernels against the simple ones on the same
+/// inputs (None where the op has one kernel).
 struct Row {
     kernel: String,
     case: String,
@@ -83,6 +85,35 @@ struct Row {
     simple_us: Option<f64>,
     flops: f64,
     bytes: f64,
+    check: Option<f64>,
+}
+
+/// Largest relative error above which a row is flagged (bf16 outputs computed in a different
+/// order: a few 1e-3 at most).
+const CHECK_TOL: f64 = 2e-2;
+
+/// ‖a − b‖ / ‖b‖, in f32 on the device (NaN stays NaN).
+fn rel_err(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let (a, b) = (a.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?);
+    let num = a.sub(&b)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+    let den = b.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+    Ok((num / den.max(1e-30)).sqrt())
+}
+
+/// The outputs of `f` with the performance kernels against the simple kernels: the largest
+/// relative error (NaN if any is NaN).
+fn check_fast(f: impl Fn() -> Result<Vec<Tensor>>) -> Result<f64> {
+    cuda::set_fast_kernels(true);
+    let fast = f()?;
+    cuda::set_fast_kernels(false);
+    let simple = f();
+    cuda::set_fast_kernels(true);
+    let mut worst: f64 = 0.0;
+    for (a, b) in fast.iter().zip(&simple?) {
+        let e = rel_err(a, b)?;
+        worst = if e.is_nan() || worst.is_nan() { f64::NAN } else { worst.max(e) };
+    }
+    Ok(worst)
 }
 
 /// Time `f` with the performance kernels and, unless skipped, with the simple ones.
@@ -163,6 +194,12 @@ fn attention_rows(c: &Value, timer: &Timer, simple: bool) -> Result<Vec<Row>> {
         let (o, lse) = &outs[i];
         kern.backward(q, k, v, o, g, lse).map(|_| ())
     })?;
+    let (q, k, v, g) = &inputs[0];
+    let check_f = check_fast(|| kern.forward(q, k, v).map(|(o, lse)| vec![o, lse]))?;
+    let check_b = check_fast(|| {
+        let (o, lse) = &outs[0];
+        kern.backward(q, k, v, o, g, lse).map(|(a, b, c)| vec![a, b, c])
+    })?;
     let lse_bytes = 4.0 * (b * hq * l) as f64;
     Ok(vec![
         Row {
@@ -172,6 +209,7 @@ fn attention_rows(c: &Value, timer: &Timer, simple: bool) -> Result<Vec<Row>> {
             simple_us: fwd_simple,
             flops: 4.0 * visible * d as f64,
             bytes: B2 * (2.0 * nq + 2.0 * nkv) + lse_bytes,
+            check: Some(check_f),
         },
         Row {
             kernel: "attention_bwd".into(),
@@ -180,20 +218,21 @@ fn attention_rows(c: &Value, timer: &Timer, simple: bool) -> Result<Vec<Row>> {
             simple_us: bwd_simple,
             flops: 10.0 * visible * d as f64,
             bytes: B2 * (5.0 * nq + 4.0 * nkv) + 2.0 * lse_bytes,
+            check: Some(check_b),
         },
     ])
 }
 
 // ----- bandwidth rows ----------------------------------------------------------------------------
 
-#[allow(clippy::too_many_arguments)]
+/// A forward and a backward row: (µs, simple µs), bytes and the fast-vs-simple check of each.
 fn pair_of_rows(
     kernel: &str,
     case: &str,
     fwd: (f64, Option<f64>),
     bwd: (f64, Option<f64>),
-    fwd_bytes: f64,
-    bwd_bytes: f64,
+    bytes: (f64, f64),
+    check: (Option<f64>, Option<f64>),
 ) -> Vec<Row> {
     vec![
         Row {
@@ -202,7 +241,8 @@ fn pair_of_rows(
             ours_us: fwd.0,
             simple_us: fwd.1,
             flops: 0.0,
-            bytes: fwd_bytes,
+            bytes: bytes.0,
+            check: check.0,
         },
         Row {
             kernel: format!("{kernel}_bwd"),
@@ -210,9 +250,18 @@ fn pair_of_rows(
             ours_us: bwd.0,
             simple_us: bwd.1,
             flops: 0.0,
-            bytes: bwd_bytes,
+            bytes: bytes.1,
+            check: check.1,
         },
     ]
+}
+
+fn some2(a: f64, b: f64) -> (Option<f64>, Option<f64>) {
+    (Some(a), Some(b))
+}
+
+fn flat(v: (Option<Tensor>, Option<Tensor>)) -> Vec<Tensor> {
+    [v.0, v.1].into_iter().flatten().collect()
 }
 
 fn norm_rows(family: &str, c: &Value, timer: &Timer, simple: bool) -> Result<Vec<Row>> {
@@ -234,7 +283,11 @@ fn norm_rows(family: &str, c: &Value, timer: &Timer, simple: bool) -> Result<Vec
         let bwd = both(timer, simple, sets, |i| {
             bench::rms_norm_backward(&xs[i].0, Some(&wt), &stats[i], &xs[i].1, kind).map(|_| ())
         })?;
-        Ok(pair_of_rows(family, case, fwd, bwd, 2.0 * n * B2 + pw + 4.0 * r as f64, 3.0 * n * B2 + 2.0 * pw))
+        let (x, g) = &xs[0];
+        let cf = check_fast(|| bench::rms_norm(x, Some(&wt), 1e-6, kind).map(|(y, s)| vec![y, s]))?;
+        let cb = check_fast(|| bench::rms_norm_backward(x, Some(&wt), &stats[0], g, kind).map(flat))?;
+        let bytes = (2.0 * n * B2 + pw + 4.0 * r as f64, 3.0 * n * B2 + 2.0 * pw);
+        Ok(pair_of_rows(family, case, fwd, bwd, bytes, some2(cf, cb)))
     } else {
         let fwd = both(timer, simple, sets, |i| bench::layer_norm(&xs[i].0, Some(&wt), Some(&bias), 1e-6).map(|_| ()))?;
         let stats: Vec<(Tensor, Tensor)> = xs
@@ -245,7 +298,15 @@ fn norm_rows(family: &str, c: &Value, timer: &Timer, simple: bool) -> Result<Vec
             let (m, rs) = &stats[i];
             bench::layer_norm_backward(&xs[i].0, Some(&wt), Some(&bias), m, rs, &xs[i].1).map(|_| ())
         })?;
-        Ok(pair_of_rows(family, case, fwd, bwd, 2.0 * n * B2 + 2.0 * pw + 8.0 * r as f64, 3.0 * n * B2 + 4.0 * pw))
+        let (x, g) = &xs[0];
+        let cf = check_fast(|| bench::layer_norm(x, Some(&wt), Some(&bias), 1e-6).map(|(y, m, s)| vec![y, m, s]))?;
+        let cb = check_fast(|| {
+            let (m, rs) = &stats[0];
+            let (dx, dw, db) = bench::layer_norm_backward(x, Some(&wt), Some(&bias), m, rs, g)?;
+            Ok([dx, dw, db].into_iter().flatten().collect())
+        })?;
+        let bytes = (2.0 * n * B2 + 2.0 * pw + 8.0 * r as f64, 3.0 * n * B2 + 4.0 * pw);
+        Ok(pair_of_rows(family, case, fwd, bwd, bytes, some2(cf, cb)))
     }
 }
 
@@ -260,7 +321,10 @@ fn gate_rows(name: &str, c: &Value, timer: &Timer, simple: bool) -> Result<Vec<R
     }
     let fwd = both(timer, simple, sets, |i| bench::gate(name, &xs[i].0).map(|_| ()))?;
     let bwd = both(timer, simple, sets, |i| bench::gate_backward(name, &xs[i].0, &xs[i].1).map(|_| ()))?;
-    Ok(pair_of_rows(name, case, fwd, bwd, 3.0 * n * B2, 5.0 * n * B2))
+    let (x, g) = &xs[0];
+    let cf = check_fast(|| bench::gate(name, x).map(|o| vec![o]))?;
+    let cb = check_fast(|| bench::gate_backward(name, x, g).map(|o| vec![o]))?;
+    Ok(pair_of_rows(name, case, fwd, bwd, (3.0 * n * B2, 5.0 * n * B2), some2(cf, cb)))
 }
 
 fn rope_rows(c: &Value, timer: &Timer, simple: bool) -> Result<Vec<Row>> {
@@ -276,7 +340,10 @@ fn rope_rows(c: &Value, timer: &Timer, simple: bool) -> Result<Vec<Row>> {
     let tables = 2.0 * (l * d) as f64 * B2;
     let fwd = both(timer, simple, sets, |i| bench::rope(&xs[i], &cos, &sin, false).map(|_| ()))?;
     let bwd = both(timer, simple, sets, |i| bench::rope(&xs[i], &cos, &sin, true).map(|_| ()))?;
-    Ok(pair_of_rows("rope", case, fwd, bwd, 2.0 * n * B2 + tables, 2.0 * n * B2 + tables))
+    let cf = check_fast(|| bench::rope(&xs[0], &cos, &sin, false).map(|o| vec![o]))?;
+    let cb = check_fast(|| bench::rope(&xs[0], &cos, &sin, true).map(|o| vec![o]))?;
+    let bytes = (2.0 * n * B2 + tables, 2.0 * n * B2 + tables);
+    Ok(pair_of_rows("rope", case, fwd, bwd, bytes, some2(cf, cb)))
 }
 
 fn cross_entropy_rows(c: &Value, timer: &Timer, simple: bool) -> Result<Vec<Row>> {
@@ -296,7 +363,7 @@ fn cross_entropy_rows(c: &Value, timer: &Timer, simple: bool) -> Result<Vec<Row>
         let (x, t, g) = &xs[i];
         bench::cross_entropy_backward(x, t, &stats[i], g, -100, 1.0).map(|_| ())
     })?;
-    Ok(pair_of_rows("cross_entropy", case, fwd, bwd, n * B2, 2.0 * n * B2))
+    Ok(pair_of_rows("cross_entropy", case, fwd, bwd, (n * B2, 2.0 * n * B2), (None, None)))
 }
 
 fn pair_loss_rows(name: &str, c: &Value, timer: &Timer, simple: bool) -> Result<Vec<Row>> {
@@ -314,7 +381,7 @@ fn pair_loss_rows(name: &str, c: &Value, timer: &Timer, simple: bool) -> Result<
         bench::pair_loss_backward(name, delta, p, t, g, 1.0).map(|_| ())
     })?;
     let nf = n as f64;
-    Ok(pair_of_rows(name, case, fwd, bwd, 3.0 * nf * B2, 5.0 * nf * B2))
+    Ok(pair_of_rows(name, case, fwd, bwd, (3.0 * nf * B2, 5.0 * nf * B2), (None, None)))
 }
 
 fn adamw_rows(c: &Value, timer: &Timer) -> Result<Vec<Row>> {
@@ -342,6 +409,7 @@ fn adamw_rows(c: &Value, timer: &Timer) -> Result<Vec<Row>> {
         flops: 0.0,
         // fp32 master, m, v read and written; bf16 gradient read and bf16 copy written.
         bytes: n as f64 * (6.0 * 4.0 + 2.0 * B2),
+        check: None,
     }])
 }
 
@@ -538,9 +606,10 @@ fn main() -> Result<()> {
     let _ = writeln!(
         md,
         "| kernel | case | ours (µs) | simple (µs) | torch (µs) | compile (µs) | TFLOP/s | GB/s | of ceiling | \
-         torch / ours | torch impl |"
+         torch / ours | vs simple (rel err) | torch impl |"
     );
-    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    let mut mismatches = Vec::new();
     let mut jsonl = String::new();
     for r in &rows {
         let t = torch.get(&(r.kernel.clone(), r.case.clone()));
@@ -554,9 +623,17 @@ fn main() -> Result<()> {
             Some(tf) => tf / tflops_ceiling,
             None => gbps / gbps_ceiling,
         };
+        let check = match r.check {
+            None => "-".to_string(),
+            Some(e) if e < CHECK_TOL => format!("{e:.1e}"),
+            Some(e) => {
+                mismatches.push(format!("{} {}: {e:.2e}", r.kernel, r.case));
+                format!("**{e:.1e} MISMATCH**")
+            }
+        };
         let _ = writeln!(
             md,
-            "| {} | {} | {:.1} | {} | {} | {} | {} | {:.0} | {:.0}% | {} | {} |",
+            "| {} | {} | {:.1} | {} | {} | {} | {} | {:.0} | {:.0}% | {} | {} | {} |",
             r.kernel,
             r.case,
             r.ours_us,
@@ -567,6 +644,7 @@ fn main() -> Result<()> {
             gbps,
             fraction * 100.0,
             torch_us.map_or("-".into(), |t| format!("{:.2}×", t / r.ours_us)),
+            check,
             impl_
         );
         let line = json!({
@@ -580,10 +658,18 @@ fn main() -> Result<()> {
             "tflops": tflops,
             "gbps": gbps,
             "fraction_of_ceiling": fraction,
+            "check_rel_err": r.check,
             "gpu": gpu,
             "commit": commit,
         });
         let _ = writeln!(jsonl, "{line}");
+    }
+    if !mismatches.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n**Fast kernels disagree with the simple ones (rel err over {CHECK_TOL:.0e}):** {}\n",
+            mismatches.join("; ")
+        );
     }
     println!("{md}");
     if !env_flag("BENCH_NO_WRITE") {
