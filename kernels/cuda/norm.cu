@@ -25,9 +25,9 @@
 // Outputs are overwritten. Parameter-gradient partials are fp32 [gridDim.x, width], overwritten;
 // the launcher sums them over blocks (reduce kernel) and adds the result to the parameter's
 // gradient, so the result does not depend on atomics' order.
-// rms_norm_rows / rms_norm_wide / layer_norm_rows / layer_norm_wide: 16-byte vectorised versions
-// of rms_norm and layer_norm (a warp per row up to width 1024, a block per row up to 8192); see
-// their section below for the grid and the partials' shape.
+// rms_norm_rowsV / rms_norm_wideV / layer_norm_rowsV / layer_norm_wideV (V = 1, 2, 4): 16-byte
+// vectorised versions of rms_norm and layer_norm (a warp per row up to width 1024, a block per
+// row up to 8192); see their section below for the grid and the partials' shape.
 #include "common.cuh"
 
 #define NORM_PER_THREAD 32
@@ -302,20 +302,21 @@ NORM(bf16, bf16)
 
 // ----- vectorised rms_norm / layer_norm (the bandwidth versions) --------------------------------
 // Same params, pointers, semantics and outputs as rms_norm / layer_norm above, for rows whose
-// width is a multiple of the 16-byte vector (8 bf16, 4 f32) with 16-byte aligned bases. Each row
-// is read once (16-byte loads) and kept in registers (up to NORM_VEC_VALUES values per thread):
-//   *_rows: a warp per row, ROW_THREADS / 32 rows per block: width <= 32 NORM_VEC_VALUES = 1024.
-//   *_wide: a block of ROW_THREADS per row: width <= ROW_THREADS NORM_VEC_VALUES = 8192.
+// width is a multiple of the 16-byte vector (N = 8 bf16, 4 f32) with 16-byte aligned bases. Each
+// row is read once (16-byte loads) and kept in registers, V vectors per thread (V = 1, 2, 4 in
+// the symbol: the launcher picks the smallest that holds the row, so registers and occupancy
+// follow the width):
+//   *_rowsV: a warp per row, ROW_THREADS / 32 rows per block: width <= 32 V N (1024 bf16 at V 4).
+//   *_wideV: a block of ROW_THREADS per row: width <= ROW_THREADS V N (8192 bf16 at V 4).
 // Grid: any (the rows loop is grid-stride over row workers: warps for _rows, blocks for _wide).
 // The backward's parameter-gradient partials are fp32 [gridDim.x, width] as for the kernels
 // above (overwritten; a block with no row writes zeros); each worker keeps its column sums in
 // registers, and _rows sums its 8 warps through shared memory before writing. The weight is read
 // once per worker. dx may be null (only parameter gradients).
-#define NORM_VEC_VALUES 32
+#define NORM_VEC_MAX_V 4  // vectors per thread of the widest variants
 
 template <typename T> struct VecN {
-    static constexpr int N = 16 / sizeof(T);           // values per 16-byte vector
-    static constexpr int V = NORM_VEC_VALUES / N;      // vectors per thread
+    static constexpr int N = 16 / sizeof(T);  // values per 16-byte vector
 };
 
 template <int TPR> __device__ __forceinline__ float row_sum(float v, float* scratch) {
@@ -345,13 +346,13 @@ template <typename T> __device__ __forceinline__ void store_vals(T* p, const flo
 // Write a thread's per-column partial sums acc (its columns of the row layout) as row blockIdx.x
 // of part [gridDim.x, width]: with a warp per row the block's warps are first summed through
 // shared memory, in a fixed order.
-template <typename T, int TPR>
-__device__ __forceinline__ void write_partials(const float (&acc)[VecN<T>::V][VecN<T>::N], float* __restrict__ part,
+template <typename T, int TPR, int V>
+__device__ __forceinline__ void write_partials(const float (&acc)[V][VecN<T>::N], float* __restrict__ part,
                                                i64 width, int tl) {
-    constexpr int N = VecN<T>::N, V = VecN<T>::V;
+    constexpr int N = VecN<T>::N;
     float* dst = part + (i64)blockIdx.x * width;
     if (TPR == WARP) {
-        __shared__ float red[ROW_THREADS / WARP][WARP * NORM_VEC_VALUES];
+        __shared__ float red[ROW_THREADS / WARP][WARP * V * N];
         const int warp = threadIdx.x / WARP;
         __syncthreads();  // red may hold a previous call's sums
 #pragma unroll
@@ -380,11 +381,11 @@ __device__ __forceinline__ void write_partials(const float (&acc)[VecN<T>::V][Ve
     }
 }
 
-template <typename T, int TPR>
+template <typename T, int TPR, int V>
 __device__ void rms_norm_vec_fwd(const NormParams p, const T* __restrict__ x, const T* __restrict__ residual,
                                  const T* __restrict__ w, T* __restrict__ y, T* __restrict__ h,
                                  float* __restrict__ rstd) {
-    constexpr int N = VecN<T>::N, V = VecN<T>::V;
+    constexpr int N = VecN<T>::N;
     __shared__ float scratch[WARP];
     int tl;
     i64 worker, workers;
@@ -434,12 +435,12 @@ __device__ void rms_norm_vec_fwd(const NormParams p, const T* __restrict__ x, co
     }
 }
 
-template <typename T, int TPR>
+template <typename T, int TPR, int V>
 __device__ void rms_norm_vec_bwd(const NormParams p, const T* __restrict__ h, const T* __restrict__ w,
                                  const float* __restrict__ rstd, const T* __restrict__ g,
                                  const T* __restrict__ dh_extra, T* __restrict__ dx, float* __restrict__ dw_part) {
     // The row and the weight stay in registers in their storage type (fp32 only for the dw sums).
-    constexpr int N = VecN<T>::N, V = VecN<T>::V;
+    constexpr int N = VecN<T>::N;
     __shared__ float scratch[WARP];
     int tl;
     i64 worker, workers;
@@ -492,14 +493,14 @@ __device__ void rms_norm_vec_bwd(const NormParams p, const T* __restrict__ h, co
             }
         }
     }
-    if (dw_part) write_partials<T, TPR>(dw, dw_part, p.width, tl);
+    if (dw_part) write_partials<T, TPR, V>(dw, dw_part, p.width, tl);
 }
 
-template <typename T, int TPR>
+template <typename T, int TPR, int V>
 __device__ void layer_norm_vec_fwd(const NormParams p, const T* __restrict__ x, const T* __restrict__ w,
                                    const T* __restrict__ b, T* __restrict__ y, float* __restrict__ mean_out,
                                    float* __restrict__ rstd_out) {
-    constexpr int N = VecN<T>::N, V = VecN<T>::V;
+    constexpr int N = VecN<T>::N;
     __shared__ float scratch[WARP];
     int tl;
     i64 worker, workers;
@@ -553,13 +554,13 @@ __device__ void layer_norm_vec_fwd(const NormParams p, const T* __restrict__ x, 
     }
 }
 
-template <typename T, int TPR>
+template <typename T, int TPR, int V>
 __device__ void layer_norm_vec_bwd(const NormParams p, const T* __restrict__ x, const T* __restrict__ w,
                                    const float* __restrict__ mean, const float* __restrict__ rstd,
                                    const T* __restrict__ g, T* __restrict__ dx, float* __restrict__ dw_part,
                                    float* __restrict__ db_part) {
     // The row and the weight stay in registers in their storage type (fp32 only for the sums).
-    constexpr int N = VecN<T>::N, V = VecN<T>::V;
+    constexpr int N = VecN<T>::N;
     __shared__ float scratch[WARP];
     int tl;
     i64 worker, workers;
@@ -613,29 +614,34 @@ __device__ void layer_norm_vec_bwd(const NormParams p, const T* __restrict__ x, 
             }
         }
     }
-    if (dw_part) write_partials<T, TPR>(dw, dw_part, p.width, tl);
-    if (db_part) write_partials<T, TPR>(db, db_part, p.width, tl);
+    if (dw_part) write_partials<T, TPR, V>(dw, dw_part, p.width, tl);
+    if (db_part) write_partials<T, TPR, V>(db, db_part, p.width, tl);
 }
 
-#define NORM_VEC(dtype, T, name, TPR)                                                                          \
+#define NORM_VEC(dtype, T, name, TPR, V)                                                                            \
     ROW_KERNEL rms_norm_##name##_fwd_##dtype(const NormParams p, const T* x, const T* residual, const T* w,     \
                                              T* y, T* h, float* rstd) {                                        \
-        rms_norm_vec_fwd<T, TPR>(p, x, residual, w, y, h, rstd);                                               \
+        rms_norm_vec_fwd<T, TPR, V>(p, x, residual, w, y, h, rstd);                                               \
     }                                                                                                          \
     ROW_KERNEL rms_norm_##name##_bwd_##dtype(const NormParams p, const T* h, const T* w, const float* rstd,     \
                                              const T* g, const T* dh_extra, T* dx, float* dw_part) {           \
-        rms_norm_vec_bwd<T, TPR>(p, h, w, rstd, g, dh_extra, dx, dw_part);                                     \
+        rms_norm_vec_bwd<T, TPR, V>(p, h, w, rstd, g, dh_extra, dx, dw_part);                                     \
     }                                                                                                          \
     ROW_KERNEL layer_norm_##name##_fwd_##dtype(const NormParams p, const T* x, const T* w, const T* b, T* y,    \
                                                float* mean, float* rstd) {                                     \
-        layer_norm_vec_fwd<T, TPR>(p, x, w, b, y, mean, rstd);                                                 \
+        layer_norm_vec_fwd<T, TPR, V>(p, x, w, b, y, mean, rstd);                                                 \
     }                                                                                                          \
     ROW_KERNEL layer_norm_##name##_bwd_##dtype(const NormParams p, const T* x, const T* w, const float* mean,   \
                                                const float* rstd, const T* g, T* dx, float* dw_part,           \
                                                float* db_part) {                                               \
-        layer_norm_vec_bwd<T, TPR>(p, x, w, mean, rstd, g, dx, dw_part, db_part);                              \
+        layer_norm_vec_bwd<T, TPR, V>(p, x, w, mean, rstd, g, dx, dw_part, db_part);                              \
     }
-NORM_VEC(f32, float, rows, WARP)
-NORM_VEC(bf16, bf16, rows, WARP)
-NORM_VEC(f32, float, wide, ROW_THREADS)
-NORM_VEC(bf16, bf16, wide, ROW_THREADS)
+#define NORM_VEC_ALL(name, TPR, V)            \
+    NORM_VEC(f32, float, name##V, TPR, V) \
+    NORM_VEC(bf16, bf16, name##V, TPR, V)
+NORM_VEC_ALL(rows, WARP, 1)
+NORM_VEC_ALL(rows, WARP, 2)
+NORM_VEC_ALL(rows, WARP, 4)
+NORM_VEC_ALL(wide, ROW_THREADS, 1)
+NORM_VEC_ALL(wide, ROW_THREADS, 2)
+NORM_VEC_ALL(wide, ROW_THREADS, 4)

@@ -56,10 +56,40 @@ static unsigned cdiv(size_t a, size_t b) { return (unsigned)((a + b - 1) / b); }
 
 // ----- norms ---------------------------------------------------------------------------------------
 
-static void norms(int width, int rows, bool gemma, bool residual, bool layer) {
-    const bool warp_rows = width <= 1024;
-    const std::string name = std::string(layer ? "layer_norm" : "rms_norm") + (warp_rows ? "_rows" : "_wide") +
-                             " w" + std::to_string(width) + " r" + std::to_string(rows) + (gemma ? " gemma" : "") +
+using RmsF = void (*)(const norm_ns::NormParams, const bf16*, const bf16*, const bf16*, bf16*, bf16*, float*);
+using RmsB = void (*)(const norm_ns::NormParams, const bf16*, const bf16*, const float*, const bf16*, const bf16*,
+                      bf16*, float*);
+using LnF = void (*)(const norm_ns::NormParams, const bf16*, const bf16*, const bf16*, bf16*, float*, float*);
+using LnB = void (*)(const norm_ns::NormParams, const bf16*, const bf16*, const float*, const float*, const bf16*,
+                     bf16*, float*, float*);
+struct NormVariant {
+    const char* name;
+    RmsF rf;
+    RmsB rb;
+    LnF lf;
+    LnB lb;
+};
+#define NV(x) {#x, norm_ns::rms_norm_##x##_fwd_bf16, norm_ns::rms_norm_##x##_bwd_bf16, norm_ns::layer_norm_##x##_fwd_bf16, norm_ns::layer_norm_##x##_bwd_bf16}
+static const NormVariant NORM_VARIANTS[] = {NV(rows1), NV(rows2), NV(rows4), NV(wide1), NV(wide2), NV(wide4)};
+
+// The variant launch.rs picks for a bf16 width (vectors of 8): a warp per row up to 2 vectors a
+// lane, else a block per row, the fewest vectors per thread.
+static const NormVariant& pick(int width, int& vi) {
+    const int vectors = width / 8;
+    const bool warp_rows = vectors <= 64;
+    const int threads = warp_rows ? 32 : 256;
+    const int v = threads >= vectors ? 1 : 2 * threads >= vectors ? 2 : 4;
+    vi = (warp_rows ? 0 : 3) + (v == 1 ? 0 : v == 2 ? 1 : 2);
+    return NORM_VARIANTS[vi];
+}
+
+static void norms(int width, int rows, bool gemma, bool residual, bool layer, int force = -1) {
+    int vi;
+    const NormVariant* var = &pick(width, vi);
+    if (force >= 0) var = &NORM_VARIANTS[vi = force];
+    const bool warp_rows = vi < 3;
+    const std::string name = std::string(layer ? "layer_norm_" : "rms_norm_") + var->name + " w" +
+                             std::to_string(width) + " r" + std::to_string(rows) + (gemma ? " gemma" : "") +
                              (residual ? " +res" : "");
     const size_t n = (size_t)rows * width;
     auto x = rnd(n, 2.0f), res = rnd(n), w = rnd(width), bias = rnd(width), g = rnd(n), extra = rnd(n);
@@ -72,10 +102,8 @@ static void norms(int width, int rows, bool gemma, bool residual, bool layer) {
         const bf16* rp = residual ? res.data() : nullptr;
         emu_launch({sgrid, 1, 1}, {256, 1, 1}, 0,
                    [&] { norm_ns::rms_norm_fwd_bf16(p, x.data(), rp, w.data(), y1.data(), h1.data(), s1.data()); });
-        emu_launch({vgrid, 1, 1}, {256, 1, 1}, 0, [&] {
-            if (warp_rows) norm_ns::rms_norm_rows_fwd_bf16(p, x.data(), rp, w.data(), y2.data(), h2.data(), s2.data());
-            else norm_ns::rms_norm_wide_fwd_bf16(p, x.data(), rp, w.data(), y2.data(), h2.data(), s2.data());
-        });
+        emu_launch({vgrid, 1, 1}, {256, 1, 1}, 0,
+                   [&] { var->rf(p, x.data(), rp, w.data(), y2.data(), h2.data(), s2.data()); });
         check(name + " fwd y", rel_bf(y2, y1), 1e-2);
         check(name + " fwd rstd", rel_f(s2, s1), 1e-5);
         if (residual) check(name + " fwd h", rel_bf(h2, h1), 1e-6);
@@ -85,22 +113,16 @@ static void norms(int width, int rows, bool gemma, bool residual, bool layer) {
         emu_launch({sgrid, 1, 1}, {256, 1, 1}, 0, [&] {
             norm_ns::rms_norm_bwd_bf16(p, hx, w.data(), s1.data(), g.data(), extra.data(), d1.data(), p1.data());
         });
-        emu_launch({vgrid, 1, 1}, {256, 1, 1}, 0, [&] {
-            if (warp_rows)
-                norm_ns::rms_norm_rows_bwd_bf16(p, hx, w.data(), s1.data(), g.data(), extra.data(), d2.data(), p2.data());
-            else norm_ns::rms_norm_wide_bwd_bf16(p, hx, w.data(), s1.data(), g.data(), extra.data(), d2.data(), p2.data());
-        });
+        emu_launch({vgrid, 1, 1}, {256, 1, 1}, 0,
+                   [&] { var->rb(p, hx, w.data(), s1.data(), g.data(), extra.data(), d2.data(), p2.data()); });
         check(name + " bwd dx", rel_bf(d2, d1), 1e-2);
         check(name + " bwd dw (summed partials)", rel_f(col_sums(p2, vgrid, width), col_sums(p1, sgrid, width)), 1e-4);
     } else {
         emu_launch({sgrid, 1, 1}, {256, 1, 1}, 0, [&] {
             norm_ns::layer_norm_fwd_bf16(p, x.data(), w.data(), bias.data(), y1.data(), m1.data(), s1.data());
         });
-        emu_launch({vgrid, 1, 1}, {256, 1, 1}, 0, [&] {
-            if (warp_rows)
-                norm_ns::layer_norm_rows_fwd_bf16(p, x.data(), w.data(), bias.data(), y2.data(), m2.data(), s2.data());
-            else norm_ns::layer_norm_wide_fwd_bf16(p, x.data(), w.data(), bias.data(), y2.data(), m2.data(), s2.data());
-        });
+        emu_launch({vgrid, 1, 1}, {256, 1, 1}, 0,
+                   [&] { var->lf(p, x.data(), w.data(), bias.data(), y2.data(), m2.data(), s2.data()); });
         check(name + " fwd y", rel_bf(y2, y1), 1e-2);
         check(name + " fwd mean", rel_f(m2, m1), 1e-4);
         check(name + " fwd rstd", rel_f(s2, s1), 1e-5);
@@ -111,11 +133,7 @@ static void norms(int width, int rows, bool gemma, bool residual, bool layer) {
                                          b1.data());
         });
         emu_launch({vgrid, 1, 1}, {256, 1, 1}, 0, [&] {
-            if (warp_rows)
-                norm_ns::layer_norm_rows_bwd_bf16(p, x.data(), w.data(), m1.data(), s1.data(), g.data(), d2.data(),
-                                                  w2.data(), b2.data());
-            else norm_ns::layer_norm_wide_bwd_bf16(p, x.data(), w.data(), m1.data(), s1.data(), g.data(), d2.data(),
-                                                   w2.data(), b2.data());
+            var->lb(p, x.data(), w.data(), m1.data(), s1.data(), g.data(), d2.data(), w2.data(), b2.data());
         });
         check(name + " bwd dx", rel_bf(d2, d1), 1e-2);
         check(name + " bwd dw", rel_f(col_sums(w2, vgrid, width), col_sums(w1, sgrid, width)), 1e-4);
@@ -300,10 +318,13 @@ static void adamw(bool adam, bool momentum) {
 
 int main() {
     for (int layer = 0; layer < 2; ++layer) {
-        norms(64, 37, false, false, layer);
-        norms(1024, 37, !layer, !layer, layer);
-        norms(1152, 13, false, !layer, layer);
-        norms(8192, 5, !layer, false, layer);
+        norms(64, 37, false, false, layer);        // rows1
+        norms(512, 37, !layer, !layer, layer);     // rows2
+        norms(1024, 37, !layer, !layer, layer, 2);  // rows4 (forced: the launcher picks wide1)
+        norms(1024, 11, false, false, layer);      // wide1
+        norms(1152, 13, false, !layer, layer);     // wide1
+        norms(3072, 7, !layer, false, layer);      // wide2
+        norms(8192, 5, !layer, false, layer);      // wide4
     }
     gates(5, 16);
     gates(3, 1024);

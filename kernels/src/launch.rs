@@ -201,10 +201,9 @@ pub fn vector_len(dtype: Dtype) -> usize {
     }
 }
 
-/// Values per thread the vectorised norms keep in registers (`NORM_VEC_VALUES`).
-pub const NORM_VEC_VALUES: usize = 32;
-/// The widest row the warp-per-row norms take (32 lanes x `NORM_VEC_VALUES`).
-pub const NORM_ROWS_MAX_WIDTH: usize = 32 * NORM_VEC_VALUES;
+/// Vectors per thread of the widest vectorised norm variants (`NORM_VEC_MAX_V`); the variants
+/// hold V = 1, 2 or 4 vectors per thread.
+pub const NORM_VEC_MAX_V: usize = 4;
 
 /// A vectorised norm launch and the rows of its backward's parameter-gradient partials, fp32
 /// `[partials, width]` (= the grid, as for the simple kernels; summed by the caller).
@@ -214,10 +213,13 @@ pub struct NormLaunch {
     pub partials: usize,
 }
 
-/// `rms_norm_{rows|wide}_{fwd|bwd}_{dtype}` (`op` = "rms_norm") or `layer_norm_...` (`op` =
-/// "layer_norm") for `rows` x `width`; `max_blocks` caps the grid (the rows loop is grid-stride),
-/// e.g. a few blocks per SM for the backward so that its partials stay small. The caller checks
-/// that every pointer is 16-byte aligned; the width must be a multiple of the vector.
+/// `rms_norm_{rows|wide}{V}_{fwd|bwd}_{dtype}` (`op` = "rms_norm") or `layer_norm_...` (`op` =
+/// "layer_norm") for `rows` x `width`: a warp per row while a warp holds the row in at most 2
+/// vectors per lane (512 bf16), else a block per row, with the fewest vectors per thread V in
+/// {1, 2, 4} that hold it (registers, and so occupancy, follow V: the block-per-row kernel at
+/// V 1 beats a warp per row at V 4, whose backward needs about 200 registers). `max_blocks` caps the grid (the rows loop is grid-stride), e.g. a few
+/// blocks per SM for the backward so that its partials stay small. The caller checks that every
+/// pointer is 16-byte aligned; the width must be a multiple of the vector.
 pub fn norm_vec(
     op: &str,
     backward: bool,
@@ -230,18 +232,22 @@ pub fn norm_vec(
     if op != "rms_norm" && op != "layer_norm" {
         return Err(Error::Invalid(format!("norm_vec: no vectorised kernel for {op}")));
     }
-    if width == 0 || !width.is_multiple_of(n) || width > NORM_MAX_WIDTH {
+    let max_width = (ROW_THREADS as usize * NORM_VEC_MAX_V * n).min(NORM_MAX_WIDTH);
+    if width == 0 || !width.is_multiple_of(n) || width > max_width {
         return Err(Error::Invalid(format!(
-            "{op}: width {width} must be a multiple of {n} in 1..={NORM_MAX_WIDTH} for the vectorised kernel"
+            "{op}: width {width} must be a multiple of {n} in 1..={max_width} for the vectorised kernel"
         )));
     }
-    let warp_rows = width <= NORM_ROWS_MAX_WIDTH;
+    let vectors = width / n;
+    let warp_rows = vectors <= 32 * 2;
+    let threads = if warp_rows { 32 } else { ROW_THREADS as usize };
+    let v = [1, 2, 4].into_iter().find(|&v| threads * v >= vectors).unwrap_or(NORM_VEC_MAX_V);
     let rows_per_block = if warp_rows { (ROW_THREADS / 32) as usize } else { 1 };
     let grid = rows.div_ceil(rows_per_block).clamp(1, max_blocks.max(1));
     let variant = if warp_rows { "rows" } else { "wide" };
     Ok(NormLaunch {
         launch: Launch {
-            symbol: crate::symbol(&format!("{op}_{variant}"), backward, dtype.name()),
+            symbol: crate::symbol(&format!("{op}_{variant}{v}"), backward, dtype.name()),
             grid: [grid as u32, 1, 1],
             block: [ROW_THREADS, 1, 1],
             smem: 0,
@@ -394,19 +400,40 @@ mod tests {
     #[test]
     fn vectorised_norms_pick_warp_or_block_rows() {
         let src = kernel("norm").unwrap().source;
-        assert_eq!(c_define(src, "NORM_VEC_VALUES"), NORM_VEC_VALUES.to_string());
+        assert_eq!(c_define(src, "NORM_VEC_MAX_V"), NORM_VEC_MAX_V.to_string());
         let norm = kernel("norm").unwrap().symbols();
+        let sym = |op, bwd, dt, w| norm_vec(op, bwd, dt, 100, w, 1 << 20).unwrap().launch.symbol;
+        // (width, variant) for bf16: a warp holds up to 1024, a block up to 8192.
+        for (w, v) in [
+            (8, "rows1"),
+            (256, "rows1"),
+            (264, "rows2"),
+            (512, "rows2"),
+            (520, "wide1"),
+            (1024, "wide1"),
+            (1152, "wide1"),
+            (2048, "wide1"),
+            (3072, "wide2"),
+            (4104, "wide4"),
+            (8192, "wide4"),
+        ] {
+            let s = sym("rms_norm", false, Dtype::Bf16, w);
+            assert_eq!(s, format!("rms_norm_{v}_fwd_bf16"), "width {w}");
+            assert!(norm.contains(&s));
+        }
+        assert_eq!(sym("layer_norm", true, Dtype::F32, 4096), "layer_norm_wide4_bwd_f32");
         let l = norm_vec("rms_norm", false, Dtype::Bf16, 4000, 1152, 1 << 20).unwrap();
-        assert_eq!(l.launch.symbol, "rms_norm_wide_fwd_bf16");
         assert_eq!((l.launch.grid[0], l.partials), (4000, 4000));
-        let l = norm_vec("layer_norm", true, Dtype::Bf16, 4000, 1024, 264).unwrap();
-        assert_eq!(l.launch.symbol, "layer_norm_rows_bwd_bf16");
+        let l = norm_vec("layer_norm", true, Dtype::Bf16, 4000, 512, 264).unwrap();
+        assert_eq!(l.launch.symbol, "layer_norm_rows2_bwd_bf16");
         assert_eq!((l.launch.grid[0], l.partials), (264, 264));
-        assert!(norm.contains(&l.launch.symbol));
-        assert_eq!(norm_vec("rms_norm", false, Dtype::F32, 3, 8192, 100).unwrap().launch.grid[0], 3);
+        assert_eq!(norm_vec("rms_norm", false, Dtype::Bf16, 3, 1000, 100).unwrap().launch.grid[0], 3);
+        assert_eq!(norm_vec("rms_norm", false, Dtype::Bf16, 9, 496, 100).unwrap().launch.grid[0], 2);
         assert!(norm_vec("rms_norm", false, Dtype::Bf16, 3, 8200, 100).is_err());
         assert!(norm_vec("rms_norm", false, Dtype::Bf16, 3, 1020, 100).is_err());
         assert!(norm_vec("rms_norm", false, Dtype::F32, 3, 1020, 100).is_ok());
+        assert!(norm_vec("rms_norm", false, Dtype::F32, 3, 8192, 100).is_err());
+        assert_eq!(sym("rms_norm", false, Dtype::F32, 512), "rms_norm_wide1_fwd_f32");
         assert!(norm_vec("softmax", false, Dtype::F32, 3, 1024, 100).is_err());
     }
 
