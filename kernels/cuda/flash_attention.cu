@@ -34,8 +34,9 @@
 //   (ceil(Lk / 64), B * Hkv, SPLIT), 128 threads (4 warps x 16 keys); SPLIT = 2 for DT 256 (the
 //   block z computes output columns [z DT/2, (z+1) DT/2), recomputing the scores: the fp32
 //   accumulators of 16 keys x 256 columns x 2 would not fit in registers), else 1.
-//   smem (64 + 64 + 32 + 32) (DT + 8) 2 + 512 bytes. K and V tiles stay in smem; for each query
-//   head of the kv group and each 32-query tile that can see the block's keys: S^T = K Q^T,
+//   smem (64 + 64 + 4 x 32) (DT + 8) 2 + 1024 bytes. K and V tiles stay in smem; the steps are
+//   (query head of the kv group, 32-query tile) pairs that can see the block's keys, their Q and
+//   dO tiles double-buffered (cp.async of step i + 1 in flight during step i). Per step: S^T = K Q^T,
 //   P^T = exp(scale S^T - lse), dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - delta),
 //   dK += dS^T Q; finally dK *= scale. Overwrites dk and dv; GQA heads are summed in registers:
 //   deterministic, no atomics.
@@ -109,6 +110,8 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool vali
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+// Wait for all but the most recent commit group.
+__device__ __forceinline__ void cp_async_wait_one() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
 
 // Four 8x8 b16 matrices; lane i gives the row address of matrix i / 8, row i % 8.
 __device__ __forceinline__ void ldsm4(u32 (&r)[4], const bf16* p) {
@@ -422,15 +425,13 @@ __device__ void flash_dkdv(const AttnParams& p, const bf16* __restrict__ q, cons
                            const float* __restrict__ delta, bf16* __restrict__ dk, bf16* __restrict__ dv) {
     constexpr int PITCH = DT + 8, KS = DT / 16, COLS = DT / SPLIT, CN = COLS / 8;
     constexpr int BR = FA_BWD_BR, BC = FA_BWD_BC, NT = BR / 8;
+    // Shared memory: K and V tiles, then two buffers of (Q tile, dO tile), then two buffers of the
+    // query rows' (lse log2(e) or +inf for rows that see nothing, delta, lo, hi).
     extern __shared__ __align__(16) unsigned char fa_smem[];
     bf16* sk = reinterpret_cast<bf16*>(fa_smem);
     bf16* sv = sk + BC * PITCH;
-    bf16* sq = sv + BC * PITCH;
-    bf16* sg = sq + BR * PITCH;
-    float* s_lse = reinterpret_cast<float*>(sg + BR * PITCH);  // lse log2(e), +inf for rows that see nothing
-    float* s_delta = s_lse + BR;
-    int* s_lo = reinterpret_cast<int*>(s_delta + BR);
-    int* s_hi = s_lo + BR;
+    bf16* sqg = sv + BC * PITCH;  // [2][Q tile, dO tile]
+    float* s_meta = reinterpret_cast<float*>(sqg + 4 * BR * PITCH);  // [2][lse2, delta, lo, hi][BR]
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP, g8 = lane / 4, t = lane % 4;
     const int b = blockIdx.y / p.hkv, hk = blockIdx.y % p.hkv, group = p.hq / p.hkv;
     const int c0 = blockIdx.z * COLS;
@@ -451,15 +452,21 @@ __device__ void flash_dkdv(const AttnParams& p, const bf16* __restrict__ q, cons
     }
     const bf16* kw = sk + warp * 16 * PITCH;
     const bf16* vw = sv + warp * 16 * PITCH;
-    // Causal: query i sees key kb0 only if i >= kb0 - (Lk - Lq); earlier query tiles are skipped.
+    // The work is a sequence of (query head of the group, query tile) steps. Causal: query i sees
+    // key kb0 only if i >= kb0 - (Lk - Lq), so earlier query tiles are not steps at all.
     const int i_start = p.mask == MASK_CAUSAL ? max(0, kb0 - (p.lk - p.lq)) : 0;
+    const int tiles = p.lq > i_start ? (p.lq - i_start + BR - 1) / BR : 0;
+    const int steps = group * tiles;
 
-    for (int h = hk * group; h < (hk + 1) * group; ++h) {
-        const i64 row0 = ((i64)b * p.hq + h) * p.lq;
-        for (int i0 = i_start; i0 < p.lq; i0 += BR) {
-            __syncthreads();  // every warp is done with the previous tile
+    // The first step at or after `st` whose query tile sees a key of this block (steps if none),
+    // with its rows' metadata written into buffer `buf`. Every thread calls it (it synchronises).
+    auto find_step = [&](int st, int buf) -> int {
+        float* meta = s_meta + buf * 4 * BR;
+        for (; st < steps; ++st) {
+            const int h = hk * group + st / tiles, i0 = i_start + (st % tiles) * BR;
             bool sees = false;
             if (threadIdx.x < BR) {
+                const i64 row0 = ((i64)b * p.hq + h) * p.lq;
                 const int i = i0 + threadIdx.x;
                 int lo = 0, hi = 0;
                 float l2 = POS_INF, dl = 0.0f;
@@ -470,18 +477,44 @@ __device__ void flash_dkdv(const AttnParams& p, const bf16* __restrict__ q, cons
                     dl = delta[row0 + i];
                 }
                 sees = lo < hi && lo < kb1 && hi > kb0 && l2 != POS_INF;
-                s_lo[threadIdx.x] = lo;
-                s_hi[threadIdx.x] = hi;
-                s_lse[threadIdx.x] = l2;
-                s_delta[threadIdx.x] = dl;
+                meta[threadIdx.x] = l2;
+                meta[BR + threadIdx.x] = dl;
+                reinterpret_cast<int*>(meta)[2 * BR + threadIdx.x] = lo;
+                reinterpret_cast<int*>(meta)[3 * BR + threadIdx.x] = hi;
             }
-            if (!__syncthreads_or(sees)) continue;
-            load_tile<BR, DT>(sq, q + offset(p.q, b, h, 0), p.q.l, i0, p.lq, p.d);
-            load_tile<BR, DT>(sg, g + offset(p.g, b, h, 0), p.g.l, i0, p.lq, p.d);
-            cp_async_commit();
-            cp_async_wait_all();
-            __syncthreads();
+            if (__syncthreads_or(sees)) return st;
+        }
+        return steps;
+    };
+    // Issue the cp.async loads of step st's Q and dO tiles into buffer buf (one commit group).
+    auto load_step = [&](int st, int buf) {
+        const int h = hk * group + st / tiles, i0 = i_start + (st % tiles) * BR;
+        bf16* bq = sqg + buf * 2 * BR * PITCH;
+        load_tile<BR, DT>(bq, q + offset(p.q, b, h, 0), p.q.l, i0, p.lq, p.d);
+        load_tile<BR, DT>(bq + BR * PITCH, g + offset(p.g, b, h, 0), p.g.l, i0, p.lq, p.d);
+        cp_async_commit();
+    };
 
+    int cur = find_step(0, 0), buf = 0;
+    if (cur < steps) load_step(cur, 0);
+    while (cur < steps) {
+        // Prefetch the next visible step into the other buffer (its last reader, step cur - 1,
+        // finished before the barrier that ended the previous iteration), then wait for this one.
+        const int nxt = find_step(cur + 1, buf ^ 1);
+        if (nxt < steps) {
+            load_step(nxt, buf ^ 1);
+            cp_async_wait_one();  // everything but the group just committed
+        } else {
+            cp_async_wait_all();
+        }
+        __syncthreads();
+        const bf16* sq = sqg + buf * 2 * BR * PITCH;
+        const bf16* sg = sq + BR * PITCH;
+        const float* s_lse = s_meta + buf * 4 * BR;
+        const float* s_delta = s_lse + BR;
+        const int* s_lo = reinterpret_cast<const int*>(s_lse) + 2 * BR;
+        const int* s_hi = s_lo + BR;
+        {
             // S^T = K Q^T and dP^T = V dO^T: 16 keys x BR queries per warp.
             float s[NT][4], dp[NT][4];
 #pragma unroll
@@ -536,6 +569,9 @@ __device__ void flash_dkdv(const AttnParams& p, const bf16* __restrict__ q, cons
                 }
             }
         }
+        __syncthreads();  // every warp is done with buffer buf and its metadata
+        cur = nxt;
+        buf ^= 1;
     }
     cp_async_wait_all();
     __syncthreads();  // done with K and V: their tiles become staging

@@ -170,15 +170,31 @@ inline void emu_do_copy(const EmuCopy& c) {
     if (c.valid) std::memcpy(c.dst, c.src, 16);
     else std::memset(c.dst, 0, 16);
 }
+// Copies of the open group, and of the committed groups oldest first.
+inline thread_local std::vector<std::vector<EmuCopy>> emu_groups;
 inline void emu_cp_async16(void* dst, const void* src, bool valid) {
     EmuCopy c{dst, src, valid};
     if (emu_rng() % 2) emu_do_copy(c);
     else emu_pending.push_back(c);
 }
+inline void emu_cp_async_commit() {
+    emu_groups.push_back(std::move(emu_pending));
+    emu_pending.clear();
+}
+// cp.async.wait_group n: every committed group but the newest n has landed.
+inline void emu_cp_async_wait(size_t n) {
+    while (emu_groups.size() > n) {
+        for (auto& c : emu_groups.front()) emu_do_copy(c);
+        emu_groups.erase(emu_groups.begin());
+    }
+}
 inline void emu_cp_async_wait_all() {
+    emu_cp_async_wait(0);
+    // Copies never committed complete too (the kernels always commit; this only drains).
     for (auto& c : emu_pending) emu_do_copy(c);
     emu_pending.clear();
 }
+inline void emu_cp_async_wait_one() { emu_cp_async_wait(1); }
 
 // ----- ldmatrix and mma.sync m16n8k16 (PTX ISA fragment layouts) --------------------------------
 
@@ -270,6 +286,8 @@ inline void emu_launch(emu_dim3 grid, emu_dim3 block, size_t smem, const std::fu
                         threadIdx = {t, 0, 0};
                         blockIdx = {x, y, z};
                         emu_rng.seed(t * 7919 + x * 31 + y * 17 + z);
+                        emu_groups.clear();
+                        emu_pending.clear();
                         f();
                         emu_cp_async_wait_all();
                         // An exited thread no longer holds up barriers.

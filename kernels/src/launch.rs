@@ -170,7 +170,8 @@ pub fn flash_delta(s: &FlashShape) -> Result<Launch, Error> {
 /// `flash_attention_dDT_bwd_bf16(p, q, k, v, g, lse, delta, dk, dv)`: dK and dV.
 pub fn flash_dkdv(s: &FlashShape) -> Result<Launch, Error> {
     let tile = flash_check(s)?;
-    let smem = tile_bytes(2 * FA_BWD_BC + 2 * FA_BWD_BR, tile) + 4 * 4 * FA_BWD_BR;
+    // K and V tiles, two buffers of (Q, dO) tiles, two buffers of 4 per-row words.
+    let smem = tile_bytes(2 * FA_BWD_BC + 4 * FA_BWD_BR, tile) + 2 * 4 * 4 * FA_BWD_BR;
     Ok(Launch {
         symbol: format!("flash_attention_d{tile}_bwd_bf16"),
         grid: [blocks(s.lk, FA_BWD_BC), (s.b * s.hkv) as u32, flash_split(tile) as u32],
@@ -367,7 +368,7 @@ mod tests {
         assert_eq!((f.grid, f.block, f.smem), ([2, 16, 1], [128, 1, 1], 192 * 136 * 2));
         let kv = flash_dkdv(&s).unwrap();
         assert_eq!(kv.grid, [3, 4, 1]);
-        assert_eq!(kv.smem, 192 * 136 * 2 + 512);
+        assert_eq!(kv.smem, 256 * 136 * 2 + 1024);
         let dq = flash_dq(&s).unwrap();
         assert_eq!((dq.grid, dq.smem), ([2, 16, 1], 256 * 136 * 2));
         let dl = flash_delta(&s).unwrap();
