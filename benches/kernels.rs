@@ -194,6 +194,18 @@ fn attention_rows(c: &Value, timer: &Timer, simple: bool) -> Result<Vec<Row>> {
         let (o, lse) = &outs[i];
         kern.backward(q, k, v, o, g, lse).map(|_| ())
     })?;
+    // Long sequences: the forward with 64-row blocks too (the default there uses 128-row blocks).
+    let fwd64 = if l >= vlm4vla_kernels::launch::FA_LONG_MIN_LQ && d <= 128 {
+        cuda::set_flash_long_min_lq(usize::MAX);
+        let t = timer.us(sets, |i| {
+            let (q, k, v, _) = &inputs[i];
+            kern.forward(q, k, v).map(|_| ())
+        });
+        cuda::set_flash_long_min_lq(vlm4vla_kernels::launch::FA_LONG_MIN_LQ);
+        Some(t?)
+    } else {
+        None
+    };
     let (q, k, v, g) = &inputs[0];
     let check_f = check_fast(|| kern.forward(q, k, v).map(|(o, lse)| vec![o, lse]))?;
     let check_b = check_fast(|| {
@@ -201,7 +213,19 @@ fn attention_rows(c: &Value, timer: &Timer, simple: bool) -> Result<Vec<Row>> {
         kern.backward(q, k, v, o, g, lse).map(|(a, b, c)| vec![a, b, c])
     })?;
     let lse_bytes = 4.0 * (b * hq * l) as f64;
-    Ok(vec![
+    let mut rows = Vec::new();
+    if let Some(us) = fwd64 {
+        rows.push(Row {
+            kernel: "attention_fwd (64-row blocks)".into(),
+            case: case.clone(),
+            ours_us: us,
+            simple_us: None,
+            flops: 4.0 * visible * d as f64,
+            bytes: B2 * (2.0 * nq + 2.0 * nkv) + lse_bytes,
+            check: None,
+        });
+    }
+    rows.extend([
         Row {
             kernel: "attention_fwd".into(),
             case: case.clone(),
@@ -220,7 +244,8 @@ fn attention_rows(c: &Value, timer: &Timer, simple: bool) -> Result<Vec<Row>> {
             bytes: B2 * (5.0 * nq + 4.0 * nkv) + 2.0 * lse_bytes,
             check: Some(check_b),
         },
-    ])
+    ]);
+    Ok(rows)
 }
 
 // ----- bandwidth rows ----------------------------------------------------------------------------

@@ -28,6 +28,10 @@
 //   loaded (cp.async) while P V(j) runs and V(j) while Q K(j)^T runs. Key tiles cover the union
 //   of the block's rows' ranges; the per-element mask is skipped on tiles inside every row's range
 //   with no key padding. Out = O / l, lse = scale m + ln l. Overwrites out and lse.
+// flash_attention_long_dDT_fwd_bf16 (DT 64, 80, 128), for long sequences: the same with two m16
+//   row tiles per warp, 128 query rows a block, so each K / V fragment read from shared memory
+//   feeds two mma; grid (ceil(Lq / 128), B * Hq), smem (128 + 2 BC) (DT + 8) 2 bytes, BC 64 (32
+//   for DT 128).
 // flash_attention_delta_bwd_bf16(p, out, g, delta): delta = rowsum(g * out) in fp32 [B, Hq, Lq];
 //   grid ceil(B Hq Lq / 8), 256 threads, a warp per row (16-byte loads, d <= 256). Overwrites.
 // flash_attention_dDT_bwd_bf16(p, q, k, v, g, lse, delta, dk, dv): dK and dV. Grid
@@ -217,22 +221,20 @@ __device__ __forceinline__ void stage_acc(bf16* tile, const float (&acc)[NT][4],
 struct BlockRange {
     int ulo, uhi, ilo, ihi;
 };
-__device__ __forceinline__ BlockRange block_range(const AttnParams& p, int ra, int lo_a, int hi_a, int lo_b,
-                                                  int hi_b, int* s_rng) {
-    const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+// One lane's part of a BlockRange: add query row `row` (< Lq to count) with key range [lo, hi).
+struct RangeAcc {
     int ulo = 0x7fffffff, uhi = 0, ilo = 0, ihi = 0x7fffffff;
-    if (ra < p.lq) {
-        if (lo_a < hi_a) ulo = lo_a, uhi = hi_a;
-        ilo = lo_a, ihi = hi_a;
-    }
-    if (ra + 8 < p.lq) {
-        if (lo_b < hi_b) ulo = min(ulo, lo_b), uhi = max(uhi, hi_b);
-        ilo = max(ilo, lo_b), ihi = min(ihi, hi_b);
-    }
-    ulo = __reduce_min_sync(FULL_MASK, ulo);
-    uhi = __reduce_max_sync(FULL_MASK, uhi);
-    ilo = __reduce_max_sync(FULL_MASK, ilo);
-    ihi = __reduce_min_sync(FULL_MASK, ihi);
+};
+__device__ __forceinline__ void range_add(const AttnParams& p, RangeAcc& a, int row, int lo, int hi) {
+    if (row >= p.lq) return;
+    if (lo < hi) a.ulo = min(a.ulo, lo), a.uhi = max(a.uhi, hi);
+    a.ilo = max(a.ilo, lo), a.ihi = min(a.ihi, hi);
+}
+// The block's range from every lane's part (all threads call it; it synchronises).
+__device__ __forceinline__ BlockRange block_range(RangeAcc a, int* s_rng) {
+    const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    const int ulo = __reduce_min_sync(FULL_MASK, a.ulo), uhi = __reduce_max_sync(FULL_MASK, a.uhi);
+    const int ilo = __reduce_max_sync(FULL_MASK, a.ilo), ihi = __reduce_min_sync(FULL_MASK, a.ihi);
     if (lane == 0) {
         s_rng[warp] = ulo;
         s_rng[FA_WARPS + warp] = uhi;
@@ -271,36 +273,51 @@ __device__ __forceinline__ void mask_scores(const AttnParams& p, int b, float (&
 
 // ----- forward ---------------------------------------------------------------------------------
 
-template <int DT, int BC>
+// MT m16 row tiles per warp (16 MT query rows): MT = 2 reuses every K / V fragment read from
+// shared memory for two tiles (half the shared-memory traffic per mma) at the cost of registers.
+template <int DT, int BC, int MT>
 __device__ void flash_fwd(const AttnParams& p, const bf16* __restrict__ q, const bf16* __restrict__ k,
                           const bf16* __restrict__ v, bf16* __restrict__ out, float* __restrict__ lse) {
-    constexpr int PITCH = DT + 8, KS = DT / 16, NT = BC / 8, DN = DT / 8;
+    constexpr int PITCH = DT + 8, KS = DT / 16, NT = BC / 8, DN = DT / 8, WR = 16 * MT, BRT = FA_WARPS * WR;
     extern __shared__ __align__(16) unsigned char fa_smem[];
     __shared__ int s_rng[4 * FA_WARPS];
     bf16* sq = reinterpret_cast<bf16*>(fa_smem);
-    bf16* sk = sq + FA_BR * PITCH;
+    bf16* sk = sq + BRT * PITCH;
     bf16* sv = sk + BC * PITCH;
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP, g = lane / 4, t = lane % 4;
     const int b = blockIdx.y / p.hq, h = blockIdx.y % p.hq, hk = h / (p.hq / p.hkv);
-    const int q0 = blockIdx.x * FA_BR, ra = q0 + warp * 16 + g, rb = ra + 8;
+    const int q0 = blockIdx.x * BRT, w0 = q0 + warp * WR;  // the block's and the warp's first row
     const bf16* kb = k + offset(p.k, b, hk, 0);
     const bf16* vb = v + offset(p.v, b, hk, 0);
 
-    int lo_a = 0, hi_a = 0, lo_b = 0, hi_b = 0;
-    if (ra < p.lq) key_range(p, b, ra, lo_a, hi_a);
-    if (rb < p.lq) key_range(p, b, rb, lo_b, hi_b);
-    const BlockRange br = block_range(p, ra, lo_a, hi_a, lo_b, hi_b, s_rng);
+    // Row tile mt holds rows w0 + 16 mt + g (a) and + 8 (b).
+    int lo[MT][2], hi[MT][2];
+    RangeAcc racc;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int row = w0 + 16 * mt + g + 8 * r;
+            lo[mt][r] = hi[mt][r] = 0;
+            if (row < p.lq) key_range(p, b, row, lo[mt][r], hi[mt][r]);
+            range_add(p, racc, row, lo[mt][r], hi[mt][r]);
+        }
+    const BlockRange br = block_range(racc, s_rng);
 
-    load_tile<FA_BR, DT>(sq, q + offset(p.q, b, h, 0), p.q.l, q0, p.lq, p.d);
+    load_tile<BRT, DT>(sq, q + offset(p.q, b, h, 0), p.q.l, q0, p.lq, p.d);
     if (br.ulo < br.uhi) load_tile<BC, DT>(sk, kb, p.k.l, br.ulo, p.lk, p.d);
     cp_async_commit();
 
     const float sl2 = p.scale * LOG2E;
-    float o[DN][4];
+    float o[MT][DN][4], m[MT][2], l[MT][2];
 #pragma unroll
-    for (int n = 0; n < DN; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-    float m_a = NEG_INF, m_b = NEG_INF, l_a = 0.0f, l_b = 0.0f;
-    const bf16* qw = sq + warp * 16 * PITCH;
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int n = 0; n < DN; ++n) o[mt][n][0] = o[mt][n][1] = o[mt][n][2] = o[mt][n][3] = 0.0f;
+        m[mt][0] = m[mt][1] = NEG_INF;
+        l[mt][0] = l[mt][1] = 0.0f;
+    }
+    const bf16* qw = sq + warp * WR * PITCH;
 
     for (int k0 = br.ulo; k0 < br.uhi; k0 += BC) {
         cp_async_wait_all();
@@ -308,56 +325,56 @@ __device__ void flash_fwd(const AttnParams& p, const bf16* __restrict__ q, const
         load_tile<BC, DT>(sv, vb, p.v.l, k0, p.lk, p.d);
         cp_async_commit();
 
-        float s[NT][4];
+        float s[MT][NT][4];
 #pragma unroll
-        for (int n = 0; n < NT; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int n = 0; n < NT; ++n) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.0f;
 #pragma unroll
         for (int ks = 0; ks < KS; ++ks) {
-            u32 a[4];
-            load_a<PITCH>(a, qw, ks * 16);
+            u32 a[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) load_a<PITCH>(a[mt], qw + 16 * mt * PITCH, ks * 16);
 #pragma unroll
             for (int n = 0; n < NT; n += 2) {
                 u32 bb[4];
                 load_b_nk<PITCH>(bb, sk, n * 8, ks * 16);
-                mma(s[n], a, bb[0], bb[1]);
-                mma(s[n + 1], a, bb[2], bb[3]);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma(s[mt][n], a[mt], bb[0], bb[1]);
+                    mma(s[mt][n + 1], a[mt], bb[2], bb[3]);
+                }
             }
         }
-        if (p.key_padding || k0 < br.ilo || k0 + BC > br.ihi) mask_scores<NT>(p, b, s, k0, lo_a, hi_a, lo_b, hi_b);
-
-        // Online softmax, base 2: p = 2^(s sl2 - m sl2); rows that have seen no key keep m = -inf.
-        float mx_a = m_a, mx_b = m_b;
+        const bool need_mask = p.key_padding || k0 < br.ilo || k0 + BC > br.ihi;
 #pragma unroll
-        for (int n = 0; n < NT; ++n) {
-            mx_a = fmaxf(mx_a, fmaxf(s[n][0], s[n][1]));
-            mx_b = fmaxf(mx_b, fmaxf(s[n][2], s[n][3]));
-        }
-        mx_a = fmaxf(mx_a, __shfl_xor_sync(FULL_MASK, mx_a, 1));
-        mx_a = fmaxf(mx_a, __shfl_xor_sync(FULL_MASK, mx_a, 2));
-        mx_b = fmaxf(mx_b, __shfl_xor_sync(FULL_MASK, mx_b, 1));
-        mx_b = fmaxf(mx_b, __shfl_xor_sync(FULL_MASK, mx_b, 2));
-        const float ms_a = mx_a == NEG_INF ? 0.0f : mx_a * sl2, ms_b = mx_b == NEG_INF ? 0.0f : mx_b * sl2;
-        const float corr_a = exp2f(m_a * sl2 - ms_a), corr_b = exp2f(m_b * sl2 - ms_b);
-        m_a = mx_a;
-        m_b = mx_b;
-        float sum_a = 0.0f, sum_b = 0.0f;
+        for (int mt = 0; mt < MT; ++mt) {
+            if (need_mask) mask_scores<NT>(p, b, s[mt], k0, lo[mt][0], hi[mt][0], lo[mt][1], hi[mt][1]);
+            // Online softmax, base 2: p = 2^(s sl2 - m sl2); rows that have seen no key keep m = -inf.
 #pragma unroll
-        for (int n = 0; n < NT; ++n) {
-            s[n][0] = exp2f(s[n][0] * sl2 - ms_a);
-            s[n][1] = exp2f(s[n][1] * sl2 - ms_a);
-            s[n][2] = exp2f(s[n][2] * sl2 - ms_b);
-            s[n][3] = exp2f(s[n][3] * sl2 - ms_b);
-            sum_a += s[n][0] + s[n][1];
-            sum_b += s[n][2] + s[n][3];
-        }
-        l_a = l_a * corr_a + sum_a;
-        l_b = l_b * corr_b + sum_b;
+            for (int r = 0; r < 2; ++r) {
+                float mx = m[mt][r];
 #pragma unroll
-        for (int n = 0; n < DN; ++n) {
-            o[n][0] *= corr_a;
-            o[n][1] *= corr_a;
-            o[n][2] *= corr_b;
-            o[n][3] *= corr_b;
+                for (int n = 0; n < NT; ++n) mx = fmaxf(mx, fmaxf(s[mt][n][2 * r], s[mt][n][2 * r + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
+                const float ms = mx == NEG_INF ? 0.0f : mx * sl2;
+                const float corr = exp2f(m[mt][r] * sl2 - ms);
+                m[mt][r] = mx;
+                float sum = 0.0f;
+#pragma unroll
+                for (int n = 0; n < NT; ++n) {
+                    s[mt][n][2 * r] = exp2f(s[mt][n][2 * r] * sl2 - ms);
+                    s[mt][n][2 * r + 1] = exp2f(s[mt][n][2 * r + 1] * sl2 - ms);
+                    sum += s[mt][n][2 * r] + s[mt][n][2 * r + 1];
+                }
+                l[mt][r] = l[mt][r] * corr + sum;
+#pragma unroll
+                for (int n = 0; n < DN; ++n) {
+                    o[mt][n][2 * r] *= corr;
+                    o[mt][n][2 * r + 1] *= corr;
+                }
+            }
         }
 
         cp_async_wait_all();
@@ -366,33 +383,42 @@ __device__ void flash_fwd(const AttnParams& p, const bf16* __restrict__ q, const
         cp_async_commit();
 #pragma unroll
         for (int kk = 0; kk < BC / 16; ++kk) {
-            u32 a[4];
-            acc_to_a(a, s[2 * kk], s[2 * kk + 1]);
+            u32 a[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) acc_to_a(a[mt], s[mt][2 * kk], s[mt][2 * kk + 1]);
 #pragma unroll
             for (int n = 0; n < DN; n += 2) {
                 u32 bb[4];
                 load_b_kn<PITCH>(bb, sv, kk * 16, n * 8);
-                mma(o[n], a, bb[0], bb[1]);
-                mma(o[n + 1], a, bb[2], bb[3]);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma(o[mt][n], a[mt], bb[0], bb[1]);
+                    mma(o[mt][n + 1], a[mt], bb[2], bb[3]);
+                }
             }
         }
     }
     cp_async_wait_all();
     __syncthreads();  // the Q tile is in even when no key tile ran; its rows are reused as staging
 
-    l_a += __shfl_xor_sync(FULL_MASK, l_a, 1);
-    l_a += __shfl_xor_sync(FULL_MASK, l_a, 2);
-    l_b += __shfl_xor_sync(FULL_MASK, l_b, 1);
-    l_b += __shfl_xor_sync(FULL_MASK, l_b, 2);
-    if (t == 0) {
-        float* lrow = lse + ((i64)b * p.hq + h) * p.lq;
-        if (ra < p.lq) lrow[ra] = l_a > 0.0f ? m_a * p.scale + logf(l_a) : NEG_INF;
-        if (rb < p.lq) lrow[rb] = l_b > 0.0f ? m_b * p.scale + logf(l_b) : NEG_INF;
+    float* lrow = lse + ((i64)b * p.hq + h) * p.lq;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        float inv[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float lt = l[mt][r];
+            lt += __shfl_xor_sync(FULL_MASK, lt, 1);
+            lt += __shfl_xor_sync(FULL_MASK, lt, 2);
+            const int row = w0 + 16 * mt + g + 8 * r;
+            if (t == 0 && row < p.lq) lrow[row] = lt > 0.0f ? m[mt][r] * p.scale + logf(lt) : NEG_INF;
+            inv[r] = lt > 0.0f ? 1.0f / lt : 0.0f;
+        }
+        bf16* stage = sq + (warp * WR + 16 * mt) * PITCH;  // only this warp ever read these Q rows
+        stage_acc<DT, DN>(stage, o[mt], inv[0], inv[1]);
+        __syncwarp();
+        store_rows<PITCH, DT>(out + offset(p.o, b, h, 0), p.o.l, stage, w0 + 16 * mt, p.lq, p.d);
     }
-    bf16* stage = sq + warp * 16 * PITCH;  // only this warp ever read these Q rows
-    stage_acc<DT, DN>(stage, o, l_a > 0.0f ? 1.0f / l_a : 0.0f, l_b > 0.0f ? 1.0f / l_b : 0.0f);
-    __syncwarp();
-    store_rows<PITCH, DT>(out + offset(p.o, b, h, 0), p.o.l, stage, q0 + warp * 16, p.lq, p.d);
 }
 
 // ----- backward: delta = rowsum(dO * O) ------------------------------------------------------
@@ -622,7 +648,10 @@ __device__ void flash_dq(const AttnParams& p, const bf16* __restrict__ q, const 
         if (l != NEG_INF) lse_b = l * LOG2E;
         del_b = delta[row0 + rb];
     }
-    const BlockRange br = block_range(p, ra, lo_a, hi_a, lo_b, hi_b, s_rng);
+    RangeAcc racc;
+    range_add(p, racc, ra, lo_a, hi_a);
+    range_add(p, racc, rb, lo_b, hi_b);
+    const BlockRange br = block_range(racc, s_rng);
 
     load_tile<FA_BR, DT>(sq, q + offset(p.q, b, h, 0), p.q.l, q0, p.lq, p.d);
     load_tile<FA_BR, DT>(sg, g + offset(p.g, b, h, 0), p.g.l, q0, p.lq, p.d);
@@ -709,7 +738,7 @@ __device__ void flash_dq(const AttnParams& p, const bf16* __restrict__ q, const 
 #define FLASH(DT, BC, SPLIT)                                                                                      \
     FA_KERNEL flash_attention_d##DT##_fwd_bf16(const AttnParams p, const bf16* q, const bf16* k, const bf16* v,   \
                                                 bf16* out, float* lse) {                                          \
-        flash_fwd<DT, BC>(p, q, k, v, out, lse);                                                                  \
+        flash_fwd<DT, BC, 1>(p, q, k, v, out, lse);                                                               \
     }                                                                                                             \
     FA_KERNEL flash_attention_d##DT##_bwd_bf16(const AttnParams p, const bf16* q, const bf16* k, const bf16* v,   \
                                                 const bf16* g, const float* lse, const float* delta, bf16* dk,    \
@@ -725,6 +754,16 @@ FLASH(64, 64, 1)
 FLASH(80, 64, 1)
 FLASH(128, 64, 1)
 FLASH(256, 32, 2)
+
+// Forward with two row tiles per warp (128 query rows a block) for long sequences.
+#define FLASH_LONG(DT, BC)                                                                                         \
+    FA_KERNEL flash_attention_long_d##DT##_fwd_bf16(const AttnParams p, const bf16* q, const bf16* k,             \
+                                                    const bf16* v, bf16* out, float* lse) {                       \
+        flash_fwd<DT, BC, 2>(p, q, k, v, out, lse);                                                               \
+    }
+FLASH_LONG(64, 64)
+FLASH_LONG(80, 64)
+FLASH_LONG(128, 32)
 
 extern "C" __global__ void __launch_bounds__(FA_DELTA_ROWS * WARP)
     flash_attention_delta_bwd_bf16(const AttnParams p, const bf16* o, const bf16* g, float* delta) {

@@ -144,9 +144,29 @@ fn blocks(n: usize, per: usize) -> u32 {
     n.div_ceil(per).max(1) as u32
 }
 
-/// `flash_attention_dDT_fwd_bf16(p, q, k, v, out, lse)`.
+/// Query rows from which the forward uses the 128-row blocks (`flash_attention_long_*`, head-dim
+/// tiles up to 128): each K / V fragment then feeds two row tiles; below it the 64-row blocks
+/// waste fewer rows on short sequences.
+pub const FA_LONG_MIN_LQ: usize = 1024;
+
+/// `flash_attention_dDT_fwd_bf16(p, q, k, v, out, lse)`, or `flash_attention_long_dDT_fwd_bf16`
+/// for long sequences (from [`FA_LONG_MIN_LQ`] query rows).
 pub fn flash_fwd(s: &FlashShape) -> Result<Launch, Error> {
+    flash_fwd_with(s, FA_LONG_MIN_LQ)
+}
+
+/// [`flash_fwd`] with the 128-row blocks from `long_min_lq` query rows (`usize::MAX`: never).
+pub fn flash_fwd_with(s: &FlashShape, long_min_lq: usize) -> Result<Launch, Error> {
     let tile = flash_check(s)?;
+    if s.lq >= long_min_lq && tile <= 128 {
+        let (rows, bc) = (2 * FA_BR, if tile == 128 { 32 } else { 64 });
+        return Ok(Launch {
+            symbol: format!("flash_attention_long_d{tile}_fwd_bf16"),
+            grid: [blocks(s.lq, rows), (s.b * s.hq) as u32, 1],
+            block: [FA_THREADS, 1, 1],
+            smem: tile_bytes(rows + 2 * bc, tile) as u32,
+        });
+    }
     let smem = tile_bytes(FA_BR + 2 * flash_bc(tile), tile);
     Ok(Launch {
         symbol: format!("flash_attention_d{tile}_fwd_bf16"),
@@ -333,6 +353,9 @@ mod tests {
             let inst = format!("FLASH({t}, {}, {})", flash_bc(t), flash_split(t));
             assert!(src.contains(&inst), "{inst} in flash_attention.cu");
         }
+        for (t, bc) in [(64, 64), (80, 64), (128, 32)] {
+            assert!(src.contains(&format!("FLASH_LONG({t}, {bc})")), "FLASH_LONG({t}, {bc})");
+        }
     }
 
     #[test]
@@ -373,6 +396,16 @@ mod tests {
         assert_eq!((dq.grid, dq.smem), ([2, 16, 1], 256 * 136 * 2));
         let dl = flash_delta(&s).unwrap();
         assert_eq!((dl.grid, dl.block), ([200, 1, 1], [256, 1, 1]));
+        let mut long = shape(128);
+        long.lq = 2048;
+        let f = flash_fwd(&long).unwrap();
+        assert_eq!(f.symbol, "flash_attention_long_d128_fwd_bf16");
+        assert_eq!((f.grid, f.smem), ([16, 16, 1], 192 * 136 * 2));
+        assert!(kernel("flash_attention").unwrap().symbols().contains(&f.symbol));
+        assert_eq!(flash_fwd_with(&long, usize::MAX).unwrap().symbol, "flash_attention_d128_fwd_bf16");
+        long.d = 256;
+        long.dv = 256;
+        assert_eq!(flash_fwd(&long).unwrap().symbol, "flash_attention_d256_fwd_bf16");
         let s256 = shape(256);
         assert_eq!(flash_dkdv(&s256).unwrap().grid, [3, 4, 2]);
         assert_eq!(flash_fwd(&s256).unwrap().smem, 128 * 264 * 2);

@@ -223,8 +223,9 @@ pub static KERNELS: &[Kernel] = &[
     ),
     family!("optim", [op("adamw", Dirs::Fwd), op("sgd", Dirs::Fwd)], fast_math: false, must_not_spill: true),
     // Tensor-core flash attention, bf16 only, one op per head-dim tile (see flash.rs for the
-    // launch geometry): `_fwd` is the forward, `_bwd` dK/dV, `flash_attention_dq_*_bwd` dQ and
-    // `flash_attention_delta_bwd` the rowsum(dO * O) preprocessing.
+    // launch geometry): `_fwd` is the forward, `_bwd` dK/dV, `flash_attention_dq_*_bwd` dQ,
+    // `flash_attention_delta_bwd` the rowsum(dO * O) preprocessing and `flash_attention_long_*_fwd`
+    // the forward with 128-row blocks for long sequences.
     family!(
         "flash_attention",
         [
@@ -237,6 +238,9 @@ pub static KERNELS: &[Kernel] = &[
             op("flash_attention_dq_d128", Dirs::Bwd),
             op("flash_attention_dq_d256", Dirs::Bwd),
             op("flash_attention_delta", Dirs::Bwd),
+            op("flash_attention_long_d64", Dirs::Fwd),
+            op("flash_attention_long_d80", Dirs::Fwd),
+            op("flash_attention_long_d128", Dirs::Fwd),
         ],
         dtypes: BF16,
         fast_math: true,

@@ -116,7 +116,8 @@ pub(crate) fn forward(
     p.o = packed(out_shape);
     let (pq, pk, pv) = (ptr(op, &q)?, ptr(op, &k)?, ptr(op, &v)?);
     if let Some(s) = flash_shape(q.dtype(), &p, &[pq, pk, pv, out.ptr_at(0)]) {
-        let l = flash_geom(geom::flash_fwd, &s)?;
+        let l = geom::flash_fwd_with(&s, super::flash_long_min_lq())
+            .map_err(|e| Error::invalid("attention", e.to_string()))?;
         // SAFETY: as below; flash_supported checked bf16, d == dv <= 256 a multiple of 8, strides
         // multiples of 8 elements and 16-byte aligned pointers; `l` sizes the dynamic smem.
         unsafe { launch_geom!(dev, op, "flash_attention", l, p, [pq, pk, pv, out.ptr_at(0), lse.ptr_at(0)]) }?;

@@ -138,6 +138,21 @@ pub fn fast_kernels() -> bool {
     fast_flag().load(Ordering::Relaxed)
 }
 
+fn flash_long_min() -> &'static std::sync::atomic::AtomicUsize {
+    static MIN: OnceLock<std::sync::atomic::AtomicUsize> = OnceLock::new();
+    MIN.get_or_init(|| std::sync::atomic::AtomicUsize::new(vlm4vla_kernels::launch::FA_LONG_MIN_LQ))
+}
+
+/// From how many query rows the flash forward uses its 128-row blocks (`usize::MAX`: never); for
+/// benchmarks comparing the two forms. Default [`vlm4vla_kernels::launch::FA_LONG_MIN_LQ`].
+pub fn set_flash_long_min_lq(rows: usize) {
+    flash_long_min().store(rows, Ordering::Relaxed);
+}
+
+pub(crate) fn flash_long_min_lq() -> usize {
+    flash_long_min().load(Ordering::Relaxed)
+}
+
 /// Whether `cuda:ordinal` can be used: the driver loads, the device exists and initialises.
 pub fn is_available(ordinal: usize) -> bool {
     device(ordinal).is_ok()
