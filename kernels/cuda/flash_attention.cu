@@ -34,10 +34,15 @@
 //   for DT 128).
 // flash_attention_delta_bwd_bf16(p, out, g, delta): delta = rowsum(g * out) in fp32 [B, Hq, Lq];
 //   grid ceil(B Hq Lq / 8), 256 threads, a warp per row (16-byte loads, d <= 256). Overwrites.
-// flash_attention_dDT_bwd_bf16(p, q, k, v, g, lse, delta, dk, dv): dK and dV. Grid
-//   (ceil(Lk / 64), B * Hkv, SPLIT), 128 threads (4 warps x 16 keys); SPLIT = 2 for DT 256 (the
-//   block z computes output columns [z DT/2, (z+1) DT/2), recomputing the scores: the fp32
-//   accumulators of 16 keys x 256 columns x 2 would not fit in registers), else 1.
+// flash_attention_dDT_bwd_bf16(p, q, k, v, g, lse, delta, dk, dv, dk_part, dv_part): dK and dV.
+//   Grid (ceil(Lk / 64), B * Hkv, SPLIT * PARTS), 128 threads (4 warps x 16 keys); SPLIT = 2 for
+//   DT 256 (block z % 2 computes output columns [z DT/2, (z+1) DT/2), recomputing the scores:
+//   the fp32 accumulators of 16 keys x 256 columns x 2 would not fit in registers), else 1.
+//   PARTS splits the query heads of a kv group (GQA/MQA) over blocks when the grid would be too
+//   small to fill the GPU: with PARTS > 1 each block writes fp32 partials to dk_part / dv_part
+//   [PARTS][B][Hkv][Lk][D] and flash_attention_dkdv_sum_bwd_bf16(p, dk_part, dv_part, PARTS, dk,
+//   dv) (grid-stride, EW_THREADS) sums them in order into dk, dv; with PARTS = 1 they are null
+//   and dk, dv are written directly.
 //   smem (64 + 64 + 4 x 32) (DT + 8) 2 + 1024 bytes. K and V tiles stay in smem; the steps are
 //   (query head of the kv group, 32-query tile) pairs that can see the block's keys, their Q and
 //   dO tiles double-buffered (cp.async of step i + 1 in flight during step i). Per step: S^T = K Q^T,
@@ -443,12 +448,44 @@ __device__ void flash_delta(const AttnParams& p, const bf16* __restrict__ o, con
     if (lane == 0) delta[row] = s;
 }
 
+// ----- backward: sum of the dK / dV partials of a split kv group ------------------------------
+
+__device__ void flash_dkdv_sum(const AttnParams& p, const float* __restrict__ dk_part,
+                               const float* __restrict__ dv_part, int parts, bf16* __restrict__ dk,
+                               bf16* __restrict__ dv) {
+    const i64 rows = (i64)p.b * p.hkv * p.lk, vecs = p.d / 8, total = rows * p.d;
+    FOR_EACH(e, rows * vecs) {
+        const i64 r = e / vecs;
+        const int c = (int)(e - r * vecs) * 8;
+        const int j = (int)(r % p.lk), bh = (int)(r / p.lk), b = bh / p.hkv, hk = bh % p.hkv;
+        float sk[8], sv[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) sk[i] = sv[i] = 0.0f;
+        for (int q = 0; q < parts; ++q) {
+            const i64 at = q * total + r * p.d + c;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const float4 a = *reinterpret_cast<const float4*>(dk_part + at + 4 * h);
+                const float4 v = *reinterpret_cast<const float4*>(dv_part + at + 4 * h);
+                sk[4 * h] += a.x, sk[4 * h + 1] += a.y, sk[4 * h + 2] += a.z, sk[4 * h + 3] += a.w;
+                sv[4 * h] += v.x, sv[4 * h + 1] += v.y, sv[4 * h + 2] += v.z, sv[4 * h + 3] += v.w;
+            }
+        }
+        Vec16<bf16> ok, ov;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) ok.v[i] = from_f32<bf16>(sk[i]), ov.v[i] = from_f32<bf16>(sv[i]);
+        store16(dk + offset(p.dk, b, hk, j) + c, ok);
+        store16(dv + offset(p.dv, b, hk, j) + c, ov);
+    }
+}
+
 // ----- backward: dK, dV ------------------------------------------------------------------------
 
 template <int DT, int SPLIT>
 __device__ void flash_dkdv(const AttnParams& p, const bf16* __restrict__ q, const bf16* __restrict__ k,
                            const bf16* __restrict__ v, const bf16* __restrict__ g, const float* __restrict__ lse,
-                           const float* __restrict__ delta, bf16* __restrict__ dk, bf16* __restrict__ dv) {
+                           const float* __restrict__ delta, bf16* __restrict__ dk, bf16* __restrict__ dv,
+                           float* __restrict__ dk_part, float* __restrict__ dv_part) {
     constexpr int PITCH = DT + 8, KS = DT / 16, COLS = DT / SPLIT, CN = COLS / 8;
     constexpr int BR = FA_BWD_BR, BC = FA_BWD_BC, NT = BR / 8;
     // Shared memory: K and V tiles, then two buffers of (Q tile, dO tile), then two buffers of the
@@ -460,7 +497,11 @@ __device__ void flash_dkdv(const AttnParams& p, const bf16* __restrict__ q, cons
     float* s_meta = reinterpret_cast<float*>(sqg + 4 * BR * PITCH);  // [2][lse2, delta, lo, hi][BR]
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP, g8 = lane / 4, t = lane % 4;
     const int b = blockIdx.y / p.hkv, hk = blockIdx.y % p.hkv, group = p.hq / p.hkv;
-    const int c0 = blockIdx.z * COLS;
+    // blockIdx.z = column part + SPLIT x head part: the block takes query heads
+    // [h_first, h_first + heads) of the kv group (all of them unless the launcher splits it).
+    const int parts = gridDim.z / SPLIT, part = blockIdx.z / SPLIT, heads = group / parts;
+    const int h_first = hk * group + part * heads;
+    const int c0 = (blockIdx.z % SPLIT) * COLS;
     const int kb0 = blockIdx.x * BC, kb1 = min(kb0 + BC, p.lk);
     const int ka = kb0 + warp * 16 + g8, kbb = ka + 8;  // this lane's two keys
     const bool real_a = ka < p.lk && key_real(p, b, ka), real_b = kbb < p.lk && key_real(p, b, kbb);
@@ -482,14 +523,14 @@ __device__ void flash_dkdv(const AttnParams& p, const bf16* __restrict__ q, cons
     // key kb0 only if i >= kb0 - (Lk - Lq), so earlier query tiles are not steps at all.
     const int i_start = p.mask == MASK_CAUSAL ? max(0, kb0 - (p.lk - p.lq)) : 0;
     const int tiles = p.lq > i_start ? (p.lq - i_start + BR - 1) / BR : 0;
-    const int steps = group * tiles;
+    const int steps = heads * tiles;
 
     // The first step at or after `st` whose query tile sees a key of this block (steps if none),
     // with its rows' metadata written into buffer `buf`. Every thread calls it (it synchronises).
     auto find_step = [&](int st, int buf) -> int {
         float* meta = s_meta + buf * 4 * BR;
         for (; st < steps; ++st) {
-            const int h = hk * group + st / tiles, i0 = i_start + (st % tiles) * BR;
+            const int h = h_first + st / tiles, i0 = i_start + (st % tiles) * BR;
             bool sees = false;
             if (threadIdx.x < BR) {
                 const i64 row0 = ((i64)b * p.hq + h) * p.lq;
@@ -514,7 +555,7 @@ __device__ void flash_dkdv(const AttnParams& p, const bf16* __restrict__ q, cons
     };
     // Issue the cp.async loads of step st's Q and dO tiles into buffer buf (one commit group).
     auto load_step = [&](int st, int buf) {
-        const int h = hk * group + st / tiles, i0 = i_start + (st % tiles) * BR;
+        const int h = h_first + st / tiles, i0 = i_start + (st % tiles) * BR;
         bf16* bq = sqg + buf * 2 * BR * PITCH;
         load_tile<BR, DT>(bq, q + offset(p.q, b, h, 0), p.q.l, i0, p.lq, p.d);
         load_tile<BR, DT>(bq + BR * PITCH, g + offset(p.g, b, h, 0), p.g.l, i0, p.lq, p.d);
@@ -600,6 +641,26 @@ __device__ void flash_dkdv(const AttnParams& p, const bf16* __restrict__ q, cons
         buf ^= 1;
     }
     cp_async_wait_all();
+    if (dk_part) {
+        // A part of the kv group's heads: fp32 partials [parts][B][Hkv][Lk][D], summed by
+        // flash_attention_dkdv_sum in a fixed order.
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int key = r ? kbb : ka;
+            if (key >= p.lk) continue;
+            const i64 at = ((((i64)part * p.b + b) * p.hkv + hk) * p.lk + key) * p.d;
+#pragma unroll
+            for (int n = 0; n < CN; ++n) {
+                const int col = c0 + n * 8 + 2 * t;
+                if (col < p.d) {
+                    *reinterpret_cast<float2*>(dk_part + at + col) =
+                        make_float2(dka[n][2 * r] * p.scale, dka[n][2 * r + 1] * p.scale);
+                    *reinterpret_cast<float2*>(dv_part + at + col) = make_float2(dva[n][2 * r], dva[n][2 * r + 1]);
+                }
+            }
+        }
+        return;
+    }
     __syncthreads();  // done with K and V: their tiles become staging
     // Warp w stages its 16 keys' dK in sk rows [16 w, 16 w + 16) and dV in sv's, columns [0, COLS).
     stage_acc<DT, CN>(sk + warp * 16 * PITCH, dka, p.scale, p.scale);
@@ -742,8 +803,8 @@ __device__ void flash_dq(const AttnParams& p, const bf16* __restrict__ q, const 
     }                                                                                                             \
     FA_KERNEL flash_attention_d##DT##_bwd_bf16(const AttnParams p, const bf16* q, const bf16* k, const bf16* v,   \
                                                 const bf16* g, const float* lse, const float* delta, bf16* dk,    \
-                                                bf16* dv) {                                                       \
-        flash_dkdv<DT, SPLIT>(p, q, k, v, g, lse, delta, dk, dv);                                                 \
+                                                bf16* dv, float* dk_part, float* dv_part) {                       \
+        flash_dkdv<DT, SPLIT>(p, q, k, v, g, lse, delta, dk, dv, dk_part, dv_part);                               \
     }                                                                                                             \
     FA_KERNEL flash_attention_dq_d##DT##_bwd_bf16(const AttnParams p, const bf16* q, const bf16* k,               \
                                                    const bf16* v, const bf16* g, const float* lse,                \
@@ -768,4 +829,10 @@ FLASH_LONG(128, 32)
 extern "C" __global__ void __launch_bounds__(FA_DELTA_ROWS * WARP)
     flash_attention_delta_bwd_bf16(const AttnParams p, const bf16* o, const bf16* g, float* delta) {
     flash_delta(p, o, g, delta);
+}
+
+extern "C" __global__ void __launch_bounds__(EW_THREADS)
+    flash_attention_dkdv_sum_bwd_bf16(const AttnParams p, const float* dk_part, const float* dv_part, u64 parts,
+                                      bf16* dk, bf16* dv) {
+    flash_dkdv_sum(p, dk_part, dv_part, (int)parts, dk, dv);
 }

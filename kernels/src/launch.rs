@@ -187,16 +187,53 @@ pub fn flash_delta(s: &FlashShape) -> Result<Launch, Error> {
     })
 }
 
-/// `flash_attention_dDT_bwd_bf16(p, q, k, v, g, lse, delta, dk, dv)`: dK and dV.
-pub fn flash_dkdv(s: &FlashShape) -> Result<Launch, Error> {
+/// The dK/dV grid the launcher aims for (two blocks on each of an H100's 132 SMs): below it, the
+/// query heads of a kv group are split over blocks.
+pub const FA_DKDV_MIN_BLOCKS: usize = 264;
+
+/// The dK/dV launch and, when the kv groups' query heads are split over `head_parts` blocks, the
+/// sum of their fp32 partials (`partial_elems` floats each for dK and dV).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlashDkDv {
+    /// `flash_attention_dDT_bwd_bf16(p, q, k, v, g, lse, delta, dk, dv, dk_part, dv_part)`: the
+    /// partial pointers are 0 when `head_parts` is 1.
+    pub launch: Launch,
+    pub head_parts: usize,
+    /// `flash_attention_dkdv_sum_bwd_bf16(p, dk_part, dv_part, head_parts as u64, dk, dv)`, run
+    /// after it when `head_parts` > 1.
+    pub sum: Option<Launch>,
+    pub partial_elems: usize,
+}
+
+/// dK and dV, splitting each kv group's query heads over blocks (a power of two dividing the
+/// group) until the grid has `min_blocks` blocks (e.g. [`FA_DKDV_MIN_BLOCKS`]).
+pub fn flash_dkdv(s: &FlashShape, min_blocks: usize) -> Result<FlashDkDv, Error> {
     let tile = flash_check(s)?;
     // K and V tiles, two buffers of (Q, dO) tiles, two buffers of 4 per-row words.
     let smem = tile_bytes(2 * FA_BWD_BC + 4 * FA_BWD_BR, tile) + 2 * 4 * 4 * FA_BWD_BR;
-    Ok(Launch {
-        symbol: format!("flash_attention_d{tile}_bwd_bf16"),
-        grid: [blocks(s.lk, FA_BWD_BC), (s.b * s.hkv) as u32, flash_split(tile) as u32],
-        block: [FA_THREADS, 1, 1],
-        smem: smem as u32,
+    let split = flash_split(tile);
+    let base = s.lk.div_ceil(FA_BWD_BC).max(1) * s.b * s.hkv * split;
+    let group = s.hq / s.hkv;
+    let mut parts = 1;
+    while base * parts < min_blocks && group.is_multiple_of(parts * 2) {
+        parts *= 2;
+    }
+    let partial_elems = parts * s.b * s.hkv * s.lk * s.d;
+    Ok(FlashDkDv {
+        launch: Launch {
+            symbol: format!("flash_attention_d{tile}_bwd_bf16"),
+            grid: [blocks(s.lk, FA_BWD_BC), (s.b * s.hkv) as u32, (split * parts) as u32],
+            block: [FA_THREADS, 1, 1],
+            smem: smem as u32,
+        },
+        head_parts: parts,
+        sum: (parts > 1).then(|| Launch {
+            symbol: "flash_attention_dkdv_sum_bwd_bf16".to_string(),
+            grid: [blocks(s.b * s.hkv * s.lk * s.d / 8, EW_THREADS as usize).min(1 << 16), 1, 1],
+            block: [EW_THREADS, 1, 1],
+            smem: 0,
+        }),
+        partial_elems: if parts > 1 { partial_elems } else { 0 },
     })
 }
 
@@ -377,8 +414,10 @@ mod tests {
         let syms = kernel("flash_attention").unwrap().symbols();
         for d in [64, 72, 80, 128, 256] {
             let s = shape(d);
-            for l in [flash_fwd(&s), flash_delta(&s), flash_dkdv(&s), flash_dq(&s)] {
-                let l = l.unwrap();
+            let kv = flash_dkdv(&s, 1 << 20).unwrap();
+            assert!(kv.head_parts > 1);
+            let sum = kv.sum.clone().unwrap();
+            for l in [flash_fwd(&s).unwrap(), flash_delta(&s).unwrap(), kv.launch, sum, flash_dq(&s).unwrap()] {
                 assert!(syms.contains(&l.symbol), "{} registered", l.symbol);
             }
         }
@@ -389,9 +428,14 @@ mod tests {
         let s = shape(128);
         let f = flash_fwd(&s).unwrap();
         assert_eq!((f.grid, f.block, f.smem), ([2, 16, 1], [128, 1, 1], 192 * 136 * 2));
-        let kv = flash_dkdv(&s).unwrap();
-        assert_eq!(kv.grid, [3, 4, 1]);
-        assert_eq!(kv.smem, 256 * 136 * 2 + 1024);
+        let kv = flash_dkdv(&s, 1).unwrap();
+        assert_eq!((kv.launch.grid, kv.head_parts, kv.sum.is_none()), ([3, 4, 1], 1, true));
+        assert_eq!(kv.launch.smem, 256 * 136 * 2 + 1024);
+        // 12 blocks, groups of 4 query heads: split in 4 to reach 40 blocks (no further: 4 | 4).
+        let kv = flash_dkdv(&s, 40).unwrap();
+        assert_eq!((kv.launch.grid, kv.head_parts), ([3, 4, 4], 4));
+        assert_eq!(kv.partial_elems, 4 * 2 * 2 * 130 * 128);
+        assert_eq!(kv.sum.unwrap().grid, [(2 * 2 * 130 * 128usize / 8).div_ceil(256) as u32, 1, 1]);
         let dq = flash_dq(&s).unwrap();
         assert_eq!((dq.grid, dq.smem), ([2, 16, 1], 256 * 136 * 2));
         let dl = flash_delta(&s).unwrap();
@@ -407,11 +451,12 @@ mod tests {
         long.dv = 256;
         assert_eq!(flash_fwd(&long).unwrap().symbol, "flash_attention_d256_fwd_bf16");
         let s256 = shape(256);
-        assert_eq!(flash_dkdv(&s256).unwrap().grid, [3, 4, 2]);
+        assert_eq!(flash_dkdv(&s256, 1).unwrap().launch.grid, [3, 4, 2]);
+        assert_eq!(flash_dkdv(&s256, 48).unwrap().launch.grid, [3, 4, 4]);
         assert_eq!(flash_fwd(&s256).unwrap().smem, 128 * 264 * 2);
         // Every variant fits the 227 KiB an H100 block may opt into (163 KiB on A100).
         for d in [64, 80, 128, 256] {
-            for l in [flash_fwd(&shape(d)), flash_dkdv(&shape(d)), flash_dq(&shape(d))] {
+            for l in [flash_fwd(&shape(d)), flash_dkdv(&shape(d), 1).map(|k| k.launch), flash_dq(&shape(d))] {
                 assert!(l.unwrap().smem <= 163 * 1024);
             }
         }

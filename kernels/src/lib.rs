@@ -238,6 +238,7 @@ pub static KERNELS: &[Kernel] = &[
             op("flash_attention_dq_d128", Dirs::Bwd),
             op("flash_attention_dq_d256", Dirs::Bwd),
             op("flash_attention_delta", Dirs::Bwd),
+            op("flash_attention_dkdv_sum", Dirs::Bwd),
             op("flash_attention_long_d64", Dirs::Fwd),
             op("flash_attention_long_d80", Dirs::Fwd),
             op("flash_attention_long_d128", Dirs::Fwd),

@@ -176,16 +176,43 @@ pub(crate) fn backward(
     let outs = [dq.ptr_at(0), dk.ptr_at(0), dv.ptr_at(0)];
     if let Some(s) = flash_shape(q.dtype(), &p, &[pq, pk, pv, po, pg, outs[0], outs[1], outs[2]]) {
         let delta = dev.alloc(op, DType::F32, dims.b * dims.hq * dims.lq)?;
-        let (ld, lkv, lq) =
-            (flash_geom(geom::flash_delta, &s)?, flash_geom(geom::flash_dkdv, &s)?, flash_geom(geom::flash_dq, &s)?);
+        let (ld, lq) = (flash_geom(geom::flash_delta, &s)?, flash_geom(geom::flash_dq, &s)?);
+        let kv = geom::flash_dkdv(&s, geom::FA_DKDV_MIN_BLOCKS).map_err(|e| Error::invalid(op, e.to_string()))?;
+        // GQA/MQA groups split over blocks write fp32 partials, summed by a second kernel.
+        let parts = match kv.sum {
+            Some(_) => {
+                Some((dev.alloc(op, DType::F32, kv.partial_elems)?, dev.alloc(op, DType::F32, kv.partial_elems)?))
+            }
+            None => None,
+        };
+        let (pk_part, pv_part) = parts.as_ref().map_or((0, 0), |(a, b)| (a.ptr_at(0), b.ptr_at(0)));
         let pd = delta.ptr_at(0);
         // SAFETY: as below, with the flash kernels' conditions checked by flash_supported; delta
-        // holds B*Hq*Lq floats, written by the first kernel and read by the other two.
+        // holds B*Hq*Lq floats, written by the first kernel and read by the others; the partials
+        // hold head_parts*B*Hkv*Lk*D floats each, written by the dK/dV kernel and read by the sum.
         unsafe {
             launch_geom!(dev, op, "flash_attention", ld, p, [po, pg, pd])?;
-            launch_geom!(dev, op, "flash_attention", lkv, p, [pq, pk, pv, pg, pl, pd, outs[1], outs[2]])?;
+            launch_geom!(
+                dev,
+                op,
+                "flash_attention",
+                kv.launch,
+                p,
+                [pq, pk, pv, pg, pl, pd, outs[1], outs[2], pk_part, pv_part]
+            )?;
+            if let Some(sum) = &kv.sum {
+                launch_geom!(
+                    dev,
+                    op,
+                    "flash_attention",
+                    sum,
+                    p,
+                    [pk_part, pv_part, kv.head_parts as u64, outs[1], outs[2]]
+                )?;
+            }
             launch_geom!(dev, op, "flash_attention", lq, p, [pq, pk, pv, pg, pl, pd, outs[0]])
         }?;
+        drop(parts);
         return Ok((dq, dk, dv));
     }
     // SAFETY: inputs are [B, L, H, X] views with unit-stride rows described by their strides; lse
