@@ -50,7 +50,8 @@
 //   dK += dS^T Q; finally dK *= scale. Overwrites dk and dv; GQA heads are summed in registers:
 //   deterministic, no atomics.
 // flash_attention_dq_dDT_bwd_bf16(p, q, k, v, g, lse, delta, dq): dQ, deterministic (no atomics).
-//   Grid and threads as the forward; smem (2 x 64 + 2 BC) (DT + 8) 2 bytes. Per key tile:
+//   Grid and threads as the forward; smem (2 x 64 + 4 BC) (DT + 8) 2 bytes: K and V tiles
+//   double-buffered (the next key tile loads during this one). Per key tile:
 //   S = Q K^T, P = exp(scale S - lse), dP = dO V^T, dS = P (dP - delta), dQ += dS K; dq = scale dQ.
 //   Overwrites dq.
 #include "common.cuh"
@@ -686,8 +687,7 @@ __device__ void flash_dq(const AttnParams& p, const bf16* __restrict__ q, const 
     __shared__ int s_rng[4 * FA_WARPS];
     bf16* sq = reinterpret_cast<bf16*>(fa_smem);
     bf16* sg = sq + FA_BR * PITCH;
-    bf16* sk = sg + FA_BR * PITCH;
-    bf16* sv = sk + BC * PITCH;
+    bf16* skv = sg + FA_BR * PITCH;  // [2][K tile, V tile]: the next key tile loads during this one
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP, g8 = lane / 4;
     const int b = blockIdx.y / p.hq, h = blockIdx.y % p.hq, hk = h / (p.hq / p.hkv);
     const int q0 = blockIdx.x * FA_BR, ra = q0 + warp * 16 + g8, rb = ra + 8;
@@ -717,8 +717,8 @@ __device__ void flash_dq(const AttnParams& p, const bf16* __restrict__ q, const 
     load_tile<FA_BR, DT>(sq, q + offset(p.q, b, h, 0), p.q.l, q0, p.lq, p.d);
     load_tile<FA_BR, DT>(sg, g + offset(p.g, b, h, 0), p.g.l, q0, p.lq, p.d);
     if (br.ulo < br.uhi) {
-        load_tile<BC, DT>(sk, kb, p.k.l, br.ulo, p.lk, p.d);
-        load_tile<BC, DT>(sv, vb, p.v.l, br.ulo, p.lk, p.d);
+        load_tile<BC, DT>(skv, kb, p.k.l, br.ulo, p.lk, p.d);
+        load_tile<BC, DT>(skv + BC * PITCH, vb, p.v.l, br.ulo, p.lk, p.d);
     }
     cp_async_commit();
 
@@ -729,9 +729,22 @@ __device__ void flash_dq(const AttnParams& p, const bf16* __restrict__ q, const 
     const bf16* qw = sq + warp * 16 * PITCH;
     const bf16* gw = sg + warp * 16 * PITCH;
 
-    for (int k0 = br.ulo; k0 < br.uhi; k0 += BC) {
-        cp_async_wait_all();
+    int buf = 0;
+    for (int k0 = br.ulo; k0 < br.uhi; k0 += BC, buf ^= 1) {
+        // Load the next key tile into the other buffer (its last readers finished before the
+        // barrier that ended the previous iteration), then wait for this one.
+        if (k0 + BC < br.uhi) {
+            bf16* nk = skv + (buf ^ 1) * 2 * BC * PITCH;
+            load_tile<BC, DT>(nk, kb, p.k.l, k0 + BC, p.lk, p.d);
+            load_tile<BC, DT>(nk + BC * PITCH, vb, p.v.l, k0 + BC, p.lk, p.d);
+            cp_async_commit();
+            cp_async_wait_one();
+        } else {
+            cp_async_wait_all();
+        }
         __syncthreads();  // K(k0), V(k0) in
+        const bf16* sk = skv + buf * 2 * BC * PITCH;
+        const bf16* sv = sk + BC * PITCH;
 
         float s[NT][4], dp[NT][4];
 #pragma unroll
@@ -755,10 +768,6 @@ __device__ void flash_dq(const AttnParams& p, const bf16* __restrict__ q, const 
                 mma(dp[n + 1], ag, bb[2], bb[3]);
             }
         }
-        __syncthreads();  // every warp is done with V(k0)
-        if (k0 + BC < br.uhi) load_tile<BC, DT>(sv, vb, p.v.l, k0 + BC, p.lk, p.d);
-        cp_async_commit();
-
         if (p.key_padding || k0 < br.ilo || k0 + BC > br.ihi) mask_scores<NT>(p, b, s, k0, lo_a, hi_a, lo_b, hi_b);
 #pragma unroll
         for (int n = 0; n < NT; ++n) {
@@ -781,9 +790,7 @@ __device__ void flash_dq(const AttnParams& p, const bf16* __restrict__ q, const 
                 mma(acc[n + 1], a, bb[2], bb[3]);
             }
         }
-        __syncthreads();  // every warp is done with K(k0)
-        if (k0 + BC < br.uhi) load_tile<BC, DT>(sk, kb, p.k.l, k0 + BC, p.lk, p.d);
-        cp_async_commit();
+        __syncthreads();  // every warp is done with buffer buf
     }
     cp_async_wait_all();
     __syncthreads();

@@ -240,7 +240,8 @@ pub fn flash_dkdv(s: &FlashShape, min_blocks: usize) -> Result<FlashDkDv, Error>
 /// `flash_attention_dq_dDT_bwd_bf16(p, q, k, v, g, lse, delta, dq)`.
 pub fn flash_dq(s: &FlashShape) -> Result<Launch, Error> {
     let tile = flash_check(s)?;
-    let smem = tile_bytes(2 * FA_BR + 2 * flash_bc(tile), tile);
+    // Q and dO tiles, two buffers of (K, V) tiles.
+    let smem = tile_bytes(2 * FA_BR + 4 * flash_bc(tile), tile);
     Ok(Launch {
         symbol: format!("flash_attention_dq_d{tile}_bwd_bf16"),
         grid: [blocks(s.lq, FA_BR), (s.b * s.hq) as u32, 1],
@@ -437,7 +438,7 @@ mod tests {
         assert_eq!(kv.partial_elems, 4 * 2 * 2 * 130 * 128);
         assert_eq!(kv.sum.unwrap().grid, [(2 * 2 * 130 * 128usize / 8).div_ceil(256) as u32, 1, 1]);
         let dq = flash_dq(&s).unwrap();
-        assert_eq!((dq.grid, dq.smem), ([2, 16, 1], 256 * 136 * 2));
+        assert_eq!((dq.grid, dq.smem), ([2, 16, 1], 384 * 136 * 2));
         let dl = flash_delta(&s).unwrap();
         assert_eq!((dl.grid, dl.block), ([200, 1, 1], [256, 1, 1]));
         let mut long = shape(128);
