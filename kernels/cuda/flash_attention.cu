@@ -50,8 +50,9 @@
 //   dK += dS^T Q; finally dK *= scale. Overwrites dk and dv; GQA heads are summed in registers:
 //   deterministic, no atomics.
 // flash_attention_dq_dDT_bwd_bf16(p, q, k, v, g, lse, delta, dq): dQ, deterministic (no atomics).
-//   Grid and threads as the forward; smem (2 x 64 + 4 BC) (DT + 8) 2 bytes: K and V tiles
-//   double-buffered (the next key tile loads during this one). Per key tile:
+//   Grid and threads as the forward; smem (2 x 64 + 2 NB BC) (DT + 8) 2 bytes: NB = 2 buffers of
+//   K and V tiles for DT <= 128 (the next key tile loads during this one), 1 for DT 256 (V then K
+//   of the next tile load behind the current one's last uses). Per key tile:
 //   S = Q K^T, P = exp(scale S - lse), dP = dO V^T, dS = P (dP - delta), dQ += dS K; dq = scale dQ.
 //   Overwrites dq.
 #include "common.cuh"
@@ -687,7 +688,10 @@ __device__ void flash_dq(const AttnParams& p, const bf16* __restrict__ q, const 
     __shared__ int s_rng[4 * FA_WARPS];
     bf16* sq = reinterpret_cast<bf16*>(fa_smem);
     bf16* sg = sq + FA_BR * PITCH;
-    bf16* skv = sg + FA_BR * PITCH;  // [2][K tile, V tile]: the next key tile loads during this one
+    // [NB][K tile, V tile]: with two buffers the next key tile loads during this one (DT <= 128;
+    // at DT 256 a second buffer would halve the blocks per SM).
+    constexpr int NB = DT <= 128 ? 2 : 1;
+    bf16* skv = sg + FA_BR * PITCH;
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP, g8 = lane / 4;
     const int b = blockIdx.y / p.hq, h = blockIdx.y % p.hq, hk = h / (p.hq / p.hkv);
     const int q0 = blockIdx.x * FA_BR, ra = q0 + warp * 16 + g8, rb = ra + 8;
@@ -730,10 +734,11 @@ __device__ void flash_dq(const AttnParams& p, const bf16* __restrict__ q, const 
     const bf16* gw = sg + warp * 16 * PITCH;
 
     int buf = 0;
-    for (int k0 = br.ulo; k0 < br.uhi; k0 += BC, buf ^= 1) {
-        // Load the next key tile into the other buffer (its last readers finished before the
-        // barrier that ended the previous iteration), then wait for this one.
-        if (k0 + BC < br.uhi) {
+    for (int k0 = br.ulo; k0 < br.uhi; k0 += BC, buf ^= NB - 1) {
+        const bool more = k0 + BC < br.uhi;
+        if (NB == 2 && more) {
+            // Load the next key tile into the other buffer (its last readers finished before the
+            // barrier that ended the previous iteration), then wait for this one.
             bf16* nk = skv + (buf ^ 1) * 2 * BC * PITCH;
             load_tile<BC, DT>(nk, kb, p.k.l, k0 + BC, p.lk, p.d);
             load_tile<BC, DT>(nk + BC * PITCH, vb, p.v.l, k0 + BC, p.lk, p.d);
@@ -743,8 +748,8 @@ __device__ void flash_dq(const AttnParams& p, const bf16* __restrict__ q, const 
             cp_async_wait_all();
         }
         __syncthreads();  // K(k0), V(k0) in
-        const bf16* sk = skv + buf * 2 * BC * PITCH;
-        const bf16* sv = sk + BC * PITCH;
+        bf16* sk = skv + buf * 2 * BC * PITCH;
+        bf16* sv = sk + BC * PITCH;
 
         float s[NT][4], dp[NT][4];
 #pragma unroll
@@ -767,6 +772,12 @@ __device__ void flash_dq(const AttnParams& p, const bf16* __restrict__ q, const 
                 mma(dp[n], ag, bb[0], bb[1]);
                 mma(dp[n + 1], ag, bb[2], bb[3]);
             }
+        }
+        if (NB == 1) {
+            // One buffer: V(k0 + BC) loads while dS and dQ += dS K run, K(k0 + BC) after.
+            __syncthreads();  // every warp is done with V(k0)
+            if (more) load_tile<BC, DT>(sv, vb, p.v.l, k0 + BC, p.lk, p.d);
+            cp_async_commit();
         }
         if (p.key_padding || k0 < br.ilo || k0 + BC > br.ihi) mask_scores<NT>(p, b, s, k0, lo_a, hi_a, lo_b, hi_b);
 #pragma unroll
@@ -791,6 +802,10 @@ __device__ void flash_dq(const AttnParams& p, const bf16* __restrict__ q, const 
             }
         }
         __syncthreads();  // every warp is done with buffer buf
+        if (NB == 1 && more) {
+            load_tile<BC, DT>(sk, kb, p.k.l, k0 + BC, p.lk, p.d);
+            cp_async_commit();
+        }
     }
     cp_async_wait_all();
     __syncthreads();

@@ -188,7 +188,7 @@ static bool run(const Case& c) {
             }
         split_ok = std::sqrt(num / std::max(den, 1e-30)) < 1e-2;  // NaN fails
     }
-    emu_launch({cdiv(c.lq, FA_BR), (unsigned)(c.b * c.hq), 1}, {FA_THREADS, 1, 1}, (size_t)(2 * FA_BR + 4 * var->bc) * P * 2,
+    emu_launch({cdiv(c.lq, FA_BR), (unsigned)(c.b * c.hq), 1}, {FA_THREADS, 1, 1}, (size_t)(2 * FA_BR + (var->tile <= 128 ? 4 : 2) * var->bc) * P * 2,
                [&] {
                    var->dq(p, q.data.data(), k.data.data(), v.data.data(), g.data.data(), lse.data(), delta.data(),
                            dq.data.data());

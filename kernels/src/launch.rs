@@ -240,8 +240,9 @@ pub fn flash_dkdv(s: &FlashShape, min_blocks: usize) -> Result<FlashDkDv, Error>
 /// `flash_attention_dq_dDT_bwd_bf16(p, q, k, v, g, lse, delta, dq)`.
 pub fn flash_dq(s: &FlashShape) -> Result<Launch, Error> {
     let tile = flash_check(s)?;
-    // Q and dO tiles, two buffers of (K, V) tiles.
-    let smem = tile_bytes(2 * FA_BR + 4 * flash_bc(tile), tile);
+    // Q and dO tiles, two buffers of (K, V) tiles (one at DT 256).
+    let buffers = if tile <= 128 { 2 } else { 1 };
+    let smem = tile_bytes(2 * FA_BR + 2 * buffers * flash_bc(tile), tile);
     Ok(Launch {
         symbol: format!("flash_attention_dq_d{tile}_bwd_bf16"),
         grid: [blocks(s.lq, FA_BR), (s.b * s.hq) as u32, 1],
@@ -455,6 +456,7 @@ mod tests {
         assert_eq!(flash_dkdv(&s256, 1).unwrap().launch.grid, [3, 4, 2]);
         assert_eq!(flash_dkdv(&s256, 48).unwrap().launch.grid, [3, 4, 4]);
         assert_eq!(flash_fwd(&s256).unwrap().smem, 128 * 264 * 2);
+        assert_eq!(flash_dq(&s256).unwrap().smem, (128 + 64) * 264 * 2);
         // Every variant fits the 227 KiB an H100 block may opt into (163 KiB on A100).
         for d in [64, 80, 128, 256] {
             for l in [flash_fwd(&shape(d)), flash_dkdv(&shape(d), 1).map(|k| k.launch), flash_dq(&shape(d))] {
