@@ -43,9 +43,10 @@
 //   [PARTS][B][Hkv][Lk][D] and flash_attention_dkdv_sum_bwd_bf16(p, dk_part, dv_part, PARTS, dk,
 //   dv) (grid-stride, EW_THREADS) sums them in order into dk, dv; with PARTS = 1 they are null
 //   and dk, dv are written directly.
-//   smem (64 + 64 + 4 x 32) (DT + 8) 2 + 1024 bytes. K and V tiles stay in smem; the steps are
-//   (query head of the kv group, 32-query tile) pairs that can see the block's keys, their Q and
-//   dO tiles double-buffered (cp.async of step i + 1 in flight during step i). Per step: S^T = K Q^T,
+//   smem (64 + 64 + NB x 2 x 32) (DT + 8) 2 + 1024 bytes. K and V tiles stay in smem; the steps
+//   are (query head of the kv group, 32-query tile) pairs that can see the block's keys, their Q
+//   and dO tiles in NB = 2 buffers up to DT 128 (cp.async of step i + 1 in flight during step i),
+//   1 at DT 256. Per step: S^T = K Q^T,
 //   P^T = exp(scale S^T - lse), dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - delta),
 //   dK += dS^T Q; finally dK *= scale. Overwrites dk and dv; GQA heads are summed in registers:
 //   deterministic, no atomics.
@@ -490,13 +491,16 @@ __device__ void flash_dkdv(const AttnParams& p, const bf16* __restrict__ q, cons
                            float* __restrict__ dk_part, float* __restrict__ dv_part) {
     constexpr int PITCH = DT + 8, KS = DT / 16, COLS = DT / SPLIT, CN = COLS / 8;
     constexpr int BR = FA_BWD_BR, BC = FA_BWD_BC, NT = BR / 8;
-    // Shared memory: K and V tiles, then two buffers of (Q tile, dO tile), then two buffers of the
-    // query rows' (lse log2(e) or +inf for rows that see nothing, delta, lo, hi).
+    // Shared memory: K and V tiles, then NB buffers of (Q tile, dO tile), then two buffers of the
+    // query rows' (lse log2(e) or +inf for rows that see nothing, delta, lo, hi). NB = 2 (the next
+    // step's tiles load during this one) up to DT 128; at DT 256 a second buffer would halve the
+    // blocks per SM, so the next step's tiles load after this one.
+    constexpr int NB = DT <= 128 ? 2 : 1;
     extern __shared__ __align__(16) unsigned char fa_smem[];
     bf16* sk = reinterpret_cast<bf16*>(fa_smem);
     bf16* sv = sk + BC * PITCH;
-    bf16* sqg = sv + BC * PITCH;  // [2][Q tile, dO tile]
-    float* s_meta = reinterpret_cast<float*>(sqg + 4 * BR * PITCH);  // [2][lse2, delta, lo, hi][BR]
+    bf16* sqg = sv + BC * PITCH;  // [NB][Q tile, dO tile]
+    float* s_meta = reinterpret_cast<float*>(sqg + NB * 2 * BR * PITCH);  // [2][lse2, delta, lo, hi][BR]
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP, g8 = lane / 4, t = lane % 4;
     const int b = blockIdx.y / p.hkv, hk = blockIdx.y % p.hkv, group = p.hq / p.hkv;
     // blockIdx.z = column part + SPLIT x head part: the block takes query heads
@@ -567,17 +571,18 @@ __device__ void flash_dkdv(const AttnParams& p, const bf16* __restrict__ q, cons
     int cur = find_step(0, 0), buf = 0;
     if (cur < steps) load_step(cur, 0);
     while (cur < steps) {
-        // Prefetch the next visible step into the other buffer (its last reader, step cur - 1,
-        // finished before the barrier that ended the previous iteration), then wait for this one.
+        // The next visible step's metadata into the other buffer and, with two tile buffers, its
+        // tiles too (their last reader, step cur - 1, finished before the barrier that ended the
+        // previous iteration); then wait for this step's tiles.
         const int nxt = find_step(cur + 1, buf ^ 1);
-        if (nxt < steps) {
+        if (NB == 2 && nxt < steps) {
             load_step(nxt, buf ^ 1);
             cp_async_wait_one();  // everything but the group just committed
         } else {
             cp_async_wait_all();
         }
         __syncthreads();
-        const bf16* sq = sqg + buf * 2 * BR * PITCH;
+        const bf16* sq = sqg + (NB == 2 ? buf : 0) * 2 * BR * PITCH;
         const bf16* sg = sq + BR * PITCH;
         const float* s_lse = s_meta + buf * 4 * BR;
         const float* s_delta = s_lse + BR;
@@ -639,6 +644,7 @@ __device__ void flash_dkdv(const AttnParams& p, const bf16* __restrict__ q, cons
             }
         }
         __syncthreads();  // every warp is done with buffer buf and its metadata
+        if (NB == 1 && nxt < steps) load_step(nxt, 0);
         cur = nxt;
         buf ^= 1;
     }

@@ -157,7 +157,7 @@ static bool run(const Case& c) {
     emu_launch({cdiv(rows, FA_DELTA_ROWS), 1, 1}, {FA_DELTA_ROWS * 32, 1, 1}, 0,
                [&] { flash_attention_delta_bwd_bf16(p, out.data.data(), g.data.data(), delta.data()); });
     emu_launch({cdiv(c.lk, FA_BWD_BC), (unsigned)(c.b * c.hkv), (unsigned)var->split}, {FA_THREADS, 1, 1},
-               (size_t)(2 * FA_BWD_BC + 4 * FA_BWD_BR) * P * 2 + 32 * FA_BWD_BR, [&] {
+               (size_t)(2 * FA_BWD_BC + (var->tile <= 128 ? 4 : 2) * FA_BWD_BR) * P * 2 + 32 * FA_BWD_BR, [&] {
                    var->dkdv(p, q.data.data(), k.data.data(), v.data.data(), g.data.data(), lse.data(), delta.data(),
                              dk.data.data(), dv.data.data(), nullptr, nullptr);
                });
@@ -171,7 +171,7 @@ static bool run(const Case& c) {
         std::vector<float> pk(pe, NAN), pv(pe, NAN);
         T4 dk2 = make(c.b, c.hkv, c.lk, D, false, false), dv2 = make(c.b, c.hkv, c.lk, D, false, false);
         emu_launch({cdiv(c.lk, FA_BWD_BC), (unsigned)(c.b * c.hkv), (unsigned)(var->split * parts)}, {FA_THREADS, 1, 1},
-                   (size_t)(2 * FA_BWD_BC + 4 * FA_BWD_BR) * P * 2 + 32 * FA_BWD_BR, [&] {
+                   (size_t)(2 * FA_BWD_BC + (var->tile <= 128 ? 4 : 2) * FA_BWD_BR) * P * 2 + 32 * FA_BWD_BR, [&] {
                        var->dkdv(p, q.data.data(), k.data.data(), v.data.data(), g.data.data(), lse.data(), delta.data(),
                                  dk2.data.data(), dv2.data.data(), pk.data(), pv.data());
                    });

@@ -209,8 +209,9 @@ pub struct FlashDkDv {
 /// group) until the grid has `min_blocks` blocks (e.g. [`FA_DKDV_MIN_BLOCKS`]).
 pub fn flash_dkdv(s: &FlashShape, min_blocks: usize) -> Result<FlashDkDv, Error> {
     let tile = flash_check(s)?;
-    // K and V tiles, two buffers of (Q, dO) tiles, two buffers of 4 per-row words.
-    let smem = tile_bytes(2 * FA_BWD_BC + 4 * FA_BWD_BR, tile) + 2 * 4 * 4 * FA_BWD_BR;
+    // K and V tiles, two buffers of (Q, dO) tiles (one at DT 256), two buffers of 4 per-row words.
+    let buffers = if tile <= 128 { 2 } else { 1 };
+    let smem = tile_bytes(2 * FA_BWD_BC + 2 * buffers * FA_BWD_BR, tile) + 2 * 4 * 4 * FA_BWD_BR;
     let split = flash_split(tile);
     let base = s.lk.div_ceil(FA_BWD_BC).max(1) * s.b * s.hkv * split;
     let group = s.hq / s.hkv;
@@ -457,6 +458,7 @@ mod tests {
         assert_eq!(flash_dkdv(&s256, 48).unwrap().launch.grid, [3, 4, 4]);
         assert_eq!(flash_fwd(&s256).unwrap().smem, 128 * 264 * 2);
         assert_eq!(flash_dq(&s256).unwrap().smem, (128 + 64) * 264 * 2);
+        assert_eq!(flash_dkdv(&s256, 1).unwrap().launch.smem, (128 + 64) * 264 * 2 + 1024);
         // Every variant fits the 227 KiB an H100 block may opt into (163 KiB on A100).
         for d in [64, 80, 128, 256] {
             for l in [flash_fwd(&shape(d)), flash_dkdv(&shape(d), 1).map(|k| k.launch), flash_dq(&shape(d))] {
