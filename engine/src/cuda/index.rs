@@ -3,9 +3,22 @@
 //! Scatter-style backwards accumulate with atomics into zeroed buffers.
 
 use super::{contig, dev_of, ew_grid, float_name, launch, ptr, tensor, view, CudaDevice, CudaStorage};
-use crate::{Layout, Result, Tensor};
+use crate::{DType, Layout, Result, Tensor};
 use std::sync::Arc;
 use vlm4vla_kernels::params::{IndexParams, EW_THREADS};
+
+/// Run an atomic-accumulating launcher in f32 (exact order-independent sums up to fp32 rounding,
+/// one rounding to the input's dtype at the end) and convert back.
+fn in_f32(
+    op: &'static str,
+    t: &Tensor,
+    out_shape: &[usize],
+    f: impl FnOnce(&Tensor) -> Result<CudaStorage>,
+) -> Result<CudaStorage> {
+    let t32 = tensor(super::to_contiguous(op, t, DType::F32)?, t.shape());
+    let out = tensor(f(&t32)?, out_shape);
+    super::to_contiguous(op, &out, t.dtype())
+}
 
 fn idx_params(outer: usize, src_len: usize, idx_len: usize, inner: usize) -> IndexParams {
     IndexParams {
@@ -42,6 +55,9 @@ pub(crate) fn index_select(src: &Tensor, dim: usize, idx: &[usize]) -> Result<Cu
 /// The index_select backward: `g` scatter-added into zeros of `shape` (repeats accumulate).
 pub(crate) fn index_add(g: &Tensor, shape: &[usize], dim: usize, idx: &[usize]) -> Result<CudaStorage> {
     let op = "index_select";
+    if g.dtype() != DType::F32 {
+        return in_f32(op, g, shape, |g32| index_add(g32, shape, dim, idx));
+    }
     let g = contig(g)?;
     let dev = dev_of(op, &g)?;
     let (outer, len, inner) = crate::cpu::split_at_dim(shape, dim);

@@ -153,6 +153,11 @@ pub(crate) fn flash_long_min_lq() -> usize {
     flash_long_min().load(Ordering::Relaxed)
 }
 
+/// Whether the CUDA driver library loads on this machine (a GPU may still be missing).
+pub fn driver_available() -> bool {
+    probe_driver().is_ok()
+}
+
 /// Whether `cuda:ordinal` can be used: the driver loads, the device exists and initialises.
 pub fn is_available(ordinal: usize) -> bool {
     device(ordinal).is_ok()

@@ -54,6 +54,7 @@ pub(crate) fn sum_dims(x: &Tensor, dims: &[usize]) -> Result<CudaStorage> {
         super::tensor(super::to_contiguous(op, x, DType::F32)?, x.shape())
     };
     let mut shape = x.shape().to_vec();
+    let mut last: Option<CudaStorage> = None;
     // Runs of adjacent reduced dims collapse into one launch.
     let mut i = 0;
     while i < dims.len() {
@@ -74,13 +75,16 @@ pub(crate) fn sum_dims(x: &Tensor, dims: &[usize]) -> Result<CudaStorage> {
         for s in &mut shape[d0..=d1] {
             *s = 1;
         }
-        cur = super::tensor(out, &shape);
+        if j + 1 == dims.len() && dtype == DType::F32 {
+            last = Some(out);
+        } else {
+            cur = super::tensor(out, &shape);
+        }
         i = j + 1;
     }
-    if dtype == DType::F32 {
-        super::to_contiguous(op, &cur, DType::F32)
-    } else {
-        super::to_contiguous(op, &cur, dtype)
+    match last {
+        Some(out) => Ok(out),
+        None => super::to_contiguous(op, &cur, dtype),
     }
 }
 

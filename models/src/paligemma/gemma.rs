@@ -91,6 +91,7 @@ pub(crate) fn decoder(
     let (b, l) = (x.shape()[0], x.shape()[1]);
     let (hq, hkv, hd) = (t.num_attention_heads, t.num_key_value_heads, t.head_dim);
     let (cos, sin) = rope_tables(t, 1, l, x.dtype())?;
+    let (cos, sin) = (cos.to_device(x.device())?, sin.to_device(x.device())?);
     let scale = (hd as f64).powf(-0.5);
     for i in 0..t.num_hidden_layers {
         let p = format!("{TEXT}layers.{i}.");

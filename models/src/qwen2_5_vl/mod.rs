@@ -274,12 +274,12 @@ impl Qwen25Vl {
         let embed = self.params.get("model.embed_tokens.weight")?;
         let h = cfg.text.hidden_size;
         let mut x =
-            embed.index_select(0, &Tensor::from_vec(id_vec.clone(), &[b * l], Device::Cpu)?)?.reshape(&[b, l, h])?;
+            embed.index_select(0, &Tensor::from_vec(id_vec.clone(), &[b * l], embed.device())?)?.reshape(&[b, l, h])?;
         let (mut image_features, mut vision_blocks) = (None, Vec::new());
         if !grids.is_empty() {
             let out = vision::forward(&cfg.vision, &self.params, &input.pixel_values, &grids, trace)?;
             let feats = out.features.to_dtype(x.dtype())?;
-            let mask = Tensor::from_vec(image_mask, &[b, l], Device::Cpu)?;
+            let mask = Tensor::from_vec(image_mask, &[b, l], x.device())?;
             x = x.masked_scatter(&mask, &feats)?;
             image_features = Some(out.features);
             vision_blocks = out.blocks;
@@ -316,7 +316,8 @@ impl Qwen25Vl {
             x = Tensor::cat(&[&x, &e.to_dtype(x.dtype())?], 1)?;
         }
         let (cos, sin) = text::mrope_tables(&cfg.text, &positions)?;
-        let key_padding = Tensor::from_vec(key_padding, &[b, total], Device::Cpu)?;
+        let (cos, sin) = (cos.to_device(x.device())?, sin.to_device(x.device())?);
+        let key_padding = Tensor::from_vec(key_padding, &[b, total], x.device())?;
         let (layers, last_hidden) = text::forward(&cfg.text, &self.params, &x, &key_padding, &cos, &sin, trace)?;
         Ok(Run { image_features, vision_blocks, layers, last_hidden })
     }

@@ -153,10 +153,11 @@ pub fn forward(
     let w_patch = param(params, "visual.patch_embed.proj.weight")?;
     let dtype = w_patch.dtype();
     let x = pixel_values.to_dtype(dtype)?.matmul(&w_patch.reshape(&[hidden, patch_dim])?.t()?)?;
-    let window_index = index_tensor(&plan.window_index)?;
+    let window_index = index_tensor(&plan.window_index)?.to_device(x.device())?;
     let mut x = x.reshape(&[n / unit, unit, hidden])?.index_select(0, &window_index)?.reshape(&[n, hidden])?;
     let (cos, sin) = plan.rope_tables(cfg)?;
-    let (cos, sin) = (cos.to_dtype(DType::F32)?, sin.to_dtype(DType::F32)?);
+    let (cos, sin) =
+        (cos.to_dtype(DType::F32)?.to_device(x.device())?, sin.to_dtype(DType::F32)?.to_device(x.device())?);
     let windows = AttentionMask::Segments(plan.cu_window_seqlens.clone());
     let full = AttentionMask::Segments(plan.cu_seqlens.clone());
     let heads = cfg.num_heads;
@@ -186,7 +187,7 @@ pub fn forward(
     let h = x.rms_norm(Some(&m("ln_q.weight")?), 1e-6, RmsNormKind::Plain)?.reshape(&[n / unit, unit * hidden])?;
     let h = linear(&h, &m("mlp.0.weight")?, Some(&m("mlp.0.bias")?))?.gelu()?;
     let h = linear(&h, &m("mlp.2.weight")?, Some(&m("mlp.2.bias")?))?;
-    let features = h.index_select(0, &index_tensor(&plan.reverse_index)?)?;
+    let features = h.index_select(0, &index_tensor(&plan.reverse_index)?.to_device(h.device())?)?;
     Ok(VisionOutput { features, blocks })
 }
 
