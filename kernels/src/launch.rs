@@ -216,7 +216,7 @@ pub fn flash_dkdv(s: &FlashShape, min_blocks: usize) -> Result<FlashDkDv, Error>
     let base = s.lk.div_ceil(FA_BWD_BC).max(1) * s.b * s.hkv * split;
     let group = s.hq / s.hkv;
     let mut parts = 1;
-    while base * parts < min_blocks && group.is_multiple_of(parts * 2) {
+    while base * parts < min_blocks && parts * 2 <= group && group.is_multiple_of(parts * 2) {
         parts *= 2;
     }
     let partial_elems = parts * s.b * s.hkv * s.lk * s.d;
@@ -456,6 +456,9 @@ mod tests {
         let s256 = shape(256);
         assert_eq!(flash_dkdv(&s256, 1).unwrap().launch.grid, [3, 4, 2]);
         assert_eq!(flash_dkdv(&s256, 48).unwrap().launch.grid, [3, 4, 4]);
+        // Empty problems launch nothing and never split.
+        let empty = FlashShape { b: 0, hq: 0, ..shape(64) };
+        assert_eq!(flash_dkdv(&empty, 264).unwrap().head_parts, 1);
         assert_eq!(flash_fwd(&s256).unwrap().smem, 128 * 264 * 2);
         assert_eq!(flash_dq(&s256).unwrap().smem, (128 + 64) * 264 * 2);
         assert_eq!(flash_dkdv(&s256, 1).unwrap().launch.smem, (128 + 64) * 264 * 2 + 1024);
