@@ -25,6 +25,9 @@
 // Outputs are overwritten. Parameter-gradient partials are fp32 [gridDim.x, width], overwritten;
 // the launcher sums them over blocks (reduce kernel) and adds the result to the parameter's
 // gradient, so the result does not depend on atomics' order.
+// rms_norm_rowsV / rms_norm_wideV / layer_norm_rowsV / layer_norm_wideV (V = 1, 2, 4): 16-byte
+// vectorised versions of rms_norm and layer_norm (a warp per row up to width 1024, a block per
+// row up to 8192); see their section below for the grid and the partials' shape.
 #include "common.cuh"
 
 #define NORM_PER_THREAD 32
@@ -296,3 +299,349 @@ __device__ void l2_normalize_bwd(const NormParams p, const T* __restrict__ y, co
     }
 NORM(f32, float)
 NORM(bf16, bf16)
+
+// ----- vectorised rms_norm / layer_norm (the bandwidth versions) --------------------------------
+// Same params, pointers, semantics and outputs as rms_norm / layer_norm above, for rows whose
+// width is a multiple of the 16-byte vector (N = 8 bf16, 4 f32) with 16-byte aligned bases. Each
+// row is read once (16-byte loads) and kept in registers, V vectors per thread (V = 1, 2, 4 in
+// the symbol: the launcher picks the smallest that holds the row, so registers and occupancy
+// follow the width):
+//   *_rowsV: a warp per row, ROW_THREADS / 32 rows per block: width <= 32 V N (1024 bf16 at V 4).
+//   *_wideV: a block of ROW_THREADS per row: width <= ROW_THREADS V N (8192 bf16 at V 4).
+// Grid: any (the rows loop is grid-stride over row workers: warps for _rows, blocks for _wide).
+// The backward's parameter-gradient partials are fp32 [gridDim.x, width] as for the kernels
+// above (overwritten; a block with no row writes zeros); each worker keeps its column sums in
+// registers, and _rows sums its 8 warps through shared memory before writing. The weight is read
+// once per worker. dx may be null (only parameter gradients).
+#define NORM_VEC_MAX_V 4  // vectors per thread of the widest variants
+
+template <typename T> struct VecN {
+    static constexpr int N = 16 / sizeof(T);  // values per 16-byte vector
+};
+
+template <int TPR> __device__ __forceinline__ float row_sum(float v, float* scratch) {
+    if (TPR == WARP) return warp_sum(v);
+    return block_sum(v, scratch);
+}
+
+// This thread's index in its row group, the row worker index and the worker count.
+template <int TPR> __device__ __forceinline__ void row_worker(int& tl, i64& worker, i64& workers) {
+    tl = threadIdx.x % TPR;
+    worker = (i64)blockIdx.x * (ROW_THREADS / TPR) + threadIdx.x / TPR;
+    workers = (i64)gridDim.x * (ROW_THREADS / TPR);
+}
+
+template <typename T> __device__ __forceinline__ void load_vals(const T* p, float* out) {
+    const Vec16<T> v = load16(p);
+#pragma unroll
+    for (int e = 0; e < Vec16<T>::N; ++e) out[e] = to_f32(v.v[e]);
+}
+template <typename T> __device__ __forceinline__ void store_vals(T* p, const float* in) {
+    Vec16<T> v;
+#pragma unroll
+    for (int e = 0; e < Vec16<T>::N; ++e) v.v[e] = from_f32<T>(in[e]);
+    store16(p, v);
+}
+
+// Write a thread's per-column partial sums acc (its columns of the row layout) as row blockIdx.x
+// of part [gridDim.x, width]: with a warp per row the block's warps are first summed through
+// shared memory, in a fixed order.
+template <typename T, int TPR, int V>
+__device__ __forceinline__ void write_partials(const float (&acc)[V][VecN<T>::N], float* __restrict__ part,
+                                               i64 width, int tl) {
+    constexpr int N = VecN<T>::N;
+    float* dst = part + (i64)blockIdx.x * width;
+    if (TPR == WARP) {
+        __shared__ float red[ROW_THREADS / WARP][WARP * V * N];
+        const int warp = threadIdx.x / WARP;
+        __syncthreads();  // red may hold a previous call's sums
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            const i64 c = ((i64)k * TPR + tl) * N;
+            if (c < width)
+#pragma unroll
+                for (int e = 0; e < N; ++e) red[warp][c + e] = acc[k][e];
+        }
+        __syncthreads();
+        for (i64 j = threadIdx.x; j < width; j += ROW_THREADS) {
+            float s = 0.0f;
+#pragma unroll
+            for (int w = 0; w < ROW_THREADS / WARP; ++w) s += red[w][j];
+            dst[j] = s;
+        }
+    } else {
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            const i64 c = ((i64)k * TPR + tl) * N;
+            if (c < width)
+#pragma unroll
+                for (int e = 0; e < N; e += 4)
+                    *reinterpret_cast<float4*>(dst + c + e) = make_float4(acc[k][e], acc[k][e + 1], acc[k][e + 2], acc[k][e + 3]);
+        }
+    }
+}
+
+template <typename T, int TPR, int V>
+__device__ void rms_norm_vec_fwd(const NormParams p, const T* __restrict__ x, const T* __restrict__ residual,
+                                 const T* __restrict__ w, T* __restrict__ y, T* __restrict__ h,
+                                 float* __restrict__ rstd) {
+    constexpr int N = VecN<T>::N;
+    __shared__ float scratch[WARP];
+    int tl;
+    i64 worker, workers;
+    row_worker<TPR>(tl, worker, workers);
+    for (i64 r = worker; r < p.rows; r += workers) {
+        const i64 base = r * p.width;
+        float v[V][N];
+        float ss = 0.0f;
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            const i64 c = ((i64)k * TPR + tl) * N;
+            if (c < p.width) {
+                load_vals(x + base + c, v[k]);
+                if (residual) {
+                    float rv[N];
+                    load_vals(residual + base + c, rv);
+                    // Round the sum to T first: the stored h is what the backward will see.
+#pragma unroll
+                    for (int e = 0; e < N; ++e) v[k][e] = to_f32(from_f32<T>(v[k][e] + rv[e]));
+                    store_vals(h + base + c, v[k]);
+                }
+#pragma unroll
+                for (int e = 0; e < N; ++e) ss += v[k][e] * v[k][e];
+            }
+        }
+        ss = row_sum<TPR>(ss, scratch);
+        const float rs = rsqrtf(ss / (float)p.width + p.eps);
+        if (tl == 0) rstd[r] = rs;
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            const i64 c = ((i64)k * TPR + tl) * N;
+            if (c < p.width) {
+                float wv[N];
+                if (w) {
+                    load_vals(w + c, wv);
+#pragma unroll
+                    for (int e = 0; e < N; ++e) wv[e] = p.flag == RMS_GEMMA ? 1.0f + wv[e] : wv[e];
+                } else {
+#pragma unroll
+                    for (int e = 0; e < N; ++e) wv[e] = 1.0f;
+                }
+#pragma unroll
+                for (int e = 0; e < N; ++e) v[k][e] = v[k][e] * rs * wv[e];
+                store_vals(y + base + c, v[k]);
+            }
+        }
+    }
+}
+
+template <typename T, int TPR, int V>
+__device__ void rms_norm_vec_bwd(const NormParams p, const T* __restrict__ h, const T* __restrict__ w,
+                                 const float* __restrict__ rstd, const T* __restrict__ g,
+                                 const T* __restrict__ dh_extra, T* __restrict__ dx, float* __restrict__ dw_part) {
+    // The row and the weight stay in registers in their storage type (fp32 only for the dw sums).
+    constexpr int N = VecN<T>::N;
+    __shared__ float scratch[WARP];
+    int tl;
+    i64 worker, workers;
+    row_worker<TPR>(tl, worker, workers);
+    const float w_add = p.flag == RMS_GEMMA ? 1.0f : 0.0f;
+    Vec16<T> wr[V];
+    float dw[V][N];
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+        const i64 c = ((i64)k * TPR + tl) * N;
+        if (w && c < p.width) wr[k] = load16(w + c);
+#pragma unroll
+        for (int e = 0; e < N; ++e) dw[k][e] = 0.0f;
+    }
+    for (i64 r = worker; r < p.rows; r += workers) {
+        const i64 base = r * p.width;
+        const float rs = rstd[r];
+        Vec16<T> hr[V], gr[V];
+        float dot = 0.0f;
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            const i64 c = ((i64)k * TPR + tl) * N;
+            if (c < p.width) {
+                hr[k] = load16(h + base + c);
+                gr[k] = load16(g + base + c);
+#pragma unroll
+                for (int e = 0; e < N; ++e) {
+                    const float hh = to_f32(hr[k].v[e]) * rs, gg = to_f32(gr[k].v[e]);
+                    const float wv = w ? to_f32(wr[k].v[e]) + w_add : 1.0f;
+                    dot += gg * wv * hh;
+                    dw[k][e] += gg * hh;
+                }
+            }
+        }
+        if (!dx) continue;  // warp- / block-uniform
+        const float mdot = row_sum<TPR>(dot, scratch) / (float)p.width;
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            const i64 c = ((i64)k * TPR + tl) * N;
+            if (c < p.width) {
+                float ex[N], o[N];
+                if (dh_extra) load_vals(dh_extra + base + c, ex);
+#pragma unroll
+                for (int e = 0; e < N; ++e) {
+                    const float hh = to_f32(hr[k].v[e]) * rs, gg = to_f32(gr[k].v[e]);
+                    const float wv = w ? to_f32(wr[k].v[e]) + w_add : 1.0f;
+                    o[e] = rs * (gg * wv - hh * mdot) + (dh_extra ? ex[e] : 0.0f);
+                }
+                store_vals(dx + base + c, o);
+            }
+        }
+    }
+    if (dw_part) write_partials<T, TPR, V>(dw, dw_part, p.width, tl);
+}
+
+template <typename T, int TPR, int V>
+__device__ void layer_norm_vec_fwd(const NormParams p, const T* __restrict__ x, const T* __restrict__ w,
+                                   const T* __restrict__ b, T* __restrict__ y, float* __restrict__ mean_out,
+                                   float* __restrict__ rstd_out) {
+    constexpr int N = VecN<T>::N;
+    __shared__ float scratch[WARP];
+    int tl;
+    i64 worker, workers;
+    row_worker<TPR>(tl, worker, workers);
+    for (i64 r = worker; r < p.rows; r += workers) {
+        const i64 base = r * p.width;
+        float v[V][N];
+        float s = 0.0f;
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            const i64 c = ((i64)k * TPR + tl) * N;
+            if (c < p.width) {
+                load_vals(x + base + c, v[k]);
+#pragma unroll
+                for (int e = 0; e < N; ++e) s += v[k][e];
+            }
+        }
+        const float mean = row_sum<TPR>(s, scratch) / (float)p.width;
+        // Two-pass variance on the register copy: exact for rows with a large mean.
+        float ss = 0.0f;
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            const i64 c = ((i64)k * TPR + tl) * N;
+            if (c < p.width) {
+#pragma unroll
+                for (int e = 0; e < N; ++e) ss += (v[k][e] - mean) * (v[k][e] - mean);
+            }
+        }
+        const float rs = rsqrtf(row_sum<TPR>(ss, scratch) / (float)p.width + p.eps);
+        if (tl == 0) {
+            mean_out[r] = mean;
+            rstd_out[r] = rs;
+        }
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            const i64 c = ((i64)k * TPR + tl) * N;
+            if (c < p.width) {
+                float wv[N], bv[N];
+                if (w) load_vals(w + c, wv);
+                if (b) load_vals(b + c, bv);
+#pragma unroll
+                for (int e = 0; e < N; ++e) {
+                    float o = (v[k][e] - mean) * rs;
+                    if (w) o *= wv[e];
+                    if (b) o += bv[e];
+                    v[k][e] = o;
+                }
+                store_vals(y + base + c, v[k]);
+            }
+        }
+    }
+}
+
+template <typename T, int TPR, int V>
+__device__ void layer_norm_vec_bwd(const NormParams p, const T* __restrict__ x, const T* __restrict__ w,
+                                   const float* __restrict__ mean, const float* __restrict__ rstd,
+                                   const T* __restrict__ g, T* __restrict__ dx, float* __restrict__ dw_part,
+                                   float* __restrict__ db_part) {
+    // The row and the weight stay in registers in their storage type (fp32 only for the sums).
+    constexpr int N = VecN<T>::N;
+    __shared__ float scratch[WARP];
+    int tl;
+    i64 worker, workers;
+    row_worker<TPR>(tl, worker, workers);
+    Vec16<T> wr[V];
+    float dw[V][N], db[V][N];
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+        const i64 c = ((i64)k * TPR + tl) * N;
+        if (w && c < p.width) wr[k] = load16(w + c);
+#pragma unroll
+        for (int e = 0; e < N; ++e) dw[k][e] = db[k][e] = 0.0f;
+    }
+    for (i64 r = worker; r < p.rows; r += workers) {
+        const i64 base = r * p.width;
+        const float mu = mean[r], rs = rstd[r];
+        Vec16<T> xr[V], gr[V];
+        float sg = 0.0f, sgx = 0.0f;
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            const i64 c = ((i64)k * TPR + tl) * N;
+            if (c < p.width) {
+                xr[k] = load16(x + base + c);
+                gr[k] = load16(g + base + c);
+#pragma unroll
+                for (int e = 0; e < N; ++e) {
+                    const float xh = (to_f32(xr[k].v[e]) - mu) * rs, gg = to_f32(gr[k].v[e]);
+                    const float gw = w ? gg * to_f32(wr[k].v[e]) : gg;
+                    sg += gw;
+                    sgx += gw * xh;
+                    dw[k][e] += gg * xh;
+                    db[k][e] += gg;
+                }
+            }
+        }
+        if (!dx) continue;  // warp- / block-uniform
+        const float mg = row_sum<TPR>(sg, scratch) / (float)p.width;
+        const float mgx = row_sum<TPR>(sgx, scratch) / (float)p.width;
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            const i64 c = ((i64)k * TPR + tl) * N;
+            if (c < p.width) {
+                float o[N];
+#pragma unroll
+                for (int e = 0; e < N; ++e) {
+                    const float xh = (to_f32(xr[k].v[e]) - mu) * rs, gg = to_f32(gr[k].v[e]);
+                    const float gw = w ? gg * to_f32(wr[k].v[e]) : gg;
+                    o[e] = rs * (gw - mg - xh * mgx);
+                }
+                store_vals(dx + base + c, o);
+            }
+        }
+    }
+    if (dw_part) write_partials<T, TPR, V>(dw, dw_part, p.width, tl);
+    if (db_part) write_partials<T, TPR, V>(db, db_part, p.width, tl);
+}
+
+#define NORM_VEC(dtype, T, name, TPR, V)                                                                            \
+    ROW_KERNEL rms_norm_##name##_fwd_##dtype(const NormParams p, const T* x, const T* residual, const T* w,     \
+                                             T* y, T* h, float* rstd) {                                        \
+        rms_norm_vec_fwd<T, TPR, V>(p, x, residual, w, y, h, rstd);                                               \
+    }                                                                                                          \
+    ROW_KERNEL rms_norm_##name##_bwd_##dtype(const NormParams p, const T* h, const T* w, const float* rstd,     \
+                                             const T* g, const T* dh_extra, T* dx, float* dw_part) {           \
+        rms_norm_vec_bwd<T, TPR, V>(p, h, w, rstd, g, dh_extra, dx, dw_part);                                     \
+    }                                                                                                          \
+    ROW_KERNEL layer_norm_##name##_fwd_##dtype(const NormParams p, const T* x, const T* w, const T* b, T* y,    \
+                                               float* mean, float* rstd) {                                     \
+        layer_norm_vec_fwd<T, TPR, V>(p, x, w, b, y, mean, rstd);                                                 \
+    }                                                                                                          \
+    ROW_KERNEL layer_norm_##name##_bwd_##dtype(const NormParams p, const T* x, const T* w, const float* mean,   \
+                                               const float* rstd, const T* g, T* dx, float* dw_part,           \
+                                               float* db_part) {                                               \
+        layer_norm_vec_bwd<T, TPR, V>(p, x, w, mean, rstd, g, dx, dw_part, db_part);                              \
+    }
+#define NORM_VEC_ALL(name, TPR, V)            \
+    NORM_VEC(f32, float, name##V, TPR, V) \
+    NORM_VEC(bf16, bf16, name##V, TPR, V)
+NORM_VEC_ALL(rows, WARP, 1)
+NORM_VEC_ALL(rows, WARP, 2)
+NORM_VEC_ALL(rows, WARP, 4)
+NORM_VEC_ALL(wide, ROW_THREADS, 1)
+NORM_VEC_ALL(wide, ROW_THREADS, 2)
+NORM_VEC_ALL(wide, ROW_THREADS, 4)

@@ -14,6 +14,7 @@
 //! ```
 
 mod compile;
+pub mod launch;
 mod nvrtc;
 pub mod params;
 pub mod paths;
@@ -22,8 +23,20 @@ pub use compile::{arch_for_capability, parse_ptxas, Compiled, Compiler, Resource
 pub use nvrtc::Nvrtc;
 
 /// The op families that have kernels, named as the engine's `ops/` files are.
-pub const FAMILIES: &[&str] =
-    &["view", "unary", "binary", "reduce", "index", "norm", "activation", "rope", "attention", "loss", "optim"];
+pub const FAMILIES: &[&str] = &[
+    "view",
+    "unary",
+    "binary",
+    "reduce",
+    "index",
+    "norm",
+    "activation",
+    "rope",
+    "attention",
+    "loss",
+    "optim",
+    "flash_attention",
+];
 
 /// The kernel symbol for an op, direction and dtype: `{op}_{fwd|bwd}_{dtype}`.
 pub fn symbol(op: &str, backward: bool, dtype: &str) -> String {
@@ -107,6 +120,7 @@ impl Kernel {
 pub const COMMON: &str = include_str!("../cuda/common.cuh");
 
 const BOTH: &[Dtype] = &[Dtype::F32, Dtype::Bf16];
+const BF16: &[Dtype] = &[Dtype::Bf16];
 const EVERY: &[Dtype] = &[Dtype::F32, Dtype::Bf16, Dtype::U8, Dtype::I64];
 
 const fn op(name: &'static str, dirs: Dirs) -> KernelOp {
@@ -172,12 +186,29 @@ pub static KERNELS: &[Kernel] = &[
             op("rms_norm", Dirs::Both),
             op("layer_norm", Dirs::Both),
             op("l2_normalize", Dirs::Both),
+            op("rms_norm_rows1", Dirs::Both),
+            op("rms_norm_rows2", Dirs::Both),
+            op("rms_norm_rows4", Dirs::Both),
+            op("rms_norm_wide1", Dirs::Both),
+            op("rms_norm_wide2", Dirs::Both),
+            op("rms_norm_wide4", Dirs::Both),
+            op("layer_norm_rows1", Dirs::Both),
+            op("layer_norm_rows2", Dirs::Both),
+            op("layer_norm_rows4", Dirs::Both),
+            op("layer_norm_wide1", Dirs::Both),
+            op("layer_norm_wide2", Dirs::Both),
+            op("layer_norm_wide4", Dirs::Both),
         ],
         fast_math: false,
         must_not_spill: true
     ),
-    family!("activation", [op("swiglu", Dirs::Both), op("geglu", Dirs::Both)], fast_math: false, must_not_spill: true),
-    family!("rope", [op("rope", Dirs::Both)], fast_math: false, must_not_spill: true),
+    family!(
+        "activation",
+        [op("swiglu", Dirs::Both), op("geglu", Dirs::Both), op("swiglu_vec", Dirs::Both), op("geglu_vec", Dirs::Both)],
+        fast_math: false,
+        must_not_spill: true
+    ),
+    family!("rope", [op("rope", Dirs::Both), op("rope_vec", Dirs::Both)], fast_math: false, must_not_spill: true),
     family!(
         "attention",
         [op("attention", Dirs::Both), op("attention_dq", Dirs::Bwd)],
@@ -191,6 +222,31 @@ pub static KERNELS: &[Kernel] = &[
         must_not_spill: true
     ),
     family!("optim", [op("adamw", Dirs::Fwd), op("sgd", Dirs::Fwd)], fast_math: false, must_not_spill: true),
+    // Tensor-core flash attention, bf16 only, one op per head-dim tile (see flash.rs for the
+    // launch geometry): `_fwd` is the forward, `_bwd` dK/dV, `flash_attention_dq_*_bwd` dQ,
+    // `flash_attention_delta_bwd` the rowsum(dO * O) preprocessing and `flash_attention_long_*_fwd`
+    // the forward with 128-row blocks for long sequences.
+    family!(
+        "flash_attention",
+        [
+            op("flash_attention_d64", Dirs::Both),
+            op("flash_attention_d80", Dirs::Both),
+            op("flash_attention_d128", Dirs::Both),
+            op("flash_attention_d256", Dirs::Both),
+            op("flash_attention_dq_d64", Dirs::Bwd),
+            op("flash_attention_dq_d80", Dirs::Bwd),
+            op("flash_attention_dq_d128", Dirs::Bwd),
+            op("flash_attention_dq_d256", Dirs::Bwd),
+            op("flash_attention_delta", Dirs::Bwd),
+            op("flash_attention_dkdv_sum", Dirs::Bwd),
+            op("flash_attention_long_d64", Dirs::Fwd),
+            op("flash_attention_long_d80", Dirs::Fwd),
+            op("flash_attention_long_d128", Dirs::Fwd),
+        ],
+        dtypes: BF16,
+        fast_math: true,
+        must_not_spill: true
+    ),
 ];
 
 /// The kernel family named `family`, if there is one.

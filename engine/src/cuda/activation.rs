@@ -1,9 +1,26 @@
 //! CUDA launchers of `activation.cu`: swiglu and geglu on a merged gate|up input.
 
-use super::{contig, dev_of, ew_grid, float_name, launch, ptr, CudaStorage};
+use super::{contig, dev_of, ew_grid, fast_kernels, float_name, launch, ptr, CudaStorage};
 use crate::ops::activation::GateKind;
-use crate::{Result, Tensor};
+use crate::{DType, Result, Tensor};
 use vlm4vla_kernels::params::{GateParams, EW_THREADS};
+
+/// (symbol, grid) of the 16-byte kernel when it takes the call: bf16, F a multiple of 8,
+/// 16-byte aligned pointers.
+fn vec_gate(
+    op: &str,
+    backward: bool,
+    x: &Tensor,
+    rows: usize,
+    f: usize,
+    ptrs: &[u64],
+) -> Option<(String, (u32, u32, u32))> {
+    if x.dtype() != DType::BF16 || !fast_kernels() || ptrs.iter().any(|p| p % 16 != 0) {
+        return None;
+    }
+    let l = vlm4vla_kernels::launch::gate_vec(op, backward, vlm4vla_kernels::Dtype::Bf16, rows, f, 1 << 16).ok()?;
+    Some((l.symbol, (l.grid[0], 1, 1)))
+}
 
 /// `act(x[..., :F]) * x[..., F:]` as a contiguous `[..., F]` buffer.
 pub(crate) fn forward(x: &Tensor, kind: GateKind, f: usize) -> Result<CudaStorage> {
@@ -12,10 +29,15 @@ pub(crate) fn forward(x: &Tensor, kind: GateKind, f: usize) -> Result<CudaStorag
     let dev = dev_of(op, &x)?;
     let rows = x.elem_count() / (2 * f).max(1);
     let out = dev.alloc(op, x.dtype(), rows * f)?;
-    let symbol = format!("{op}_fwd_{}", float_name(op, x.dtype())?);
+    let (px, po) = (ptr(op, &x)?, out.ptr_at(0));
+    let (symbol, grid) = match vec_gate(op, false, &x, rows, f, &[px, po]) {
+        Some(v) => v,
+        None => (format!("{op}_fwd_{}", float_name(op, x.dtype())?), ew_grid(rows * f)),
+    };
     let p = GateParams { rows: rows as i64, f: f as i64 };
-    // SAFETY: x is contiguous [rows, 2F], out holds rows * F elements of the same dtype.
-    unsafe { launch!(dev, op, "activation", symbol, ew_grid(rows * f), EW_THREADS, p, [ptr(op, &x)?, out.ptr_at(0)]) }?;
+    // SAFETY: x is contiguous [rows, 2F], out holds rows * F elements of the same dtype; the
+    // vectorised kernel only with 16-byte aligned pointers and F a multiple of 8.
+    unsafe { launch!(dev, op, "activation", symbol, grid, EW_THREADS, p, [px, po]) }?;
     Ok(out)
 }
 
@@ -26,20 +48,14 @@ pub(crate) fn backward(x: &Tensor, g: &Tensor, kind: GateKind, f: usize) -> Resu
     let dev = dev_of(op, &x)?;
     let rows = x.elem_count() / (2 * f).max(1);
     let dx = dev.alloc(op, x.dtype(), x.elem_count())?;
-    let symbol = format!("{op}_bwd_{}", float_name(op, x.dtype())?);
+    let (px, pg, pd) = (ptr(op, &x)?, ptr(op, &g)?, dx.ptr_at(0));
+    let (symbol, grid) = match vec_gate(op, true, &x, rows, f, &[px, pg, pd]) {
+        Some(v) => v,
+        None => (format!("{op}_bwd_{}", float_name(op, x.dtype())?), ew_grid(rows * f)),
+    };
     let p = GateParams { rows: rows as i64, f: f as i64 };
-    // SAFETY: x and dx are contiguous [rows, 2F], g is [rows, F], one dtype.
-    unsafe {
-        launch!(
-            dev,
-            op,
-            "activation",
-            symbol,
-            ew_grid(rows * f),
-            EW_THREADS,
-            p,
-            [ptr(op, &x)?, ptr(op, &g)?, dx.ptr_at(0)]
-        )
-    }?;
+    // SAFETY: x and dx are contiguous [rows, 2F], g is [rows, F], one dtype; the vectorised
+    // kernel only with 16-byte aligned pointers and F a multiple of 8.
+    unsafe { launch!(dev, op, "activation", symbol, grid, EW_THREADS, p, [px, pg, pd]) }?;
     Ok(dx)
 }

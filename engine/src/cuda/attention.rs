@@ -1,12 +1,33 @@
 //! CUDA launchers of `attention.cu` (the simple correct kernels: online softmax, never the score
 //! matrix; a backward for dK/dV and one for dQ, recomputing probabilities from the saved lse).
 //! Tensors stay `[B, L, H, X]` and reach the kernels through (batch, head, seq) strides.
+//! bf16 calls whose shape the tensor-core kernels of `flash_attention.cu` take (head dim a
+//! multiple of 8 up to 256, equal for q/k and v, 16-byte aligned rows) run those instead, with
+//! the same semantics; f32 and every other shape run the simple kernels.
 
-use super::{contig, dev_of, float_name, launch, ptr, tensor, CudaDevice, CudaStorage};
+use super::{contig, dev_of, fast_kernels, float_name, launch, launch_geom, ptr, tensor, CudaDevice, CudaStorage};
 use crate::ops::attention::{AttentionMask, AttnDims};
 use crate::{DType, Error, Result, Tensor};
 use std::sync::Arc;
+use vlm4vla_kernels::launch::{self as geom, FlashShape, Launch};
 use vlm4vla_kernels::params::{code, AttnParams, Strides, ATT_MAX_D, ATT_WARPS, MASK_KINDS};
+
+/// The flash kernels' shape when they take this call (bf16, supported head dim, aligned strides
+/// and pointers), else None.
+fn flash_shape(dtype: DType, p: &AttnParams, ptrs: &[u64]) -> Option<FlashShape> {
+    if dtype != DType::BF16 || !fast_kernels() {
+        return None;
+    }
+    let s = FlashShape::from_params(p, ptrs);
+    geom::flash_supported(&s).then_some(s)
+}
+
+fn flash_geom(
+    f: fn(&FlashShape) -> std::result::Result<Launch, vlm4vla_kernels::Error>,
+    s: &FlashShape,
+) -> Result<Launch> {
+    f(s).map_err(|e| Error::invalid("attention", e.to_string()))
+}
 
 /// The mask as the kernels read it: a kind, its i64 table (prefix lengths or cumulative segment
 /// lengths) and the u8 key padding, on the device.
@@ -93,21 +114,21 @@ pub(crate) fn forward(
     p.k = strides(&k);
     p.v = strides(&v);
     p.o = packed(out_shape);
+    let (pq, pk, pv) = (ptr(op, &q)?, ptr(op, &k)?, ptr(op, &v)?);
+    if let Some(s) = flash_shape(q.dtype(), &p, &[pq, pk, pv, out.ptr_at(0)]) {
+        let l = geom::flash_fwd_with(&s, super::flash_long_min_lq())
+            .map_err(|e| Error::invalid("attention", e.to_string()))?;
+        // SAFETY: as below; flash_supported checked bf16, d == dv <= 256 a multiple of 8, strides
+        // multiples of 8 elements and 16-byte aligned pointers; `l` sizes the dynamic smem.
+        unsafe { launch_geom!(dev, op, "flash_attention", l, p, [pq, pk, pv, out.ptr_at(0), lse.ptr_at(0)]) }?;
+        return Ok((out, tensor(lse, &[dims.b, dims.hq, dims.lq])));
+    }
     let grid = (dims.lq.div_ceil(ATT_WARPS as usize) as u32, (dims.b * dims.hq) as u32, 1);
     let symbol = format!("attention_fwd_{}", float_name(op, q.dtype())?);
     // SAFETY: q, k, v are [B, L, H, X] views with unit-stride rows described by their strides;
     // out is contiguous [B, Lq, Hq, Dv]; lse holds B*Hq*Lq floats; the mask tables live in `mask`.
     unsafe {
-        launch!(
-            dev,
-            op,
-            "attention",
-            symbol,
-            grid,
-            ATT_WARPS * 32,
-            p,
-            [ptr(op, &q)?, ptr(op, &k)?, ptr(op, &v)?, out.ptr_at(0), lse.ptr_at(0)]
-        )
+        launch!(dev, op, "attention", symbol, grid, ATT_WARPS * 32, p, [pq, pk, pv, out.ptr_at(0), lse.ptr_at(0)])
     }?;
     Ok((out, tensor(lse, &[dims.b, dims.hq, dims.lq])))
 }
@@ -152,6 +173,48 @@ pub(crate) fn backward(
     let q_grid = (dims.lq.div_ceil(ATT_WARPS as usize) as u32, (dims.b * dims.hq) as u32, 1);
     let (pq, pk, pv, po, pg, pl) =
         (ptr(op, &q)?, ptr(op, &k)?, ptr(op, &v)?, ptr(op, &o)?, ptr(op, &g)?, ptr(op, &lse)?);
+    let outs = [dq.ptr_at(0), dk.ptr_at(0), dv.ptr_at(0)];
+    if let Some(s) = flash_shape(q.dtype(), &p, &[pq, pk, pv, po, pg, outs[0], outs[1], outs[2]]) {
+        let delta = dev.alloc(op, DType::F32, dims.b * dims.hq * dims.lq)?;
+        let (ld, lq) = (flash_geom(geom::flash_delta, &s)?, flash_geom(geom::flash_dq, &s)?);
+        let kv = geom::flash_dkdv(&s, geom::FA_DKDV_MIN_BLOCKS).map_err(|e| Error::invalid(op, e.to_string()))?;
+        // GQA/MQA groups split over blocks write fp32 partials, summed by a second kernel.
+        let parts = match kv.sum {
+            Some(_) => {
+                Some((dev.alloc(op, DType::F32, kv.partial_elems)?, dev.alloc(op, DType::F32, kv.partial_elems)?))
+            }
+            None => None,
+        };
+        let (pk_part, pv_part) = parts.as_ref().map_or((0, 0), |(a, b)| (a.ptr_at(0), b.ptr_at(0)));
+        let pd = delta.ptr_at(0);
+        // SAFETY: as below, with the flash kernels' conditions checked by flash_supported; delta
+        // holds B*Hq*Lq floats, written by the first kernel and read by the others; the partials
+        // hold head_parts*B*Hkv*Lk*D floats each, written by the dK/dV kernel and read by the sum.
+        unsafe {
+            launch_geom!(dev, op, "flash_attention", ld, p, [po, pg, pd])?;
+            launch_geom!(
+                dev,
+                op,
+                "flash_attention",
+                kv.launch,
+                p,
+                [pq, pk, pv, pg, pl, pd, outs[1], outs[2], pk_part, pv_part]
+            )?;
+            if let Some(sum) = &kv.sum {
+                launch_geom!(
+                    dev,
+                    op,
+                    "flash_attention",
+                    sum,
+                    p,
+                    [pk_part, pv_part, kv.head_parts as u64, outs[1], outs[2]]
+                )?;
+            }
+            launch_geom!(dev, op, "flash_attention", lq, p, [pq, pk, pv, pg, pl, pd, outs[0]])
+        }?;
+        drop(parts);
+        return Ok((dq, dk, dv));
+    }
     // SAFETY: inputs are [B, L, H, X] views with unit-stride rows described by their strides; lse
     // holds B*Hq*Lq floats; dq, dk, dv are contiguous and fully written by the two kernels.
     unsafe {

@@ -13,6 +13,7 @@
 
 pub(crate) mod activation;
 pub(crate) mod attention;
+pub mod bench;
 pub(crate) mod binary;
 pub(crate) mod index;
 pub(crate) mod loss;
@@ -48,6 +49,23 @@ macro_rules! launch {
     }};
 }
 pub(crate) use launch;
+
+/// As [`launch!`] with a [`vlm4vla_kernels::launch::Launch`] (symbol, grid, block, dynamic shared
+/// memory): `launch_geom!(dev, op, family, l, params, [ptrs])`.
+macro_rules! launch_geom {
+    ($dev:expr, $op:expr, $family:expr, $l:expr, $p:expr, [$($ptr:expr),* $(,)?]) => {{
+        let l = &$l;
+        let mut p = $p;
+        let mut ptrs: Vec<u64> = vec![$($ptr),*];
+        let mut args: Vec<*mut std::ffi::c_void> = vec![&mut p as *mut _ as *mut std::ffi::c_void];
+        for q in ptrs.iter_mut() {
+            args.push(q as *mut u64 as *mut std::ffi::c_void);
+        }
+        let f = $dev.func($op, $family, &l.symbol)?;
+        $dev.launch_smem($op, f, (l.grid[0], l.grid[1], l.grid[2]), l.block[0], l.smem, &mut args)
+    }};
+}
+pub(crate) use launch_geom;
 
 /// Blocks for a grid-stride elementwise launch over `n` items.
 pub(crate) fn ew_grid(n: usize) -> (u32, u32, u32) {
@@ -103,6 +121,38 @@ pub fn poison_enabled() -> bool {
     poison_flag().load(Ordering::Relaxed)
 }
 
+fn fast_flag() -> &'static AtomicBool {
+    static FAST: OnceLock<AtomicBool> = OnceLock::new();
+    FAST.get_or_init(|| AtomicBool::new(!std::env::var("VLM4VLA_CUDA_SIMPLE_KERNELS").is_ok_and(|v| v == "1")))
+}
+
+/// Use the performance kernels (tensor-core flash attention, 16-byte vectorised norms, gated
+/// activations and rope) where they take a call (the default), or only the simple kernels (for
+/// comparisons; also `VLM4VLA_CUDA_SIMPLE_KERNELS=1`). Both compute the same functions.
+pub fn set_fast_kernels(on: bool) {
+    fast_flag().store(on, Ordering::Relaxed);
+}
+
+/// Whether the performance kernels are used (see [`set_fast_kernels`]).
+pub fn fast_kernels() -> bool {
+    fast_flag().load(Ordering::Relaxed)
+}
+
+fn flash_long_min() -> &'static std::sync::atomic::AtomicUsize {
+    static MIN: OnceLock<std::sync::atomic::AtomicUsize> = OnceLock::new();
+    MIN.get_or_init(|| std::sync::atomic::AtomicUsize::new(vlm4vla_kernels::launch::FA_LONG_MIN_LQ))
+}
+
+/// From how many query rows the flash forward uses its 128-row blocks (`usize::MAX`: never); for
+/// benchmarks comparing the two forms. Default [`vlm4vla_kernels::launch::FA_LONG_MIN_LQ`].
+pub fn set_flash_long_min_lq(rows: usize) {
+    flash_long_min().store(rows, Ordering::Relaxed);
+}
+
+pub(crate) fn flash_long_min_lq() -> usize {
+    flash_long_min().load(Ordering::Relaxed)
+}
+
 /// Whether the CUDA driver library loads on this machine (a GPU may still be missing).
 pub fn driver_available() -> bool {
     probe_driver().is_ok()
@@ -130,6 +180,65 @@ pub fn device_info(ordinal: usize) -> Result<(String, String)> {
 /// Wait until all work queued on `cuda:ordinal` has finished (for timing and tests).
 pub fn synchronize(ordinal: usize) -> Result<()> {
     device(ordinal)?.synchronize()
+}
+
+/// The number of multiprocessors of `cuda:ordinal` (for sizing grids and benchmarks).
+pub fn sm_count(ordinal: usize) -> Result<usize> {
+    let d = device(ordinal)?;
+    d.bind("sm_count")?;
+    // SAFETY: the device handle belongs to the bound context.
+    let n = unsafe {
+        cu::device::get_attribute(d.ctx.cu_device(), sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+    }
+    .map_err(drv("sm_count"))?;
+    Ok(n.max(1) as usize)
+}
+
+/// Times work queued on a device's stream with a pair of CUDA events:
+/// `let t = EventTimer::start(0)?; ...; let ms = t.stop()?;` (stop synchronises on the end event).
+pub struct EventTimer {
+    dev: Arc<CudaDevice>,
+    start: sys::CUevent,
+    end: sys::CUevent,
+}
+
+impl EventTimer {
+    /// Record the start event on `cuda:ordinal`'s stream.
+    pub fn start(ordinal: usize) -> Result<EventTimer> {
+        let dev = device(ordinal)?;
+        dev.bind("EventTimer")?;
+        let flags = sys::CUevent_flags::CU_EVENT_DEFAULT;
+        let start = cu::event::create(flags).map_err(drv("EventTimer"))?;
+        let end = cu::event::create(flags).map_err(drv("EventTimer"))?;
+        let t = EventTimer { dev, start, end };
+        // SAFETY: the event was just created in this context; the stream is the device's.
+        unsafe { cu::event::record(t.start, t.dev.stream()) }.map_err(drv("EventTimer"))?;
+        Ok(t)
+    }
+
+    /// Record the end event, wait for it, and return the milliseconds between the two.
+    pub fn stop(self) -> Result<f32> {
+        self.dev.bind("EventTimer")?;
+        // SAFETY: both events belong to this context and were recorded (start) or are recorded
+        // now (end) on the device's stream; synchronising on `end` makes the elapsed time valid.
+        unsafe {
+            cu::event::record(self.end, self.dev.stream()).map_err(drv("EventTimer"))?;
+            cu::event::synchronize(self.end).map_err(drv("EventTimer"))?;
+            cu::event::elapsed(self.start, self.end).map_err(drv("EventTimer"))
+        }
+    }
+}
+
+impl Drop for EventTimer {
+    fn drop(&mut self) {
+        if self.dev.bind("EventTimer").is_ok() {
+            // SAFETY: the events were created in this context and are destroyed once.
+            unsafe {
+                let _ = cu::event::destroy(self.start);
+                let _ = cu::event::destroy(self.end);
+            }
+        }
+    }
 }
 
 // ----- the device --------------------------------------------------------------------------------
@@ -328,6 +437,35 @@ impl CudaDevice {
         }
         self.bind(op)?;
         cu::launch_kernel(f.0, grid, (block, 1, 1), 0, self.stream(), args).map_err(drv(op))
+    }
+
+    /// Launch `f` with `smem` bytes of dynamic shared memory, first raising the kernel's limit
+    /// when `smem` is over the 48 KiB that needs no opt-in.
+    ///
+    /// # Safety
+    /// As [`CudaDevice::launch`].
+    pub(crate) unsafe fn launch_smem(
+        &self,
+        op: &'static str,
+        f: Func,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        args: &mut [*mut c_void],
+    ) -> Result<()> {
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+            return Ok(());
+        }
+        self.bind(op)?;
+        if smem > vlm4vla_kernels::launch::SMEM_DEFAULT_LIMIT {
+            cu::function::set_function_attribute(
+                f.0,
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )
+            .map_err(drv(op))?;
+        }
+        cu::launch_kernel(f.0, grid, (block, 1, 1), smem, self.stream(), args).map_err(drv(op))
     }
 
     /// Launch the elementwise kernel `symbol` over `n` items (grid-stride, EW_THREADS a block).

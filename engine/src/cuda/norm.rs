@@ -1,11 +1,25 @@
 //! CUDA launchers of `norm.cu`: softmax / log_softmax, rms_norm, layer_norm and l2_normalize over
 //! the last dim, forward and backward. Per-row statistics are f32 `[rows]` tensors; parameter
-//! gradients come from per-block partials summed in a fixed order.
+//! gradients come from per-block partials summed in a fixed order. bf16 rms_norm / layer_norm
+//! rows whose width is a multiple of 8 with 16-byte aligned pointers run the vectorised
+//! `*_rows` / `*_wide` kernels (same semantics, same partials layout).
 
-use super::{contig, dev_of, float_name, launch, opt_ptr, ptr, row_grid, tensor, CudaStorage};
+use super::{contig, dev_of, fast_kernels, float_name, launch, opt_ptr, ptr, row_grid, tensor, CudaStorage};
 use crate::ops::norm::RmsNormKind;
 use crate::{DType, Error, Result, Tensor};
+use vlm4vla_kernels::launch::{norm_vec, NormLaunch};
 use vlm4vla_kernels::params::{NormParams, NORM_MAX_WIDTH, ROW_THREADS};
+use vlm4vla_kernels::Dtype;
+
+/// The vectorised kernel for this call (`op` rms_norm or layer_norm) when it takes it: bf16, every
+/// pointer 16-byte aligned (0 = null is), width a multiple of 8 up to 8192.
+fn vec_norm(op: &str, backward: bool, x: &Tensor, ptrs: &[u64], max_blocks: usize) -> Option<NormLaunch> {
+    if x.dtype() != DType::BF16 || !fast_kernels() || ptrs.iter().any(|p| p % 16 != 0) {
+        return None;
+    }
+    let (rows, width) = dims(x);
+    norm_vec(op, backward, Dtype::Bf16, rows, width, max_blocks).ok()
+}
 
 /// Blocks of the backward kernels that write parameter-gradient partials `[blocks, width]`.
 const PARTIAL_BLOCKS: usize = 264;
@@ -105,19 +119,23 @@ pub(crate) fn rms_norm(x: &Tensor, w: Option<&Tensor>, eps: f64, kind: RmsNormKi
     let (rows, _) = dims(&x);
     let y = dev.alloc(op, x.dtype(), x.elem_count())?;
     let rstd = dev.alloc(op, DType::F32, rows)?;
-    let symbol = format!("rms_norm_fwd_{}", float_name(op, x.dtype())?);
+    let ptrs = [ptr(op, &x)?, 0, opt_ptr(op, w.as_ref())?, y.ptr_at(0), 0, rstd.ptr_at(0)];
+    let (symbol, grid) = match vec_norm(op, false, &x, &ptrs[..4], 65535) {
+        Some(v) => (v.launch.symbol, (v.launch.grid[0], 1, 1)),
+        None => (format!("rms_norm_fwd_{}", float_name(op, x.dtype())?), row_grid(rows)),
+    };
     // SAFETY: x, y contiguous [rows, width]; w [width] or null; no residual (null) so h is unused;
-    // rstd holds rows floats.
+    // rstd holds rows floats; the vectorised kernel only with 16-byte aligned x, w, y.
     unsafe {
         launch!(
             dev,
             op,
             "norm",
             symbol,
-            row_grid(rows),
+            grid,
             ROW_THREADS,
             params(&x, eps, rms_flag(kind)),
-            [ptr(op, &x)?, 0, opt_ptr(op, w.as_ref())?, y.ptr_at(0), 0, rstd.ptr_at(0)]
+            [ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], ptrs[5]]
         )
     }?;
     Ok((y, tensor(rstd, &[rows])))
@@ -138,12 +156,23 @@ pub(crate) fn rms_norm_backward(
     let w = w.map(contig).transpose()?;
     let dev = dev_of(op, &x)?;
     let (rows, width) = dims(&x);
-    let blocks = if want_dw { rows.clamp(1, PARTIAL_BLOCKS) } else { rows.clamp(1, 65535) };
+    let max_blocks = if want_dw { PARTIAL_BLOCKS } else { 65535 };
     let dx = if want_dx { Some(dev.alloc(op, x.dtype(), x.elem_count())?) } else { None };
+    let vec = vec_norm(
+        op,
+        true,
+        &x,
+        &[ptr(op, &x)?, opt_ptr(op, w.as_ref())?, ptr(op, &g)?, dx.as_ref().map_or(0, |d| d.ptr_at(0))],
+        max_blocks,
+    );
+    let (symbol, blocks) = match vec {
+        Some(v) => (v.launch.symbol, v.partials),
+        None => (format!("rms_norm_bwd_{}", float_name(op, x.dtype())?), rows.clamp(1, max_blocks)),
+    };
     let part = if want_dw { Some(dev.alloc(op, DType::F32, blocks * width)?) } else { None };
-    let symbol = format!("rms_norm_bwd_{}", float_name(op, x.dtype())?);
     // SAFETY: x, g (and dx) contiguous [rows, width]; w [width] or null; rstd rows floats; the
-    // partials [blocks, width] floats for a grid of `blocks`.
+    // partials [blocks, width] floats for a grid of `blocks`; the vectorised kernel only with
+    // 16-byte aligned rows.
     unsafe {
         launch!(
             dev,
@@ -188,15 +217,26 @@ pub(crate) fn layer_norm(
     let y = dev.alloc(op, x.dtype(), x.elem_count())?;
     let mean = dev.alloc(op, DType::F32, rows)?;
     let rstd = dev.alloc(op, DType::F32, rows)?;
-    let symbol = format!("layer_norm_fwd_{}", float_name(op, x.dtype())?);
-    // SAFETY: x, y contiguous [rows, width]; w, b [width] or null; mean, rstd rows floats.
+    let vec = vec_norm(
+        op,
+        false,
+        &x,
+        &[ptr(op, &x)?, opt_ptr(op, w.as_ref())?, opt_ptr(op, b.as_ref())?, y.ptr_at(0)],
+        65535,
+    );
+    let (symbol, grid) = match vec {
+        Some(v) => (v.launch.symbol, (v.launch.grid[0], 1, 1)),
+        None => (format!("layer_norm_fwd_{}", float_name(op, x.dtype())?), row_grid(rows)),
+    };
+    // SAFETY: x, y contiguous [rows, width]; w, b [width] or null; mean, rstd rows floats; the
+    // vectorised kernel only with 16-byte aligned rows.
     unsafe {
         launch!(
             dev,
             op,
             "norm",
             symbol,
-            row_grid(rows),
+            grid,
             ROW_THREADS,
             params(&x, eps, 0),
             [
@@ -229,13 +269,24 @@ pub(crate) fn layer_norm_backward(
     let w = w.map(contig).transpose()?;
     let dev = dev_of(op, &x)?;
     let (rows, width) = dims(&x);
-    let blocks = if want_params { rows.clamp(1, PARTIAL_BLOCKS) } else { rows.clamp(1, 65535) };
+    let max_blocks = if want_params { PARTIAL_BLOCKS } else { 65535 };
     let dx = if want_dx { Some(dev.alloc(op, x.dtype(), x.elem_count())?) } else { None };
+    let vec = vec_norm(
+        op,
+        true,
+        &x,
+        &[ptr(op, &x)?, opt_ptr(op, w.as_ref())?, ptr(op, &g)?, dx.as_ref().map_or(0, |d| d.ptr_at(0))],
+        max_blocks,
+    );
+    let (symbol, blocks) = match vec {
+        Some(v) => (v.launch.symbol, v.partials),
+        None => (format!("layer_norm_bwd_{}", float_name(op, x.dtype())?), rows.clamp(1, max_blocks)),
+    };
     let dw_part = if want_params && w.is_some() { Some(dev.alloc(op, DType::F32, blocks * width)?) } else { None };
     let db_part = if want_params && b.is_some() { Some(dev.alloc(op, DType::F32, blocks * width)?) } else { None };
-    let symbol = format!("layer_norm_bwd_{}", float_name(op, x.dtype())?);
     // SAFETY: x, g (and dx) contiguous [rows, width]; w [width] or null; mean, rstd rows floats;
-    // partials [blocks, width] floats for a grid of `blocks`.
+    // partials [blocks, width] floats for a grid of `blocks`; the vectorised kernel only with
+    // 16-byte aligned rows.
     unsafe {
         launch!(
             dev,
