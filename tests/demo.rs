@@ -69,7 +69,7 @@ fn every_command_has_help() {
         ("collect", &["--out", "--episodes", "--seed", "--image-size"][..]),
         ("train", &["--config", "--resume", "dataset"][..]),
         ("eval", &["--checkpoint", "--episodes", "--mismatched"][..]),
-        ("predict", &["--checkpoint", "--image", "--instruction", "JSON"][..]),
+        ("predict", &["--checkpoint", "--image", "--instruction", "--state", "JSON"][..]),
         ("info", &["--model"][..]),
     ] {
         let o = bin(&[cmd, "--help"]);
@@ -162,6 +162,10 @@ fn bad_inputs_give_clear_errors() {
     let chunk = v["chunk"].as_array().unwrap();
     assert_eq!(chunk.len(), 2);
     assert!(chunk.iter().all(|a| a.as_array().unwrap().len() == 7));
+    let g = good.to_str().unwrap();
+    let o =
+        bin(&["predict", "--checkpoint", c, "--image", g, "--instruction", "lift the red block", "--state", "0.5,-1"]);
+    assert!(!o.status.success() && stderr(&o).contains("--state"), "{}", stderr(&o));
 
     // eval runs on the checkpoint.
     let o = bin(&["eval", "--checkpoint", c, "--episodes", "4"]);

@@ -19,6 +19,10 @@ pub struct PredictArgs {
     /// The instruction, e.g. "pick up the red block".
     #[arg(long)]
     instruction: String,
+    /// The robot's proprioceptive state, 7 comma-separated numbers `x,y,z,0,0,0,g` (positions in
+    /// [0, 1], g = +1 open / -1 closed); required by policies trained with `policy.state_dim`.
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    state: Option<Vec<f32>>,
 }
 
 pub fn run(a: &PredictArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -39,7 +43,16 @@ pub fn run(a: &PredictArgs) -> Result<(), Box<dyn std::error::Error>> {
     if !unknown.is_empty() {
         eprintln!("warning: words outside the instruction vocabulary: {}", unknown.join(", "));
     }
-    let chunk = p.predict(&[img.data.as_slice()], &[a.instruction.as_str()], None)?.remove(0);
+    let state: Option<[f32; 7]> = match &a.state {
+        None => None,
+        Some(v) => Some(
+            v.as_slice()
+                .try_into()
+                .map_err(|_| format!("--state: expected 7 comma-separated numbers, got {}", v.len()))?,
+        ),
+    };
+    let states = state.as_ref().map(std::slice::from_ref);
+    let chunk = p.predict(&[img.data.as_slice()], &[a.instruction.as_str()], states)?.remove(0);
     println!("{}", serde_json::json!({ "instruction": a.instruction, "chunk": chunk }));
     Ok(())
 }
