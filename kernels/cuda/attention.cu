@@ -36,52 +36,6 @@
 #define ATT_QTILE 16
 #define ATT_PITCH (ATT_MAX_D + 1)  // +1 float: lane j reading row j hits bank (j + c) % 32
 
-enum MaskKind { MASK_FULL = 0, MASK_CAUSAL, MASK_PREFIX, MASK_SEGMENTS };
-
-struct Strides {
-    i64 b, h, l;
-};
-
-struct AttnParams {
-    Strides q, k, v, o, g, dq, dk, dv;
-    const i64* mask_data;
-    const u8* key_padding;
-    int b, hq, hkv, lq, lk, d, dv_dim;
-    int mask;
-    int n_segments;
-    float scale;
-};
-static_assert(sizeof(AttnParams) == 248, "AttnParams layout");
-
-__device__ __forceinline__ i64 offset(const Strides& s, int b, int h, int l) {
-    return (i64)b * s.b + (i64)h * s.h + (i64)l * s.l;
-}
-
-// The key range [lo, hi) query i of batch row b may see (before key padding); empty when lo >= hi.
-__device__ __forceinline__ void key_range(const AttnParams& p, int b, int i, int& lo, int& hi) {
-    lo = 0;
-    hi = p.lk;
-    if (p.mask == MASK_CAUSAL) {
-        hi = min(p.lk, i + (p.lk - p.lq) + 1);
-    } else if (p.mask == MASK_PREFIX) {
-        hi = min(p.lk, max(i + 1, (int)p.mask_data[b]));
-    } else if (p.mask == MASK_SEGMENTS) {
-        // The last s with cu[s] <= i.
-        int a = 0, z = p.n_segments - 1;
-        while (a < z) {
-            const int mid = (a + z + 1) / 2;
-            if (p.mask_data[mid] <= i) a = mid; else z = mid - 1;
-        }
-        lo = (int)p.mask_data[a];
-        hi = min(p.lk, (int)p.mask_data[a + 1]);
-    }
-    hi = max(hi, 0);
-}
-
-__device__ __forceinline__ bool key_real(const AttnParams& p, int b, int j) {
-    return !p.key_padding || p.key_padding[(i64)b * p.lk + j] != 0;
-}
-
 // Load rows [k0, k0 + ATT_KTILE) (zeros past `hi`) of `width` columns into tile[ATT_KTILE][ATT_PITCH].
 template <typename T>
 __device__ __forceinline__ void load_tile(float* tile, const T* src, const Strides& s, int b, int h, int k0, int hi,

@@ -176,11 +176,14 @@ static void ropes(int b, int l, int h, int d, bool batched) {
     const size_t n = (size_t)b * l * h * d, tn = (size_t)(batched ? b : 1) * l * d;
     auto x = rnd(n), c = rnd(tn), s = rnd(tn);
     rope_ns::RopeParams p{b, l, h, d, batched ? 1 : 0, 0};
+    // The simple kernel reads fp32 tables (the engine converts them); the same values, widened.
+    std::vector<float> cf(tn), sf(tn);
+    for (size_t i = 0; i < tn; ++i) cf[i] = __bfloat162float(c[i]), sf[i] = __bfloat162float(s[i]);
     for (int bwd = 0; bwd < 2; ++bwd) {
         auto o1 = poison(n), o2 = poison(n);
         emu_launch({2, 1, 1}, {256, 1, 1}, 0, [&] {
-            if (bwd) rope_ns::rope_bwd_bf16(p, x.data(), c.data(), s.data(), o1.data());
-            else rope_ns::rope_fwd_bf16(p, x.data(), c.data(), s.data(), o1.data());
+            if (bwd) rope_ns::rope_bwd_bf16(p, x.data(), cf.data(), sf.data(), o1.data());
+            else rope_ns::rope_fwd_bf16(p, x.data(), cf.data(), sf.data(), o1.data());
         });
         emu_launch({1, 1, 1}, {256, 1, 1}, 0, [&] {
             if (bwd) rope_ns::rope_vec_bwd_bf16(p, x.data(), c.data(), s.data(), o2.data());
