@@ -251,6 +251,30 @@ fn schedules_match_transformers() {
     assert_eq!(LrSchedule::WarmupConstant { warmup_steps: 0 }.factor(0), 1.0);
 }
 
+#[test]
+fn warmup_stable_cosine_is_flat_then_the_cosine_tail() {
+    let wsd = LrSchedule::WarmupStableCosine { warmup_steps: 10, decay_start: 30, total_steps: 50, min_ratio: 0.1 };
+    // Warmup as the plain cosine's, flat at 1 until the decay starts.
+    for k in 0..10 {
+        assert_eq!(wsd.factor(k), k as f64 / 10.0);
+    }
+    for k in 10..=30 {
+        assert_eq!(wsd.factor(k), 1.0, "stable phase at step {k}");
+    }
+    // The tail is the cosine of a schedule whose warmup ended at the decay start.
+    let tail = LrSchedule::WarmupCosine { warmup_steps: 30, total_steps: 50, min_ratio: 0.1 };
+    for k in 30..80 {
+        assert!((wsd.factor(k) - tail.factor(k)).abs() < 1e-15, "step {k}");
+    }
+    assert!((wsd.factor(40) - 0.55).abs() < 1e-12);
+    // A decay start inside the warmup is the plain warmup-cosine.
+    let cos = LrSchedule::WarmupCosine { warmup_steps: 10, total_steps: 50, min_ratio: 0.1 };
+    let early = LrSchedule::WarmupStableCosine { warmup_steps: 10, decay_start: 3, total_steps: 50, min_ratio: 0.1 };
+    for k in 0..60 {
+        assert_eq!(early.factor(k), cos.factor(k), "step {k}");
+    }
+}
+
 fn clip_case(max_norm: f64) -> (f64, Vec<f64>, f64) {
     let q1 = Tensor::zeros(&[2, 3], DType::F64, Device::Cpu).unwrap().variable();
     let q2 = Tensor::zeros(&[4], DType::F64, Device::Cpu).unwrap().variable();

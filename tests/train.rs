@@ -308,6 +308,28 @@ fn a_nan_loss_stops_with_the_step_and_last_checkpoint() {
 }
 
 #[test]
+fn decay_steps_keep_the_rate_flat_until_the_tail() {
+    let dir = out_dir("wsd");
+    let mut cfg = config(&dir, 30);
+    cfg.optim.warmup_steps = 5;
+    cfg.optim.decay_steps = Some(10);
+    let mut t = Trainer::new(cfg.clone(), policy(&cfg)).unwrap();
+    t.run(&mut source(None)).unwrap();
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let lr: Vec<f64> =
+        text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"].as_f64().unwrap()).collect();
+    assert_eq!(lr.len(), 30);
+    assert_eq!(lr[0], 0.0);
+    // Steps 6..=20 (optimizer steps 5..20) run at the peak; the last 10 decay to the minimum.
+    for (k, &v) in lr.iter().enumerate().take(21).skip(5) {
+        assert!((v - 3e-3).abs() < 1e-15, "step {} lr {v}", k + 1);
+    }
+    assert!(lr[21..].windows(2).all(|w| w[1] < w[0]), "{lr:?}");
+    assert!(lr[29] > 3e-4 && lr[29] < 3e-3 * 0.2, "{lr:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn config_errors_name_the_key_or_field() {
     let base = "backbone = \"toy\"\noutput_dir = \"runs/x\"\n[run]\nsteps = 10\n";
     let ok = TrainConfig::from_toml_str(base, "cfg.toml").unwrap();
@@ -338,6 +360,11 @@ fn config_errors_name_the_key_or_field() {
     assert!(e.contains("optim.betas[1]"), "{e}");
     let e = err(&format!("{base}[policy]\nchunk = 0\n"));
     assert!(e.contains("policy.chunk"), "{e}");
+    let e = err(&format!("{base}[optim]\ndecay_steps = 0\n"));
+    assert!(e.contains("optim.decay_steps"), "{e}");
+    let wsd = TrainConfig::from_toml_str(&format!("{base}[optim]\ndecay_steps = 4\n"), "w").unwrap();
+    assert_eq!(wsd.optim.decay_steps, Some(4));
+    assert_eq!(TrainConfig::from_toml_str(&wsd.to_toml().unwrap(), "again").unwrap(), wsd);
 
     // Epochs need a source that knows its length.
     let cfg = TrainConfig::from_toml_str(&base.replace("steps = 10", "epochs = 3\ngrad_accum = 2"), "e").unwrap();

@@ -559,6 +559,11 @@ pub enum LrSchedule {
     /// `get_cosine_with_min_lr_schedule_with_warmup` with `min_lr_rate = min_ratio`, which agrees
     /// up to `total_steps` and rises again after it).
     WarmupCosine { warmup_steps: usize, total_steps: usize, min_ratio: f64 },
+    /// Warmup-stable-decay: linear warmup, factor 1 until `decay_start`, then the half cosine
+    /// from 1 down to `min_ratio` at `total_steps`, flat after. `decay_start <= warmup_steps` is
+    /// [`WarmupCosine`](Self::WarmupCosine). Useful where learning has a plateau whose end
+    /// cannot be scheduled: the rate stays high until the final stretch.
+    WarmupStableCosine { warmup_steps: usize, decay_start: usize, total_steps: usize, min_ratio: f64 },
 }
 
 impl LrSchedule {
@@ -575,11 +580,19 @@ impl LrSchedule {
                 }
             }
             LrSchedule::WarmupCosine { warmup_steps, total_steps, min_ratio } => {
+                LrSchedule::WarmupStableCosine { warmup_steps, decay_start: warmup_steps, total_steps, min_ratio }
+                    .factor(step)
+            }
+            LrSchedule::WarmupStableCosine { warmup_steps, decay_start, total_steps, min_ratio } => {
                 if step < warmup_steps {
                     return warmup(warmup_steps);
                 }
-                let span = total_steps.saturating_sub(warmup_steps).max(1);
-                let progress = ((step - warmup_steps) as f64 / span as f64).min(1.0);
+                let start = decay_start.max(warmup_steps);
+                if step < start {
+                    return 1.0;
+                }
+                let span = total_steps.saturating_sub(start).max(1);
+                let progress = ((step - start) as f64 / span as f64).min(1.0);
                 let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
                 (cosine * (1.0 - min_ratio) + min_ratio).max(0.0)
             }

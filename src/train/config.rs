@@ -22,6 +22,7 @@
 //! eps = 1e-8
 //! warmup_steps = 0
 //! min_lr_ratio = 0.01                # cosine decays to lr · min_lr_ratio
+//! decay_steps = 4000                 # optional: flat lr, cosine over the last 4000 steps only
 //! clip_grad_norm = 1.0
 //!
 //! [run]
@@ -87,6 +88,9 @@ pub struct OptimConfig {
     pub warmup_steps: usize,
     /// The cosine ends at `lr · min_lr_ratio` on the last step.
     pub min_lr_ratio: f64,
+    /// When set, the rate stays flat after warmup and the cosine runs over only the last this
+    /// many steps (warmup-stable-decay); by default it runs over every step after warmup.
+    pub decay_steps: Option<usize>,
     /// Global gradient-norm clip.
     pub clip_grad_norm: f64,
 }
@@ -100,6 +104,7 @@ impl Default for OptimConfig {
             eps: 1e-8,
             warmup_steps: 0,
             min_lr_ratio: 0.01,
+            decay_steps: None,
             clip_grad_norm: 1.0,
         }
     }
@@ -239,6 +244,13 @@ impl TrainConfig {
         }
         if !(0.0..=1.0).contains(&o.min_lr_ratio) {
             return Err(bad(origin, "optim.min_lr_ratio", format!("= {} must be in [0, 1]", o.min_lr_ratio)));
+        }
+        if o.decay_steps == Some(0) {
+            return Err(bad(
+                origin,
+                "optim.decay_steps",
+                "must be at least 1 (or left out for a cosine over every step)",
+            ));
         }
         if !(o.clip_grad_norm.is_finite() && o.clip_grad_norm > 0.0) {
             return Err(bad(origin, "optim.clip_grad_norm", format!("= {} must be positive", o.clip_grad_norm)));

@@ -328,10 +328,12 @@ impl Trainer {
     }
 
     fn schedule(&self, total: usize) -> LrSchedule {
-        LrSchedule::WarmupCosine {
-            warmup_steps: self.config.optim.warmup_steps,
+        let o = &self.config.optim;
+        LrSchedule::WarmupStableCosine {
+            warmup_steps: o.warmup_steps,
+            decay_start: o.decay_steps.map_or(0, |d| total.saturating_sub(d)),
             total_steps: total,
-            min_ratio: self.config.optim.min_lr_ratio,
+            min_ratio: o.min_lr_ratio,
         }
     }
 
