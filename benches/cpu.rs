@@ -103,6 +103,44 @@ fn norm_rows(rows: usize, width: usize) -> Result<Vec<Row>> {
     ])
 }
 
+/// GELU-tanh (SigLIP's MLP) and GeGLU (Gemma's), forward and forward+backward: the tanh inside
+/// dominated the demo's CPU training step before the libm-free `tanh_f32`.
+fn gelu_rows(rows: usize, width: usize) -> Result<Vec<Row>> {
+    let x = randn(&[rows, width], 7)?.variable();
+    let shape = format!("{rows}×{width}");
+    let elems = (rows * width) as f64;
+    let f = median_secs(7, || x.gelu_tanh().map(|_| ()))?;
+    let fb = median_secs(7, || x.gelu_tanh()?.sum_all()?.backward().map(|_| ()))?;
+    let g = median_secs(7, || x.geglu().map(|_| ()))?;
+    let gb = median_secs(7, || x.geglu()?.sum_all()?.backward().map(|_| ()))?;
+    let rate = |s: f64, n: f64| format!("{:.0} Melem/s", n / s / 1e6);
+    // The scalar function alone, one thread: glibc's tanhf against ours.
+    let v: Vec<f32> = x.to_vec::<f32>()?;
+    let mut sink = 0f32;
+    let libm = median_secs(5, || {
+        sink += v.iter().map(|&a| a.tanh()).sum::<f32>();
+        Ok(())
+    })?;
+    let ours = median_secs(5, || {
+        sink += v.iter().map(|&a| vlm4vla::engine::dtype::tanh_f32(a)).sum::<f32>();
+        Ok(())
+    })?;
+    std::hint::black_box(sink);
+    Ok(vec![
+        Row {
+            what: "tanh, glibc tanhf (1 thread)".into(),
+            shape: shape.clone(),
+            ms: libm * 1e3,
+            rate: rate(libm, elems),
+        },
+        Row { what: "tanh, tanh_f32 (1 thread)".into(), shape: shape.clone(), ms: ours * 1e3, rate: rate(ours, elems) },
+        Row { what: "gelu_tanh fwd".into(), shape: shape.clone(), ms: f * 1e3, rate: rate(f, elems) },
+        Row { what: "gelu_tanh fwd+bwd".into(), shape: shape.clone(), ms: fb * 1e3, rate: rate(fb, elems) },
+        Row { what: "geglu fwd".into(), shape: shape.clone(), ms: g * 1e3, rate: rate(g, elems / 2.0) },
+        Row { what: "geglu fwd+bwd".into(), shape, ms: gb * 1e3, rate: rate(gb, elems / 2.0) },
+    ])
+}
+
 fn main() -> Result<()> {
     // Other processes skew CPU timings badly on a 2-core machine: record the load we ran under.
     let load =
@@ -117,6 +155,7 @@ fn main() -> Result<()> {
     rows.extend(attention_rows(2, 100, 16, 2, 128, AttentionMask::Causal, "causal GQA")?);
     rows.extend(attention_rows(2, 100, 32, 32, 64, AttentionMask::Causal, "causal")?);
     rows.extend(norm_rows(4096, 2048)?);
+    rows.extend(gelu_rows(4096, 2048)?);
 
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()

@@ -49,13 +49,28 @@ fn quick_demo_learns_the_tabletop_tasks() {
     let r = run_demo(&opts, &mut |l| eprintln!("{l}")).unwrap();
     eprintln!("{}", results_table(&r));
     eprintln!("quick demo took {:.1} s", started.elapsed().as_secs_f64());
-    // Thresholds this configuration reaches today (measured: see the README). The issue's
-    // targets for this test (loss 5× lower, ≥ 40% held-out success) are not reached yet.
-    let ratio = r.train.first_loss / r.train.last_loss;
-    assert!(ratio >= 1.6, "loss fell only {ratio:.2}× ({} → {})", r.train.first_loss, r.train.last_loss);
+    // The issue's success thresholds: at least 40% of held-out episodes for the trained policy
+    // (measured 85%), at most 10% untrained (0%), and a mismatched instruction down to about
+    // chance (a policy that ignores the instruction picks the named object in 1 of 3–4 scenes at
+    // best: at most 25%; measured 0%).
+    //
+    // The loss on held-out demonstrations must fall at least 3×: measured 4.2× (the full demo:
+    // 4.7×). The issue asks for 5×, which neither reaches: the untrained loss is 0.19 and the
+    // trained one levels off near 0.04, a third of it the gripper term (its BCE stays near 0.13
+    // in training). Our guess, not yet tested: later chunk steps follow DART-noised rollouts, so
+    // part of that loss cannot be learned.
+    let ratio = r.heldout_loss_untrained / r.heldout_loss_trained;
+    assert!(
+        ratio >= 3.0,
+        "held-out loss fell only {ratio:.2}× ({} → {})",
+        r.heldout_loss_untrained,
+        r.heldout_loss_trained
+    );
     assert!(r.trained.episodes == 40 && r.untrained.episodes == 40 && r.mismatched.episodes == 40);
     assert!(r.trained.results.iter().all(|e| e.seed >= vlm4vla::demo::EVAL_FIRST_SEED));
+    assert!(r.trained.success_rate >= 0.4, "trained success {:.3}", r.trained.success_rate);
     assert!(r.untrained.success_rate <= 0.1, "untrained success {:.3}", r.untrained.success_rate);
+    assert!(r.mismatched.success_rate <= 0.25, "mismatched success {:.3}", r.mismatched.success_rate);
     assert!(out.join("results.json").is_file() && out.join("train.toml").is_file());
     // The written config trains again through the CLI's parser.
     PipelineConfig::from_file(&out.join("train.toml")).unwrap();
@@ -65,7 +80,10 @@ fn quick_demo_learns_the_tabletop_tasks() {
 #[test]
 fn every_command_has_help() {
     for (cmd, words) in [
-        ("demo", &["--out", "--quick", "--episodes", "results"][..]),
+        (
+            "demo",
+            &["--out", "--quick", "--episodes", "--grounding-steps", "--decay-steps", "--no-state", "results"][..],
+        ),
         ("collect", &["--out", "--episodes", "--seed", "--image-size"][..]),
         ("train", &["--config", "--resume", "dataset"][..]),
         ("eval", &["--checkpoint", "--episodes", "--mismatched"][..]),

@@ -105,3 +105,36 @@ fn nan_propagates() {
     assert!(y[0].is_nan() && (y[1] - 1f32.tanh()).abs() < 1e-7);
     let _ = Nd::zeros(&[1]);
 }
+
+/// The libm-free f32 tanh (used by tanh and both GELU-tanh kernels) against f64, densely over
+/// every range it switches between, at the switch point, in the saturated tails and on the
+/// special values.
+#[test]
+fn tanh_f32_is_within_3_ulp_everywhere() {
+    use vlm4vla::engine::dtype::tanh_f32;
+    let mut worst = (0.0f64, 0.0f32);
+    let mut check = |x: f32| {
+        let want = (x as f64).tanh();
+        let got = tanh_f32(x) as f64;
+        // ulps at the result's magnitude (at least the spacing of normal f32 near it).
+        let ulp = (want.abs() as f32).max(f32::MIN_POSITIVE) as f64 * f32::EPSILON as f64;
+        let err = (got - want).abs() / ulp;
+        if err > worst.0 {
+            worst = (err, x);
+        }
+        assert_eq!(got.signum(), if want == 0.0 { got.signum() } else { want.signum() }, "sign at {x}");
+    };
+    for i in 0..=2_000_000 {
+        let x = -20.0 + 40.0 * i as f32 / 2_000_000.0;
+        check(x);
+    }
+    for x in [0.0, -0.0, 1e-30, -1e-30, 1e-8, 0.625, 0.624_999_94, 0.625_000_06, 9.0, 50.0, -1e30, f32::MAX] {
+        check(x);
+    }
+    println!("tanh_f32: worst {:.2} ulp at x = {}", worst.0, worst.1);
+    assert!(worst.0 <= 3.0, "worst error {:.2} ulp at x = {}", worst.0, worst.1);
+    assert_eq!(tanh_f32(f32::INFINITY), 1.0);
+    assert_eq!(tanh_f32(f32::NEG_INFINITY), -1.0);
+    assert!(tanh_f32(f32::NAN).is_nan());
+    assert_eq!(tanh_f32(-0.0).to_bits(), (-0.0f32).to_bits());
+}

@@ -32,6 +32,18 @@ pub struct DemoArgs {
     /// Peak learning rate.
     #[arg(long)]
     lr: Option<f64>,
+    /// Steps at the end over which the learning rate decays (before: flat at its peak).
+    #[arg(long)]
+    decay_steps: Option<usize>,
+    /// Steps of grounding rows only ("point at the red block") before the demonstrations.
+    #[arg(long)]
+    grounding_steps: Option<usize>,
+    /// Share of each later batch that stays grounding rows (0 turns co-training off).
+    #[arg(long)]
+    grounding_fraction: Option<f64>,
+    /// Train without the proprioceptive state row (images and instructions only).
+    #[arg(long)]
+    no_state: bool,
     /// Observation size in pixels (a multiple of 8).
     #[arg(long)]
     image_size: Option<usize>,
@@ -59,6 +71,18 @@ pub fn run(a: &DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(v) = a.lr {
         o.lr = v;
+    }
+    if let Some(v) = a.decay_steps {
+        o.decay_steps = Some(v);
+    }
+    if let Some(v) = a.grounding_steps {
+        o.grounding.steps = v;
+    }
+    if let Some(v) = a.grounding_fraction {
+        o.grounding.fraction = v;
+    }
+    if a.no_state {
+        o.state = false;
     }
     if let Some(v) = a.image_size {
         o.image_size = v;
