@@ -526,8 +526,8 @@ impl DemoSource {
             t[..2].copy_from_slice(&r.point);
             for _ in 0..c {
                 actions.extend_from_slice(&t);
-                mask.push(1.0);
             }
+            mask.extend(std::iter::repeat_n(1f32, c));
         }
         Ok(Batch {
             input,
