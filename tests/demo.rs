@@ -47,8 +47,10 @@ fn quick_demo_learns_the_tabletop_tasks() {
     opts.progress = false;
     let started = std::time::Instant::now();
     let r = run_demo(&opts, &mut |l| eprintln!("{l}")).unwrap();
-    eprintln!("{}", results_table(&r));
-    eprintln!("quick demo took {:.1} s", started.elapsed().as_secs_f64());
+    let summary = format!("{}quick demo took {:.1} s\n", results_table(&r), started.elapsed().as_secs_f64());
+    eprint!("{summary}");
+    // For the CI log (`.ci/run` prints it after the tests).
+    std::fs::write(Path::new(env!("CARGO_TARGET_TMPDIR")).join("quick-demo.txt"), &summary).unwrap();
     // The success thresholds: at least 40% of held-out episodes for the trained policy
     // (measured 85%), at most 10% untrained (0%), and a mismatched instruction down to about
     // chance (a policy that ignores the instruction picks the named object in 1 of 3–4 scenes at

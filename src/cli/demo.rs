@@ -41,6 +41,10 @@ pub struct DemoArgs {
     /// Share of each later batch that stays grounding rows (0 turns co-training off).
     #[arg(long)]
     grounding_fraction: Option<f64>,
+    /// End the grounding-only phase early once its loss (mean of the last 50 steps) is below
+    /// this; then --grounding-steps is its longest length.
+    #[arg(long)]
+    grounding_until_loss: Option<f64>,
     /// Train without the proprioceptive state row (images and instructions only).
     #[arg(long)]
     no_state: bool,
@@ -80,6 +84,9 @@ pub fn run(a: &DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(v) = a.grounding_fraction {
         o.grounding.fraction = v;
+    }
+    if let Some(v) = a.grounding_until_loss {
+        o.grounding.until_loss = Some(v);
     }
     if a.no_state {
         o.state = false;

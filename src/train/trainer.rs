@@ -57,6 +57,10 @@ pub trait BatchSource {
     fn batches_per_epoch(&self) -> Option<usize> {
         None
     }
+    /// Told the loss of every optimizer step (1-based `step`) after it is taken, for sources
+    /// whose mixture follows training progress. State it keeps must be in
+    /// [`position`](Self::position) for resumes to stay exact.
+    fn observe_loss(&mut self, _step: usize, _loss: f64) {}
 }
 
 /// A [`BatchSource`] over any deterministic iterator: `make()` builds the iterator from the
@@ -384,6 +388,7 @@ impl Trainer {
             m.samples_per_s = micro.iter().map(Batch::len).sum::<usize>() as f64 / started.elapsed().as_secs_f64();
             self.losses.push(m.loss);
             summary.losses.push(m.loss);
+            source.observe_loss(self.step, m.loss);
             bar.set_position(self.step as u64);
             bar.set_message(format!("loss {:.4} lr {:.2e} {:.1} samples/s", m.loss, m.lr, m.samples_per_s));
             if self.step.is_multiple_of(run.log_every) || self.step == total {
