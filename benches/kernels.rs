@@ -213,6 +213,7 @@ fn attention_rows(c: &Value, timer: &Timer, simple: bool) -> Result<Vec<Row>> {
         kern.backward(q, k, v, o, g, lse).map(|(a, b, c)| vec![a, b, c])
     })?;
     let lse_bytes = 4.0 * (b * hq * l) as f64;
+    let (fwd_flops, fwd_bytes) = (4.0 * visible * d as f64, B2 * (2.0 * nq + 2.0 * nkv) + lse_bytes);
     let mut rows = Vec::new();
     if let Some(us) = fwd64 {
         rows.push(Row {
@@ -220,8 +221,8 @@ fn attention_rows(c: &Value, timer: &Timer, simple: bool) -> Result<Vec<Row>> {
             case: case.clone(),
             ours_us: us,
             simple_us: None,
-            flops: 4.0 * visible * d as f64,
-            bytes: B2 * (2.0 * nq + 2.0 * nkv) + lse_bytes,
+            flops: fwd_flops,
+            bytes: fwd_bytes,
             check: None,
         });
     }
@@ -231,8 +232,8 @@ fn attention_rows(c: &Value, timer: &Timer, simple: bool) -> Result<Vec<Row>> {
             case: case.clone(),
             ours_us: fwd,
             simple_us: fwd_simple,
-            flops: 4.0 * visible * d as f64,
-            bytes: B2 * (2.0 * nq + 2.0 * nkv) + lse_bytes,
+            flops: fwd_flops,
+            bytes: fwd_bytes,
             check: Some(check_f),
         },
         Row {

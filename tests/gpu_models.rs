@@ -88,35 +88,20 @@ trait Traced {
     fn hidden_and_logits(&self, input: &BackboneInput) -> (Tensor, Tensor);
 }
 
-impl Traced for Qwen25Vl {
-    fn backbone(&self) -> &dyn Backbone {
-        self
-    }
-    fn hidden_and_logits(&self, input: &BackboneInput) -> (Tensor, Tensor) {
-        let t = self.forward_trace(input).unwrap();
-        (t.last_hidden, t.logits)
-    }
+macro_rules! traced {
+    ($($model:ty),*) => {$(
+        impl Traced for $model {
+            fn backbone(&self) -> &dyn Backbone {
+                self
+            }
+            fn hidden_and_logits(&self, input: &BackboneInput) -> (Tensor, Tensor) {
+                let t = self.forward_trace(input).unwrap();
+                (t.last_hidden, t.logits)
+            }
+        }
+    )*};
 }
-
-impl Traced for PaliGemma {
-    fn backbone(&self) -> &dyn Backbone {
-        self
-    }
-    fn hidden_and_logits(&self, input: &BackboneInput) -> (Tensor, Tensor) {
-        let t = self.forward_trace(input).unwrap();
-        (t.last_hidden, t.logits)
-    }
-}
-
-impl Traced for Kosmos2 {
-    fn backbone(&self) -> &dyn Backbone {
-        self
-    }
-    fn hidden_and_logits(&self, input: &BackboneInput) -> (Tensor, Tensor) {
-        let t = self.forward_trace(input).unwrap();
-        (t.last_hidden, t.logits)
-    }
-}
+traced!(Qwen25Vl, PaliGemma, Kosmos2);
 
 fn qwen_cfg() -> Qwen25VlConfig {
     Qwen25VlConfig::from_file(fixtures("qwen2_5_vl").join("config.json")).unwrap()
@@ -212,26 +197,11 @@ fn real_rows(input: &BackboneInput) -> Vec<bool> {
     input.attention_mask.to_vec::<i64>().unwrap().iter().map(|&m| m != 0).collect()
 }
 
-/// `|ours − ref| ≤ tol + tol·|ref|` on the real rows; returns the largest `|Δ| / (1 + |ref|)`.
+/// `|ours − ref| ≤ tol + tol·|ref|` on the real rows of an output computed on the GPU; returns
+/// the largest `|Δ| / (1 + |ref|)`.
 fn close(what: &str, ours: &Tensor, reference: &Tensor, rows: &[bool], tol: f64) -> f64 {
-    assert_eq!(ours.shape(), reference.shape(), "{what}: shape");
     assert!(on_device(ours), "{what}: computed on {}", ours.device());
-    let (a, b) = (ours.to_vec::<f64>().unwrap(), reference.to_vec::<f64>().unwrap());
-    let width = a.len() / rows.len().max(1);
-    let mut worst = 0f64;
-    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        if !rows[i / width.max(1)] {
-            continue;
-        }
-        let err = (x - y).abs();
-        assert!(err <= tol + tol * y.abs(), "{what}: element {i}: gpu {x}, reference {y}");
-        worst = worst.max(err / (1.0 + y.abs()));
-    }
-    worst
-}
-
-fn sq_norm(t: &Tensor) -> f64 {
-    t.to_vec::<f64>().unwrap().iter().map(|x| x * x).sum()
+    common::compare_rows(what, ours, reference, Some(rows), tol)
 }
 
 #[test]
@@ -255,7 +225,7 @@ fn parity_fixtures_pass_on_the_gpu_in_f32() {
             assert!((ours - reference).abs() <= 1e-4 * (1.0 + reference.abs()), "{what}: loss {ours} vs {reference}");
             let grads = loss.backward().unwrap();
             let global: f64 =
-                t.iter().filter(|(k, _)| k.starts_with("grad.")).map(|(_, g)| sq_norm(g)).sum::<f64>().sqrt();
+                t.iter().filter(|(k, _)| k.starts_with("grad.")).map(|(_, g)| common::sq_norm(g)).sum::<f64>().sqrt();
             let mut worst = 0f64;
             let mut n = 0;
             let params = model.backbone().params();
@@ -326,7 +296,7 @@ fn tiny_backbones_match_the_cpu_forward_and_backward() {
         let scale = max_abs(&hc);
         let e = max_abs_diff(&hg, &hc);
         assert!(e <= 1e-4 * scale, "{what}: hidden states differ by {e:e} (max |h| {scale})");
-        let global: f64 = gc.iter().map(|(_, g)| sq_norm(g)).sum::<f64>().sqrt();
+        let global: f64 = gc.iter().map(|(_, g)| common::sq_norm(g)).sum::<f64>().sqrt();
         assert_eq!(gc.len(), gg.len(), "{what}: the same parameters get gradients");
         for ((n, c), (_, g)) in gc.iter().zip(&gg) {
             let e = max_abs_diff(g, c);

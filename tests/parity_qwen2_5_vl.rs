@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::{compare_rows, sq_norm};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use vlm4vla::engine::io::{self, LoadOptions};
@@ -56,29 +57,6 @@ fn case_input(t: &HashMap<String, Tensor>) -> BackboneInput {
     }
 }
 
-/// Largest `|ours − ref| / (1 + |ref|)` and largest absolute error over the elements where
-/// `keep` holds; asserts `|ours − ref| ≤ tol + tol·|ref|` there.
-fn compare(what: &str, ours: &Tensor, reference: &Tensor, keep: Option<&[bool]>, tol: f64) -> f64 {
-    assert_eq!(ours.shape(), reference.shape(), "{what}: shape");
-    let a = ours.to_vec::<f64>().unwrap();
-    let b = reference.to_vec::<f64>().unwrap();
-    let row = *ours.shape().last().unwrap();
-    let mut worst = 0f64;
-    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        if keep.is_some_and(|k| !k[i / row]) {
-            continue;
-        }
-        let err = (x - y).abs();
-        assert!(err <= tol + tol * y.abs(), "{what}: element {i}: ours {x}, transformers {y}");
-        worst = worst.max(err / (1.0 + y.abs()));
-    }
-    worst
-}
-
-fn norm(t: &Tensor) -> f64 {
-    t.to_vec::<f64>().unwrap().iter().map(|x| x * x).sum()
-}
-
 /// Our model in `dtype` against the reference (computed by transformers in float64, stored as
 /// f32). f64 checks the algorithm with a wide margin; f32 is the path that runs in practice.
 fn parity_case(name: &str, dtype: DType) {
@@ -93,22 +71,25 @@ fn parity_case(name: &str, dtype: DType) {
     let real: Vec<bool> = t["attention_mask"].to_vec::<i64>().unwrap().iter().map(|&m| m != 0).collect();
     let mut worst = HashMap::new();
     let feats = trace.image_features.as_ref().unwrap();
-    worst.insert("image_features", compare(&format!("{name} image_features"), feats, &t["image_features"], None, tol));
+    worst.insert(
+        "image_features",
+        compare_rows(&format!("{name} image_features"), feats, &t["image_features"], None, tol),
+    );
     let mut e = 0f64;
     for (i, blk) in trace.vision_blocks.iter().enumerate() {
-        e = e.max(compare(&format!("{name} vision block {i}"), blk, &t[&format!("vision.{i}")], None, tol));
+        e = e.max(compare_rows(&format!("{name} vision block {i}"), blk, &t[&format!("vision.{i}")], None, tol));
     }
     worst.insert("vision_blocks", e);
     let mut e = 0f64;
     for (i, layer) in trace.layers.iter().enumerate() {
-        e = e.max(compare(&format!("{name} layer {i}"), layer, &t[&format!("layer.{i}")], Some(&real), tol));
+        e = e.max(compare_rows(&format!("{name} layer {i}"), layer, &t[&format!("layer.{i}")], Some(&real), tol));
     }
     worst.insert("layers", e);
     worst.insert(
         "last_hidden",
-        compare(&format!("{name} last_hidden"), &trace.last_hidden, &t["last_hidden"], Some(&real), tol),
+        compare_rows(&format!("{name} last_hidden"), &trace.last_hidden, &t["last_hidden"], Some(&real), tol),
     );
-    worst.insert("logits", compare(&format!("{name} logits"), &trace.logits, &t["logits"], Some(&real), tol));
+    worst.insert("logits", compare_rows(&format!("{name} logits"), &trace.logits, &t["logits"], Some(&real), tol));
 
     let probe = t["probe"].to_dtype(dtype).unwrap();
     let probe2 = t["probe2"].to_dtype(dtype).unwrap();
@@ -117,7 +98,7 @@ fn parity_case(name: &str, dtype: DType) {
     let our_loss = loss.to_scalar::<f64>().unwrap();
     assert!((our_loss - ref_loss).abs() <= 1e-4 * (1.0 + ref_loss.abs()), "{name}: loss {our_loss} vs {ref_loss}");
     let grads = loss.backward().unwrap();
-    let global: f64 = t.iter().filter(|(k, _)| k.starts_with("grad.")).map(|(_, g)| norm(g)).sum::<f64>().sqrt();
+    let global: f64 = t.iter().filter(|(k, _)| k.starts_with("grad.")).map(|(_, g)| sq_norm(g)).sum::<f64>().sqrt();
     let mut worst_grad = 0f64;
     let mut n = 0;
     for (pname, p) in model.params().iter() {
@@ -279,7 +260,7 @@ fn every_trainable_parameter_gets_a_gradient() {
         if name.ends_with("self_attn.k_proj.bias") {
             continue;
         }
-        assert!(norm(g) > 0.0, "zero gradient for {name}");
+        assert!(sq_norm(g) > 0.0, "zero gradient for {name}");
     }
 }
 
@@ -312,8 +293,8 @@ fn appended_rows_continue_the_prompt() {
     let reference = model.forward(&longer, None).unwrap();
     let real: Vec<bool> = mask.iter().map(|&m| m != 0).collect();
     let prompt = out.hidden.narrow(1, 0, l).unwrap();
-    compare("prompt rows with extra rows", &prompt, &plain.hidden, Some(&real), 1e-6);
-    compare(
+    compare_rows("prompt rows with extra rows", &prompt, &plain.hidden, Some(&real), 1e-6);
+    compare_rows(
         "appended row",
         &out.hidden.narrow(1, l, 1).unwrap(),
         &reference.hidden.narrow(1, l, 1).unwrap(),

@@ -492,20 +492,38 @@ impl DemoSource {
 
     /// Optimizer steps so far that saw grounding rows only.
     pub fn grounding_only_steps(&self) -> usize {
-        let k = (0..self.consumed).find(|&k| self.grounding_rows(k) < self.batch_size).unwrap_or(self.consumed);
-        (k / self.grad_accum as u64) as usize
+        (self.phase_end().min(self.consumed) / self.grad_accum as u64) as usize
+    }
+
+    /// The first micro-batch after the grounding-only phase: `grounding.steps` optimizer steps,
+    /// or earlier where `until_loss` ended it.
+    fn phase_end(&self) -> u64 {
+        let cap = (self.grounding.steps as u64).saturating_mul(self.grad_accum as u64);
+        self.grounding_end.map_or(cap, |end| end.min(cap))
     }
 
     /// How many rows of micro-batch `k` are grounding rows.
     fn grounding_rows(&self, k: u64) -> usize {
-        let g = &self.grounding;
-        let phase_end =
-            self.grounding_end.unwrap_or(u64::MAX).min((g.steps as u64).saturating_mul(self.grad_accum as u64));
-        if k < phase_end {
+        if k < self.phase_end() {
             self.batch_size
         } else {
-            (g.fraction * self.batch_size as f64).round() as usize
+            (self.grounding.fraction * self.batch_size as f64).round() as usize
         }
+    }
+
+    /// The mean loss (arm + ratio · gripper, as in training) of `policy` on this source's first
+    /// `batches` batches, without gradients: the same frames for every policy, so losses of two
+    /// policies compare directly.
+    pub fn mean_loss(&self, policy: &VlaPolicy, batches: usize) -> Result<f64> {
+        let mut total = 0.0;
+        for k in 0..batches {
+            let b = self.make_batch(k as u64)?;
+            let pl = crate::engine::no_grad(|| {
+                policy.forward_loss_with_state(&b.input, b.state.as_ref(), &b.actions, &b.mask)
+            })?;
+            total += pl.loss.to_scalar::<f64>()?;
+        }
+        Ok(total / batches.max(1) as f64)
     }
 
     pub fn frames(&self) -> usize {
@@ -686,7 +704,7 @@ impl BatchSource for DemoSource {
 
     fn observe_loss(&mut self, _step: usize, loss: f64) {
         let Some(target) = self.grounding.until_loss else { return };
-        if self.grounding_end.is_some() || self.grounding_rows(self.consumed) < self.batch_size {
+        if self.grounding_end.is_some() || self.consumed >= self.phase_end() {
             return;
         }
         self.recent_losses.push_back(loss);
@@ -930,30 +948,6 @@ impl LoadedPolicy {
         self.encoder.image_size()
     }
 
-    /// The policy's loss (arm + ratio · gripper, as in training) on the first `batches` batches
-    /// of `batch_size` frames drawn from `dataset` with a fixed seed, without gradients: the
-    /// same frames for every policy, so losses of two policies compare directly.
-    pub fn demo_loss(&self, dataset: &LeRobotDataset, batches: usize, batch_size: usize) -> Result<f64> {
-        let source = DemoSource::new(
-            dataset,
-            self.encoder.clone(),
-            &self.normalizer,
-            self.policy.config().chunk,
-            batch_size,
-            0,
-            self.policy.config().state_dim,
-        )?;
-        let mut total = 0.0;
-        for k in 0..batches {
-            let b = source.make_batch(k as u64)?;
-            let pl = crate::engine::no_grad(|| {
-                self.policy.forward_loss_with_state(&b.input, b.state.as_ref(), &b.actions, &b.mask)
-            })?;
-            total += pl.loss.to_scalar::<f64>()?;
-        }
-        Ok(total / batches.max(1) as f64)
-    }
-
     /// Action chunks (raw actions) for images at the model size and their instructions.
     /// `states` (the environment's 7-D proprioception per image) is required by policies trained
     /// with `policy.state_dim = 7` and ignored by the others.
@@ -1183,8 +1177,18 @@ pub fn run_demo(opts: &DemoOptions, log: &mut dyn FnMut(&str)) -> Result<DemoRep
     }
     self::collect(&heldout_dir, HELDOUT_DEMOS, HELDOUT_DEMO_FIRST_SEED, opts.image_size, 0.0)?;
     let heldout = LeRobotDataset::open(&heldout_dir)?;
-    let heldout_loss_untrained = untrained_policy.demo_loss(&heldout, HELDOUT_LOSS_BATCHES, 32)?;
-    let heldout_loss_trained = trained_policy.demo_loss(&heldout, HELDOUT_LOSS_BATCHES, 32)?;
+    let p = trained_policy.policy.config();
+    let heldout = DemoSource::new(
+        &heldout,
+        trained_policy.encoder.clone(),
+        &trained_policy.normalizer,
+        p.chunk,
+        32,
+        0,
+        p.state_dim,
+    )?;
+    let heldout_loss_untrained = heldout.mean_loss(&untrained_policy.policy, HELDOUT_LOSS_BATCHES)?;
+    let heldout_loss_trained = heldout.mean_loss(&trained_policy.policy, HELDOUT_LOSS_BATCHES)?;
     let report = DemoReport {
         options: opts.clone(),
         collect,
@@ -1300,17 +1304,21 @@ mod tests {
         assert!(e.contains("cfg.toml") && e.contains("grounding"), "{e}");
     }
 
+    /// A source over `ds` at 16 px: chunk 2, seed 1.
+    fn source(ds: &LeRobotDataset, batch: usize, state_dim: usize) -> DemoSource {
+        let cfg = backbone_config("paligemma-demo", 16).unwrap();
+        DemoSource::new(ds, Encoder::new(&cfg), &normalizer().unwrap(), 2, batch, 1, state_dim).unwrap()
+    }
+
     #[test]
     fn batches_mix_grounding_rows_as_configured() {
         let root = std::env::temp_dir().join(format!("vlm4vla-grounding-mix-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         collect(&root, 6, 0, 16, 0.0).unwrap();
         let ds = LeRobotDataset::open(&root).unwrap();
-        let cfg = backbone_config("paligemma-demo", 16).unwrap();
         let norm = normalizer().unwrap();
-        let plain = DemoSource::new(&ds, Encoder::new(&cfg), &norm, 2, 8, 1, 7).unwrap();
-        let mixed = DemoSource::new(&ds, Encoder::new(&cfg), &norm, 2, 8, 1, 7)
-            .unwrap()
+        let plain = source(&ds, 8, 7);
+        let mixed = source(&ds, 8, 7)
             .with_grounding(GroundingConfig { steps: 2, fraction: 0.25, until_loss: None }, 2)
             .unwrap();
         // Optimizer steps 0 and 1 are micro-batches 0..4 with grad_accum 2: grounding only.
@@ -1334,14 +1342,10 @@ mod tests {
             }
         }
         // With grounding off the batches are exactly the plain source's.
-        let off = DemoSource::new(&ds, Encoder::new(&cfg), &norm, 2, 8, 1, 7)
-            .unwrap()
-            .with_grounding(GroundingConfig::default(), 1)
-            .unwrap();
+        let off = source(&ds, 8, 7).with_grounding(GroundingConfig::default(), 1).unwrap();
         let (x, y) = (plain.make_batch(3).unwrap(), off.make_batch(3).unwrap());
         assert_eq!(x.actions.to_vec::<f32>().unwrap(), y.actions.to_vec::<f32>().unwrap());
-        assert!(DemoSource::new(&ds, Encoder::new(&cfg), &norm, 2, 8, 1, 7)
-            .unwrap()
+        assert!(source(&ds, 8, 7)
             .with_grounding(GroundingConfig { steps: 0, fraction: 1.5, until_loss: None }, 1)
             .is_err());
         std::fs::remove_dir_all(&root).unwrap();
@@ -1353,11 +1357,8 @@ mod tests {
         let _ = std::fs::remove_dir_all(&root);
         collect(&root, 4, 0, 16, 0.0).unwrap();
         let ds = LeRobotDataset::open(&root).unwrap();
-        let cfg = backbone_config("paligemma-demo", 16).unwrap();
-        let norm = normalizer().unwrap();
         let g = GroundingConfig { steps: 200, fraction: 0.25, until_loss: Some(0.01) };
-        let mut src =
-            DemoSource::new(&ds, Encoder::new(&cfg), &norm, 2, 4, 1, 0).unwrap().with_grounding(g.clone(), 1).unwrap();
+        let mut src = source(&ds, 4, 0).with_grounding(g.clone(), 1).unwrap();
         // Losses stay high for 60 steps, then fall below 0.01: the phase ends once the whole
         // window of the last 50 is below it on average.
         let loss = |step: usize| if step <= 60 { 0.5 } else { 0.001 };
@@ -1377,8 +1378,7 @@ mod tests {
         assert_eq!(src.grounding_rows(109), 4);
         assert_eq!(src.grounding_rows(110), 1);
         // Restoring the position saved at step 80 replays the same switch.
-        let mut again =
-            DemoSource::new(&ds, Encoder::new(&cfg), &norm, 2, 4, 1, 0).unwrap().with_grounding(g.clone(), 1).unwrap();
+        let mut again = source(&ds, 4, 0).with_grounding(g.clone(), 1).unwrap();
         again.restore(saved.as_ref().unwrap()).unwrap();
         for step in 81..=150 {
             again.consumed += 1;
@@ -1386,10 +1386,7 @@ mod tests {
         }
         assert_eq!(again.grounding_end, Some(110));
         // Without until_loss the phase is exactly `steps` long, whatever the losses.
-        let mut fixed = DemoSource::new(&ds, Encoder::new(&cfg), &norm, 2, 4, 1, 0)
-            .unwrap()
-            .with_grounding(GroundingConfig { until_loss: None, ..g }, 1)
-            .unwrap();
+        let mut fixed = source(&ds, 4, 0).with_grounding(GroundingConfig { until_loss: None, ..g }, 1).unwrap();
         for step in 1..=150 {
             fixed.consumed += 1;
             fixed.observe_loss(step, 0.0);

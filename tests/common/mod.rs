@@ -231,3 +231,28 @@ pub fn config(cases: u32) -> ProptestConfig {
 pub fn probe_loss(last_hidden: &Tensor, logits: &Tensor, probe: &Tensor, probe2: &Tensor) -> Tensor {
     last_hidden.mul(probe).unwrap().sum_all().unwrap().add(&logits.mul(probe2).unwrap().sum_all().unwrap()).unwrap()
 }
+
+/// Compares a model output with its reference row by row (a row is the last dimension) over the
+/// rows where `keep` holds (all rows when None): asserts `|ours − ref| ≤ tol + tol·|ref|` there
+/// and returns the largest `|ours − ref| / (1 + |ref|)`.
+pub fn compare_rows(what: &str, ours: &Tensor, reference: &Tensor, keep: Option<&[bool]>, tol: f64) -> f64 {
+    assert_eq!(ours.shape(), reference.shape(), "{what}: shape");
+    let a = ours.to_vec::<f64>().unwrap();
+    let b = reference.to_vec::<f64>().unwrap();
+    let row = *ours.shape().last().unwrap();
+    let mut worst = 0f64;
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        if keep.is_some_and(|k| !k[i / row]) {
+            continue;
+        }
+        let err = (x - y).abs();
+        assert!(err <= tol + tol * y.abs(), "{what}: element {i}: ours {x}, reference {y}");
+        worst = worst.max(err / (1.0 + y.abs()));
+    }
+    worst
+}
+
+/// The sum of squares of a tensor's elements (in f64).
+pub fn sq_norm(t: &Tensor) -> f64 {
+    t.to_vec::<f64>().unwrap().iter().map(|x| x * x).sum()
+}
