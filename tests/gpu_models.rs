@@ -62,10 +62,6 @@ fn moved_input(i: &BackboneInput, dev: Device) -> BackboneInput {
     }
 }
 
-fn u8s(x: &Tensor) -> Tensor {
-    Tensor::from_vec(x.to_vec::<u8>().unwrap(), x.shape(), Device::Cpu).unwrap()
-}
-
 /// A model on the CPU and its copy on the GPU.
 type Pair = (Box<dyn Traced>, Box<dyn Traced>);
 
@@ -133,17 +129,7 @@ fn families() -> Vec<Family> {
                 let gpu = Qwen25Vl::from_params(qwen_cfg(), moved(cpu.params(), dev)).unwrap();
                 (Box::new(cpu), Box::new(gpu))
             },
-            input: |t| {
-                let grid = t["image_grid_thw"].to_vec::<i64>().unwrap();
-                let grids = grid.chunks(3).map(|g| [g[0] as usize, g[1] as usize, g[2] as usize]).collect();
-                BackboneInput {
-                    pixel_values: t["pixel_values"].clone(),
-                    image_grid_thw: Some(grids),
-                    input_ids: t["input_ids"].clone(),
-                    attention_mask: u8s(&t["attention_mask"]),
-                    token_type: u8s(&t["mm_token_type_ids"]),
-                }
-            },
+            input: common::qwen_case_input,
             canon: str::to_string,
         },
         Family {

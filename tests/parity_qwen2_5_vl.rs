@@ -44,26 +44,13 @@ fn fixture_model() -> Qwen25Vl {
     Qwen25Vl::from_params(fixture_config(), store(&weights())).unwrap()
 }
 
-fn case_input(t: &HashMap<String, Tensor>) -> BackboneInput {
-    let grid = t["image_grid_thw"].to_vec::<i64>().unwrap();
-    let grids = grid.chunks(3).map(|g| [g[0] as usize, g[1] as usize, g[2] as usize]).collect();
-    let u8s = |x: &Tensor| Tensor::from_vec(x.to_vec::<u8>().unwrap(), x.shape(), Device::Cpu).unwrap();
-    BackboneInput {
-        pixel_values: t["pixel_values"].clone(),
-        image_grid_thw: Some(grids),
-        input_ids: t["input_ids"].clone(),
-        attention_mask: u8s(&t["attention_mask"]),
-        token_type: u8s(&t["mm_token_type_ids"]),
-    }
-}
-
 /// Our model in `dtype` against the reference (computed by transformers in float64, stored as
 /// f32). f64 checks the algorithm with a wide margin; f32 is the path that runs in practice.
 fn parity_case(name: &str, dtype: DType) {
     let mut model = fixture_model();
     model.params_mut().to_dtype(dtype).unwrap();
     let t = load_map(&format!("case_{name}.safetensors"));
-    let input = case_input(&t);
+    let input = common::qwen_case_input(&t);
     let trace = model.forward_trace(&input).unwrap();
     // f64 reproduces transformers' float64 run to the f32 storage rounding of the reference, so it
     // is held 10× tighter than the brief's 1e-5 / 1e-4.
@@ -175,7 +162,7 @@ fn token_layout_matches_processor() {
     let t = load_map("case_b2.safetensors");
     let ids = t["input_ids"].to_vec::<i64>().unwrap();
     let l = t["input_ids"].shape()[1];
-    let input = case_input(&t);
+    let input = common::qwen_case_input(&t);
     let grids = input.image_grid_thw.clone().unwrap();
     let mut samples = Vec::new();
     for (r, g) in grids.iter().enumerate() {
@@ -243,7 +230,7 @@ fn hub_flat_config_parses() {
 fn every_trainable_parameter_gets_a_gradient() {
     let model = Qwen25Vl::random(Qwen25VlConfig::tiny(), 3, DType::F32).unwrap();
     let t = load_map("case_b2.safetensors");
-    let input = case_input(&t);
+    let input = common::qwen_case_input(&t);
     let start = std::time::Instant::now();
     let trace = model.forward_trace(&input).unwrap();
     let probe = Tensor::rand_normal(0., 1., trace.last_hidden.shape(), DType::F32, Device::Cpu, 1).unwrap();
@@ -268,7 +255,7 @@ fn every_trainable_parameter_gets_a_gradient() {
 fn appended_rows_continue_the_prompt() {
     let model = fixture_model();
     let t = load_map("case_b2.safetensors");
-    let input = case_input(&t);
+    let input = common::qwen_case_input(&t);
     let (b, l) = (input.input_ids.shape()[0], input.input_ids.shape()[1]);
     // Appending the embedding of a text token must equal appending that token to the prompt.
     let token = 77i64;
@@ -365,7 +352,7 @@ fn bad_input_gives_clear_errors() {
     // Inputs that disagree with the images.
     let model = Qwen25Vl::from_params(cfg, store(&ws)).unwrap();
     let t = load_map("case_b1.safetensors");
-    let mut input = case_input(&t);
+    let mut input = common::qwen_case_input(&t);
     input.image_grid_thw = Some(vec![[1, 4, 8]]);
     let e = err_text(model.forward(&input, None));
     assert!(e.contains("pixel_values") || e.contains("image tokens"), "{e}");

@@ -256,3 +256,18 @@ pub fn compare_rows(what: &str, ours: &Tensor, reference: &Tensor, keep: Option<
 pub fn sq_norm(t: &Tensor) -> f64 {
     t.to_vec::<f64>().unwrap().iter().map(|x| x * x).sum()
 }
+
+/// The backbone input of a Qwen2.5-VL parity fixture case (`tools/golden/gen_qwen2_5_vl.py`):
+/// the grid as `[t, h, w]` triples, the masks as u8.
+pub fn qwen_case_input(t: &std::collections::HashMap<String, Tensor>) -> vlm4vla::models::BackboneInput {
+    let grid = t["image_grid_thw"].to_vec::<i64>().unwrap();
+    let grids = grid.chunks(3).map(|g| [g[0] as usize, g[1] as usize, g[2] as usize]).collect();
+    let u8s = |x: &Tensor| Tensor::from_vec(x.to_vec::<u8>().unwrap(), x.shape(), Device::Cpu).unwrap();
+    vlm4vla::models::BackboneInput {
+        pixel_values: t["pixel_values"].clone(),
+        image_grid_thw: Some(grids),
+        input_ids: t["input_ids"].clone(),
+        attention_mask: u8s(&t["attention_mask"]),
+        token_type: u8s(&t["mm_token_type_ids"]),
+    }
+}
