@@ -518,3 +518,83 @@ fn bad_datasets_name_the_culprit() {
     assert!(LeRobotDataset::open(&dir).is_ok());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Plan `k` of frame `t` of episode `ep`: distinct values per frame, step and dimension.
+fn plan_action(ep: usize, t: usize, k: usize) -> Vec<f32> {
+    (0..ACT).map(|d| (ep * 100 + t * 10 + k) as f32 * 0.01 + d as f32 * 0.001).collect()
+}
+
+#[test]
+fn action_plans_round_trip_and_label_the_chunks() {
+    const STEPS: usize = 4;
+    let dir = tmp("plan");
+    let mut w = LeRobotWriter::create(&dir, 10, [H, W, 3], STATE, ACT, "t").unwrap().with_action_plan(STEPS).unwrap();
+    let e = w.add_frame(&image(0, 0), &[0.0; STATE], &[0.0; ACT]).unwrap_err().to_string();
+    assert!(e.contains("action_plan") && e.contains("add_frame_with_plan"), "{e}");
+    let e = w.add_frame_with_plan(&image(0, 0), &[0.0; STATE], &[0.0; ACT], &[0.0; ACT * (STEPS + 1)]);
+    assert!(e.unwrap_err().to_string().contains("1 to 4 actions of 7"));
+    let e = w.add_frame_with_plan(&image(0, 0), &[0.0; STATE], &[0.0; ACT], &[0.0; ACT - 1]);
+    assert!(e.unwrap_err().to_string().contains("action_plan"));
+    // Plans of every frame hold as many real steps as remain in a 5-frame episode (at most 4).
+    let mut lens = Vec::new();
+    for (ep, &len) in LENGTHS.iter().enumerate() {
+        for t in 0..len {
+            let real = (len - t).min(STEPS);
+            let plan: Vec<f32> = (0..real).flat_map(|k| plan_action(ep, t, k)).collect();
+            w.add_frame_with_plan(&image(ep, t), &[t as f32; STATE], &plan_action(ep, t, 0), &plan).unwrap();
+            lens.push((ep, t, real));
+        }
+        w.end_episode(TASKS[ep]).unwrap();
+    }
+    w.finish().unwrap();
+
+    let ds = LeRobotDataset::open(&dir).unwrap();
+    assert_eq!(ds.plan_steps(), STEPS);
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("meta/info.json")).unwrap()).unwrap();
+    assert_eq!(info["features"]["action_plan"]["shape"], serde_json::json!([STEPS * ACT]));
+    assert_eq!(info["features"]["action_plan"]["names"][ACT + 2], "step_1_action_2");
+    assert_eq!(ds.stats()["action_plan"].min.len(), STEPS * ACT);
+    assert_eq!(ds.stats()["action_plan_steps"].max, vec![STEPS as f64]);
+    for (i, &(ep, t, real)) in lens.iter().enumerate() {
+        // Chunks come from the plan (not the next recorded actions), masked past its real steps;
+        // the padding repeats the last real step.
+        let s = ds.sample(i, 3).unwrap();
+        let want: Vec<f32> = (0..3).flat_map(|k| plan_action(ep, t, k.min(real - 1))).collect();
+        assert_eq!(s.actions, want, "frame {i}");
+        assert_eq!(s.action_mask, (0..3).map(|k| k < real).collect::<Vec<_>>(), "frame {i}");
+        assert_eq!(ds.action(i).unwrap(), &plan_action(ep, t, 0)[..]);
+    }
+    let e = ds.sample(0, STEPS + 1).unwrap_err().to_string();
+    assert!(e.contains("action_plan") && e.contains("--plan-steps 5"), "{e}");
+
+    // A plan step count outside 1..=steps, or one of the pair of features alone, is refused.
+    let info_path = dir.join("meta/info.json");
+    let good = std::fs::read(&info_path).unwrap();
+    edit_info(&dir, |v| {
+        v["features"].as_object_mut().unwrap().remove("action_plan_steps");
+    });
+    assert!(open_err(&dir).contains("come together"));
+    std::fs::write(&info_path, &good).unwrap();
+    edit_info(&dir, |v| v["features"]["action_plan"]["shape"] = serde_json::json!([STEPS * ACT - 1]));
+    let e = open_err(&dir);
+    assert!(e.contains("info.json") && e.contains("action_plan"), "{e}");
+    std::fs::write(&info_path, &good).unwrap();
+    let data = dir.join("data/chunk-000/file-000.parquet");
+    let (_, batches, _) = parquet_schema(&data);
+    let b = &batches[0];
+    let i = b.schema().index_of("action_plan_steps").unwrap();
+    let bad = Arc::new(arrow_array::FixedSizeListArray::from_iter_primitive::<arrow_array::types::Float32Type, _, _>(
+        (0..b.num_rows()).map(|r| Some([Some(if r == 2 { 0.0f32 } else { 1.0 })])),
+        1,
+    ));
+    let mut cols = b.columns().to_vec();
+    cols[i] = bad;
+    let b = RecordBatch::try_new(b.schema(), cols).unwrap();
+    let mut w = ArrowWriter::try_new(std::fs::File::create(&data).unwrap(), b.schema(), None).unwrap();
+    w.write(&b).unwrap();
+    w.close().unwrap();
+    let e = open_err(&dir);
+    assert!(e.contains("file-000.parquet") && e.contains("action_plan_steps") && e.contains("frame 2"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use vlm4vla::demo::{collect, results_table, run_demo, train, DemoOptions, LoadedPolicy, PipelineConfig};
+use vlm4vla::demo::{
+    collect, results_table, run_demo, train, CollectOptions, DemoOptions, LoadedPolicy, PipelineConfig,
+};
 
 fn tmp(name: &str) -> PathBuf {
     let p = std::env::temp_dir().join(format!("vlm4vla-test-demo-{name}-{}", std::process::id()));
@@ -23,7 +25,7 @@ fn stderr(o: &Output) -> String {
 fn tiny_run(name: &str) -> (PathBuf, PathBuf) {
     let root = tmp(name);
     let data = root.join("data");
-    collect(&data, 4, 0, 16, 0.3).unwrap();
+    collect(&data, &CollectOptions { episodes: 4, image_size: 16, ..Default::default() }).unwrap();
     let cfg_path = root.join("train.toml");
     std::fs::write(
         &cfg_path,
@@ -84,9 +86,18 @@ fn every_command_has_help() {
     for (cmd, words) in [
         (
             "demo",
-            &["--out", "--quick", "--episodes", "--grounding-steps", "--decay-steps", "--no-state", "results"][..],
+            &[
+                "--out",
+                "--quick",
+                "--episodes",
+                "--grounding-steps",
+                "--decay-steps",
+                "--no-state",
+                "--plan-steps",
+                "results",
+            ][..],
         ),
-        ("collect", &["--out", "--episodes", "--seed", "--image-size"][..]),
+        ("collect", &["--out", "--episodes", "--seed", "--image-size", "--plan-steps"][..]),
         ("train", &["--config", "--resume", "dataset"][..]),
         ("eval", &["--checkpoint", "--episodes", "--mismatched"][..]),
         ("predict", &["--checkpoint", "--image", "--instruction", "--state", "JSON"][..]),

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 /// The long help of the subcommand.
 pub const LONG_ABOUT: &str = "Run the scripted expert of the built-in tabletop environment on --episodes \
 episodes (the four task families interleaved, seeds --seed, --seed + 1, ...) and write the \
-successful ones as a LeRobot v3.0 dataset (PNG frames, 7-D state and action) in --out.";
+successful ones as a LeRobot v3.0 dataset (PNG frames, 7-D state and action, and per frame the \
+expert's unperturbed plan of the next --plan-steps actions) in --out.";
 
 #[derive(clap::Args, Debug)]
 pub struct CollectArgs {
@@ -25,10 +26,21 @@ pub struct CollectArgs {
     /// (the recorded labels stay the expert's); 0 records clean expert rollouts.
     #[arg(long, default_value_t = 0.3)]
     noise: f32,
+    /// Record per frame the expert's next N actions from that state without perturbation
+    /// (`action_plan`), the chunk labels training uses (chunks up to N); 0 records none.
+    #[arg(long, default_value_t = vlm4vla::demo::DEFAULT_PLAN_STEPS)]
+    plan_steps: usize,
 }
 
 pub fn run(a: &CollectArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let s = vlm4vla::demo::collect(&a.out, a.episodes, a.seed, a.image_size, a.noise)?;
+    let opts = vlm4vla::demo::CollectOptions {
+        episodes: a.episodes,
+        seed: a.seed,
+        image_size: a.image_size,
+        noise: a.noise,
+        plan_steps: a.plan_steps,
+    };
+    let s = vlm4vla::demo::collect(&a.out, &opts)?;
     println!(
         "wrote {} episodes ({} frames, {} failed expert episodes left out) to {} in {:.1} s",
         s.episodes,

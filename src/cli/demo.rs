@@ -17,10 +17,10 @@ pub struct DemoArgs {
     /// A smaller, faster configuration (the one the CI test runs).
     #[arg(long)]
     quick: bool,
-    /// Training episodes to collect (default: 2000, quick: 400).
+    /// Training episodes to collect (default: 2000, quick: 2000).
     #[arg(long)]
     episodes: Option<usize>,
-    /// Optimizer steps (default: 10000, quick: 2000).
+    /// Optimizer steps (default: 18000, quick: 8000).
     #[arg(long)]
     steps: Option<usize>,
     /// Held-out evaluation episodes per task family (default: 25, quick: 10).
@@ -54,6 +54,10 @@ pub struct DemoArgs {
     /// DART noise of the collected demonstrations (0: clean expert rollouts).
     #[arg(long)]
     noise: Option<f32>,
+    /// Steps of expert plan recorded per frame, the chunk labels (0: label chunks with the
+    /// recorded next actions instead).
+    #[arg(long)]
+    plan_steps: Option<usize>,
     /// Seed of the data collection and the initialisation.
     #[arg(long)]
     seed: Option<u64>,
@@ -96,6 +100,9 @@ pub fn run(a: &DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(v) = a.noise {
         o.noise = v;
+    }
+    if let Some(v) = a.plan_steps {
+        o.plan_steps = v;
     }
     if let Some(v) = a.seed {
         o.seed = v;

@@ -26,6 +26,13 @@ use std::path::{Path, PathBuf};
 pub const CODEBASE_VERSION: &str = "v3.0";
 /// The image feature our writer records (a reader falls back to the first `image` feature).
 pub const IMAGE_KEY: &str = "observation.image";
+/// Optional feature: per frame, the next `steps` actions of the unperturbed expert from that
+/// frame's state (`steps × action_dim` values, padded by repeating the last real action). With
+/// perturbed (DART) demonstrations the recorded next actions answer the perturbations that
+/// followed; the plan is what the expert meant to do from here, so action chunks come from it.
+pub const PLAN_KEY: &str = "action_plan";
+/// Optional feature beside [`PLAN_KEY`]: how many of the plan's actions are real (1 ..= steps).
+pub const PLAN_STEPS_KEY: &str = "action_plan_steps";
 pub(crate) const DATA_PATH_TEMPLATE: &str = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet";
 const EPISODES_PATH_TEMPLATE: &str = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet";
 const STATE_KEY: &str = "observation.state";
@@ -109,6 +116,10 @@ pub struct LeRobotDataset {
     png_ends: Vec<usize>,
     states: Vec<f32>,
     actions: Vec<f32>,
+    /// Steps of the `action_plan` feature (0: the dataset has none).
+    plan_steps: usize,
+    plans: Vec<f32>,
+    plan_lens: Vec<usize>,
     timestamps: Vec<f32>,
     frame_index: Vec<i64>,
     episode_of: Vec<u32>,
@@ -216,6 +227,20 @@ impl LeRobotDataset {
         };
         let state_dim = vec_dim(STATE_KEY)?;
         let action_dim = vec_dim(ACTION_KEY)?;
+        let plan_steps = match (features.contains_key(PLAN_KEY), features.contains_key(PLAN_STEPS_KEY)) {
+            (false, false) => 0,
+            (true, true) => {
+                let n = vec_dim(PLAN_KEY)?;
+                if action_dim == 0 || n == 0 || n % action_dim != 0 || vec_dim(PLAN_STEPS_KEY)? != 1 {
+                    return Err(bad_info(format!(
+                        "feature `{PLAN_KEY}`: shape [{n}] is not a whole number of {action_dim}-D actions, or \
+                         `{PLAN_STEPS_KEY}` is not shape [1]"
+                    )));
+                }
+                n / action_dim
+            }
+            _ => return Err(bad_info(format!("features `{PLAN_KEY}` and `{PLAN_STEPS_KEY}` come together"))),
+        };
 
         // meta/stats.json
         let stats_path = root.join("meta/stats.json");
@@ -245,6 +270,9 @@ impl LeRobotDataset {
             png_ends: Vec::new(),
             states: Vec::new(),
             actions: Vec::new(),
+            plan_steps,
+            plans: Vec::new(),
+            plan_lens: Vec::new(),
             timestamps: Vec::new(),
             frame_index: Vec::new(),
             episode_of: Vec::new(),
@@ -277,6 +305,9 @@ impl LeRobotDataset {
         let (schema, batches) = read_parquet(path)?;
         let image_key = self.image_key.clone();
         let mut names = vec![image_key.as_str(), STATE_KEY, ACTION_KEY];
+        if self.plan_steps > 0 {
+            names.extend([PLAN_KEY, PLAN_STEPS_KEY]);
+        }
         names.extend(FRAME_COLUMNS);
         require_columns(path, &schema, &names)?;
         for b in &batches {
@@ -299,6 +330,25 @@ impl LeRobotDataset {
             }
             self.states.extend(f32_rows(path, STATE_KEY, column(path, b, STATE_KEY)?, self.state_dim)?);
             self.actions.extend(f32_rows(path, ACTION_KEY, column(path, b, ACTION_KEY)?, self.action_dim)?);
+            if self.plan_steps > 0 {
+                let width = self.plan_steps * self.action_dim;
+                self.plans.extend(f32_rows(path, PLAN_KEY, column(path, b, PLAN_KEY)?, width)?);
+                for (row, len) in
+                    f32_rows(path, PLAN_STEPS_KEY, column(path, b, PLAN_STEPS_KEY)?, 1)?.into_iter().enumerate()
+                {
+                    if !(len >= 1.0 && len <= self.plan_steps as f32 && len.fract() == 0.0) {
+                        return Err(Error::file(
+                            path,
+                            format!(
+                                "column `{PLAN_STEPS_KEY}`: frame {} says {len}, not a whole number in 1..={}",
+                                first + row,
+                                self.plan_steps
+                            ),
+                        ));
+                    }
+                    self.plan_lens.push(len as usize);
+                }
+            }
             self.timestamps.extend(f32_column(path, "timestamp", column(path, b, "timestamp")?)?);
             self.frame_index.extend(i64_column(path, "frame_index", column(path, b, "frame_index")?)?);
             let index = i64_column(path, "index", column(path, b, "index")?)?;
@@ -473,8 +523,16 @@ impl LeRobotDataset {
         Ok(())
     }
 
+    /// Steps of the dataset's `action_plan` feature (0: none recorded).
+    pub fn plan_steps(&self) -> usize {
+        self.plan_steps
+    }
+
     /// Write the action chunk starting at frame `i` into `actions` (`chunk × action_dim`) and
-    /// `mask` (`chunk`): rows past the episode end repeat its last action and are masked out.
+    /// `mask` (`chunk`). With an `action_plan` feature the chunk is the plan's first `chunk`
+    /// actions, masked past its real steps (a `chunk` longer than the plan is an error);
+    /// otherwise the recorded actions from `i` on, where rows past the episode end repeat its last
+    /// action and are masked out.
     pub fn action_chunk_into(
         &self,
         i: usize,
@@ -483,8 +541,24 @@ impl LeRobotDataset {
         mask: &mut Vec<bool>,
     ) -> Result<()> {
         self.check_index("LeRobotDataset::action_chunk", i)?;
-        let end = self.episodes[self.episode_of[i] as usize].to;
         let a = self.action_dim;
+        if self.plan_steps > 0 {
+            if chunk > self.plan_steps {
+                return Err(Error::file(
+                    &self.root,
+                    format!(
+                        "an action chunk of {chunk} is longer than the dataset's `{PLAN_KEY}` of {} steps \
+                         (collect with --plan-steps {chunk} or more)",
+                        self.plan_steps
+                    ),
+                ));
+            }
+            let plan = &self.plans[i * self.plan_steps * a..(i + 1) * self.plan_steps * a];
+            actions.extend_from_slice(&plan[..chunk * a]);
+            mask.extend((0..chunk).map(|k| k < self.plan_lens[i]));
+            return Ok(());
+        }
+        let end = self.episodes[self.episode_of[i] as usize].to;
         for k in 0..chunk {
             let j = i + k;
             let real = j < end;

@@ -1,7 +1,7 @@
 //! [`LeRobotWriter`]: records episodes and writes a LeRobot v3.0 dataset.
 
 use super::encode_png;
-use super::lerobot::{data_path, episodes_path, CODEBASE_VERSION, IMAGE_KEY};
+use super::lerobot::{data_path, episodes_path, CODEBASE_VERSION, IMAGE_KEY, PLAN_KEY, PLAN_STEPS_KEY};
 use super::parquet_io::write_parquet;
 use super::stats::{FeatureStats, StatsAccumulator};
 use crate::engine::{Error, Result};
@@ -24,7 +24,8 @@ const DATA_FILES_SIZE_IN_MB: u64 = 100;
 const VIDEO_FILES_SIZE_IN_MB: u64 = 200;
 
 /// Writes a LeRobot v3.0 dataset with one image feature (`observation.image`, PNG frames embedded
-/// in the parquet files), `observation.state` and `action`.
+/// in the parquet files), `observation.state` and `action`, and optionally the expert's action
+/// plan per frame (`action_plan`, `action_plan_steps`: see [`with_action_plan`](Self::with_action_plan)).
 ///
 /// Frames are added one at a time and grouped into episodes by [`end_episode`](Self::end_episode);
 /// everything goes into a hidden temporary directory beside the target, and
@@ -40,12 +41,16 @@ pub struct LeRobotWriter {
     width: usize,
     state_dim: usize,
     action_dim: usize,
+    /// Steps of the `action_plan` feature (0: not recorded).
+    plan_steps: usize,
     robot_type: String,
     file_limit_bytes: u64,
     // The episode being recorded.
     ep_pixels: Vec<Vec<u8>>,
     ep_states: Vec<f32>,
     ep_actions: Vec<f32>,
+    ep_plans: Vec<f32>,
+    ep_plan_lens: Vec<f32>,
     // The data file being filled.
     file: DataFile,
     episodes: Vec<EpisodeRecord>,
@@ -63,6 +68,8 @@ struct DataFile {
     frame_names: Vec<String>,
     states: Vec<f32>,
     actions: Vec<f32>,
+    plans: Vec<f32>,
+    plan_lens: Vec<f32>,
     timestamps: Vec<f32>,
     frame_index: Vec<i64>,
     episode_index: Vec<i64>,
@@ -80,24 +87,8 @@ struct EpisodeRecord {
     stats: Vec<(&'static str, FeatureStats)>,
 }
 
-/// Feature names in LeRobot's order: the recorded features, then the five default ones.
-const FEATURES: [&str; 8] =
-    [IMAGE_KEY, STATE_KEY, ACTION_KEY, "timestamp", "frame_index", "episode_index", "index", "task_index"];
-
-fn accumulators(state_dim: usize, action_dim: usize) -> Vec<(&'static str, StatsAccumulator)> {
-    FEATURES
-        .iter()
-        .map(|&k| {
-            let acc = match k {
-                IMAGE_KEY => StatsAccumulator::image(),
-                STATE_KEY => StatsAccumulator::rows(state_dim),
-                ACTION_KEY => StatsAccumulator::rows(action_dim),
-                _ => StatsAccumulator::rows(1),
-            };
-            (k, acc)
-        })
-        .collect()
-}
+/// LeRobot's five default features, recorded for every frame after the dataset's own.
+const DEFAULT_FEATURES: [&str; 5] = ["timestamp", "frame_index", "episode_index", "index", "task_index"];
 
 impl LeRobotWriter {
     /// Start a dataset at `dir`, which must not exist yet. `image_shape` is `[height, width, 3]`
@@ -140,18 +131,67 @@ impl LeRobotWriter {
             width,
             state_dim,
             action_dim,
+            plan_steps: 0,
             robot_type: robot_type.to_string(),
             file_limit_bytes: DATA_FILES_SIZE_IN_MB * 1024 * 1024,
             ep_pixels: Vec::new(),
             ep_states: Vec::new(),
             ep_actions: Vec::new(),
+            ep_plans: Vec::new(),
+            ep_plan_lens: Vec::new(),
             file: DataFile::default(),
             episodes: Vec::new(),
             tasks: Vec::new(),
-            global: accumulators(state_dim, action_dim),
+            global: Vec::new(),
             total_frames: 0,
             done: false,
-        })
+        }
+        .with_features())
+    }
+
+    /// Also record, for every frame, an `action_plan` of `steps` actions: what the expert would
+    /// do from that frame on without perturbation (see [`add_frame_with_plan`](Self::add_frame_with_plan)),
+    /// and `action_plan_steps`, how many of them are real. Call before adding frames.
+    pub fn with_action_plan(mut self, steps: usize) -> Result<Self> {
+        if self.total_frames > 0 || !self.ep_pixels.is_empty() {
+            return Err(Error::Invalid {
+                op: "LeRobotWriter::with_action_plan",
+                msg: "the action plan must be declared before the first frame".into(),
+            });
+        }
+        self.plan_steps = steps;
+        Ok(self.with_features())
+    }
+
+    fn with_features(mut self) -> Self {
+        self.global = self.accumulators();
+        self
+    }
+
+    /// Feature names in LeRobot's order: the recorded features, then the five default ones.
+    fn features(&self) -> Vec<&'static str> {
+        let mut f = vec![IMAGE_KEY, STATE_KEY, ACTION_KEY];
+        if self.plan_steps > 0 {
+            f.extend([PLAN_KEY, PLAN_STEPS_KEY]);
+        }
+        f.extend(DEFAULT_FEATURES);
+        f
+    }
+
+    fn accumulators(&self) -> Vec<(&'static str, StatsAccumulator)> {
+        self.features()
+            .into_iter()
+            .map(|k| {
+                let acc = match k {
+                    IMAGE_KEY => StatsAccumulator::image(),
+                    STATE_KEY => StatsAccumulator::rows(self.state_dim),
+                    ACTION_KEY => StatsAccumulator::rows(self.action_dim),
+                    PLAN_KEY => StatsAccumulator::rows(self.plan_steps * self.action_dim),
+                    _ => StatsAccumulator::rows(1),
+                };
+                (k, acc)
+            })
+            .collect()
     }
 
     /// Start a new data file once the current one holds this many bytes of encoded frames
@@ -162,7 +202,47 @@ impl LeRobotWriter {
     }
 
     /// Add one frame to the current episode: `image` is `height × width × 3` RGB bytes, row-major.
+    /// A writer [`with_action_plan`](Self::with_action_plan) takes
+    /// [`add_frame_with_plan`](Self::add_frame_with_plan) instead.
     pub fn add_frame(&mut self, image: &[u8], state: &[f32], action: &[f32]) -> Result<()> {
+        if self.plan_steps > 0 {
+            return Err(Error::Invalid {
+                op: "LeRobotWriter::add_frame",
+                msg: format!("feature `{PLAN_KEY}` is recorded: add frames with add_frame_with_plan"),
+            });
+        }
+        self.push_frame(image, state, action)
+    }
+
+    /// [`add_frame`](Self::add_frame) with the frame's action plan: `plan` holds between 1 and
+    /// `steps` actions (`action_dim` values each), the first being `action`; a shorter plan (the
+    /// task ends sooner) is padded by repeating its last action.
+    pub fn add_frame_with_plan(&mut self, image: &[u8], state: &[f32], action: &[f32], plan: &[f32]) -> Result<()> {
+        let op = "LeRobotWriter::add_frame_with_plan";
+        let (steps, a) = (self.plan_steps, self.action_dim);
+        if steps == 0 {
+            return Err(Error::Invalid { op, msg: "the writer records no action plan (see with_action_plan)".into() });
+        }
+        let len = plan.len() / a;
+        if plan.len() % a != 0 || len == 0 || len > steps {
+            return Err(Error::Invalid {
+                op,
+                msg: format!("feature `{PLAN_KEY}`: {} values is not 1 to {steps} actions of {a}", plan.len()),
+            });
+        }
+        if let Some(i) = plan.iter().position(|x| !x.is_finite()) {
+            return Err(Error::Invalid { op, msg: format!("feature `{PLAN_KEY}`: value {i} is {}", plan[i]) });
+        }
+        self.push_frame(image, state, action)?;
+        self.ep_plans.extend_from_slice(plan);
+        for _ in len..steps {
+            self.ep_plans.extend_from_slice(&plan[(len - 1) * a..]);
+        }
+        self.ep_plan_lens.push(len as f32);
+        Ok(())
+    }
+
+    fn push_frame(&mut self, image: &[u8], state: &[f32], action: &[f32]) -> Result<()> {
         let op = "LeRobotWriter::add_frame";
         let want = self.height * self.width * 3;
         if image.len() != want {
@@ -226,22 +306,23 @@ impl LeRobotWriter {
             self.file = DataFile { chunk, file_index: index, ..DataFile::default() };
         }
 
-        let mut acc = accumulators(self.state_dim, self.action_dim);
+        let mut acc = self.accumulators();
         let from = self.total_frames;
+        let rows = |v: &[f32], t: usize, dim: usize| -> Vec<f64> {
+            v[t * dim..(t + 1) * dim].iter().map(|&x| x as f64).collect()
+        };
         for t in 0..n {
             let timestamp = t as f32 / self.fps as f32;
             let scalars = [timestamp as f64, t as f64, episode_index as f64, (from + t) as f64, task_index as f64];
             for (k, a) in acc.iter_mut() {
                 match *k {
                     IMAGE_KEY => a.push_image(&self.ep_pixels[t]),
-                    STATE_KEY => a.push_row(
-                        self.ep_states[t * self.state_dim..(t + 1) * self.state_dim].iter().map(|&v| v as f64),
-                    ),
-                    ACTION_KEY => a.push_row(
-                        self.ep_actions[t * self.action_dim..(t + 1) * self.action_dim].iter().map(|&v| v as f64),
-                    ),
+                    STATE_KEY => a.push_row(rows(&self.ep_states, t, self.state_dim)),
+                    ACTION_KEY => a.push_row(rows(&self.ep_actions, t, self.action_dim)),
+                    PLAN_KEY => a.push_row(rows(&self.ep_plans, t, self.plan_steps * self.action_dim)),
+                    PLAN_STEPS_KEY => a.push_row([self.ep_plan_lens[t] as f64]),
                     other => {
-                        let i = FEATURES.iter().position(|f| *f == other).unwrap_or(3) - 3;
+                        let i = DEFAULT_FEATURES.iter().position(|f| *f == other).unwrap_or(0);
                         a.push_row([scalars[i]]);
                     }
                 }
@@ -260,6 +341,8 @@ impl LeRobotWriter {
         let f = &mut self.file;
         f.states.extend_from_slice(&self.ep_states);
         f.actions.extend_from_slice(&self.ep_actions);
+        f.plans.extend_from_slice(&self.ep_plans);
+        f.plan_lens.extend_from_slice(&self.ep_plan_lens);
         f.bytes += ep_bytes;
         f.pngs.extend(pngs);
         self.episodes.push(EpisodeRecord {
@@ -274,6 +357,8 @@ impl LeRobotWriter {
         self.ep_pixels.clear();
         self.ep_states.clear();
         self.ep_actions.clear();
+        self.ep_plans.clear();
+        self.ep_plan_lens.clear();
         Ok(())
     }
 
@@ -311,18 +396,24 @@ impl LeRobotWriter {
         } else {
             list(&f.states, self.state_dim)
         };
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(image),
-            state_col,
-            list(&f.actions, self.action_dim),
-            Arc::new(Float32Array::from(f.timestamps.clone())),
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(image), state_col, list(&f.actions, self.action_dim)];
+        if self.plan_steps > 0 {
+            columns.push(list(&f.plans, self.plan_steps * self.action_dim));
+            columns.push(list(&f.plan_lens, 1));
+        }
+        columns.extend([
+            Arc::new(Float32Array::from(f.timestamps.clone())) as ArrayRef,
             Arc::new(Int64Array::from(f.frame_index.clone())),
             Arc::new(Int64Array::from(f.episode_index.clone())),
             Arc::new(Int64Array::from(f.index.clone())),
             Arc::new(Int64Array::from(f.task_index.clone())),
-        ];
-        let fields: Vec<Field> =
-            FEATURES.iter().zip(&columns).map(|(name, c)| Field::new(*name, c.data_type().clone(), true)).collect();
+        ]);
+        let fields: Vec<Field> = self
+            .features()
+            .iter()
+            .zip(&columns)
+            .map(|(name, c)| Field::new(*name, c.data_type().clone(), true))
+            .collect();
         let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
             .map_err(|e| Error::file(&path, format!("building the frame table: {e}")))?;
         write_parquet(&path, &batch, &[])
@@ -364,7 +455,7 @@ impl LeRobotWriter {
     fn info(&self) -> Ordered {
         let scalar = |dtype: &str| json!({"dtype": dtype, "shape": [1], "names": null});
         let vector = |dim: usize, prefix: &str| json!({"dtype": "float32", "shape": [dim], "names": (0..dim).map(|i| format!("{prefix}_{i}")).collect::<Vec<_>>()});
-        let features = Ordered(vec![
+        let mut features = vec![
             (
                 IMAGE_KEY.into(),
                 J::V(
@@ -373,13 +464,25 @@ impl LeRobotWriter {
             ),
             (STATE_KEY.into(), J::V(vector(self.state_dim, "state"))),
             (ACTION_KEY.into(), J::V(vector(self.action_dim, "action"))),
+        ];
+        if self.plan_steps > 0 {
+            let names: Vec<String> = (0..self.plan_steps)
+                .flat_map(|k| (0..self.action_dim).map(move |d| format!("step_{k}_action_{d}")))
+                .collect();
+            features.push((
+                PLAN_KEY.into(),
+                J::V(json!({"dtype": "float32", "shape": [self.plan_steps * self.action_dim], "names": names})),
+            ));
+            features.push((PLAN_STEPS_KEY.into(), J::V(json!({"dtype": "float32", "shape": [1], "names": null}))));
+        }
+        features.extend([
             ("timestamp".into(), J::V(scalar("float32"))),
             ("frame_index".into(), J::V(scalar("int64"))),
             ("episode_index".into(), J::V(scalar("int64"))),
             ("index".into(), J::V(scalar("int64"))),
             ("task_index".into(), J::V(scalar("int64"))),
         ]);
-        let features = J::O(features);
+        let features = J::O(Ordered(features));
         Ordered(vec![
             ("codebase_version".into(), J::V(json!(CODEBASE_VERSION))),
             ("robot_type".into(), J::V(json!(self.robot_type))),
@@ -443,7 +546,7 @@ impl LeRobotWriter {
         cols.push(("data/file_index".into(), ints(&|_, e| e.file)));
         cols.push(("dataset_from_index".into(), ints(&|_, e| e.from)));
         cols.push(("dataset_to_index".into(), ints(&|_, e| e.from + e.length)));
-        for (fi, feature) in FEATURES.iter().enumerate() {
+        for (fi, feature) in self.features().iter().enumerate() {
             let image = *feature == IMAGE_KEY;
             let stat_of = |e: &'_ EpisodeRecord| -> FeatureStats { e.stats[fi].1.clone() };
             let all: Vec<FeatureStats> = eps.iter().map(stat_of).collect();
