@@ -20,7 +20,7 @@ pub struct DemoArgs {
     /// Training episodes to collect (default: 2000, quick: 2000).
     #[arg(long)]
     episodes: Option<usize>,
-    /// Optimizer steps (default: 18000, quick: 8000).
+    /// Optimizer steps (default: 18000, quick: 6000).
     #[arg(long)]
     steps: Option<usize>,
     /// Held-out evaluation episodes per task family (default: 25, quick: 10).
