@@ -231,7 +231,7 @@ impl LeRobotDataset {
             (false, false) => 0,
             (true, true) => {
                 let n = vec_dim(PLAN_KEY)?;
-                if action_dim == 0 || n == 0 || n % action_dim != 0 || vec_dim(PLAN_STEPS_KEY)? != 1 {
+                if action_dim == 0 || n == 0 || !n.is_multiple_of(action_dim) || vec_dim(PLAN_STEPS_KEY)? != 1 {
                     return Err(bad_info(format!(
                         "feature `{PLAN_KEY}`: shape [{n}] is not a whole number of {action_dim}-D actions, or \
                          `{PLAN_STEPS_KEY}` is not shape [1]"

@@ -224,7 +224,7 @@ impl LeRobotWriter {
             return Err(Error::Invalid { op, msg: "the writer records no action plan (see with_action_plan)".into() });
         }
         let len = plan.len() / a;
-        if plan.len() % a != 0 || len == 0 || len > steps {
+        if !plan.len().is_multiple_of(a) || len == 0 || len > steps {
             return Err(Error::Invalid {
                 op,
                 msg: format!("feature `{PLAN_KEY}`: {} values is not 1 to {steps} actions of {a}", plan.len()),
