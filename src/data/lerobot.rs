@@ -7,6 +7,7 @@
 //! meta/episodes/chunk-000/file-000.parquet    one row per episode: tasks, length, frame range, data file, stats/...
 //! data/chunk-000/file-000.parquet             one row per frame: observation.image {bytes, path}, observation.state,
 //!                                             action, timestamp, frame_index, episode_index, index, task_index
+//!                                             (and, when recorded, action_plan, action_plan_steps)
 //! ```
 //! Mirrors `lerobot/datasets/utils.py`, `dataset_metadata.py` and `dataset_writer.py` of
 //! huggingface/lerobot (codebase version v3.0).
