@@ -371,3 +371,48 @@ fn config_errors_name_the_key_or_field() {
     assert_eq!(cfg.total_steps(Some(10)).unwrap(), 15);
     assert!(cfg.total_steps(None).unwrap_err().to_string().contains("run.epochs"));
 }
+
+/// A source whose batches from `from` on ask for `scale` times the scheduled rate.
+struct Scaled<S> {
+    inner: S,
+    handed: u64,
+    from: u64,
+    scale: f64,
+}
+
+impl<S: BatchSource> BatchSource for Scaled<S> {
+    fn next_batch(&mut self) -> Option<Result<Batch>> {
+        self.handed += 1;
+        self.inner.next_batch()
+    }
+    fn position(&self) -> serde_json::Value {
+        self.inner.position()
+    }
+    fn restore(&mut self, position: &serde_json::Value) -> Result<()> {
+        self.inner.restore(position)
+    }
+    fn lr_scale(&self) -> f64 {
+        if self.handed > self.from {
+            self.scale
+        } else {
+            1.0
+        }
+    }
+}
+
+#[test]
+fn a_source_can_scale_the_learning_rate() {
+    let dir = out_dir("lrscale");
+    let mut cfg = config(&dir, 12);
+    cfg.optim.warmup_steps = 0;
+    cfg.optim.decay_steps = Some(1);
+    let mut t = Trainer::new(cfg.clone(), policy(&cfg)).unwrap();
+    t.run(&mut Scaled { inner: source(None), handed: 0, from: 6, scale: 0.25 }).unwrap();
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let lr: Vec<f64> =
+        text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"].as_f64().unwrap()).collect();
+    // Steps 1..=6 see batches 0..6 at the peak; steps 7..=11 a quarter of it (step 12 decays).
+    assert!(lr[..6].iter().all(|&v| (v - 3e-3).abs() < 1e-15), "{lr:?}");
+    assert!(lr[6..11].iter().all(|&v| (v - 7.5e-4).abs() < 1e-15), "{lr:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

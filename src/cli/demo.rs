@@ -45,6 +45,9 @@ pub struct DemoArgs {
     /// this; then --grounding-steps is its longest length.
     #[arg(long)]
     grounding_until_loss: Option<f64>,
+    /// Scale the learning rate by this once the grounding-only phase is over.
+    #[arg(long)]
+    grounding_lr_scale_after: Option<f64>,
     /// Train without the proprioceptive state row (images and instructions only).
     #[arg(long)]
     no_state: bool,
@@ -91,6 +94,9 @@ pub fn run(a: &DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(v) = a.grounding_until_loss {
         o.grounding.until_loss = Some(v);
+    }
+    if let Some(v) = a.grounding_lr_scale_after {
+        o.grounding.lr_scale_after = Some(v);
     }
     if a.no_state {
         o.state = false;

@@ -61,6 +61,12 @@ pub trait BatchSource {
     /// whose mixture follows training progress. State it keeps must be in
     /// [`position`](Self::position) for resumes to stay exact.
     fn observe_loss(&mut self, _step: usize, _loss: f64) {}
+    /// A factor on the scheduled learning rate for the step about to be taken (asked after its
+    /// micro-batches are handed out), for sources whose phases want different rates. It must
+    /// follow from the position alone for resumes to stay exact.
+    fn lr_scale(&self) -> f64 {
+        1.0
+    }
 }
 
 /// A [`BatchSource`] over any deterministic iterator: `make()` builds the iterator from the
@@ -382,7 +388,7 @@ impl Trainer {
                 summary.data_exhausted = true;
                 break;
             }
-            let lr = self.config.optim.lr * schedule.factor(self.step);
+            let lr = self.config.optim.lr * schedule.factor(self.step) * source.lr_scale();
             let mut m = self.train_step(&micro, lr)?;
             self.micro_batches += micro.len() as u64;
             m.samples_per_s = micro.iter().map(Batch::len).sum::<usize>() as f64 / started.elapsed().as_secs_f64();
