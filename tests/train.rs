@@ -307,17 +307,29 @@ fn a_nan_loss_stops_with_the_step_and_last_checkpoint() {
     std::fs::remove_dir_all(&dir2).unwrap();
 }
 
+/// Train `steps` steps (warmup, then flat, then `decay` steps of cosine) on `src`; the run's
+/// directory and the learning rate it logged at every step.
+fn logged_rates(
+    name: &str,
+    steps: usize,
+    warmup: usize,
+    decay: usize,
+    src: &mut dyn BatchSource,
+) -> (PathBuf, Vec<f64>) {
+    let dir = out_dir(name);
+    let mut cfg = config(&dir, steps);
+    cfg.optim.warmup_steps = warmup;
+    cfg.optim.decay_steps = Some(decay);
+    let mut t = Trainer::new(cfg.clone(), policy(&cfg)).unwrap();
+    t.run(src).unwrap();
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let lr = text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"].as_f64().unwrap());
+    (dir, lr.collect())
+}
+
 #[test]
 fn decay_steps_keep_the_rate_flat_until_the_tail() {
-    let dir = out_dir("wsd");
-    let mut cfg = config(&dir, 30);
-    cfg.optim.warmup_steps = 5;
-    cfg.optim.decay_steps = Some(10);
-    let mut t = Trainer::new(cfg.clone(), policy(&cfg)).unwrap();
-    t.run(&mut source(None)).unwrap();
-    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-    let lr: Vec<f64> =
-        text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"].as_f64().unwrap()).collect();
+    let (dir, lr) = logged_rates("wsd", 30, 5, 10, &mut source(None));
     assert_eq!(lr.len(), 30);
     assert_eq!(lr[0], 0.0);
     // Steps 6..=20 (optimizer steps 5..20) run at the peak; the last 10 decay to the minimum.
@@ -402,15 +414,8 @@ impl<S: BatchSource> BatchSource for Scaled<S> {
 
 #[test]
 fn a_source_can_scale_the_learning_rate() {
-    let dir = out_dir("lrscale");
-    let mut cfg = config(&dir, 12);
-    cfg.optim.warmup_steps = 0;
-    cfg.optim.decay_steps = Some(1);
-    let mut t = Trainer::new(cfg.clone(), policy(&cfg)).unwrap();
-    t.run(&mut Scaled { inner: source(None), handed: 0, from: 6, scale: 0.25 }).unwrap();
-    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-    let lr: Vec<f64> =
-        text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"].as_f64().unwrap()).collect();
+    let mut src = Scaled { inner: source(None), handed: 0, from: 6, scale: 0.25 };
+    let (dir, lr) = logged_rates("lrscale", 12, 0, 1, &mut src);
     // Steps 1..=6 see batches 0..6 at the peak; steps 7..=11 a quarter of it (step 12 decays).
     assert!(lr[..6].iter().all(|&v| (v - 3e-3).abs() < 1e-15), "{lr:?}");
     assert!(lr[6..11].iter().all(|&v| (v - 7.5e-4).abs() < 1e-15), "{lr:?}");
