@@ -1161,6 +1161,17 @@ impl DemoOptions {
         }
     }
 
+    /// What the demo collects for training.
+    pub fn collect_options(&self) -> CollectOptions {
+        CollectOptions {
+            episodes: self.train_episodes,
+            seed: self.seed,
+            image_size: self.image_size,
+            noise: self.noise,
+            plan_steps: self.plan_steps,
+        }
+    }
+
     /// The training config of this demo, reading `dataset`.
     pub fn pipeline_config(&self) -> PipelineConfig {
         PipelineConfig {
@@ -1236,16 +1247,7 @@ pub fn run_demo(opts: &DemoOptions, log: &mut dyn FnMut(&str)) -> Result<DemoRep
 
     log(&format!("[1/3] collecting {} expert episodes ({} px)...", opts.train_episodes, opts.image_size));
     let cfg = opts.pipeline_config();
-    let collect = collect(
-        &cfg.dataset,
-        &CollectOptions {
-            episodes: opts.train_episodes,
-            seed: opts.seed,
-            image_size: opts.image_size,
-            noise: opts.noise,
-            plan_steps: opts.plan_steps,
-        },
-    )?;
+    let collect = collect(&cfg.dataset, &opts.collect_options())?;
     log(&format!("      {} episodes, {} frames in {:.1} s", collect.episodes, collect.frames, collect.seconds));
     std::fs::write(out.join("train.toml"), cfg.to_toml()?)
         .map_err(|e| Error::io(format!("writing {}", out.join("train.toml").display()), e))?;
@@ -1275,9 +1277,9 @@ pub fn run_demo(opts: &DemoOptions, log: &mut dyn FnMut(&str)) -> Result<DemoRep
     let heldout_opts = CollectOptions {
         episodes: HELDOUT_DEMOS,
         seed: HELDOUT_DEMO_FIRST_SEED,
-        image_size: opts.image_size,
         noise: 0.0,
         plan_steps: 0,
+        ..opts.collect_options()
     };
     self::collect(&heldout_dir, &heldout_opts)?;
     let heldout = LeRobotDataset::open(&heldout_dir)?;
@@ -1481,6 +1483,15 @@ mod tests {
         std::fs::remove_dir_all(&base).unwrap();
     }
 
+    /// A fresh directory `vlm4vla-<name>-<pid>` holding `episodes` clean demonstrations at 16 px.
+    fn tiny_dataset(name: &str, episodes: usize) -> (PathBuf, LeRobotDataset) {
+        let root = std::env::temp_dir().join(format!("vlm4vla-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        collect(&root, &CollectOptions { episodes, image_size: 16, noise: 0.0, ..Default::default() }).unwrap();
+        let ds = LeRobotDataset::open(&root).unwrap();
+        (root, ds)
+    }
+
     /// A source over `ds` at 16 px: chunk 2, seed 1.
     fn source(ds: &LeRobotDataset, batch: usize, state_dim: usize) -> DemoSource {
         let cfg = backbone_config("paligemma-demo", 16).unwrap();
@@ -1489,14 +1500,11 @@ mod tests {
 
     #[test]
     fn batches_mix_grounding_rows_as_configured() {
-        let root = std::env::temp_dir().join(format!("vlm4vla-grounding-mix-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        collect(&root, &CollectOptions { episodes: 6, image_size: 16, noise: 0.0, ..Default::default() }).unwrap();
-        let ds = LeRobotDataset::open(&root).unwrap();
+        let (root, ds) = tiny_dataset("grounding-mix", 6);
         let norm = normalizer().unwrap();
         let plain = source(&ds, 8, 7);
         let mixed = source(&ds, 8, 7)
-            .with_grounding(GroundingConfig { steps: 2, fraction: 0.25, until_loss: None, lr_scale_after: None }, 2)
+            .with_grounding(GroundingConfig { steps: 2, fraction: 0.25, ..Default::default() }, 2)
             .unwrap();
         // Optimizer steps 0 and 1 are micro-batches 0..4 with grad_accum 2: grounding only.
         assert_eq!((0..6).map(|k| mixed.grounding_rows(k)).collect::<Vec<_>>(), [8, 8, 8, 8, 2, 2]);
@@ -1522,18 +1530,13 @@ mod tests {
         let off = source(&ds, 8, 7).with_grounding(GroundingConfig::default(), 1).unwrap();
         let (x, y) = (plain.make_batch(3).unwrap(), off.make_batch(3).unwrap());
         assert_eq!(x.actions.to_vec::<f32>().unwrap(), y.actions.to_vec::<f32>().unwrap());
-        assert!(source(&ds, 8, 7)
-            .with_grounding(GroundingConfig { steps: 0, fraction: 1.5, until_loss: None, lr_scale_after: None }, 1)
-            .is_err());
+        assert!(source(&ds, 8, 7).with_grounding(GroundingConfig { fraction: 1.5, ..Default::default() }, 1).is_err());
         std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn the_grounding_phase_ends_when_its_loss_is_low_and_resumes_exactly() {
-        let root = std::env::temp_dir().join(format!("vlm4vla-grounding-until-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        collect(&root, &CollectOptions { episodes: 4, image_size: 16, noise: 0.0, ..Default::default() }).unwrap();
-        let ds = LeRobotDataset::open(&root).unwrap();
+        let (root, ds) = tiny_dataset("grounding-until", 4);
         let g = GroundingConfig { steps: 200, fraction: 0.25, until_loss: Some(0.01), lr_scale_after: Some(0.5) };
         let mut src = source(&ds, 4, 0).with_grounding(g.clone(), 1).unwrap();
         // Losses stay high for 60 steps, then fall below 0.01: the phase ends once the whole
