@@ -35,6 +35,7 @@ fn unary_ops() -> Vec<(&'static str, f64, f64, fn(&Tensor) -> vlm4vla::engine::R
         ("gelu", -3.0, 3.0, |x| x.gelu()),
         ("gelu_tanh", -3.0, 3.0, |x| x.gelu_tanh()),
         ("quick_gelu", -3.0, 3.0, |x| x.quick_gelu()),
+        ("softplus", -3.0, 3.0, |x| x.softplus()),
     ]
 }
 

@@ -48,6 +48,7 @@ fn cases() -> Vec<UnaryCase> {
             6.,
         ),
         ("quick_gelu", |t| t.quick_gelu(), |x| x * sig(1.702 * x), -6., 6.),
+        ("softplus", |t| t.softplus(), |x| (1. + x.exp()).ln(), -30., 30.),
     ]
 }
 

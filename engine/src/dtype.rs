@@ -137,6 +137,7 @@ pub mod num_like {
         fn c(v: f64) -> Self;
         fn exp(self) -> Self;
         fn ln(self) -> Self;
+        fn ln_1p(self) -> Self;
         fn sqrt(self) -> Self;
         fn powf(self, e: Self) -> Self;
         fn abs(self) -> Self;
@@ -167,6 +168,10 @@ pub mod num_like {
                 #[inline(always)]
                 fn ln(self) -> Self {
                     <$t>::ln(self)
+                }
+                #[inline(always)]
+                fn ln_1p(self) -> Self {
+                    <$t>::ln_1p(self)
                 }
                 #[inline(always)]
                 fn sqrt(self) -> Self {

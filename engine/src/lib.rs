@@ -10,12 +10,14 @@
 //! ```
 
 pub mod autograd;
+pub(crate) mod backend;
 pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod dtype;
 pub mod error;
 pub mod io;
+pub mod kinds;
 pub mod ops;
 pub mod optim;
 pub mod params;
@@ -30,8 +32,8 @@ pub use device::Device;
 pub use dtype::{DType, Float, WithDType};
 pub use error::{Error, Result};
 pub use io::{LoadOptions, SafeTensorsFile};
-pub use ops::binary::CmpKind;
-pub use ops::{attention, AttentionMask, AttentionOutput, Reduction, RmsNormKind};
+pub use kinds::{AttentionMask, CmpKind, Reduction, RmsNormKind};
+pub use ops::{attention, AttentionOutput};
 pub use optim::{clip_grad_norm, grad_norm, AdamW, AdamWConfig, LrSchedule, NamedParams, Sgd, SgdConfig};
 pub use params::ParamStore;
 pub use shape::{Dim, Layout};

@@ -107,10 +107,8 @@ impl Tensor {
 
     pub fn full(value: f64, shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
         let n = shape.iter().product();
-        #[cfg(feature = "cuda")]
-        if let (Device::Cuda(ordinal), true) = (device, value == 0.0) {
-            let s = crate::cuda::device(ordinal)?.zeros("zeros", dtype, n)?;
-            return Ok(Tensor::from_storage(Storage::Cuda(s), shape, None));
+        if value == 0.0 {
+            return crate::backend::placing(device)?.zeros(device, shape, dtype);
         }
         let s = match dtype {
             DType::U8 => CpuStorage::U8(vec![value as u8; n]),
@@ -277,16 +275,9 @@ impl Tensor {
 
     /// All elements in row-major order, converted to `T`.
     pub fn to_vec<T: WithDType>(&self) -> Result<Vec<T>> {
-        let s = self.read_storage();
-        match &*s {
-            Storage::Cpu(c) => Ok(c.gather_as::<T>(self.layout())),
-            #[cfg(feature = "cuda")]
-            Storage::Cuda(_) => {
-                drop(s);
-                let c = crate::cuda::to_cpu(self)?;
-                Ok(c.gather_as::<T>(&Layout::contiguous(self.shape())))
-            }
-        }
+        let mut out = Vec::new();
+        self.backend().with_host(self, &mut |s, l| out = s.gather_as::<T>(l))?;
+        Ok(out)
     }
 
     /// The single element of a one-element tensor.
@@ -299,15 +290,9 @@ impl Tensor {
 
     /// A contiguous CPU copy of the elements (same dtype).
     pub fn to_cpu_storage(&self) -> Result<CpuStorage> {
-        let s = self.read_storage();
-        match &*s {
-            Storage::Cpu(c) => Ok(c.gather(self.layout())),
-            #[cfg(feature = "cuda")]
-            Storage::Cuda(_) => {
-                drop(s);
-                crate::cuda::to_cpu(self)
-            }
-        }
+        let mut out = None;
+        self.backend().with_host(self, &mut |s, l| out = Some(s.gather(l)))?;
+        out.ok_or_else(|| Error::invalid("to_cpu_storage", "the backend gave no host copy"))
     }
 
     /// A copy on `device` (this tensor when it is already there). Not recorded by the autograd:
@@ -316,17 +301,8 @@ impl Tensor {
         if device == self.device() {
             return Ok(self.clone());
         }
-        #[cfg(feature = "cuda")]
-        {
-            let host = self.to_cpu_storage()?;
-            let storage = match device {
-                Device::Cpu => Storage::Cpu(host),
-                Device::Cuda(ordinal) => Storage::Cuda(crate::cuda::from_cpu(&host, ordinal)?),
-            };
-            Ok(Tensor::from_storage(storage, self.shape(), None))
-        }
-        #[cfg(not(feature = "cuda"))]
-        Err(Error::DeviceUnavailable { device, reason: crate::cuda_unavailable_reason() })
+        let target = crate::backend::placing(device)?;
+        target.upload(self.to_cpu_storage()?, self.shape(), device)
     }
 
     /// Overwrite this tensor's elements with `src`'s (same shape; converted to this dtype). Used by
@@ -335,37 +311,35 @@ impl Tensor {
         if src.shape() != self.shape() {
             return Err(Error::shapes("assign", &[self.shape(), src.shape()]));
         }
-        let range = self
-            .layout()
-            .contiguous_range()
-            .ok_or_else(|| Error::invalid("assign", "destination must be contiguous"))?;
-        #[cfg(feature = "cuda")]
-        if self.device().is_cuda() {
-            return crate::cuda::assign(self, src);
+        if self.layout().contiguous_range().is_none() {
+            return Err(Error::invalid("assign", "destination must be contiguous"));
         }
-        let data = src.to_dtype(self.dtype())?.to_cpu_storage()?;
-        let mut dst = self.write_storage();
-        match &mut *dst {
-            Storage::Cpu(d) => {
-                let bytes = self.dtype().size_in_bytes();
-                let dst_bytes: &mut [u8] = crate::map_cpu_storage!(d, v => bytemuck::cast_slice_mut(v.as_mut_slice()));
-                dst_bytes[range.start * bytes..range.end * bytes].copy_from_slice(data.as_bytes());
-            }
-            #[cfg(feature = "cuda")]
-            Storage::Cuda(_) => unreachable!("handled above"),
-        }
-        Ok(())
+        self.backend().assign(self, src)
     }
 
-    /// Helper for ops: wrap fresh storage, recording `op` only when an input tracks gradients.
-    pub(crate) fn from_op(
-        storage: impl Into<Storage>,
-        shape: &[usize],
-        inputs: &[&Tensor],
-        op: impl FnOnce() -> Op,
-    ) -> Tensor {
-        let op = autograd::record(inputs, op);
-        Tensor::from_storage(storage.into(), shape, op)
+    /// Helper for ops: attach `op` to a backend primitive's fresh output, when an input tracks
+    /// gradients (the handle keeps its id).
+    pub(crate) fn recorded(self, inputs: &[&Tensor], op: impl FnOnce() -> Op) -> Tensor {
+        let Some(op) = autograd::record(inputs, op) else { return self };
+        match Arc::try_unwrap(self.0) {
+            Ok(mut inner) => {
+                inner.op = Some(op);
+                Tensor(Arc::new(inner))
+            }
+            Err(shared) => Tensor(shared).view_with_same_id(op),
+        }
+    }
+
+    fn view_with_same_id(&self, op: Op) -> Tensor {
+        Tensor(Arc::new(TensorInner {
+            id: self.0.id,
+            storage: self.0.storage.clone(),
+            layout: self.0.layout.clone(),
+            dtype: self.0.dtype,
+            device: self.0.device,
+            op: Some(op),
+            is_variable: false,
+        }))
     }
 
     /// Helper for ops: check that all tensors share dtype and device.

@@ -6,10 +6,10 @@
 // Both overwrite their output. bf16 is computed in fp32 and rounded once on store.
 #include "common.cuh"
 
-// Op codes: the order of engine/src/ops/unary.rs::UnaryKind.
+// Op codes: the values of engine/src/kinds.rs::UnaryKind (held to this enum by its test).
 enum UnaryCode {
     U_NEG = 0, U_EXP, U_LOG, U_SQRT, U_RSQRT, U_SQR, U_RECIP, U_POWF, U_ABS, U_CLAMP, U_AFFINE,
-    U_SIN, U_COS, U_TANH, U_SIGMOID, U_RELU, U_SILU, U_GELU, U_GELU_TANH, U_QUICK_GELU
+    U_SIN, U_COS, U_TANH, U_SIGMOID, U_RELU, U_SILU, U_GELU, U_GELU_TANH, U_QUICK_GELU, U_SOFTPLUS
 };
 
 struct UnaryParams {
@@ -50,6 +50,7 @@ __device__ __forceinline__ float unary_f(const UnaryParams& p, float x) {
             return 0.5f * x * (1.0f + tanhf(u));
         }
         case U_QUICK_GELU: return x * sigmoidf_(1.702f * x);
+        case U_SOFTPLUS: return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x)));
         default: return __int_as_float(0x7fc00000);  // unknown op code: NaN, never silent
     }
 }
@@ -91,6 +92,7 @@ __device__ __forceinline__ float unary_df(const UnaryParams& p, float x, float y
             const float s = sigmoidf_(1.702f * x);
             return s + 1.702f * x * s * (1.0f - s);
         }
+        case U_SOFTPLUS: return sigmoidf_(x);
         default: return __int_as_float(0x7fc00000);
     }
 }

@@ -1,7 +1,8 @@
 //! `#[repr(C)]` mirrors of the kernels' params structs (passed by value at launch, never copied to
-//! the device), their op codes and launch-shape constants. The tests check every size against the
-//! `static_assert` in the CUDA source, every op-code list against the source's enum, and every
-//! constant against its `#define`, so Rust and CUDA cannot drift apart silently.
+//! the device) and launch-shape constants. The tests check every size against the `static_assert`
+//! in the CUDA source and every constant against its `#define`, so Rust and CUDA cannot drift
+//! apart silently. The op codes live with the engine's kinds (`engine/src/kinds.rs`), whose test
+//! holds them to the sources' enums.
 //!
 //! Device pointers are `u64` (a `CUdeviceptr`); 0 means null where a kernel takes an optional
 //! tensor.
@@ -20,47 +21,6 @@ pub const ATT_WARPS: u32 = 4;
 pub const ATT_MAX_D: usize = 256;
 /// Elements per block of the optimizer kernels (`OPTIM_CHUNK`).
 pub const OPTIM_CHUNK: usize = 4096;
-
-/// Op codes of `unary.cu`, in the order of its `UnaryCode` enum (= the engine's `UnaryKind`).
-pub const UNARY_OPS: &[&str] = &[
-    "neg",
-    "exp",
-    "log",
-    "sqrt",
-    "rsqrt",
-    "sqr",
-    "recip",
-    "powf",
-    "abs",
-    "clamp",
-    "affine",
-    "sin",
-    "cos",
-    "tanh",
-    "sigmoid",
-    "relu",
-    "silu",
-    "gelu",
-    "gelu_tanh",
-    "quick_gelu",
-];
-/// Op codes of `binary.cu` (`BinaryCode`): max and min are the engine's maximum and minimum.
-pub const BINARY_OPS: &[&str] = &["add", "sub", "mul", "div", "max", "min"];
-/// Op codes of `view.cu`'s `cmp` (`CmpCode`), the order of the engine's `CmpKind`.
-pub const CMP_OPS: &[&str] = &["eq", "ne", "lt", "le", "gt", "ge"];
-/// Op codes of `reduce.cu` (`ReduceCode`).
-pub const REDUCE_OPS: &[&str] = &["sum", "max", "min"];
-/// The `flag` of rms_norm in `norm.cu` (`RmsKind`).
-pub const RMS_KINDS: &[&str] = &["plain", "gemma"];
-/// Op codes of `pair_loss` in `loss.cu` (`PairCode`).
-pub const PAIR_LOSSES: &[&str] = &["mse", "huber", "bce"];
-/// Mask kinds of `attention.cu` (`MaskKind`).
-pub const MASK_KINDS: &[&str] = &["full", "causal", "prefix", "segments"];
-
-/// The code of `name` in one of the lists above.
-pub fn code(list: &[&str], name: &str) -> Option<i32> {
-    list.iter().position(|&n| n == name).map(|i| i as i32)
-}
 
 /// `unary.cu`: `a`/`b` are powf's exponent, clamp's bounds, affine's mul/add.
 #[repr(C)]
@@ -262,18 +222,6 @@ mod tests {
         line[pat.len()..].split("//").next().unwrap_or("").trim().to_string()
     }
 
-    /// The enumerators of `enum name { ... }` in `src`, lowercased, without their `X_` prefix.
-    fn c_enum(src: &str, name: &str) -> Vec<String> {
-        let pat = format!("enum {name} {{");
-        let at = src.find(&pat).unwrap_or_else(|| panic!("no enum {name}")) + pat.len();
-        let body = &src[at..at + src[at..].find('}').unwrap()];
-        body.split(',')
-            .map(|e| e.split('=').next().unwrap_or("").trim())
-            .filter(|e| !e.is_empty())
-            .map(|e| e.split_once('_').map_or(e, |(_, rest)| rest).to_lowercase())
-            .collect()
-    }
-
     #[test]
     fn params_sizes_match_the_cuda_static_asserts() {
         let cases: &[(&str, &str, usize)] = &[
@@ -293,24 +241,6 @@ mod tests {
         for &(family, name, rust) in cases {
             assert_eq!(c_size(source(family), name), rust, "{name} in {family}.cu");
         }
-    }
-
-    #[test]
-    fn op_codes_match_the_cuda_enums() {
-        let cases: &[(&str, &str, &[&str])] = &[
-            ("view", "CmpCode", CMP_OPS),
-            ("unary", "UnaryCode", UNARY_OPS),
-            ("binary", "BinaryCode", BINARY_OPS),
-            ("reduce", "ReduceCode", REDUCE_OPS),
-            ("norm", "RmsKind", RMS_KINDS),
-            ("loss", "PairCode", PAIR_LOSSES),
-            ("common", "MaskKind", MASK_KINDS),
-        ];
-        for &(family, name, rust) in cases {
-            assert_eq!(c_enum(source(family), name), rust, "enum {name} in {family}.cu");
-        }
-        assert_eq!(code(UNARY_OPS, "gelu_tanh"), Some(18));
-        assert_eq!(code(MASK_KINDS, "nope"), None);
     }
 
     #[test]

@@ -45,5 +45,6 @@ pub fn cases() -> Vec<Case> {
         case("gelu", || check("gelu", x(-4., 4., 18), |t| t.gelu())),
         case("gelu_tanh", || check("gelu_tanh", x(-4., 4., 19), |t| t.gelu_tanh())),
         case("quick_gelu", || check("quick_gelu", x(-4., 4., 20), |t| t.quick_gelu())),
+        case("softplus", || check("softplus", x(-6., 6., 21), |t| t.softplus())),
     ]
 }

@@ -2,8 +2,28 @@
 //! rows of `act(gate) · up` (`F` wide); the backward writes the whole `2F`-wide gradient row in
 //! the same pass.
 
+use super::{out, Cpu, Reads};
 use crate::dtype::Float;
-use crate::ops::activation::GateKind;
+use crate::kinds::GateKind;
+use crate::{backend, Result, Tensor};
+
+impl backend::Activation for Cpu {
+    fn gate(&self, x: &Tensor, kind: GateKind, f: usize) -> Result<Tensor> {
+        let mut shape = x.shape().to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = f;
+        }
+        let r = Reads::new(&[x]);
+        let v = crate::float_map!(r.floats(0)?, v => forward(kind, &v, f));
+        Ok(out(v, x.dtype(), &shape))
+    }
+
+    fn gate_backward(&self, x: &Tensor, g: &Tensor, kind: GateKind, f: usize) -> Result<Tensor> {
+        let r = Reads::new(&[x, g]);
+        let v = crate::float_zip!(kind.name(), (r.floats(0)?, r.floats(1)?), (a, g) => backward(kind, &a, &g, f))?;
+        Ok(out(v, x.dtype(), x.shape()))
+    }
+}
 
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 const GELU_C: f64 = 0.044_715;
@@ -26,7 +46,7 @@ fn act<T: Float>(kind: GateKind, x: T) -> (T, T) {
 }
 
 /// `out[r, j] = act(x[r, j]) · x[r, f + j]` for contiguous `x` of rows `2f` wide.
-pub(crate) fn forward<T: Float>(kind: GateKind, x: &[T], f: usize) -> Vec<T> {
+fn forward<T: Float>(kind: GateKind, x: &[T], f: usize) -> Vec<T> {
     let rows = if f == 0 { 0 } else { x.len() / (2 * f) };
     let mut out = vec![T::ZERO; rows * f];
     super::par_rows(&mut out, f, |r, o| {
@@ -40,7 +60,7 @@ pub(crate) fn forward<T: Float>(kind: GateKind, x: &[T], f: usize) -> Vec<T> {
 
 /// `dgate = g · up · act'(gate)`, `dup = g · act(gate)`, written side by side as the `2f`-wide
 /// gradient of `x`.
-pub(crate) fn backward<T: Float>(kind: GateKind, x: &[T], g: &[T], f: usize) -> Vec<T> {
+fn backward<T: Float>(kind: GateKind, x: &[T], g: &[T], f: usize) -> Vec<T> {
     let mut dx = vec![T::ZERO; x.len()];
     super::par_rows(&mut dx, 2 * f, |r, d| {
         let (gate, up) = x[r * 2 * f..(r + 1) * 2 * f].split_at(f);

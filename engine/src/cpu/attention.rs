@@ -6,9 +6,87 @@
 //! with one GEMM, applies the mask and a stable softmax per row, and multiplies by V with a second
 //! GEMM. Outputs are written seq-first (`[B, L, H, X]`), the layout the op returns.
 
+use super::{floats, out, Cpu, FloatVec, Floats, Reads};
+use crate::backend::{self, BackendState};
 use crate::dtype::Float;
-use crate::ops::attention::{AttnDims, KeyMask};
+use crate::kinds::{AttentionMask, AttnDims, KeyMask};
+use crate::{CpuStorage, Error, Layout, Result, Tensor};
 use rayon::prelude::*;
+
+const OP: &str = "attention";
+
+/// The elements of a `[B, L, H, X]` tensor in `[B, H, L, X]` order, in compute precision.
+fn heads_first<'a>((s, l): (&'a CpuStorage, &Layout)) -> Floats<'a> {
+    floats(s, &l.permute(&[0, 2, 1, 3]))
+}
+
+impl backend::Attention for Cpu {
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _mask: &AttentionMask,
+        keys: &KeyMask,
+        dims: &AttnDims,
+        scale: f64,
+    ) -> Result<(Tensor, Tensor, Option<BackendState>)> {
+        let r = Reads::new(&[q, k, v]);
+        let (o, l) = match (heads_first(r.get(0)?), heads_first(r.get(1)?), heads_first(r.get(2)?)) {
+            (Floats::F32(q), Floats::F32(k), Floats::F32(v)) => {
+                let (o, l) = forward(&q, &k, &v, dims, keys, scale);
+                (FloatVec::F32(o), FloatVec::F32(l))
+            }
+            (Floats::F64(q), Floats::F64(k), Floats::F64(v)) => {
+                let (o, l) = forward(&q, &k, &v, dims, keys, scale);
+                (FloatVec::F64(o), FloatVec::F64(l))
+            }
+            _ => return Err(Error::invalid(OP, "operands computed in different precisions")),
+        };
+        let dtype = q.dtype();
+        let lse = out(l, dtype.compute(), &[dims.b, dims.hq, dims.lq]);
+        Ok((out(o, dtype, &[dims.b, dims.lq, dims.hq, dims.dv]), lse, None))
+    }
+
+    fn attention_backward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        o: &Tensor,
+        g: &Tensor,
+        lse: &Tensor,
+        keys: &KeyMask,
+        _state: Option<&BackendState>,
+        dims: &AttnDims,
+        scale: f64,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        // The output and its gradient in q's compute precision (a bf16 output is read as f32).
+        let compute = q.dtype().compute();
+        let (o, g) = (o.to_dtype(compute)?, g.to_dtype(compute)?);
+        let r = Reads::new(&[q, k, v, &o, &g, lse]);
+        let all = (
+            heads_first(r.get(0)?),
+            heads_first(r.get(1)?),
+            heads_first(r.get(2)?),
+            heads_first(r.get(3)?),
+            heads_first(r.get(4)?),
+            r.floats(5)?,
+        );
+        let (dq, dk, dv) = match all {
+            (Floats::F32(q), Floats::F32(k), Floats::F32(v), Floats::F32(o), Floats::F32(g), Floats::F32(l)) => {
+                let (a, b, c) = backward(&q, &k, &v, &o, &g, &l, dims, keys, scale);
+                (FloatVec::F32(a), FloatVec::F32(b), FloatVec::F32(c))
+            }
+            (Floats::F64(q), Floats::F64(k), Floats::F64(v), Floats::F64(o), Floats::F64(g), Floats::F64(l)) => {
+                let (a, b, c) = backward(&q, &k, &v, &o, &g, &l, dims, keys, scale);
+                (FloatVec::F64(a), FloatVec::F64(b), FloatVec::F64(c))
+            }
+            _ => return Err(Error::invalid(OP, "operands computed in different precisions")),
+        };
+        Ok((out(dq, q.dtype(), q.shape()), out(dk, k.dtype(), k.shape()), out(dv, v.dtype(), v.shape())))
+    }
+}
 
 /// Query rows per block: the score block is `BLOCK_Q × Lk`.
 const BLOCK_Q: usize = 64;
@@ -126,14 +204,7 @@ fn seq_first<T: Copy>(x: &[T], b: usize, h: usize, l: usize, w: usize) -> Vec<T>
 }
 
 /// Forward: `(out [B, Lq, Hq, Dv], lse [B, Hq, Lq])`.
-pub(crate) fn forward<T: Float>(
-    q: &[T],
-    k: &[T],
-    v: &[T],
-    dims: &AttnDims,
-    keys: &KeyMask,
-    scale: f64,
-) -> (Vec<T>, Vec<T>) {
+fn forward<T: Float>(q: &[T], k: &[T], v: &[T], dims: &AttnDims, keys: &KeyMask, scale: f64) -> (Vec<T>, Vec<T>) {
     let AttnDims { lq, lk, hq, hkv, d, dv, .. } = *dims;
     let group = hq / hkv;
     let scale = T::c(scale);
@@ -184,7 +255,7 @@ pub(crate) fn forward<T: Float>(
 /// Backward from the saved lse: `(dq [B, Lq, Hq, D], dk [B, Lk, Hkv, D], dv [B, Lk, Hkv, Dv])`.
 /// `o` and `g` are the output and its gradient, heads-first `[B, Hq, Lq, Dv]`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn backward<T: Float>(
+fn backward<T: Float>(
     q: &[T],
     k: &[T],
     v: &[T],

@@ -6,10 +6,96 @@
 //! Shapes are split around the indexed dim as `[outer, d, inner]` (see `split_at_dim`); indices
 //! arrive already validated as `usize` in `0..d`.
 
+use super::{out, out_storage, split_at_dim, Cpu, Reads};
 use crate::dtype::Float;
 use crate::shape::contiguous_strides;
-use crate::{CpuStorage, DType, Layout, Result, WithDType};
+use crate::{backend, CpuStorage, DType, Layout, Result, Tensor, WithDType};
 use std::borrow::Cow;
+
+impl backend::Index for Cpu {
+    fn cat(&self, ts: &[&Tensor], dim: usize, shape: &[usize]) -> Result<Tensor> {
+        let first = ts[0];
+        let (outer, _, inner) = split_at_dim(first.shape(), dim);
+        let widths: Vec<usize> = ts.iter().map(|t| t.shape()[dim] * inner).collect();
+        let r = Reads::new(ts);
+        let parts = (0..ts.len()).map(|i| r.get(i)).collect::<Result<Vec<_>>>()?;
+        Ok(out_storage(cat(&parts, first.dtype(), outer, &widths)?, shape))
+    }
+
+    fn index_select(&self, x: &Tensor, dim: usize, idx: &[usize], shape: &[usize]) -> Result<Tensor> {
+        let r = Reads::new(&[x]);
+        let (s, l) = r.get(0)?;
+        Ok(out_storage(index_select(s, l, x.dtype(), split_at_dim(x.shape(), dim), idx)?, shape))
+    }
+
+    fn index_add(&self, g: &Tensor, shape: &[usize], dim: usize, idx: &[usize]) -> Result<Tensor> {
+        let split = split_at_dim(shape, dim);
+        let r = Reads::new(&[g]);
+        let v = crate::float_map!(r.floats(0)?, g => index_add(&g, split, idx));
+        Ok(out(v, g.dtype(), shape))
+    }
+
+    fn gather(&self, x: &Tensor, dim: usize, idx: &[usize], ishape: &[usize]) -> Result<Tensor> {
+        let r = Reads::new(&[x]);
+        let (s, l) = r.get(0)?;
+        Ok(out_storage(gather(s, l, x.dtype(), idx, ishape, dim)?, ishape))
+    }
+
+    fn gather_backward(
+        &self,
+        g: &Tensor,
+        shape: &[usize],
+        dim: usize,
+        idx: &[usize],
+        ishape: &[usize],
+    ) -> Result<Tensor> {
+        let r = Reads::new(&[g]);
+        let v = crate::float_map!(r.floats(0)?, g => gather_backward(&g, shape, idx, ishape, dim));
+        Ok(out(v, g.dtype(), shape))
+    }
+
+    fn scatter_add(&self, x: &Tensor, dim: usize, idx: &[usize], src: &Tensor, ishape: &[usize]) -> Result<Tensor> {
+        let r = Reads::new(&[x, src]);
+        let v = crate::float_zip!(
+            "scatter_add",
+            (r.floats(0)?, r.floats(1)?),
+            (a, s) => scatter_add(&a, x.shape(), &s, idx, ishape, dim)
+        )?;
+        Ok(out(v, x.dtype(), x.shape()))
+    }
+
+    fn masked_scatter(&self, x: &Tensor, source: &Tensor, rows: &[usize], w: usize) -> Result<Tensor> {
+        let r = Reads::new(&[x, source]);
+        Ok(out_storage(masked_scatter(r.get(0)?, r.get(1)?, x.dtype(), rows, w)?, x.shape()))
+    }
+
+    fn masked_scatter_backward(
+        &self,
+        g: &Tensor,
+        rows: &[usize],
+        w: usize,
+        (want_x, want_source): (bool, bool),
+    ) -> Result<backend::Grad2> {
+        let r = Reads::new(&[g]);
+        let (s, l) = r.get(0)?;
+        let dx = want_x.then(|| zero_rows(s, l, g.dtype(), rows, w).map(|d| out_storage(d, g.shape()))).transpose()?;
+        let ds = want_source
+            .then(|| take_rows(s, l, g.dtype(), rows, w).map(|d| out_storage(d, &[rows.len(), w])))
+            .transpose()?;
+        Ok((dx, ds))
+    }
+
+    fn where_cond(&self, mask: &[bool], a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let r = Reads::new(&[a, b]);
+        Ok(out_storage(where_cond(mask, r.get(0)?, r.get(1)?, a.dtype())?, a.shape()))
+    }
+
+    fn where_backward(&self, mask: &[bool], g: &Tensor, branch: bool) -> Result<Tensor> {
+        let r = Reads::new(&[g]);
+        let (s, l) = r.get(0)?;
+        Ok(out_storage(where_backward(mask, s, l, g.dtype(), branch)?, g.shape()))
+    }
+}
 
 /// A tensor's elements as a contiguous `[T]`, borrowed when the layout is already contiguous.
 fn elems<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<Cow<'a, [T]>> {
@@ -54,12 +140,7 @@ macro_rules! by_dtype {
 
 /// Concatenate along a dim: part `i` contributes `widths[i]` (= its dim size × inner) contiguous
 /// elements to each of the `outer` output rows.
-pub(crate) fn cat(
-    parts: &[(&CpuStorage, &Layout)],
-    dtype: DType,
-    outer: usize,
-    widths: &[usize],
-) -> Result<CpuStorage> {
+fn cat(parts: &[(&CpuStorage, &Layout)], dtype: DType, outer: usize, widths: &[usize]) -> Result<CpuStorage> {
     fn go<T: WithDType>(parts: &[Cow<'_, [T]>], outer: usize, widths: &[usize]) -> Vec<T> {
         let total: usize = widths.iter().sum();
         let mut out = Vec::with_capacity(outer * total);
@@ -77,7 +158,7 @@ pub(crate) fn cat(
 }
 
 /// `out[o, j, :] = x[o, idx[j], :]` for `x: [outer, d, inner]`, `out: [outer, idx.len(), inner]`.
-pub(crate) fn index_select(
+fn index_select(
     s: &CpuStorage,
     l: &Layout,
     dtype: DType,
@@ -98,7 +179,7 @@ pub(crate) fn index_select(
 
 /// Backward of index_select: `out[o, idx[j], :] += g[o, j, :]` into zeros of `[outer, d, inner]`
 /// (repeated indices accumulate).
-pub(crate) fn index_add<T: Float>(g: &[T], (outer, d, inner): (usize, usize, usize), idx: &[usize]) -> Vec<T> {
+fn index_add<T: Float>(g: &[T], (outer, d, inner): (usize, usize, usize), idx: &[usize]) -> Vec<T> {
     let n = idx.len();
     let mut out = vec![T::ZERO; outer * d * inner];
     super::par_rows(&mut out, d * inner, |o, block| {
@@ -123,14 +204,7 @@ fn index_bases(xshape: &[usize], ishape: &[usize], dim: usize) -> (Layout, usize
 }
 
 /// torch.gather: `out[p] = x[p with dim ← idx[p]]`, `out` of `ishape`.
-pub(crate) fn gather(
-    s: &CpuStorage,
-    l: &Layout,
-    dtype: DType,
-    idx: &[usize],
-    ishape: &[usize],
-    dim: usize,
-) -> Result<CpuStorage> {
+fn gather(s: &CpuStorage, l: &Layout, dtype: DType, idx: &[usize], ishape: &[usize], dim: usize) -> Result<CpuStorage> {
     fn go<T: WithDType>(x: &[T], xshape: &[usize], idx: &[usize], ishape: &[usize], dim: usize) -> Vec<T> {
         let (bases, stride) = index_bases(xshape, ishape, dim);
         bases.offsets().zip(idx).map(|(b, &k)| x[b + k * stride]).collect()
@@ -147,34 +221,21 @@ fn scatter_add_into<T: Float>(out: &mut [T], xshape: &[usize], src: &[T], idx: &
 }
 
 /// torch.scatter_add (out of place): a copy of `x` with `src` (of `ishape`) added at the indices.
-pub(crate) fn scatter_add<T: Float>(
-    x: &[T],
-    xshape: &[usize],
-    src: &[T],
-    idx: &[usize],
-    ishape: &[usize],
-    dim: usize,
-) -> Vec<T> {
+fn scatter_add<T: Float>(x: &[T], xshape: &[usize], src: &[T], idx: &[usize], ishape: &[usize], dim: usize) -> Vec<T> {
     let mut out = x.to_vec();
     scatter_add_into(&mut out, xshape, src, idx, ishape, dim);
     out
 }
 
 /// Backward of gather: `g` (of `ishape`) scattered-added into zeros of `xshape`.
-pub(crate) fn gather_backward<T: Float>(
-    g: &[T],
-    xshape: &[usize],
-    idx: &[usize],
-    ishape: &[usize],
-    dim: usize,
-) -> Vec<T> {
+fn gather_backward<T: Float>(g: &[T], xshape: &[usize], idx: &[usize], ishape: &[usize], dim: usize) -> Vec<T> {
     let mut out = vec![T::ZERO; xshape.iter().product()];
     scatter_add_into(&mut out, xshape, g, idx, ishape, dim);
     out
 }
 
 /// Rows `rows[m]` (of width `w`) of `x` replaced by row `m` of `src`.
-pub(crate) fn masked_scatter(
+fn masked_scatter(
     (xs, xl): (&CpuStorage, &Layout),
     (ss, sl): (&CpuStorage, &Layout),
     dtype: DType,
@@ -192,7 +253,7 @@ pub(crate) fn masked_scatter(
 }
 
 /// The rows `rows` (of width `w`) of `x`, stacked: `[rows.len(), w]`.
-pub(crate) fn take_rows(s: &CpuStorage, l: &Layout, dtype: DType, rows: &[usize], w: usize) -> Result<CpuStorage> {
+fn take_rows(s: &CpuStorage, l: &Layout, dtype: DType, rows: &[usize], w: usize) -> Result<CpuStorage> {
     fn go<T: WithDType>(x: &[T], rows: &[usize], w: usize) -> Vec<T> {
         let mut out = Vec::with_capacity(rows.len() * w);
         for &r in rows {
@@ -204,7 +265,7 @@ pub(crate) fn take_rows(s: &CpuStorage, l: &Layout, dtype: DType, rows: &[usize]
 }
 
 /// A copy of `x` with the rows `rows` (of width `w`) zeroed.
-pub(crate) fn zero_rows(s: &CpuStorage, l: &Layout, dtype: DType, rows: &[usize], w: usize) -> Result<CpuStorage> {
+fn zero_rows(s: &CpuStorage, l: &Layout, dtype: DType, rows: &[usize], w: usize) -> Result<CpuStorage> {
     fn go<T: WithDType>(x: &[T], rows: &[usize], w: usize) -> Vec<T> {
         let mut out = x.to_vec();
         for &r in rows {
@@ -216,7 +277,7 @@ pub(crate) fn zero_rows(s: &CpuStorage, l: &Layout, dtype: DType, rows: &[usize]
 }
 
 /// `out[i] = if mask[i] { a[i] } else { b[i] }` (all of one shape).
-pub(crate) fn where_cond(
+fn where_cond(
     mask: &[bool],
     (sa, la): (&CpuStorage, &Layout),
     (sb, lb): (&CpuStorage, &Layout),
@@ -229,13 +290,7 @@ pub(crate) fn where_cond(
 }
 
 /// Backward of where_cond for one branch: `g` where `mask == branch`, zero elsewhere.
-pub(crate) fn where_backward(
-    mask: &[bool],
-    s: &CpuStorage,
-    l: &Layout,
-    dtype: DType,
-    branch: bool,
-) -> Result<CpuStorage> {
+fn where_backward(mask: &[bool], s: &CpuStorage, l: &Layout, dtype: DType, branch: bool) -> Result<CpuStorage> {
     fn go<T: WithDType>(mask: &[bool], g: &[T], branch: bool) -> Vec<T> {
         let zero = T::from_f64(0.0);
         mask.iter().zip(g).map(|(&m, &v)| if m == branch { v } else { zero }).collect()

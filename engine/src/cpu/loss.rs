@@ -5,9 +5,118 @@
 //! Sums accumulate in f64 over fixed-size chunks added in order, so results do not depend on the
 //! number of threads.
 
+use super::{out, Cpu, FloatVec, Floats, Reads};
 use crate::dtype::Float;
-use crate::ops::loss::PairKind;
+use crate::kinds::{PairKind, Reduction};
+use crate::{backend, DType, Error, Result, Tensor};
 use rayon::prelude::*;
+
+impl backend::Loss for Cpu {
+    fn cross_entropy(
+        &self,
+        logits: &Tensor,
+        _targets: &Tensor,
+        t: &[i64],
+        ignore_index: i64,
+        reduction: Reduction,
+        scale: f64,
+    ) -> Result<(Tensor, Tensor)> {
+        let (n, c) = (t.len(), logits.shape()[1]);
+        let (dtype, compute) = (logits.dtype(), logits.dtype().compute());
+        let r = Reads::new(&[logits]);
+        let (losses, stats) = match r.floats(0)? {
+            Floats::F32(x) => {
+                let (a, b) = cross_entropy_forward(&x, t, c, ignore_index);
+                (FloatVec::F32(a), FloatVec::F32(b))
+            }
+            Floats::F64(x) => {
+                let (a, b) = cross_entropy_forward(&x, t, c, ignore_index);
+                (FloatVec::F64(a), FloatVec::F64(b))
+            }
+        };
+        let losses = match reduction {
+            Reduction::None => out(losses, dtype, &[n]),
+            Reduction::Sum | Reduction::Mean => {
+                let sum = match &losses {
+                    FloatVec::F32(v) => sum_f64(v),
+                    FloatVec::F64(v) => sum_f64(v),
+                };
+                let v = match compute {
+                    DType::F64 => FloatVec::F64(vec![sum * scale]),
+                    _ => FloatVec::F32(vec![(sum * scale) as f32]),
+                };
+                out(v, dtype, &[])
+            }
+        };
+        Ok((losses, out(stats, compute, &[n, 2])))
+    }
+
+    fn cross_entropy_backward(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        stats: &Tensor,
+        g: &Tensor,
+        ignore_index: i64,
+        scale: f64,
+    ) -> Result<Tensor> {
+        let t = targets.to_vec::<i64>()?;
+        let c = logits.shape()[1];
+        let r = Reads::new(&[logits, stats, g]);
+        let v = crate::float_zip!(
+            "cross_entropy",
+            (r.floats(0)?, r.floats(1)?, r.floats(2)?),
+            (x, s, g) => cross_entropy_backward(&x, &t, &s, &g, c, ignore_index, scale)
+        )?;
+        Ok(out(v, logits.dtype(), logits.shape()))
+    }
+
+    fn pair_loss(
+        &self,
+        kind: PairKind,
+        pred: &Tensor,
+        target: &Tensor,
+        reduction: Reduction,
+        scale: f64,
+    ) -> Result<Tensor> {
+        let r = Reads::new(&[pred, target]);
+        let (p, t) = (r.floats(0)?, r.floats(1)?);
+        let op = kind.name();
+        let (v, shape): (FloatVec, &[usize]) = match reduction {
+            Reduction::None => (crate::float_zip!(op, (p, t), (a, b) => pair_forward(kind, &a, &b))?, pred.shape()),
+            Reduction::Sum | Reduction::Mean => {
+                (crate::float_zip!(op, (p, t), (a, b) => pair_reduce(kind, &a, &b, scale))?, &[])
+            }
+        };
+        Ok(out(v, pred.dtype(), shape))
+    }
+
+    fn pair_loss_backward(
+        &self,
+        kind: PairKind,
+        pred: &Tensor,
+        target: &Tensor,
+        g: &Tensor,
+        scale: f64,
+        (want_p, want_t): (bool, bool),
+    ) -> Result<backend::Grad2> {
+        let r = Reads::new(&[pred, target, g]);
+        let (dp, dt) = match (r.floats(0)?, r.floats(1)?, r.floats(2)?) {
+            (Floats::F32(p), Floats::F32(t), Floats::F32(g)) => {
+                let (a, b) = pair_backward(kind, &p, &t, &g, scale, want_p, want_t);
+                (FloatVec::F32(a), FloatVec::F32(b))
+            }
+            (Floats::F64(p), Floats::F64(t), Floats::F64(g)) => {
+                let (a, b) = pair_backward(kind, &p, &t, &g, scale, want_p, want_t);
+                (FloatVec::F64(a), FloatVec::F64(b))
+            }
+            _ => return Err(Error::invalid(kind.name(), "operands computed in different precisions")),
+        };
+        let dp = want_p.then(|| out(dp, pred.dtype(), pred.shape()));
+        let dt = want_t.then(|| out(dt, target.dtype(), target.shape()));
+        Ok((dp, dt))
+    }
+}
 
 /// Below this many elements the kernels stay on one thread.
 const PAR_MIN: usize = 1 << 15;
@@ -20,7 +129,7 @@ const CHUNK: usize = 1 << 13;
 ///
 /// The loss is `(max − x_t) + log Σ exp(x − max)`, never `logsumexp − x_t`: with ±1e4 logits in
 /// f32 a rounded logsumexp would lose three decimal digits of small losses and of the softmax.
-pub(crate) fn cross_entropy_forward<T: Float>(x: &[T], t: &[i64], c: usize, ignore: i64) -> (Vec<T>, Vec<T>) {
+fn cross_entropy_forward<T: Float>(x: &[T], t: &[i64], c: usize, ignore: i64) -> (Vec<T>, Vec<T>) {
     let row = |i: usize| -> (T, [T; 2]) {
         if t[i] == ignore {
             return (T::ZERO, [T::ZERO; 2]);
@@ -39,7 +148,7 @@ pub(crate) fn cross_entropy_forward<T: Float>(x: &[T], t: &[i64], c: usize, igno
 /// `dx[i, j] = g_i · scale · (softmax(x_i)_j − [j = t_i])`, zero on ignored rows. `g` holds one
 /// value (a reduced loss) or one per row; the softmax is rebuilt from the saved row statistics
 /// `(max, 1 / Σ exp(x − max))`, so no buffer besides the output is needed.
-pub(crate) fn cross_entropy_backward<T: Float>(
+fn cross_entropy_backward<T: Float>(
     x: &[T],
     t: &[i64],
     stats: &[T],
@@ -66,7 +175,7 @@ pub(crate) fn cross_entropy_backward<T: Float>(
 }
 
 /// The sum of `v`, accumulated in f64.
-pub(crate) fn sum_f64<T: Float>(v: &[T]) -> f64 {
+fn sum_f64<T: Float>(v: &[T]) -> f64 {
     v.iter().map(|&x| x.to_f64()).sum()
 }
 
@@ -114,7 +223,7 @@ fn pair_grad<T: Float>(kind: PairKind, p: T, t: T) -> (T, T) {
 }
 
 /// Per-element losses.
-pub(crate) fn pair_forward<T: Float>(kind: PairKind, p: &[T], t: &[T]) -> Vec<T> {
+fn pair_forward<T: Float>(kind: PairKind, p: &[T], t: &[T]) -> Vec<T> {
     if p.len() >= PAR_MIN {
         (p, t).into_par_iter().map(|(&a, &b)| pair_loss(kind, a, b)).collect()
     } else {
@@ -123,7 +232,7 @@ pub(crate) fn pair_forward<T: Float>(kind: PairKind, p: &[T], t: &[T]) -> Vec<T>
 }
 
 /// `scale · Σ loss` as a one-element vector, without materialising the per-element losses.
-pub(crate) fn pair_reduce<T: Float>(kind: PairKind, p: &[T], t: &[T], scale: f64) -> Vec<T> {
+fn pair_reduce<T: Float>(kind: PairKind, p: &[T], t: &[T], scale: f64) -> Vec<T> {
     let chunk = |(a, b): (&[T], &[T])| -> f64 { a.iter().zip(b).map(|(&x, &y)| pair_loss(kind, x, y).to_f64()).sum() };
     let partial: Vec<f64> = if p.len() >= PAR_MIN {
         p.par_chunks(CHUNK).zip(t.par_chunks(CHUNK)).map(chunk).collect()
@@ -136,7 +245,7 @@ pub(crate) fn pair_reduce<T: Float>(kind: PairKind, p: &[T], t: &[T], scale: f64
 /// Gradients of both operands in one pass: `dp = g·scale·∂l/∂p`, `dt = g·scale·∂l/∂t`. `g` holds
 /// one value (a reduced loss) or one per element. An operand that is not wanted gets an empty
 /// vector.
-pub(crate) fn pair_backward<T: Float>(
+fn pair_backward<T: Float>(
     kind: PairKind,
     p: &[T],
     t: &[T],

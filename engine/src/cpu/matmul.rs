@@ -1,11 +1,20 @@
 //! CPU matmul on the `gemm` crate. f32 and f64 natively; bf16/f16 are converted to f32.
 
-use crate::{CpuStorage, DType, Layout, Result};
+use super::{out_storage, Cpu, Reads};
+use crate::{backend, CpuStorage, DType, Layout, Result, Tensor};
 use gemm::Parallelism;
+
+impl backend::Matmul for Cpu {
+    fn matmul(&self, a: &Tensor, la: &Layout, b: &Tensor, lb: &Layout, out_shape: &[usize]) -> Result<Tensor> {
+        let r = Reads::new(&[a, b]);
+        let data = matmul(r.get(0)?.0, la, r.get(1)?.0, lb, a.dtype())?;
+        Ok(out_storage(data, out_shape))
+    }
+}
 
 /// `la` and `lb` are the operands' layouts already broadcast to `[batch..., m, k]` and
 /// `[batch..., k, n]` (broadcast batch dims have stride 0).
-pub(crate) fn matmul(a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout, dtype: DType) -> Result<CpuStorage> {
+fn matmul(a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout, dtype: DType) -> Result<CpuStorage> {
     match (a, b) {
         (CpuStorage::F32(x), CpuStorage::F32(y)) => Ok(CpuStorage::F32(batched(x, la, y, lb))),
         (CpuStorage::F64(x), CpuStorage::F64(y)) => Ok(CpuStorage::F64(batched(x, la, y, lb))),

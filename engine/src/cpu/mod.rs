@@ -1,20 +1,67 @@
-//! The CPU backend: the reference implementation of every op, mirrored file for file with
-//! `ops/`. Kernels are generic over the two compute types (f32, f64); bf16 and f16 tensors are
-//! converted to f32 on the way in and back on the way out.
+//! The CPU backend: the reference implementation of every primitive of [`crate::backend`],
+//! mirrored file for file with `ops/` and `cuda/`. Kernels are generic over the two compute types
+//! (f32, f64); bf16 and f16 tensors are converted to f32 on the way in and back on the way out.
 
 pub(crate) mod activation;
 pub(crate) mod attention;
+pub(crate) mod binary;
 pub(crate) mod index;
 pub(crate) mod loss;
 pub(crate) mod matmul;
+pub(crate) mod memory;
 pub(crate) mod norm;
 pub(crate) mod optim;
 pub(crate) mod reduce;
 pub(crate) mod rope;
 pub(crate) mod unary;
+pub(crate) mod view;
 
-use crate::{CpuStorage, DType, Error, Layout, Result, WithDType};
+use crate::{CpuStorage, DType, Error, Layout, Result, Storage, Tensor, WithDType};
 use std::borrow::Cow;
+use std::sync::RwLockReadGuard;
+
+/// The CPU backend (see [`crate::backend`]); its primitives live in this folder's files.
+pub(crate) struct Cpu;
+
+/// Read guards over several tensors' CPU storages at once, so a primitive borrows all its inputs
+/// without nesting closures.
+pub(crate) struct Reads<'a> {
+    guards: Vec<(RwLockReadGuard<'a, Storage>, &'a Layout)>,
+}
+
+impl<'a> Reads<'a> {
+    pub(crate) fn new(ts: &[&'a Tensor]) -> Reads<'a> {
+        Reads { guards: ts.iter().map(|t| (t.read_storage(), t.layout())).collect() }
+    }
+
+    /// The `i`-th tensor's storage and layout (an error for a tensor not on the CPU).
+    pub(crate) fn get(&self, i: usize) -> Result<(&CpuStorage, &Layout)> {
+        let (g, l) = &self.guards[i];
+        match &**g {
+            Storage::Cpu(c) => Ok((c, l)),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => {
+                Err(Error::Cuda { op: "cpu kernel", msg: "a CPU primitive was given a tensor on a GPU".into() })
+            }
+        }
+    }
+
+    /// The `i`-th tensor's elements in compute precision.
+    pub(crate) fn floats(&self, i: usize) -> Result<Floats<'_>> {
+        let (s, l) = self.get(i)?;
+        Ok(floats(s, l))
+    }
+}
+
+/// A fresh graph-less CPU tensor holding `v` stored as `dtype`.
+pub(crate) fn out(v: FloatVec, dtype: DType, shape: &[usize]) -> Tensor {
+    Tensor::from_cpu(v.into_storage(dtype), shape, None)
+}
+
+/// A fresh graph-less CPU tensor over `s`.
+pub(crate) fn out_storage(s: CpuStorage, shape: &[usize]) -> Tensor {
+    Tensor::from_cpu(s, shape, None)
+}
 
 /// A tensor's elements in compute precision, contiguous, borrowed when no conversion is needed.
 pub(crate) enum Floats<'a> {

@@ -6,9 +6,10 @@
 //! parameter gradients summed per block of rows and the block partials added in a fixed order
 //! (deterministic whatever the thread count).
 
-use super::{par_rows, FloatVec, Floats};
+use super::{out, par_rows, rows_of, Cpu, FloatVec, Floats, Reads};
 use crate::dtype::Float;
-use crate::ops::norm::RmsNormKind;
+use crate::kinds::RmsNormKind;
+use crate::{backend, DType, Error, Result, Tensor};
 use rayon::prelude::*;
 
 /// Below this many elements rows run on the calling thread.
@@ -17,7 +18,7 @@ const PAR_MIN: usize = 1 << 15;
 const BLOCK_ELEMS: usize = 1 << 14;
 
 /// The compute types, with access to the matching variant of [`Floats`] / [`FloatVec`].
-pub(crate) trait Compute: Float {
+trait Compute: Float {
     fn slice<'a>(f: &'a Floats<'_>) -> Option<&'a [Self]>;
     fn wrap(v: Vec<Self>) -> FloatVec;
 }
@@ -108,7 +109,7 @@ fn rows_with_acc<T: Float>(
 // ----- softmax / log_softmax ----------------------------------------------------------------
 
 /// `y = exp(x − max) / Σ exp(x − max)` per row (`log`: `y = (x − max) − ln Σ exp(x − max)`).
-pub(crate) fn softmax_forward<T: Float>(x: &[T], width: usize, log: bool) -> Vec<T> {
+fn softmax_forward<T: Float>(x: &[T], width: usize, log: bool) -> Vec<T> {
     let mut y = vec![T::ZERO; x.len()];
     par_rows(&mut y, width, |r, yr| {
         let xr = &x[r * width..(r + 1) * width];
@@ -136,7 +137,7 @@ pub(crate) fn softmax_forward<T: Float>(x: &[T], width: usize, log: bool) -> Vec
 }
 
 /// Softmax: `dx = y·(g − Σ g·y)`; log_softmax: `dx = g − exp(y)·Σ g`. `y` is the forward output.
-pub(crate) fn softmax_backward<T: Float>(y: &[T], g: &[T], width: usize, log: bool) -> Vec<T> {
+fn softmax_backward<T: Float>(y: &[T], g: &[T], width: usize, log: bool) -> Vec<T> {
     let mut dx = vec![T::ZERO; y.len()];
     par_rows(&mut dx, width, |r, dr| {
         let yr = &y[r * width..(r + 1) * width];
@@ -169,13 +170,7 @@ fn scale_of<T: Float>(w: Option<&[T]>, j: usize, kind: RmsNormKind) -> T {
 }
 
 /// `y = x·rstd·w'` with `rstd = 1/sqrt(mean(x²) + eps)` per row; returns `(y, rstd)`.
-pub(crate) fn rms_norm_forward<T: Float>(
-    x: &[T],
-    w: Option<&[T]>,
-    width: usize,
-    eps: f64,
-    kind: RmsNormKind,
-) -> (Vec<T>, Vec<T>) {
+fn rms_norm_forward<T: Float>(x: &[T], w: Option<&[T]>, width: usize, eps: f64, kind: RmsNormKind) -> (Vec<T>, Vec<T>) {
     let mut y = vec![T::ZERO; x.len()];
     let inv_d = T::c(1.0 / width.max(1) as f64);
     let rstd = map_rows(&mut y, width, |r, yr| {
@@ -193,7 +188,7 @@ pub(crate) fn rms_norm_forward<T: Float>(
 /// Gradients of rms_norm: `dx = rstd·(g·w' − x̂·mean(g·w'·x̂))` (when `want_dx`) and
 /// `dw = Σ_rows g·x̂` (when `want_dw`; the same for both kinds since `d(1 + w)/dw = 1`).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn rms_norm_backward<T: Float>(
+fn rms_norm_backward<T: Float>(
     x: &[T],
     w: Option<&[T]>,
     rstd: &[T],
@@ -230,7 +225,7 @@ pub(crate) fn rms_norm_backward<T: Float>(
 // ----- layer_norm ----------------------------------------------------------------------------
 
 /// `y = (x − mean)·rstd·w + b` with the biased variance; returns `(y, mean, rstd)`.
-pub(crate) fn layer_norm_forward<T: Float>(
+fn layer_norm_forward<T: Float>(
     x: &[T],
     w: Option<&[T]>,
     b: Option<&[T]>,
@@ -264,7 +259,7 @@ pub(crate) fn layer_norm_forward<T: Float>(
 /// Gradients of layer_norm: `dx = rstd·(g·w − mean(g·w) − x̂·mean(g·w·x̂))` (when `want_dx`),
 /// `dw = Σ_rows g·x̂`, `db = Σ_rows g` (when `want_params`). Returns `(dx, dw, db)`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn layer_norm_backward<T: Float>(
+fn layer_norm_backward<T: Float>(
     x: &[T],
     w: Option<&[T]>,
     mean: &[T],
@@ -316,7 +311,7 @@ pub(crate) fn layer_norm_backward<T: Float>(
 // ----- l2_normalize --------------------------------------------------------------------------
 
 /// `y = x / max(‖x‖₂, eps)` per row; returns `(y, ‖x‖₂)`.
-pub(crate) fn l2_normalize_forward<T: Float>(x: &[T], width: usize, eps: f64) -> (Vec<T>, Vec<T>) {
+fn l2_normalize_forward<T: Float>(x: &[T], width: usize, eps: f64) -> (Vec<T>, Vec<T>) {
     let mut y = vec![T::ZERO; x.len()];
     let norms = map_rows(&mut y, width, |r, yr| {
         let xr = &x[r * width..(r + 1) * width];
@@ -334,7 +329,7 @@ pub(crate) fn l2_normalize_forward<T: Float>(x: &[T], width: usize, eps: f64) ->
 
 /// Gradient of l2_normalize: `dx = (g − y·Σ g·y) / ‖x‖` where `‖x‖ ≥ eps`, and `dx = g / eps` in
 /// the clamped region (the norm is then a constant), matching torch's `clamp_min`.
-pub(crate) fn l2_normalize_backward<T: Float>(y: &[T], norms: &[T], g: &[T], width: usize, eps: f64) -> Vec<T> {
+fn l2_normalize_backward<T: Float>(y: &[T], norms: &[T], g: &[T], width: usize, eps: f64) -> Vec<T> {
     let mut dx = vec![T::ZERO; y.len()];
     let eps = T::c(eps);
     par_rows(&mut dx, width, |r, dr| {
@@ -355,4 +350,229 @@ pub(crate) fn l2_normalize_backward<T: Float>(y: &[T], norms: &[T], g: &[T], wid
         }
     });
     dx
+}
+
+// ----- the backend primitives ---------------------------------------------------------------------
+
+fn mixed(op: &'static str) -> Error {
+    Error::invalid(op, "operands computed in different precisions")
+}
+
+fn slice_of<'a, T: Compute>(op: &'static str, f: &'a Floats<'_>) -> Result<&'a [T]> {
+    T::slice(f).ok_or_else(|| mixed(op))
+}
+
+fn opt_slice<'a, T: Compute>(op: &'static str, f: Option<&'a Floats<'_>>) -> Result<Option<&'a [T]>> {
+    f.map(|f| slice_of(op, f)).transpose()
+}
+
+/// Per-row statistics as a `[rows]` tensor in their compute precision.
+fn stats(v: FloatVec, rows: usize) -> Tensor {
+    let dtype = match v {
+        FloatVec::F32(_) => DType::F32,
+        FloatVec::F64(_) => DType::F64,
+    };
+    out(v, dtype, &[rows])
+}
+
+/// The tensors of `ts` that are present, and where each optional one landed.
+fn present<'a>(ts: &[Option<&'a Tensor>]) -> (Vec<&'a Tensor>, Vec<Option<usize>>) {
+    let mut list = Vec::new();
+    let at = ts
+        .iter()
+        .map(|t| {
+            t.map(|t| {
+                list.push(t);
+                list.len() - 1
+            })
+        })
+        .collect();
+    (list, at)
+}
+
+impl backend::Norm for Cpu {
+    fn softmax(&self, x: &Tensor, log: bool) -> Result<Tensor> {
+        let (_, width) = rows_of(x.shape());
+        let r = Reads::new(&[x]);
+        let v = crate::float_map!(r.floats(0)?, v => softmax_forward(&v, width, log));
+        Ok(out(v, x.dtype(), x.shape()))
+    }
+
+    fn softmax_backward(&self, y: &Tensor, g: &Tensor, log: bool) -> Result<Tensor> {
+        let (_, width) = rows_of(y.shape());
+        let r = Reads::new(&[y, g]);
+        let v =
+            crate::float_zip!("softmax", (r.floats(0)?, r.floats(1)?), (y, g) => softmax_backward(&y, &g, width, log))?;
+        Ok(out(v, y.dtype(), y.shape()))
+    }
+
+    fn rms_norm(&self, x: &Tensor, w: Option<&Tensor>, eps: f64, kind: RmsNormKind) -> Result<(Tensor, Tensor)> {
+        const OP: &str = "rms_norm";
+        let (rows, width) = rows_of(x.shape());
+        let (ts, at) = present(&[Some(x), w]);
+        let r = Reads::new(&ts);
+        let wf = at[1].map(|i| r.floats(i)).transpose()?;
+        fn go<T: Compute>(
+            x: &[T],
+            w: Option<&Floats>,
+            width: usize,
+            eps: f64,
+            kind: RmsNormKind,
+        ) -> Result<(FloatVec, FloatVec)> {
+            let (y, rstd) = rms_norm_forward(x, opt_slice(OP, w)?, width, eps, kind);
+            Ok((T::wrap(y), T::wrap(rstd)))
+        }
+        let (y, rstd) = match r.floats(0)? {
+            Floats::F32(v) => go(&v, wf.as_ref(), width, eps, kind)?,
+            Floats::F64(v) => go(&v, wf.as_ref(), width, eps, kind)?,
+        };
+        Ok((out(y, x.dtype(), x.shape()), stats(rstd, rows)))
+    }
+
+    fn rms_norm_backward(
+        &self,
+        x: &Tensor,
+        w: Option<&Tensor>,
+        rstd: &Tensor,
+        g: &Tensor,
+        kind: RmsNormKind,
+        want_dx: bool,
+        want_dw: bool,
+    ) -> Result<backend::Grad2> {
+        const OP: &str = "rms_norm";
+        let (_, width) = rows_of(x.shape());
+        let (ts, at) = present(&[Some(x), Some(g), Some(rstd), w]);
+        let r = Reads::new(&ts);
+        let (rs, wf) = (r.floats(2)?, at[3].map(|i| r.floats(i)).transpose()?);
+        #[allow(clippy::too_many_arguments)]
+        fn go<T: Compute>(
+            x: &[T],
+            g: &[T],
+            w: Option<&Floats>,
+            rs: &Floats,
+            width: usize,
+            kind: RmsNormKind,
+            want_dx: bool,
+            want_dw: bool,
+        ) -> Result<(FloatVec, FloatVec)> {
+            let (dx, dw) = rms_norm_backward(x, opt_slice(OP, w)?, slice_of(OP, rs)?, g, width, kind, want_dx, want_dw);
+            Ok((T::wrap(dx), T::wrap(dw)))
+        }
+        let (dx, dw) = match (r.floats(0)?, r.floats(1)?) {
+            (Floats::F32(x), Floats::F32(g)) => go(&x, &g, wf.as_ref(), &rs, width, kind, want_dx, want_dw)?,
+            (Floats::F64(x), Floats::F64(g)) => go(&x, &g, wf.as_ref(), &rs, width, kind, want_dx, want_dw)?,
+            _ => return Err(mixed(OP)),
+        };
+        let dx = want_dx.then(|| out(dx, x.dtype(), x.shape()));
+        let dw = w.filter(|_| want_dw).map(|w| out(dw, w.dtype(), w.shape()));
+        Ok((dx, dw))
+    }
+
+    fn layer_norm(
+        &self,
+        x: &Tensor,
+        w: Option<&Tensor>,
+        b: Option<&Tensor>,
+        eps: f64,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        const OP: &str = "layer_norm";
+        let (rows, width) = rows_of(x.shape());
+        let (ts, at) = present(&[Some(x), w, b]);
+        let r = Reads::new(&ts);
+        let wf = at[1].map(|i| r.floats(i)).transpose()?;
+        let bf = at[2].map(|i| r.floats(i)).transpose()?;
+        fn go<T: Compute>(
+            x: &[T],
+            w: Option<&Floats>,
+            b: Option<&Floats>,
+            width: usize,
+            eps: f64,
+        ) -> Result<(FloatVec, FloatVec, FloatVec)> {
+            let (y, mean, rstd) = layer_norm_forward(x, opt_slice(OP, w)?, opt_slice(OP, b)?, width, eps);
+            Ok((T::wrap(y), T::wrap(mean), T::wrap(rstd)))
+        }
+        let (y, mean, rstd) = match r.floats(0)? {
+            Floats::F32(v) => go(&v, wf.as_ref(), bf.as_ref(), width, eps)?,
+            Floats::F64(v) => go(&v, wf.as_ref(), bf.as_ref(), width, eps)?,
+        };
+        Ok((out(y, x.dtype(), x.shape()), stats(mean, rows), stats(rstd, rows)))
+    }
+
+    fn layer_norm_backward(
+        &self,
+        x: &Tensor,
+        w: Option<&Tensor>,
+        b: Option<&Tensor>,
+        mean: &Tensor,
+        rstd: &Tensor,
+        g: &Tensor,
+        want_dx: bool,
+        want_params: bool,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        const OP: &str = "layer_norm";
+        let (_, width) = rows_of(x.shape());
+        let (ts, at) = present(&[Some(x), Some(g), Some(mean), Some(rstd), w]);
+        let r = Reads::new(&ts);
+        let (mu, rs) = (r.floats(2)?, r.floats(3)?);
+        let wf = at[4].map(|i| r.floats(i)).transpose()?;
+        #[allow(clippy::too_many_arguments)]
+        fn go<T: Compute>(
+            x: &[T],
+            g: &[T],
+            w: Option<&Floats>,
+            mu: &Floats,
+            rs: &Floats,
+            width: usize,
+            want_dx: bool,
+            want_params: bool,
+        ) -> Result<(FloatVec, FloatVec, FloatVec)> {
+            let (dx, dw, db) = layer_norm_backward(
+                x,
+                opt_slice(OP, w)?,
+                slice_of(OP, mu)?,
+                slice_of(OP, rs)?,
+                g,
+                width,
+                want_dx,
+                want_params,
+            );
+            Ok((T::wrap(dx), T::wrap(dw), T::wrap(db)))
+        }
+        let (dx, dw, db) = match (r.floats(0)?, r.floats(1)?) {
+            (Floats::F32(x), Floats::F32(g)) => go(&x, &g, wf.as_ref(), &mu, &rs, width, want_dx, want_params)?,
+            (Floats::F64(x), Floats::F64(g)) => go(&x, &g, wf.as_ref(), &mu, &rs, width, want_dx, want_params)?,
+            _ => return Err(mixed(OP)),
+        };
+        let dx = want_dx.then(|| out(dx, x.dtype(), x.shape()));
+        let dw = w.filter(|_| want_params).map(|w| out(dw, w.dtype(), w.shape()));
+        let db = b.filter(|_| want_params).map(|b| out(db, b.dtype(), b.shape()));
+        Ok((dx, dw, db))
+    }
+
+    fn l2_normalize(&self, x: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+        let (rows, width) = rows_of(x.shape());
+        let r = Reads::new(&[x]);
+        let (y, n) = match r.floats(0)? {
+            Floats::F32(x) => {
+                let (y, n) = l2_normalize_forward(&x, width, eps);
+                (FloatVec::F32(y), FloatVec::F32(n))
+            }
+            Floats::F64(x) => {
+                let (y, n) = l2_normalize_forward(&x, width, eps);
+                (FloatVec::F64(y), FloatVec::F64(n))
+            }
+        };
+        Ok((out(y, x.dtype(), x.shape()), stats(n, rows)))
+    }
+
+    fn l2_normalize_backward(&self, y: &Tensor, norm: &Tensor, g: &Tensor, eps: f64) -> Result<Tensor> {
+        let (_, width) = rows_of(y.shape());
+        let r = Reads::new(&[y, norm, g]);
+        let v = crate::float_zip!(
+            "l2_normalize",
+            (r.floats(0)?, r.floats(1)?, r.floats(2)?),
+            (y, n, g) => l2_normalize_backward(&y, &n, &g, width, eps)
+        )?;
+        Ok(out(v, y.dtype(), y.shape()))
+    }
 }

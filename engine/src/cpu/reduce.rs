@@ -1,9 +1,71 @@
 //! CPU kernels for reductions.
 
+use super::{out, out_storage, Cpu, FloatVec, Floats, Reads};
 use crate::dtype::Float;
+use crate::{backend, CpuStorage, Result, Tensor};
+
+impl backend::Reduce for Cpu {
+    fn sum_dims(&self, x: &Tensor, dims: &[usize], out_shape: &[usize]) -> Result<Tensor> {
+        // Reduce one dim at a time on contiguous data.
+        let mut shape = x.shape().to_vec();
+        let r = Reads::new(&[x]);
+        let v = crate::float_map!(r.floats(0)?, v => {
+            let mut cur = v.into_owned();
+            for &d in dims {
+                cur = sum_dim(&cur, &shape, d);
+                shape[d] = 1;
+            }
+            cur
+        });
+        Ok(out(v, x.dtype(), out_shape))
+    }
+
+    fn scale(&self, x: &Tensor, s: f64) -> Result<Tensor> {
+        let r = Reads::new(&[x]);
+        let v = crate::float_map!(r.floats(0)?, v => scale(&v, s));
+        Ok(out(v, x.dtype(), x.shape()))
+    }
+
+    fn select(&self, x: &Tensor, dim: usize, is_max: bool) -> Result<(Tensor, Tensor)> {
+        let mut out_shape = x.shape().to_vec();
+        out_shape[dim] = 1;
+        let r = Reads::new(&[x]);
+        let (vals, idx) = match r.floats(0)? {
+            Floats::F32(v) => {
+                let (vals, i) = select_dim(&v, x.shape(), dim, is_max);
+                (FloatVec::F32(vals), i)
+            }
+            Floats::F64(v) => {
+                let (vals, i) = select_dim(&v, x.shape(), dim, is_max);
+                (FloatVec::F64(vals), i)
+            }
+        };
+        Ok((out(vals, x.dtype(), &out_shape), out_storage(CpuStorage::I64(idx), &out_shape)))
+    }
+
+    fn select_backward(
+        &self,
+        g: &Tensor,
+        indices: &Tensor,
+        shape: &[usize],
+        dim: usize,
+        _is_max: bool,
+    ) -> Result<Tensor> {
+        let indices = indices.to_vec::<i64>()?;
+        let r = Reads::new(&[g]);
+        let v = crate::float_map!(r.floats(0)?, v => select_backward(&v, &indices, shape, dim));
+        Ok(out(v, g.dtype(), shape))
+    }
+
+    fn norm_l2(&self, x: &Tensor) -> Result<Tensor> {
+        let r = Reads::new(&[x]);
+        let v = crate::float_map!(r.floats(0)?, v => vec![norm_l2(&v)]);
+        Ok(out(v, x.dtype(), &[]))
+    }
+}
 
 /// Sum over `dim` of a contiguous tensor of `shape`.
-pub(crate) fn sum_dim<T: Float>(x: &[T], shape: &[usize], dim: usize) -> Vec<T> {
+fn sum_dim<T: Float>(x: &[T], shape: &[usize], dim: usize) -> Vec<T> {
     let (outer, d, inner) = super::split_at_dim(shape, dim);
     let mut out = vec![T::ZERO; outer * inner];
     for o in 0..outer {
@@ -18,13 +80,13 @@ pub(crate) fn sum_dim<T: Float>(x: &[T], shape: &[usize], dim: usize) -> Vec<T> 
     out
 }
 
-pub(crate) fn scale<T: Float>(x: &[T], s: f64) -> Vec<T> {
+fn scale<T: Float>(x: &[T], s: f64) -> Vec<T> {
     let s = T::c(s);
     x.iter().map(|&v| v * s).collect()
 }
 
 /// Max (or min) over `dim` with the index of the first extreme element.
-pub(crate) fn select_dim<T: Float>(x: &[T], shape: &[usize], dim: usize, is_max: bool) -> (Vec<T>, Vec<i64>) {
+fn select_dim<T: Float>(x: &[T], shape: &[usize], dim: usize, is_max: bool) -> (Vec<T>, Vec<i64>) {
     let (outer, d, inner) = super::split_at_dim(shape, dim);
     let mut vals = Vec::with_capacity(outer * inner);
     let mut idx = Vec::with_capacity(outer * inner);
@@ -48,7 +110,7 @@ pub(crate) fn select_dim<T: Float>(x: &[T], shape: &[usize], dim: usize, is_max:
     (vals, idx)
 }
 
-pub(crate) fn select_backward<T: Float>(g: &[T], idx: &[i64], shape: &[usize], dim: usize) -> Vec<T> {
+fn select_backward<T: Float>(g: &[T], idx: &[i64], shape: &[usize], dim: usize) -> Vec<T> {
     let (outer, d, inner) = super::split_at_dim(shape, dim);
     let mut out = vec![T::ZERO; outer * d * inner];
     for o in 0..outer {
@@ -60,7 +122,7 @@ pub(crate) fn select_backward<T: Float>(g: &[T], idx: &[i64], shape: &[usize], d
     out
 }
 
-pub(crate) fn norm_l2<T: Float>(x: &[T]) -> T {
+fn norm_l2<T: Float>(x: &[T]) -> T {
     // Accumulate in f64 for accuracy on long vectors.
     x.iter().map(|&v| v.to_f64() * v.to_f64()).sum::<f64>().sqrt().pipe(T::c)
 }

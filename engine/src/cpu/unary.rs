@@ -1,7 +1,9 @@
 //! CPU kernels for elementwise unary ops and their derivatives.
 
+use super::{out, Cpu, Reads};
 use crate::dtype::Float;
-use crate::ops::unary::UnaryKind;
+use crate::kinds::UnaryKind;
+use crate::{backend, Result, Tensor};
 use rayon::prelude::*;
 
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
@@ -38,6 +40,7 @@ fn f<T: Float>(kind: UnaryKind, x: T) -> T {
             T::c(0.5) * x * (T::ONE + u.tanh())
         }
         UnaryKind::QuickGelu => x * sigmoid(T::c(1.702) * x),
+        UnaryKind::Softplus => x.max(T::ZERO) + (-x.abs()).exp().ln_1p(),
     }
 }
 
@@ -100,6 +103,7 @@ fn df<T: Float>(kind: UnaryKind, x: T, y: T) -> T {
             let s = sigmoid(T::c(1.702) * x);
             s + T::c(1.702) * x * s * (T::ONE - s)
         }
+        UnaryKind::Softplus => sigmoid(x),
     }
 }
 
@@ -118,5 +122,19 @@ pub(crate) fn backward<T: Float>(kind: UnaryKind, x: &[T], y: &[T], g: &[T]) -> 
         (x, y, g).into_par_iter().map(|(&x, &y, &g)| g * df(kind, x, y)).collect()
     } else {
         x.iter().zip(y).zip(g).map(|((&x, &y), &g)| g * df(kind, x, y)).collect()
+    }
+}
+
+impl backend::Unary for Cpu {
+    fn unary(&self, x: &Tensor, kind: UnaryKind) -> Result<Tensor> {
+        let r = Reads::new(&[x]);
+        let v = crate::float_map!(r.floats(0)?, v => forward(kind, &v));
+        Ok(out(v, x.dtype(), x.shape()))
+    }
+
+    fn unary_backward(&self, kind: UnaryKind, x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Tensor> {
+        let r = Reads::new(&[x, y, g]);
+        let v = crate::float_zip!(kind.name(), (r.floats(0)?, r.floats(1)?, r.floats(2)?), (a, b, c) => backward(kind, &a, &b, &c))?;
+        Ok(out(v, x.dtype(), x.shape()))
     }
 }

@@ -1,8 +1,8 @@
 //! CUDA launchers of `activation.cu`: swiglu and geglu on a merged gate|up input.
 
-use super::{contig, dev_of, ew_grid, fast_kernels, float_name, launch, ptr, CudaStorage};
-use crate::ops::activation::GateKind;
-use crate::{DType, Result, Tensor};
+use super::{contig, dev_of, ew_grid, fast_kernels, float_name, launch, ptr, tensor, Cuda, CudaStorage};
+use crate::kinds::GateKind;
+use crate::{backend, DType, Result, Tensor};
 use vlm4vla_kernels::params::{GateParams, EW_THREADS};
 
 /// (symbol, grid) of the 16-byte kernel when it takes the call: bf16, F a multiple of 8,
@@ -58,4 +58,18 @@ pub(crate) fn backward(x: &Tensor, g: &Tensor, kind: GateKind, f: usize) -> Resu
     // kernel only with 16-byte aligned pointers and F a multiple of 8.
     unsafe { launch!(dev, op, "activation", symbol, grid, EW_THREADS, p, [px, pg, pd]) }?;
     Ok(dx)
+}
+
+impl backend::Activation for Cuda {
+    fn gate(&self, x: &Tensor, kind: GateKind, f: usize) -> Result<Tensor> {
+        let mut shape = x.shape().to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = f;
+        }
+        Ok(tensor(forward(x, kind, f)?, &shape))
+    }
+
+    fn gate_backward(&self, x: &Tensor, g: &Tensor, kind: GateKind, f: usize) -> Result<Tensor> {
+        Ok(tensor(backward(x, g, kind, f)?, x.shape()))
+    }
 }

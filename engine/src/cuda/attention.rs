@@ -5,12 +5,15 @@
 //! multiple of 8 up to 256, equal for q/k and v, 16-byte aligned rows) run those instead, with
 //! the same semantics; f32 and every other shape run the simple kernels.
 
-use super::{contig, dev_of, fast_kernels, float_name, launch, launch_geom, ptr, tensor, CudaDevice, CudaStorage};
-use crate::ops::attention::{AttentionMask, AttnDims};
+use super::{
+    contig, dev_of, fast_kernels, float_name, launch, launch_geom, ptr, tensor, Cuda, CudaDevice, CudaStorage,
+};
+use crate::backend::{self, BackendState};
+use crate::kinds::{AttentionMask, AttnDims, KeyMask};
 use crate::{DType, Error, Result, Tensor};
 use std::sync::Arc;
 use vlm4vla_kernels::launch::{self as geom, FlashShape, Launch};
-use vlm4vla_kernels::params::{code, AttnParams, Strides, ATT_MAX_D, ATT_WARPS, MASK_KINDS};
+use vlm4vla_kernels::params::{AttnParams, Strides, ATT_MAX_D, ATT_WARPS};
 
 /// The flash kernels' shape when they take this call (bf16, supported head dim, aligned strides
 /// and pointers), else None.
@@ -40,12 +43,10 @@ pub(crate) struct MaskData {
 
 pub(crate) fn mask_data(dev: &Arc<CudaDevice>, mask: &AttentionMask, padding: Option<&[bool]>) -> Result<MaskData> {
     let op = "attention";
-    let kind = |name: &str| code(MASK_KINDS, name).unwrap_or(0);
-    let (kind, table) = match mask {
-        AttentionMask::Full => (kind("full"), None),
-        AttentionMask::Causal => (kind("causal"), None),
-        AttentionMask::PrefixLm(p) => (kind("prefix"), Some(p)),
-        AttentionMask::Segments(cu) => (kind("segments"), Some(cu)),
+    let kind = mask.code();
+    let table = match mask {
+        AttentionMask::Full | AttentionMask::Causal => None,
+        AttentionMask::PrefixLm(t) | AttentionMask::Segments(t) => Some(t),
     };
     let n_segments = match mask {
         AttentionMask::Segments(cu) => cu.len().saturating_sub(1) as i32,
@@ -240,4 +241,42 @@ pub(crate) fn backward(
         )
     }?;
     Ok((dq, dk, dv))
+}
+
+impl backend::Attention for Cuda {
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &AttentionMask,
+        keys: &KeyMask,
+        dims: &AttnDims,
+        scale: f64,
+    ) -> Result<(Tensor, Tensor, Option<BackendState>)> {
+        let m = mask_data(&dev_of("attention", q)?, mask, keys.padding.as_deref())?;
+        let (out, lse) = forward(q, k, v, &m, dims, scale)?;
+        let state: BackendState = Arc::new(m);
+        Ok((tensor(out, &[dims.b, dims.lq, dims.hq, dims.dv]), lse, Some(state)))
+    }
+
+    fn attention_backward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        out: &Tensor,
+        g: &Tensor,
+        lse: &Tensor,
+        _keys: &KeyMask,
+        state: Option<&BackendState>,
+        dims: &AttnDims,
+        scale: f64,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let m = state
+            .and_then(|s| s.downcast_ref::<MaskData>())
+            .ok_or_else(|| Error::invalid("attention", "the backward lost its forward's mask tables"))?;
+        let (dq, dk, dv) = backward(q, k, v, out, g, lse, m, dims, scale)?;
+        Ok((tensor(dq, q.shape()), tensor(dk, k.shape()), tensor(dv, v.shape())))
+    }
 }

@@ -3,9 +3,7 @@
 //! that time or check one primitive alone. Not part of the modelling API.
 
 use super::{attention as att, dev_of, drv, norm, ptr, tensor, CudaStorage};
-use crate::ops::activation::GateKind;
-use crate::ops::attention::AttnDims;
-use crate::ops::loss::PairKind;
+use crate::kinds::{AttnDims, GateKind, PairKind};
 use crate::{AttentionMask, DType, Error, Result, RmsNormKind, Tensor};
 use cudarc::driver::result as cu;
 use vlm4vla_kernels::params::{OptimParams, EW_THREADS, OPTIM_CHUNK};

@@ -1,9 +1,9 @@
 //! CUDA launchers of `binary.cu`: a contiguous fast path (16-byte vector loads inside the kernel)
 //! and a strided fallback taking dims and strides by value, for broadcast and transposed views.
 
-use super::{dev_of, float_name, ptr, strided_params, CudaStorage};
-use crate::ops::binary::BinaryKind;
-use crate::{Result, Tensor};
+use super::{dev_of, float_name, ptr, strided_params, tensor, Cuda, CudaStorage};
+use crate::kinds::{BinaryKind, CmpKind};
+use crate::{backend, Result, Tensor};
 use std::ffi::c_void;
 use vlm4vla_kernels::params::BinaryParams;
 
@@ -17,7 +17,7 @@ pub(crate) fn forward(a: &Tensor, b: &Tensor, kind: BinaryKind) -> Result<CudaSt
     let contiguous = a.is_contiguous() && b.is_contiguous();
     let mut p = BinaryParams {
         n: n as i64,
-        op: kind as i32,
+        op: kind.code(),
         rank: s.rank,
         dims: s.dims,
         a_strides: s.a_strides,
@@ -38,4 +38,14 @@ pub(crate) fn forward(a: &Tensor, b: &Tensor, kind: BinaryKind) -> Result<CudaSt
     // offsets), out holds n elements; the contiguous kernel is used only for contiguous views.
     unsafe { dev.launch_ew(op, "binary", &symbol, n, &mut args) }?;
     Ok(out)
+}
+
+impl backend::Binary for Cuda {
+    fn binary(&self, a: &Tensor, b: &Tensor, kind: BinaryKind) -> Result<Tensor> {
+        Ok(tensor(forward(a, b, kind)?, a.shape()))
+    }
+
+    fn cmp(&self, a: &Tensor, b: &Tensor, kind: CmpKind) -> Result<Tensor> {
+        Ok(tensor(super::view::cmp(a, b, kind)?, a.shape()))
+    }
 }

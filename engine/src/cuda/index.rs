@@ -2,8 +2,9 @@
 //! backward, for f32 and bf16 (indices are validated on the host by the ops and uploaded as i64).
 //! Scatter-style backwards accumulate with atomics into zeroed buffers.
 
-use super::{contig, dev_of, ew_grid, float_name, launch, ptr, tensor, view, CudaDevice, CudaStorage};
-use crate::{DType, Layout, Result, Tensor};
+use super::{contig, dev_of, ew_grid, float_name, launch, ptr, tensor, view, Cuda, CudaDevice, CudaStorage};
+use crate::backend;
+use crate::{DType, Device, Layout, Result, Tensor};
 use std::sync::Arc;
 use vlm4vla_kernels::params::{IndexParams, EW_THREADS};
 
@@ -172,11 +173,6 @@ pub(crate) fn scatter_add(
     Ok(out)
 }
 
-/// The scatter_add backward for `src`: `grad` gathered at the scatter targets (shape `ishape`).
-pub(crate) fn scatter_add_src_grad(grad: &Tensor, dim: usize, idx: &[usize], ishape: &[usize]) -> Result<CudaStorage> {
-    gather(grad, dim, idx, ishape)
-}
-
 /// Per-element mask (u8) and source position (i64) of masked_scatter over `n = rows_total * w`.
 fn row_tables(
     dev: &Arc<CudaDevice>,
@@ -258,4 +254,79 @@ pub(crate) fn masked_scatter_backward(
         )
     }?;
     Ok((ddst, dsrc))
+}
+
+/// Data movement the kernels do not instantiate (ids and masks): through the CPU primitive.
+fn via_cpu(ts: &[&Tensor], f: impl FnOnce(&[&Tensor]) -> Result<Tensor>) -> Result<Tensor> {
+    let device = ts[0].device();
+    let host = ts.iter().map(|t| t.to_device(Device::Cpu)).collect::<Result<Vec<_>>>()?;
+    let refs: Vec<&Tensor> = host.iter().collect();
+    f(&refs)?.to_device(device)
+}
+
+impl backend::Index for Cuda {
+    fn cat(&self, ts: &[&Tensor], dim: usize, shape: &[usize]) -> Result<Tensor> {
+        Ok(tensor(view::cat(ts, dim, shape)?, shape))
+    }
+
+    fn index_select(&self, x: &Tensor, dim: usize, idx: &[usize], shape: &[usize]) -> Result<Tensor> {
+        if !x.dtype().is_float() {
+            return via_cpu(&[x], |h| crate::cpu::Cpu.index_select(h[0], dim, idx, shape));
+        }
+        Ok(tensor(index_select(x, dim, idx)?, shape))
+    }
+
+    fn index_add(&self, g: &Tensor, shape: &[usize], dim: usize, idx: &[usize]) -> Result<Tensor> {
+        Ok(tensor(index_add(g, shape, dim, idx)?, shape))
+    }
+
+    fn gather(&self, x: &Tensor, dim: usize, idx: &[usize], ishape: &[usize]) -> Result<Tensor> {
+        if !x.dtype().is_float() {
+            return via_cpu(&[x], |h| crate::cpu::Cpu.gather(h[0], dim, idx, ishape));
+        }
+        Ok(tensor(gather(x, dim, idx, ishape)?, ishape))
+    }
+
+    fn gather_backward(
+        &self,
+        g: &Tensor,
+        shape: &[usize],
+        dim: usize,
+        idx: &[usize],
+        ishape: &[usize],
+    ) -> Result<Tensor> {
+        Ok(tensor(gather_backward(g, shape, dim, idx, ishape)?, shape))
+    }
+
+    fn scatter_add(&self, x: &Tensor, dim: usize, idx: &[usize], src: &Tensor, ishape: &[usize]) -> Result<Tensor> {
+        Ok(tensor(scatter_add(x, dim, idx, src, ishape)?, x.shape()))
+    }
+
+    fn masked_scatter(&self, x: &Tensor, source: &Tensor, rows: &[usize], w: usize) -> Result<Tensor> {
+        if !x.dtype().is_float() {
+            return via_cpu(&[x, source], |h| crate::cpu::Cpu.masked_scatter(h[0], h[1], rows, w));
+        }
+        Ok(tensor(masked_scatter(x, source, rows, w)?, x.shape()))
+    }
+
+    fn masked_scatter_backward(
+        &self,
+        g: &Tensor,
+        rows: &[usize],
+        w: usize,
+        want: (bool, bool),
+    ) -> Result<backend::Grad2> {
+        let (dx, ds) = masked_scatter_backward(g, rows, w, want)?;
+        Ok((dx.map(|d| tensor(d, g.shape())), ds.map(|d| tensor(d, &[rows.len(), w]))))
+    }
+
+    fn where_cond(&self, mask: &[bool], a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        Ok(tensor(view::where_cond(mask, a, b)?, a.shape()))
+    }
+
+    fn where_backward(&self, mask: &[bool], g: &Tensor, branch: bool) -> Result<Tensor> {
+        let zero = Tensor::zeros(&[], g.dtype(), g.device())?.broadcast_as(g.shape())?;
+        let (a, b) = if branch { (g, &zero) } else { (&zero, g) };
+        self.where_cond(mask, a, b)
+    }
 }

@@ -2,10 +2,10 @@
 //! losses (mse, huber, bce_with_logits), forward and backward. Reductions over the per-row or
 //! per-element losses run as engine sum ops on the device.
 
-use super::{contig, dev_of, ew_grid, float_name, launch, ptr, row_grid, tensor, CudaStorage};
-use crate::ops::loss::PairKind;
-use crate::{DType, Result, Tensor};
-use vlm4vla_kernels::params::{code, LossParams, EW_THREADS, PAIR_LOSSES, ROW_THREADS};
+use super::{contig, dev_of, ew_grid, float_name, launch, ptr, row_grid, tensor, Cuda, CudaStorage};
+use crate::kinds::{PairKind, Reduction};
+use crate::{backend, DType, Result, Tensor};
+use vlm4vla_kernels::params::{LossParams, EW_THREADS, ROW_THREADS};
 
 /// Per-row losses `[n]` (logits' dtype) and statistics `[n, 2]` (f32: row max, 1 / sum exp).
 pub(crate) fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore: i64) -> Result<(Tensor, Tensor)> {
@@ -68,13 +68,8 @@ pub(crate) fn cross_entropy_backward(
 }
 
 fn pair_params(kind: PairKind, n: usize) -> LossParams {
-    let name = match kind {
-        PairKind::Mse => "mse",
-        PairKind::Huber(_) => "huber",
-        PairKind::BceWithLogits => "bce",
-    };
     let delta = if let PairKind::Huber(d) = kind { d as f32 } else { 0.0 };
-    LossParams { n: n as i64, delta, op: code(PAIR_LOSSES, name).unwrap_or(-1), ..Default::default() }
+    LossParams { n: n as i64, delta, op: kind.code(), ..Default::default() }
 }
 
 /// Per-element losses, contiguous, shaped like `pred`.
@@ -140,4 +135,65 @@ pub(crate) fn pair_backward(
         )
     }?;
     Ok((dp.map(|d| tensor(d, x.shape())), dt.map(|d| tensor(d, x.shape()))))
+}
+
+/// `losses` reduced to a scalar in f32 on the device and rounded once to `dtype` (or as they are).
+fn reduce(losses: Tensor, reduction: Reduction, scale: f64, dtype: DType) -> Result<Tensor> {
+    let data = match reduction {
+        Reduction::None => losses,
+        Reduction::Sum | Reduction::Mean => {
+            crate::no_grad(|| losses.to_dtype(DType::F32)?.sum_all()?.scale(scale)?.to_dtype(dtype))?
+        }
+    };
+    Ok(tensor(super::view::convert("loss", &data, dtype)?, data.shape()))
+}
+
+impl backend::Loss for Cuda {
+    fn cross_entropy(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        _t: &[i64],
+        ignore_index: i64,
+        reduction: Reduction,
+        scale: f64,
+    ) -> Result<(Tensor, Tensor)> {
+        let (losses, stats) = cross_entropy(logits, targets, ignore_index)?;
+        Ok((reduce(losses, reduction, scale, logits.dtype())?, stats))
+    }
+
+    fn cross_entropy_backward(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        stats: &Tensor,
+        g: &Tensor,
+        ignore_index: i64,
+        scale: f64,
+    ) -> Result<Tensor> {
+        Ok(tensor(cross_entropy_backward(logits, targets, stats, g, ignore_index, scale)?, logits.shape()))
+    }
+
+    fn pair_loss(
+        &self,
+        kind: PairKind,
+        pred: &Tensor,
+        target: &Tensor,
+        reduction: Reduction,
+        scale: f64,
+    ) -> Result<Tensor> {
+        reduce(pair(kind, pred, target)?, reduction, scale, pred.dtype())
+    }
+
+    fn pair_loss_backward(
+        &self,
+        kind: PairKind,
+        pred: &Tensor,
+        target: &Tensor,
+        g: &Tensor,
+        scale: f64,
+        want: (bool, bool),
+    ) -> Result<backend::Grad2> {
+        pair_backward(kind, pred, target, g, scale, want)
+    }
 }

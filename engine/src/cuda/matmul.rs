@@ -8,7 +8,7 @@
 //! "A" is our B and its "B" is our A.
 
 use super::{dev_of, CudaDevice, CudaStorage};
-use crate::{DType, Error, Layout, Result, Tensor};
+use crate::{backend, DType, Error, Layout, Result, Tensor};
 use cudarc::cublaslt::{result as lt, sys};
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -296,4 +296,10 @@ pub(crate) fn matmul(a: &Tensor, la: &Layout, b: &Tensor, lb: &Layout, dtype: DT
         .map_err(lt_err(op, "cublasLtMatmul"))?;
     }
     Ok(out)
+}
+
+impl backend::Matmul for super::Cuda {
+    fn matmul(&self, a: &Tensor, la: &Layout, b: &Tensor, lb: &Layout, out_shape: &[usize]) -> Result<Tensor> {
+        Ok(super::tensor(matmul(a, la, b, lb, a.dtype())?, out_shape))
+    }
 }

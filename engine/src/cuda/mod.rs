@@ -18,6 +18,7 @@ pub(crate) mod binary;
 pub(crate) mod index;
 pub(crate) mod loss;
 pub(crate) mod matmul;
+pub(crate) mod memory;
 pub(crate) mod norm;
 pub(crate) mod optim;
 pub(crate) mod reduce;
@@ -26,6 +27,9 @@ pub(crate) mod unary;
 pub(crate) mod view;
 
 use crate::{CpuStorage, DType, Device, Error, Layout, Result, Storage, Tensor};
+
+/// The CUDA backend (see [`crate::backend`]); its primitives live in this folder's files.
+pub(crate) struct Cuda;
 use cudarc::driver::{result as cu, sys, CudaContext, CudaStream};
 use std::collections::HashMap;
 use std::ffi::c_void;

@@ -4,9 +4,9 @@
 //! rows whose width is a multiple of 8 with 16-byte aligned pointers run the vectorised
 //! `*_rows` / `*_wide` kernels (same semantics, same partials layout).
 
-use super::{contig, dev_of, fast_kernels, float_name, launch, opt_ptr, ptr, row_grid, tensor, CudaStorage};
-use crate::ops::norm::RmsNormKind;
-use crate::{DType, Error, Result, Tensor};
+use super::{contig, dev_of, fast_kernels, float_name, launch, opt_ptr, ptr, row_grid, tensor, Cuda, CudaStorage};
+use crate::kinds::RmsNormKind;
+use crate::{backend, DType, Error, Result, Tensor};
 use vlm4vla_kernels::launch::{norm_vec, NormLaunch};
 use vlm4vla_kernels::params::{NormParams, NORM_MAX_WIDTH, ROW_THREADS};
 use vlm4vla_kernels::Dtype;
@@ -103,10 +103,7 @@ pub(crate) fn softmax_backward(y: &Tensor, g: &Tensor, log: bool) -> Result<Cuda
 }
 
 fn rms_flag(kind: RmsNormKind) -> i32 {
-    match kind {
-        RmsNormKind::Plain => 0,
-        RmsNormKind::Gemma => 1,
-    }
+    kind.code()
 }
 
 /// (y, rstd f32 [rows]).
@@ -365,4 +362,66 @@ pub(crate) fn l2_normalize_backward(y: &Tensor, norm: &Tensor, g: &Tensor, eps: 
         )
     }?;
     Ok(dx)
+}
+
+impl backend::Norm for Cuda {
+    fn softmax(&self, x: &Tensor, log: bool) -> Result<Tensor> {
+        Ok(tensor(softmax(x, log)?, x.shape()))
+    }
+
+    fn softmax_backward(&self, y: &Tensor, g: &Tensor, log: bool) -> Result<Tensor> {
+        Ok(tensor(softmax_backward(y, g, log)?, y.shape()))
+    }
+
+    fn rms_norm(&self, x: &Tensor, w: Option<&Tensor>, eps: f64, kind: RmsNormKind) -> Result<(Tensor, Tensor)> {
+        let (y, rstd) = rms_norm(x, w, eps, kind)?;
+        Ok((tensor(y, x.shape()), rstd))
+    }
+
+    fn rms_norm_backward(
+        &self,
+        x: &Tensor,
+        w: Option<&Tensor>,
+        rstd: &Tensor,
+        g: &Tensor,
+        kind: RmsNormKind,
+        want_dx: bool,
+        want_dw: bool,
+    ) -> Result<backend::Grad2> {
+        rms_norm_backward(x, w, rstd, g, kind, want_dx, want_dw)
+    }
+
+    fn layer_norm(
+        &self,
+        x: &Tensor,
+        w: Option<&Tensor>,
+        b: Option<&Tensor>,
+        eps: f64,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (y, mean, rstd) = layer_norm(x, w, b, eps)?;
+        Ok((tensor(y, x.shape()), mean, rstd))
+    }
+
+    fn layer_norm_backward(
+        &self,
+        x: &Tensor,
+        w: Option<&Tensor>,
+        b: Option<&Tensor>,
+        mean: &Tensor,
+        rstd: &Tensor,
+        g: &Tensor,
+        want_dx: bool,
+        want_params: bool,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        layer_norm_backward(x, w, b, mean, rstd, g, want_dx, want_params)
+    }
+
+    fn l2_normalize(&self, x: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+        let (y, norm) = l2_normalize(x, eps)?;
+        Ok((tensor(y, x.shape()), norm))
+    }
+
+    fn l2_normalize_backward(&self, y: &Tensor, norm: &Tensor, g: &Tensor, eps: f64) -> Result<Tensor> {
+        Ok(tensor(l2_normalize_backward(y, norm, g, eps)?, y.shape()))
+    }
 }

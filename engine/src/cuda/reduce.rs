@@ -1,14 +1,11 @@
 //! CUDA launchers of `reduce.cu`: sums over runs of adjacent dims, max/min with their indices,
 //! and the max/min backward.
 
-use super::{contig, dev_of, float_name, ptr, CudaStorage};
-use crate::{DType, Result, Tensor};
+use super::{contig, dev_of, float_name, ptr, tensor, Cuda, CudaStorage};
+use crate::kinds::{ReduceKind, UnaryKind};
+use crate::{backend, DType, Result, Tensor};
 use std::ffi::c_void;
 use vlm4vla_kernels::params::{ReduceParams, EW_THREADS};
-
-const SUM: i32 = 0;
-const MAX: i32 = 1;
-const MIN: i32 = 2;
 
 /// Reduce contiguous `x` viewed as `[outer, len, inner]` into `out` (`[outer, inner]`) and/or
 /// `idx` (i64, 0 = none).
@@ -67,7 +64,7 @@ pub(crate) fn sum_dims(x: &Tensor, dims: &[usize]) -> Result<CudaStorage> {
             outer: shape[..d0].iter().product::<usize>() as i64,
             len: shape[d0..=d1].iter().product::<usize>() as i64,
             inner: shape[d1 + 1..].iter().product::<usize>() as i64,
-            op: SUM,
+            op: ReduceKind::Sum.code(),
             pad: 0,
         };
         let out = dev.alloc(op, DType::F32, (p.outer * p.inner) as usize)?;
@@ -101,7 +98,7 @@ pub(crate) fn select(x: &Tensor, dim: usize, is_max: bool) -> Result<(CudaStorag
         outer: outer as i64,
         len: len as i64,
         inner: inner as i64,
-        op: if is_max { MAX } else { MIN },
+        op: if is_max { ReduceKind::Max } else { ReduceKind::Min }.code(),
         pad: 0,
     };
     launch(op, ptr(op, &x)?, x.dtype(), p, vals.ptr_at(0), idx.ptr_at(0), &dev)?;
@@ -146,7 +143,44 @@ pub(crate) fn sum_partials(
 ) -> Result<CudaStorage> {
     let op = "sum_partials";
     let out = dev.alloc(op, DType::F32, width)?;
-    let p = ReduceParams { outer: 1, len: blocks as i64, inner: width as i64, op: SUM, pad: 0 };
+    let p = ReduceParams { outer: 1, len: blocks as i64, inner: width as i64, op: ReduceKind::Sum.code(), pad: 0 };
     launch(op, part.ptr_at(0), DType::F32, p, out.ptr_at(0), 0, dev)?;
     Ok(out)
+}
+
+impl backend::Reduce for Cuda {
+    fn sum_dims(&self, x: &Tensor, dims: &[usize], out_shape: &[usize]) -> Result<Tensor> {
+        Ok(tensor(sum_dims(x, dims)?, out_shape))
+    }
+
+    fn scale(&self, x: &Tensor, s: f64) -> Result<Tensor> {
+        Ok(tensor(super::unary::forward(x, UnaryKind::Affine(s, 0.0))?, x.shape()))
+    }
+
+    fn select(&self, x: &Tensor, dim: usize, is_max: bool) -> Result<(Tensor, Tensor)> {
+        let mut out_shape = x.shape().to_vec();
+        out_shape[dim] = 1;
+        let (vals, idx) = select(x, dim, is_max)?;
+        Ok((tensor(vals, &out_shape), tensor(idx, &out_shape)))
+    }
+
+    fn select_backward(
+        &self,
+        g: &Tensor,
+        indices: &Tensor,
+        shape: &[usize],
+        dim: usize,
+        is_max: bool,
+    ) -> Result<Tensor> {
+        Ok(tensor(select_backward(g, indices, shape, dim, is_max)?, shape))
+    }
+
+    fn norm_l2(&self, x: &Tensor) -> Result<Tensor> {
+        // sqrt(sum(x^2)) in f32 on the device, rounded once to the dtype.
+        let dtype = x.dtype();
+        let n = crate::no_grad(|| -> Result<Tensor> {
+            x.detach().to_dtype(DType::F32)?.sqr()?.sum_all()?.sqrt()?.to_dtype(dtype)
+        })?;
+        Ok(tensor(super::view::convert("norm_l2", &n, dtype)?, &[]))
+    }
 }

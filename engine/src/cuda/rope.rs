@@ -1,8 +1,8 @@
 //! CUDA launchers of `rope.cu`: rotate-half rope with caller-given cos/sin tables (read in fp32,
 //! as the CPU does for bf16 inputs).
 
-use super::{contig, dev_of, ew_grid, float_name, launch, ptr, CudaStorage};
-use crate::{DType, Result, Tensor};
+use super::{contig, dev_of, ew_grid, float_name, launch, ptr, tensor, Cuda, CudaStorage};
+use crate::{backend, DType, Result, Tensor};
 use vlm4vla_kernels::params::{RopeParams, EW_THREADS};
 
 /// Forward (`backward = false`: rotate x) or backward (rotate g by the transpose).
@@ -38,4 +38,10 @@ pub(crate) fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor, batched: bool, backw
         )
     }?;
     Ok(out)
+}
+
+impl backend::Rope for Cuda {
+    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, batched: bool, backward: bool) -> Result<Tensor> {
+        Ok(tensor(apply(x, cos, sin, batched, backward)?, x.shape()))
+    }
 }

@@ -1,20 +1,14 @@
 //! CUDA launchers of `unary.cu`: every unary kind through one kernel per direction and dtype.
 
-use super::{contig, dev_of, float_name, ptr, CudaStorage};
-use crate::ops::unary::UnaryKind;
-use crate::{Error, Result, Tensor};
+use super::{contig, dev_of, float_name, ptr, tensor, Cuda, CudaStorage};
+use crate::kinds::UnaryKind;
+use crate::{backend, Result, Tensor};
 use std::ffi::c_void;
-use vlm4vla_kernels::params::{code, UnaryParams, UNARY_OPS};
+use vlm4vla_kernels::params::UnaryParams;
 
-fn params(op: &'static str, kind: UnaryKind, n: usize) -> Result<UnaryParams> {
-    let code = code(UNARY_OPS, kind.name()).ok_or_else(|| Error::invalid(op, "no CUDA op code"))?;
-    let (a, b) = match kind {
-        UnaryKind::Powf(e) => (e, 0.0),
-        UnaryKind::Clamp(lo, hi) => (lo, hi),
-        UnaryKind::Affine(m, a) => (m, a),
-        _ => (0.0, 0.0),
-    };
-    Ok(UnaryParams { n: n as i64, op: code, a: a as f32, b: b as f32 })
+fn params(_op: &'static str, kind: UnaryKind, n: usize) -> Result<UnaryParams> {
+    let (a, b) = kind.args();
+    Ok(UnaryParams { n: n as i64, op: kind.code(), a: a as f32, b: b as f32 })
 }
 
 /// `f(x)` elementwise, contiguous output.
@@ -54,4 +48,14 @@ pub(crate) fn backward(kind: UnaryKind, x: &Tensor, y: &Tensor, g: &Tensor) -> R
     // SAFETY: x, y, g are contiguous with n elements of one dtype; out holds n elements.
     unsafe { dev.launch_ew(op, "unary", &symbol, n, &mut args) }?;
     Ok(out)
+}
+
+impl backend::Unary for Cuda {
+    fn unary(&self, x: &Tensor, kind: UnaryKind) -> Result<Tensor> {
+        Ok(tensor(forward(x, kind)?, x.shape()))
+    }
+
+    fn unary_backward(&self, kind: UnaryKind, x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Tensor> {
+        Ok(tensor(backward(kind, x, y, g)?, x.shape()))
+    }
 }

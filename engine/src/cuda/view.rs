@@ -1,9 +1,9 @@
 //! CUDA launchers of `view.cu`: strided copies with dtype conversion (`contiguous`, `to_dtype`,
 //! writes into views for cat and the narrow backward), comparisons and `where_cond`.
 
-use super::{any_name, dev_of, ptr, strided_params, CudaStorage};
-use crate::ops::binary::CmpKind;
-use crate::{DType, Error, Layout, Result, Tensor};
+use super::{any_name, dev_of, ptr, strided_params, tensor, Cuda, CudaStorage};
+use crate::kinds::CmpKind;
+use crate::{backend, DType, Error, Layout, Result, Tensor};
 use std::ffi::c_void;
 
 /// Write the elements of `src` (any layout) converted to `dst`'s dtype into the view `dst_layout`
@@ -68,7 +68,7 @@ pub(crate) fn cmp(a: &Tensor, b: &Tensor, kind: CmpKind) -> Result<CudaStorage> 
     let dev = dev_of(op, a)?;
     let out = dev.alloc(op, DType::U8, a.elem_count())?;
     let mut p = strided_params(op, a.shape(), [a.layout(), b.layout()])?;
-    p.op = kind as i32;
+    p.op = kind.code();
     p.a_offset = 0;
     p.b_offset = 0;
     let (mut pa, mut pb, mut po) = (ptr(op, a)?, ptr(op, b)?, out.ptr_at(0));
@@ -108,4 +108,14 @@ pub(crate) fn where_cond(mask: &[bool], a: &Tensor, b: &Tensor) -> Result<CudaSt
     // SAFETY: mask and out hold n elements; a and b are views of the logical shape.
     unsafe { dev.launch_ew(op, "view", &symbol, n, &mut args) }?;
     Ok(out)
+}
+
+impl backend::View for Cuda {
+    fn convert(&self, x: &Tensor, dtype: DType) -> Result<Tensor> {
+        Ok(tensor(convert("convert", x, dtype)?, x.shape()))
+    }
+
+    fn pad_into(&self, x: &Tensor, full: &[usize], dim: usize, start: usize) -> Result<Tensor> {
+        Ok(tensor(pad_into(x, full, dim, start)?, full))
+    }
 }

@@ -7,25 +7,10 @@
 //! `narrow`, `silu`/`gelu_tanh` and `mul` serve as test references.
 
 use crate::autograd::{BackwardOp, Grads, Op};
-use crate::{cpu, Error, Result, Tensor};
+use crate::kinds::GateKind;
+use crate::{Error, Result, Tensor};
 
-pub(crate) const NAMES: &[&str] = &["swiglu", "geglu"];
-
-/// The gate's activation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum GateKind {
-    Silu,
-    GeluTanh,
-}
-
-impl GateKind {
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            GateKind::Silu => "swiglu",
-            GateKind::GeluTanh => "geglu",
-        }
-    }
-}
+pub(crate) const NAMES: &[&str] = GateKind::NAMES;
 
 pub(crate) struct ActivationOp {
     kind: GateKind,
@@ -51,21 +36,8 @@ impl Tensor {
 
     fn gated(&self, kind: GateKind) -> Result<Tensor> {
         let f = self.gate_width(kind.name())?;
-        let dtype = self.dtype();
-        let mut shape = self.shape().to_vec();
-        if let Some(last) = shape.last_mut() {
-            *last = f;
-        }
-        let record = || Op::Activation(ActivationOp { kind, arg: self.clone() });
-        #[cfg(feature = "cuda")]
-        if self.device().is_cuda() {
-            return Ok(Tensor::from_op(crate::cuda::activation::forward(self, kind, f)?, &shape, &[self], record));
-        }
-        let data = self.with_cpu(|s, l| {
-            let x = cpu::floats(s, l);
-            Ok(crate::float_map!(x, v => cpu::activation::forward(kind, &v, f)).into_storage(dtype))
-        })?;
-        Ok(Tensor::from_op(data, &shape, &[self], record))
+        let out = self.backend().gate(self, kind, f)?;
+        Ok(out.recorded(&[self], || Op::Activation(ActivationOp { kind, arg: self.clone() })))
     }
 
     /// SwiGLU on a merged projection: `[..., 2F] → [..., F]`, `silu(x[..., :F]) · x[..., F:]`.
@@ -124,21 +96,7 @@ impl BackwardOp for ActivationOp {
         if !x.tracks_grad() {
             return Ok(());
         }
-        let kind = self.kind;
         let f = x.shape().last().copied().unwrap_or(0) / 2;
-        #[cfg(feature = "cuda")]
-        if x.device().is_cuda() {
-            return grads.add(x, crate::cuda::tensor(crate::cuda::activation::backward(x, grad, kind, f)?, x.shape()));
-        }
-        let data = x.with_cpu(|xs, xl| {
-            grad.with_cpu(|gs, gl| {
-                crate::float_zip!(
-                    kind.name(),
-                    (cpu::floats(xs, xl), cpu::floats(gs, gl)),
-                    (a, g) => cpu::activation::backward(kind, &a, &g, f)
-                )
-            })
-        })?;
-        grads.add(x, Tensor::from_cpu(data.into_storage(x.dtype()), x.shape(), None))
+        grads.add(x, x.backend().gate_backward(x, grad, self.kind, f)?)
     }
 }

@@ -12,8 +12,9 @@
 //! `dK = scale·dSᵀ Q`, with dK and dV summed over the query heads of a group.
 
 use crate::autograd::{BackwardOp, Grads, Op};
-use crate::cpu::{self, FloatVec, Floats};
-use crate::{CpuStorage, DType, Error, Layout, Result, Tensor};
+use crate::backend::BackendState;
+use crate::kinds::{AttentionMask, AttnDims, KeyMask};
+use crate::{DType, Error, Result, Tensor};
 
 pub(crate) const NAMES: &[&str] = &["attention"];
 
@@ -25,23 +26,8 @@ pub(crate) struct AttentionOp {
     /// `[B, Hq, Lq]`, in compute precision (f32, or f64 for f64 inputs).
     lse: Tensor,
     scale: f64,
-    /// The mask as the CUDA kernels read it (device tables), for GPU tensors.
-    #[cfg(feature = "cuda")]
-    cuda_mask: Option<std::sync::Arc<crate::cuda::attention::MaskData>>,
-}
-
-/// Which keys each query may see (combined with an optional key-padding mask).
-#[derive(Clone, Debug, PartialEq)]
-pub enum AttentionMask {
-    /// Every query sees every key.
-    Full,
-    /// Query `i` sees keys `j ≤ i + (Lk − Lq)` (bottom-right aligned).
-    Causal,
-    /// Per batch row `b`, a prefix length `p[b]`: query `i` sees key `j` if `j ≤ i` or `j < p[b]`.
-    PrefixLm(Vec<usize>),
-    /// Block-diagonal segments given by cumulative lengths over the sequence (`[0, l1, l1+l2, …, L]`),
-    /// shared by all batch rows: a query sees the keys of its own segment.
-    Segments(Vec<usize>),
+    /// What the backend's forward kept for its backward (the CUDA mask tables).
+    state: Option<BackendState>,
 }
 
 /// The attention output and the per-row log-sum-exp of the scaled, masked scores (what the
@@ -50,35 +36,6 @@ pub enum AttentionMask {
 pub struct AttentionOutput {
     pub out: Tensor,
     pub lse: Tensor,
-}
-
-/// The problem sizes of one attention call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct AttnDims {
-    pub b: usize,
-    pub lq: usize,
-    pub lk: usize,
-    pub hq: usize,
-    pub hkv: usize,
-    pub d: usize,
-    pub dv: usize,
-}
-
-/// The resolved mask: for every (batch, query) the key range `[lo, hi)` its mask kind allows,
-/// and the key-padding flags (`[B, Lk]`, true = real key) if any.
-#[derive(Clone, Debug)]
-pub(crate) struct KeyMask {
-    pub ranges: Vec<(usize, usize)>,
-    pub padding: Option<Vec<bool>>,
-}
-
-impl KeyMask {
-    /// Whether query `i` of batch row `b` sees key `j`.
-    #[inline]
-    pub(crate) fn allows(&self, dims: &AttnDims, b: usize, i: usize, j: usize) -> bool {
-        let (lo, hi) = self.ranges[b * dims.lq + i];
-        j >= lo && j < hi && self.padding.as_ref().is_none_or(|p| p[b * dims.lk + j])
-    }
 }
 
 const OP: &str = "attention";
@@ -100,7 +57,7 @@ fn prepare(
     if qs.len() != 4 || ks.len() != 4 || vs.len() != 4 {
         return Err(Error::shapes_note(OP, &[qs, ks, vs], "q, k, v must be rank 4 [batch, seq, heads, head_dim]"));
     }
-    let dims = AttnDims { b: qs[0], lq: qs[1], lk: ks[1], hq: qs[2], hkv: ks[2], d: qs[3], dv: vs[3] };
+    let dims = AttnDims::of(qs, ks, vs);
     if ks[0] != dims.b || vs[0] != dims.b {
         return Err(Error::shapes_note(OP, &[qs, ks, vs], "batch sizes differ"));
     }
@@ -188,11 +145,6 @@ fn key_ranges(mask: &AttentionMask, dims: &AttnDims, qs: &[usize], ks: &[usize])
     Ok(ranges)
 }
 
-/// The elements of a `[B, L, H, X]` tensor in `[B, H, L, X]` order, in compute precision.
-fn heads_first<'a>(s: &'a CpuStorage, l: &Layout) -> Floats<'a> {
-    cpu::floats(s, &l.permute(&[0, 2, 1, 3]))
-}
-
 /// Fused scaled dot-product attention: `softmax(q kᵀ · scale + mask) v` per head, computed with a
 /// stable softmax in f32 (f64 for f64 inputs).
 ///
@@ -218,54 +170,9 @@ pub fn attention(
     scale: f64,
 ) -> Result<AttentionOutput> {
     let (dims, keys) = prepare(q, k, v, mask, key_padding, scale)?;
-    let dtype = q.dtype();
-    #[cfg(feature = "cuda")]
-    if q.device().is_cuda() {
-        let dev = crate::cuda::dev_of(OP, q)?;
-        let m = std::sync::Arc::new(crate::cuda::attention::mask_data(&dev, mask, keys.padding.as_deref())?);
-        let (out, lse) = crate::cuda::attention::forward(q, k, v, &m, &dims, scale)?;
-        let out_shape = [dims.b, dims.lq, dims.hq, dims.dv];
-        let out = Tensor::from_op(out, &out_shape, &[q, k, v], || {
-            Op::Attention(AttentionOp {
-                q: q.clone(),
-                k: k.clone(),
-                v: v.clone(),
-                keys,
-                lse: lse.clone(),
-                scale,
-                cuda_mask: Some(m.clone()),
-            })
-        });
-        return Ok(AttentionOutput { out, lse: lse_output(lse, q, k, v) });
-    }
-    let (out, lse) = q.with_cpu(|qs, ql| {
-        k.with_cpu(|ks, kl| {
-            v.with_cpu(|vs, vl| match (heads_first(qs, ql), heads_first(ks, kl), heads_first(vs, vl)) {
-                (Floats::F32(q), Floats::F32(k), Floats::F32(v)) => {
-                    let (o, l) = cpu::attention::forward(&q, &k, &v, &dims, &keys, scale);
-                    Ok((FloatVec::F32(o), FloatVec::F32(l)))
-                }
-                (Floats::F64(q), Floats::F64(k), Floats::F64(v)) => {
-                    let (o, l) = cpu::attention::forward(&q, &k, &v, &dims, &keys, scale);
-                    Ok((FloatVec::F64(o), FloatVec::F64(l)))
-                }
-                _ => Err(Error::invalid(OP, "operands computed in different precisions")),
-            })
-        })
-    })?;
-    let lse = Tensor::from_cpu(lse.into_storage(dtype.compute()), &[dims.b, dims.hq, dims.lq], None);
-    let out_shape = [dims.b, dims.lq, dims.hq, dims.dv];
-    let out = Tensor::from_op(out.into_storage(dtype), &out_shape, &[q, k, v], || {
-        Op::Attention(AttentionOp {
-            q: q.clone(),
-            k: k.clone(),
-            v: v.clone(),
-            keys,
-            lse: lse.clone(),
-            scale,
-            #[cfg(feature = "cuda")]
-            cuda_mask: None,
-        })
+    let (out, lse, state) = q.backend().attention(q, k, v, mask, &keys, &dims, scale)?;
+    let out = out.recorded(&[q, k, v], || {
+        Op::Attention(AttentionOp { q: q.clone(), k: k.clone(), v: v.clone(), keys, lse: lse.clone(), scale, state })
     });
     Ok(AttentionOutput { out, lse: lse_output(lse, q, k, v) })
 }
@@ -378,81 +285,22 @@ impl BackwardOp for AttentionOp {
 
     fn backward(&self, out: &Tensor, grad: &Tensor, grads: &mut Grads) -> Result<()> {
         let (q, k, v) = (&self.q, &self.k, &self.v);
-        let dims = AttnDims {
-            b: q.shape()[0],
-            lq: q.shape()[1],
-            lk: k.shape()[1],
-            hq: q.shape()[2],
-            hkv: k.shape()[2],
-            d: q.shape()[3],
-            dv: v.shape()[3],
-        };
-        #[cfg(feature = "cuda")]
-        if let Some(m) = &self.cuda_mask {
-            let (dq, dk, dv) = crate::cuda::attention::backward(q, k, v, out, grad, &self.lse, m, &dims, self.scale)?;
-            for (t, data) in [(q, dq), (k, dk), (v, dv)] {
-                if t.tracks_grad() {
-                    grads.add(t, crate::cuda::tensor(data, t.shape()))?;
-                }
-            }
-            return Ok(());
-        }
-        // The output and its gradient in q's compute precision (a bf16 output is read as f32).
-        let compute = q.dtype().compute();
-        let out = out.to_dtype(compute)?;
-        let grad = grad.to_dtype(compute)?;
-        let (dq, dk, dv) = q.with_cpu(|qs, ql| {
-            k.with_cpu(|ks, kl| {
-                v.with_cpu(|vs, vl| {
-                    out.with_cpu(|os, ol| {
-                        grad.with_cpu(|gs, gl| {
-                            self.lse.with_cpu(|ls, ll| {
-                                let all = (
-                                    heads_first(qs, ql),
-                                    heads_first(ks, kl),
-                                    heads_first(vs, vl),
-                                    heads_first(os, ol),
-                                    heads_first(gs, gl),
-                                    cpu::floats(ls, ll),
-                                );
-                                match all {
-                                    (
-                                        Floats::F32(q),
-                                        Floats::F32(k),
-                                        Floats::F32(v),
-                                        Floats::F32(o),
-                                        Floats::F32(g),
-                                        Floats::F32(l),
-                                    ) => {
-                                        let (a, b, c) = cpu::attention::backward(
-                                            &q, &k, &v, &o, &g, &l, &dims, &self.keys, self.scale,
-                                        );
-                                        Ok((FloatVec::F32(a), FloatVec::F32(b), FloatVec::F32(c)))
-                                    }
-                                    (
-                                        Floats::F64(q),
-                                        Floats::F64(k),
-                                        Floats::F64(v),
-                                        Floats::F64(o),
-                                        Floats::F64(g),
-                                        Floats::F64(l),
-                                    ) => {
-                                        let (a, b, c) = cpu::attention::backward(
-                                            &q, &k, &v, &o, &g, &l, &dims, &self.keys, self.scale,
-                                        );
-                                        Ok((FloatVec::F64(a), FloatVec::F64(b), FloatVec::F64(c)))
-                                    }
-                                    _ => Err(Error::invalid(OP, "operands computed in different precisions")),
-                                }
-                            })
-                        })
-                    })
-                })
-            })
-        })?;
-        for (t, data) in [(q, dq), (k, dk), (v, dv)] {
+        let dims = AttnDims::of(q.shape(), k.shape(), v.shape());
+        let (dq, dk, dv) = q.backend().attention_backward(
+            q,
+            k,
+            v,
+            out,
+            grad,
+            &self.lse,
+            &self.keys,
+            self.state.as_ref(),
+            &dims,
+            self.scale,
+        )?;
+        for (t, d) in [(q, dq), (k, dk), (v, dv)] {
             if t.tracks_grad() {
-                grads.add(t, Tensor::from_cpu(data.into_storage(t.dtype()), t.shape(), None))?;
+                grads.add(t, d)?;
             }
         }
         Ok(())

@@ -5,70 +5,15 @@
 //! does the summing), so the kernels and backward rules here only see equal shapes.
 
 use crate::autograd::{BackwardOp, Grads, Op};
-use crate::{cpu, shape, CpuStorage, Error, Result, Tensor};
-use rayon::prelude::*;
+use crate::kinds::{BinaryKind, CmpKind};
+use crate::{shape, Error, Result, Tensor};
 
-pub(crate) const NAMES: &[&str] = &["add", "sub", "mul", "div", "maximum", "minimum"];
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum BinaryKind {
-    Add,
-    Sub,
-    Mul,
-    Div,
-    Maximum,
-    Minimum,
-}
-
-impl BinaryKind {
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            BinaryKind::Add => "add",
-            BinaryKind::Sub => "sub",
-            BinaryKind::Mul => "mul",
-            BinaryKind::Div => "div",
-            BinaryKind::Maximum => "maximum",
-            BinaryKind::Minimum => "minimum",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CmpKind {
-    Eq,
-    Ne,
-    Lt,
-    Le,
-    Gt,
-    Ge,
-}
+pub(crate) const NAMES: &[&str] = BinaryKind::NAMES;
 
 pub(crate) struct BinaryOp {
     kind: BinaryKind,
     lhs: Tensor,
     rhs: Tensor,
-}
-
-/// `f` over `a` and `b` elementwise, on several threads when the tensors are large.
-#[inline(always)]
-fn zip_map<T: crate::dtype::Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync + Send) -> Vec<T> {
-    if a.len() >= 1 << 16 {
-        a.par_iter().zip(b.par_iter()).map(|(&x, &y)| f(x, y)).collect()
-    } else {
-        a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
-    }
-}
-
-/// The kind is matched once, outside the loop, so each loop is a plain (vectorisable) one.
-fn binary_kernel<T: crate::dtype::Float>(kind: BinaryKind, a: &[T], b: &[T]) -> Vec<T> {
-    match kind {
-        BinaryKind::Add => zip_map(a, b, |x, y| x + y),
-        BinaryKind::Sub => zip_map(a, b, |x, y| x - y),
-        BinaryKind::Mul => zip_map(a, b, |x, y| x * y),
-        BinaryKind::Div => zip_map(a, b, |x, y| x / y),
-        BinaryKind::Maximum => zip_map(a, b, |x, y| if x >= y { x } else { y }),
-        BinaryKind::Minimum => zip_map(a, b, |x, y| if x <= y { x } else { y }),
-    }
 }
 
 impl Tensor {
@@ -88,19 +33,8 @@ impl Tensor {
             return Err(Error::dtype(op, self.dtype(), "expected float tensors"));
         }
         let (a, b) = Tensor::broadcast_pair(op, self, rhs)?;
-        let record = || Op::Binary(BinaryOp { kind, lhs: a.clone(), rhs: b.clone() });
-        #[cfg(feature = "cuda")]
-        if a.device().is_cuda() {
-            let data = crate::cuda::binary::forward(&a, &b, kind)?;
-            return Ok(Tensor::from_op(data, a.shape(), &[&a, &b], record));
-        }
-        let dtype = a.dtype();
-        let data = a.with_cpu(|sa, la| {
-            b.with_cpu(|sb, lb| {
-                crate::float_zip!(op, (cpu::floats(sa, la), cpu::floats(sb, lb)), (x, y) => binary_kernel(kind, &x, &y))
-            })
-        })?;
-        Ok(Tensor::from_op(data.into_storage(dtype), a.shape(), &[&a, &b], record))
+        let out = a.backend().binary(&a, &b, kind)?;
+        Ok(out.recorded(&[&a, &b], || Op::Binary(BinaryOp { kind, lhs: a.clone(), rhs: b.clone() })))
     }
 
     pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {
@@ -126,28 +60,7 @@ impl Tensor {
     pub fn cmp(&self, rhs: &Tensor, kind: CmpKind) -> Result<Tensor> {
         Tensor::same_dtype_device("cmp", &[self, rhs])?;
         let (a, b) = Tensor::broadcast_pair("cmp", self, rhs)?;
-        #[cfg(feature = "cuda")]
-        if a.device().is_cuda() {
-            return Ok(crate::cuda::tensor(crate::cuda::view::cmp(&a, &b, kind)?, a.shape()));
-        }
-        let av: Vec<f64> = a.to_vec()?;
-        let bv: Vec<f64> = b.to_vec()?;
-        let out: Vec<u8> = av
-            .iter()
-            .zip(&bv)
-            .map(|(&x, &y)| {
-                let r = match kind {
-                    CmpKind::Eq => x == y,
-                    CmpKind::Ne => x != y,
-                    CmpKind::Lt => x < y,
-                    CmpKind::Le => x <= y,
-                    CmpKind::Gt => x > y,
-                    CmpKind::Ge => x >= y,
-                };
-                r as u8
-            })
-            .collect();
-        Ok(Tensor::from_cpu(CpuStorage::U8(out), a.shape(), None))
+        a.backend().cmp(&a, &b, kind)
     }
 
     pub fn eq(&self, rhs: &Tensor) -> Result<Tensor> {

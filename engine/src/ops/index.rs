@@ -9,7 +9,7 @@
 //! u8 or i64 (nonzero = set).
 
 use crate::autograd::{BackwardOp, Grads, Op};
-use crate::{cpu, shape, CpuStorage, DType, Dim, Error, Layout, Result, Tensor};
+use crate::{shape, DType, Dim, Error, Result, Tensor};
 
 pub(crate) const NAMES: &[&str] = &["cat", "index_select", "gather", "scatter_add", "masked_scatter", "where_cond"];
 
@@ -88,13 +88,6 @@ fn read_mask(op: &'static str, mask: &Tensor, device: crate::Device) -> Result<V
     }
 }
 
-/// An integer-tensor indexing op on a GPU tensor, done on the CPU and copied back (no kernel for
-/// u8/i64 data movement by index; listed in docs/gpu.md).
-#[cfg(feature = "cuda")]
-fn on_cpu(t: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
-    f(&t.to_device(crate::Device::Cpu)?)?.to_device(t.device())
-}
-
 fn check_float(op: &'static str, t: &Tensor) -> Result<()> {
     if t.dtype().is_float() {
         Ok(())
@@ -124,31 +117,12 @@ impl Tensor {
             let shapes: Vec<&[usize]> = tensors.iter().map(|t| t.shape()).collect();
             return Err(Error::shapes_note("cat", &shapes, format!("shapes must agree except on dim {d}")));
         }
-        let (outer, _, inner) = cpu::split_at_dim(first.shape(), d);
-        let widths: Vec<usize> = tensors.iter().map(|t| t.shape()[d] * inner).collect();
         let mut shape = first.shape().to_vec();
         shape[d] = tensors.iter().map(|t| t.shape()[d]).sum();
-        let record = || Op::Index(IndexOp::Cat { args: tensors.iter().map(|&t| t.clone()).collect(), dim: d });
-        #[cfg(feature = "cuda")]
-        if first.device().is_cuda() {
-            return Ok(Tensor::from_op(crate::cuda::view::cat(tensors, d, &shape)?, &shape, tensors, record));
-        }
-        let data = {
-            let guards: Vec<_> = tensors.iter().map(|t| t.read_storage()).collect();
-            let parts: Vec<(&CpuStorage, &Layout)> = guards
-                .iter()
-                .zip(tensors)
-                .map(|(g, t)| match &**g {
-                    crate::Storage::Cpu(c) => Ok((c, t.layout())),
-                    #[cfg(feature = "cuda")]
-                    crate::Storage::Cuda(_) => {
-                        Err(Error::DeviceMismatch { op: "cat", a: first.device(), b: t.device() })
-                    }
-                })
-                .collect::<Result<_>>()?;
-            cpu::index::cat(&parts, first.dtype(), outer, &widths)?
-        };
-        Ok(Tensor::from_op(data, &shape, tensors, record))
+        let out = first.backend().cat(tensors, d, &shape)?;
+        Ok(out.recorded(tensors, || {
+            Op::Index(IndexOp::Cat { args: tensors.iter().map(|&t| t.clone()).collect(), dim: d })
+        }))
     }
 
     /// Stack tensors of one shape along a new dim `dim` (`0..=rank`):
@@ -222,23 +196,10 @@ impl Tensor {
             return Err(Error::shapes_note(op, &[self.shape(), indices.shape()], "indices must be 1-D"));
         }
         let idx = read_indices(op, indices, d, self.shape()[d], self.device())?;
-        let split = cpu::split_at_dim(self.shape(), d);
         let mut shape = self.shape().to_vec();
         shape[d] = idx.len();
-        #[cfg(feature = "cuda")]
-        if self.device().is_cuda() {
-            if !self.dtype().is_float() {
-                return on_cpu(self, |t| t.index_select(d, &indices.to_device(crate::Device::Cpu)?));
-            }
-            let data = crate::cuda::index::index_select(self, d, &idx)?;
-            return Ok(Tensor::from_op(data, &shape, &[self], || {
-                Op::Index(IndexOp::IndexSelect { arg: self.clone(), dim: d, indices: idx })
-            }));
-        }
-        let data = self.with_cpu(|s, l| cpu::index::index_select(s, l, self.dtype(), split, &idx))?;
-        Ok(Tensor::from_op(data, &shape, &[self], || {
-            Op::Index(IndexOp::IndexSelect { arg: self.clone(), dim: d, indices: idx })
-        }))
+        let out = self.backend().index_select(self, d, &idx, &shape)?;
+        Ok(out.recorded(&[self], || Op::Index(IndexOp::IndexSelect { arg: self.clone(), dim: d, indices: idx })))
     }
 
     /// `torch.gather`: `out[i][j][k] = self[i][indices[i][j][k]][k]` for `dim = 1`. `indices` is
@@ -256,18 +217,8 @@ impl Tensor {
             ));
         }
         let idx = read_indices(op, indices, d, self.shape()[d], self.device())?;
-        #[cfg(feature = "cuda")]
-        if self.device().is_cuda() {
-            if !self.dtype().is_float() {
-                return on_cpu(self, |t| t.gather(d, &indices.to_device(crate::Device::Cpu)?));
-            }
-            let data = crate::cuda::index::gather(self, d, &idx, ishape)?;
-            return Ok(Tensor::from_op(data, ishape, &[self], || {
-                Op::Index(IndexOp::Gather { arg: self.clone(), dim: d, indices: idx, index_shape: ishape.to_vec() })
-            }));
-        }
-        let data = self.with_cpu(|s, l| cpu::index::gather(s, l, self.dtype(), &idx, ishape, d))?;
-        Ok(Tensor::from_op(data, ishape, &[self], || {
+        let out = self.backend().gather(self, d, &idx, ishape)?;
+        Ok(out.recorded(&[self], || {
             Op::Index(IndexOp::Gather { arg: self.clone(), dim: d, indices: idx, index_shape: ishape.to_vec() })
         }))
     }
@@ -299,24 +250,8 @@ impl Tensor {
         for (i, &n) in ishape.iter().enumerate() {
             part = part.narrow(i, 0, n)?;
         }
-        let dtype = self.dtype();
-        #[cfg(feature = "cuda")]
-        if self.device().is_cuda() {
-            let data = crate::cuda::index::scatter_add(self, d, &idx, &part, ishape)?;
-            return Ok(Tensor::from_op(data, self.shape(), &[self, &part], || {
-                Op::Index(IndexOp::ScatterAdd { arg: self.clone(), src: part.clone(), dim: d, indices: idx })
-            }));
-        }
-        let data = self.with_cpu(|xs, xl| {
-            part.with_cpu(|ss, sl| {
-                crate::float_zip!(
-                    op,
-                    (cpu::floats(xs, xl), cpu::floats(ss, sl)),
-                    (x, s) => cpu::index::scatter_add(&x, self.shape(), &s, &idx, ishape, d)
-                )
-            })
-        })?;
-        Ok(Tensor::from_op(data.into_storage(dtype), self.shape(), &[self, &part], || {
+        let out = self.backend().scatter_add(self, d, &idx, &part, ishape)?;
+        Ok(out.recorded(&[self, &part], || {
             Op::Index(IndexOp::ScatterAdd { arg: self.clone(), src: part.clone(), dim: d, indices: idx })
         }))
     }
@@ -359,21 +294,8 @@ impl Tensor {
                 format!("the mask sets {} rows but source has {} rows", rows.len(), source.shape()[0]),
             ));
         }
-        #[cfg(feature = "cuda")]
-        if self.device().is_cuda() {
-            if !self.dtype().is_float() {
-                let (m, src) = (mask.to_device(crate::Device::Cpu)?, source.to_device(crate::Device::Cpu)?);
-                return on_cpu(self, |t| t.masked_scatter(&m, &src));
-            }
-            let data = crate::cuda::index::masked_scatter(self, source, &rows, w)?;
-            return Ok(Tensor::from_op(data, self.shape(), &[self, source], || {
-                Op::Index(IndexOp::MaskedScatter { arg: self.clone(), source: source.clone(), rows })
-            }));
-        }
-        let data = self.with_cpu(|xs, xl| {
-            source.with_cpu(|ss, sl| cpu::index::masked_scatter((xs, xl), (ss, sl), self.dtype(), &rows, w))
-        })?;
-        Ok(Tensor::from_op(data, self.shape(), &[self, source], || {
+        let out = self.backend().masked_scatter(self, source, &rows, w)?;
+        Ok(out.recorded(&[self, source], || {
             Op::Index(IndexOp::MaskedScatter { arg: self.clone(), source: source.clone(), rows })
         }))
     }
@@ -399,16 +321,8 @@ impl Tensor {
             })?;
         let keep = read_mask(op, &mask.broadcast_as(&shape)?, on_true.device())?;
         let (a, b) = (on_true.broadcast_as(&shape)?, on_false.broadcast_as(&shape)?);
-        #[cfg(feature = "cuda")]
-        if a.device().is_cuda() {
-            let data = crate::cuda::view::where_cond(&keep, &a, &b)?;
-            return Ok(Tensor::from_op(data, &shape, &[&a, &b], || {
-                Op::Index(IndexOp::WhereCond { mask: keep, on_true: a.clone(), on_false: b.clone() })
-            }));
-        }
-        let data =
-            a.with_cpu(|sa, la| b.with_cpu(|sb, lb| cpu::index::where_cond(&keep, (sa, la), (sb, lb), a.dtype())))?;
-        Ok(Tensor::from_op(data, &shape, &[&a, &b], || {
+        let out = a.backend().where_cond(&keep, &a, &b)?;
+        Ok(out.recorded(&[&a, &b], || {
             Op::Index(IndexOp::WhereCond { mask: keep, on_true: a.clone(), on_false: b.clone() })
         }))
     }
@@ -455,94 +369,42 @@ impl BackwardOp for IndexOp {
                     return Ok(());
                 }
                 // Scatter-add the selected rows back: repeated indices accumulate.
-                #[cfg(feature = "cuda")]
-                if arg.device().is_cuda() {
-                    let data = crate::cuda::index::index_add(grad, arg.shape(), *dim, indices)?;
-                    return grads.add(arg, crate::cuda::tensor(data, arg.shape()));
-                }
-                let split = cpu::split_at_dim(arg.shape(), *dim);
-                let data = grad.with_cpu(|s, l| {
-                    Ok(crate::float_map!(cpu::floats(s, l), g => cpu::index::index_add(&g, split, indices)))
-                })?;
-                grads.add(arg, Tensor::from_cpu(data.into_storage(arg.dtype()), arg.shape(), None))
+                grads.add(arg, arg.backend().index_add(grad, arg.shape(), *dim, indices)?)
             }
             IndexOp::Gather { arg, dim, indices, index_shape } => {
                 if !arg.tracks_grad() {
                     return Ok(());
                 }
-                #[cfg(feature = "cuda")]
-                if arg.device().is_cuda() {
-                    let data = crate::cuda::index::gather_backward(grad, arg.shape(), *dim, indices, index_shape)?;
-                    return grads.add(arg, crate::cuda::tensor(data, arg.shape()));
-                }
-                let data = grad.with_cpu(|s, l| {
-                    Ok(crate::float_map!(
-                        cpu::floats(s, l),
-                        g => cpu::index::gather_backward(&g, arg.shape(), indices, index_shape, *dim)
-                    ))
-                })?;
-                grads.add(arg, Tensor::from_cpu(data.into_storage(arg.dtype()), arg.shape(), None))
+                grads.add(arg, arg.backend().gather_backward(grad, arg.shape(), *dim, indices, index_shape)?)
             }
             IndexOp::ScatterAdd { arg, src, dim, indices } => {
                 // d(self) is the identity; d(src) gathers the gradient at the scatter targets.
                 if arg.tracks_grad() {
                     grads.add(arg, grad.contiguous()?)?;
                 }
-                #[cfg(feature = "cuda")]
-                if src.tracks_grad() && src.device().is_cuda() {
-                    let data = crate::cuda::index::scatter_add_src_grad(grad, *dim, indices, src.shape())?;
-                    return grads.add(src, crate::cuda::tensor(data, src.shape()));
-                }
                 if src.tracks_grad() {
-                    let data =
-                        grad.with_cpu(|s, l| cpu::index::gather(s, l, grad.dtype(), indices, src.shape(), *dim))?;
-                    grads.add(src, Tensor::from_cpu(data, src.shape(), None))?;
+                    grads.add(src, src.backend().gather(grad, *dim, indices, src.shape())?)?;
                 }
                 Ok(())
             }
             IndexOp::MaskedScatter { arg, source, rows } => {
                 // Overwritten rows pass no gradient to the input; they carry the source's.
                 let w = arg.shape().last().copied().unwrap_or(1);
-                #[cfg(feature = "cuda")]
-                if arg.device().is_cuda() {
-                    let want = (arg.tracks_grad(), source.tracks_grad());
-                    let (da, ds) = crate::cuda::index::masked_scatter_backward(grad, rows, w, want)?;
-                    if let Some(da) = da {
-                        grads.add(arg, crate::cuda::tensor(da, arg.shape()))?;
-                    }
-                    if let Some(ds) = ds {
-                        grads.add(source, crate::cuda::tensor(ds, source.shape()))?;
-                    }
-                    return Ok(());
+                let want = (arg.tracks_grad(), source.tracks_grad());
+                let (da, ds) = arg.backend().masked_scatter_backward(grad, rows, w, want)?;
+                if let Some(da) = da {
+                    grads.add(arg, da)?;
                 }
-                if arg.tracks_grad() {
-                    let data = grad.with_cpu(|s, l| cpu::index::zero_rows(s, l, grad.dtype(), rows, w))?;
-                    grads.add(arg, Tensor::from_cpu(data, arg.shape(), None))?;
-                }
-                if source.tracks_grad() {
-                    let data = grad.with_cpu(|s, l| cpu::index::take_rows(s, l, grad.dtype(), rows, w))?;
-                    grads.add(source, Tensor::from_cpu(data, source.shape(), None))?;
+                if let Some(ds) = ds {
+                    grads.add(source, ds)?;
                 }
                 Ok(())
             }
             IndexOp::WhereCond { mask, on_true, on_false } => {
                 // The branches are broadcast views: their own backward sums over broadcast dims.
                 for (t, branch) in [(on_true, true), (on_false, false)] {
-                    #[cfg(feature = "cuda")]
-                    if t.tracks_grad() && t.device().is_cuda() {
-                        let zero = Tensor::zeros(&[], grad.dtype(), grad.device())?.broadcast_as(grad.shape())?;
-                        let data = if branch {
-                            crate::cuda::view::where_cond(mask, grad, &zero)?
-                        } else {
-                            crate::cuda::view::where_cond(mask, &zero, grad)?
-                        };
-                        grads.add(t, crate::cuda::tensor(data, t.shape()))?;
-                        continue;
-                    }
                     if t.tracks_grad() {
-                        let data =
-                            grad.with_cpu(|s, l| cpu::index::where_backward(mask, s, l, grad.dtype(), branch))?;
-                        grads.add(t, Tensor::from_cpu(data, t.shape(), None))?;
+                        grads.add(t, t.backend().where_backward(mask, grad, branch)?)?;
                     }
                 }
                 Ok(())

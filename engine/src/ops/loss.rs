@@ -10,39 +10,10 @@
 //! softmax denominator, in compute precision); the pair losses keep both operands.
 
 use crate::autograd::{BackwardOp, Grads, Op};
-use crate::cpu::{self, FloatVec, Floats};
+use crate::kinds::{PairKind, Reduction};
 use crate::{DType, Error, Result, Tensor};
 
 pub(crate) const NAMES: &[&str] = &["cross_entropy", "mse", "huber", "bce_with_logits"];
-
-/// How per-element losses are combined.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reduction {
-    /// The mean over counted elements (cross-entropy: over rows whose target is not ignored).
-    Mean,
-    /// The sum over all elements.
-    Sum,
-    /// No reduction: the per-element losses, shaped like the input (cross-entropy: `[N]`).
-    None,
-}
-
-/// The elementwise losses of a prediction against a target of the same shape.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) enum PairKind {
-    Mse,
-    Huber(f64),
-    BceWithLogits,
-}
-
-impl PairKind {
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            PairKind::Mse => "mse",
-            PairKind::Huber(_) => "huber",
-            PairKind::BceWithLogits => "bce_with_logits",
-        }
-    }
-}
 
 pub(crate) enum LossOp {
     CrossEntropy {
@@ -75,14 +46,6 @@ fn grad_scale(reduction: Reduction, count: usize) -> f64 {
     }
 }
 
-fn scalar_vec(v: f64, compute: DType) -> FloatVec {
-    match compute {
-        DType::F64 => FloatVec::F64(vec![v]),
-        _ => FloatVec::F32(vec![v as f32]),
-    }
-}
-
-/// Check logits `[N, C]` and i64 targets `[N]`; return the targets, `C` and the number of rows
 /// that are not ignored.
 fn cross_entropy_targets(logits: &Tensor, targets: &Tensor, ignore_index: i64) -> Result<(Vec<i64>, usize, usize)> {
     const OP: &str = "cross_entropy";
@@ -137,58 +100,14 @@ fn cross_entropy_targets(logits: &Tensor, targets: &Tensor, ignore_index: i64) -
 /// assert!((l.to_scalar::<f64>().unwrap() - 2f64.ln()).abs() < 1e-12);
 /// ```
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore_index: i64, reduction: Reduction) -> Result<Tensor> {
-    let (t, c, count) = cross_entropy_targets(logits, targets, ignore_index)?;
-    let n = t.len();
-    let dtype = logits.dtype();
-    let compute = dtype.compute();
-    #[cfg(feature = "cuda")]
-    if logits.device().is_cuda() {
-        let (losses, stats) = crate::cuda::loss::cross_entropy(logits, targets, ignore_index)?;
-        let data = match reduction {
-            Reduction::None => losses,
-            Reduction::Sum | Reduction::Mean => crate::no_grad(|| {
-                losses.to_dtype(DType::F32)?.sum_all()?.scale(grad_scale(reduction, count))?.to_dtype(dtype)
-            })?,
-        };
-        let storage = crate::cuda::view::convert("cross_entropy", &data, dtype)?;
-        return Ok(Tensor::from_op(storage, data.shape(), &[logits], || {
-            Op::Loss(LossOp::CrossEntropy {
-                logits: logits.clone(),
-                targets: targets.clone(),
-                stats,
-                ignore_index,
-                reduction,
-                count,
-            })
-        }));
-    }
-    let (losses, stats) = logits.with_cpu(|s, l| {
-        Ok(match cpu::floats(s, l) {
-            Floats::F32(x) => {
-                let (a, b) = cpu::loss::cross_entropy_forward(&x, &t, c, ignore_index);
-                (FloatVec::F32(a), FloatVec::F32(b))
-            }
-            Floats::F64(x) => {
-                let (a, b) = cpu::loss::cross_entropy_forward(&x, &t, c, ignore_index);
-                (FloatVec::F64(a), FloatVec::F64(b))
-            }
-        })
-    })?;
-    let (data, shape): (FloatVec, &[usize]) = match reduction {
-        Reduction::None => (losses, &[n]),
-        Reduction::Sum | Reduction::Mean => {
-            let sum = match &losses {
-                FloatVec::F32(v) => cpu::loss::sum_f64(v),
-                FloatVec::F64(v) => cpu::loss::sum_f64(v),
-            };
-            (scalar_vec(sum * grad_scale(reduction, count), compute), &[])
-        }
-    };
-    Ok(Tensor::from_op(data.into_storage(dtype), shape, &[logits], || {
+    let (t, _, count) = cross_entropy_targets(logits, targets, ignore_index)?;
+    let scale = grad_scale(reduction, count);
+    let (losses, stats) = logits.backend().cross_entropy(logits, targets, &t, ignore_index, reduction, scale)?;
+    Ok(losses.recorded(&[logits], || {
         Op::Loss(LossOp::CrossEntropy {
             logits: logits.clone(),
             targets: targets.clone(),
-            stats: Tensor::from_cpu(stats.into_storage(compute), &[n, 2], None),
+            stats,
             ignore_index,
             reduction,
             count,
@@ -226,39 +145,13 @@ fn check_pair(kind: PairKind, pred: &Tensor, target: &Tensor) -> Result<()> {
 
 fn pair(kind: PairKind, pred: &Tensor, target: &Tensor, reduction: Reduction) -> Result<Tensor> {
     check_pair(kind, pred, target)?;
-    let op = kind.name();
-    let dtype = pred.dtype();
-    let n = pred.elem_count();
-    let record = || Op::Loss(LossOp::Pair { kind, pred: pred.clone(), target: target.clone(), reduction });
-    #[cfg(feature = "cuda")]
-    if pred.device().is_cuda() {
-        let losses = crate::cuda::loss::pair(kind, pred, target)?;
-        let data = match reduction {
-            Reduction::None => losses,
-            Reduction::Sum | Reduction::Mean => crate::no_grad(|| {
-                losses.to_dtype(DType::F32)?.sum_all()?.scale(grad_scale(reduction, n))?.to_dtype(dtype)
-            })?,
-        };
-        let storage = crate::cuda::view::convert(op, &data, dtype)?;
-        return Ok(Tensor::from_op(storage, data.shape(), &[pred, target], record));
-    }
-    let data = pred.with_cpu(|ps, pl| {
-        target.with_cpu(|ts, tl| {
-            let (p, t) = (cpu::floats(ps, pl), cpu::floats(ts, tl));
-            match reduction {
-                Reduction::None => crate::float_zip!(op, (p, t), (a, b) => cpu::loss::pair_forward(kind, &a, &b)),
-                Reduction::Sum | Reduction::Mean => {
-                    let scale = grad_scale(reduction, n);
-                    crate::float_zip!(op, (p, t), (a, b) => cpu::loss::pair_reduce(kind, &a, &b, scale))
-                }
-            }
-        })
-    })?;
-    let shape: &[usize] = if reduction == Reduction::None { pred.shape() } else { &[] };
-    Ok(Tensor::from_op(data.into_storage(dtype), shape, &[pred, target], record))
+    let scale = grad_scale(reduction, pred.elem_count());
+    let out = pred.backend().pair_loss(kind, pred, target, reduction, scale)?;
+    Ok(out.recorded(&[pred, target], || {
+        Op::Loss(LossOp::Pair { kind, pred: pred.clone(), target: target.clone(), reduction })
+    }))
 }
 
-/// Mean squared error, `(pred − target)²` per element; `pred` and `target` share one shape.
 /// Gradients flow to both operands. `Mean` of an empty tensor is 0.
 pub fn mse(pred: &Tensor, target: &Tensor, reduction: Reduction) -> Result<Tensor> {
     pair(PairKind::Mse, pred, target, reduction)
@@ -342,7 +235,7 @@ pub fn huber_composite(pred: &Tensor, target: &Tensor, delta: f64, reduction: Re
 /// [`bce_with_logits`] from primitive ops: `relu(x) − x·t + log(1 + exp(−|x|))`.
 pub fn bce_with_logits_composite(logits: &Tensor, targets: &Tensor, reduction: Reduction) -> Result<Tensor> {
     check_pair(PairKind::BceWithLogits, logits, targets)?;
-    let softplus = logits.abs()?.neg()?.exp()?.add_scalar(1.0)?.log()?;
+    let softplus = logits.abs()?.neg()?.softplus()?;
     let losses = logits.relu()?.sub(&logits.mul(targets)?)?.add(&softplus)?;
     reduce_composite(losses, reduction, logits.elem_count())
 }
@@ -370,26 +263,8 @@ impl BackwardOp for LossOp {
                 }
                 // dx = (softmax(x) − onehot(t)) · g / count, one fused pass over the logits.
                 let scale = grad_scale(*reduction, *count);
-                #[cfg(feature = "cuda")]
-                if logits.device().is_cuda() {
-                    let dx =
-                        crate::cuda::loss::cross_entropy_backward(logits, targets, stats, grad, *ignore_index, scale)?;
-                    return grads.add(logits, crate::cuda::tensor(dx, logits.shape()));
-                }
-                let t = targets.to_vec::<i64>()?;
-                let c = logits.shape()[1];
-                let data = logits.with_cpu(|xs, xl| {
-                    stats.with_cpu(|ss, sl| {
-                        grad.with_cpu(|gs, gl| {
-                            crate::float_zip!(
-                                "cross_entropy",
-                                (cpu::floats(xs, xl), cpu::floats(ss, sl), cpu::floats(gs, gl)),
-                                (x, s, g) => cpu::loss::cross_entropy_backward(&x, &t, &s, &g, c, *ignore_index, scale)
-                            )
-                        })
-                    })
-                })?;
-                grads.add(logits, Tensor::from_cpu(data.into_storage(logits.dtype()), logits.shape(), None))
+                let dx = logits.backend().cross_entropy_backward(logits, targets, stats, grad, *ignore_index, scale)?;
+                grads.add(logits, dx)
             }
             LossOp::Pair { kind, pred, target, reduction } => {
                 let (want_p, want_t) = (pred.tracks_grad(), target.tracks_grad());
@@ -398,38 +273,12 @@ impl BackwardOp for LossOp {
                 }
                 // Both operand gradients in one pass: dp = g·∂l/∂p, dt = g·∂l/∂t (scaled for a mean).
                 let scale = grad_scale(*reduction, pred.elem_count());
-                let kind = *kind;
-                #[cfg(feature = "cuda")]
-                if pred.device().is_cuda() {
-                    let (dp, dt) = crate::cuda::loss::pair_backward(kind, pred, target, grad, scale, (want_p, want_t))?;
-                    if let Some(dp) = dp {
-                        grads.add(pred, dp)?;
-                    }
-                    if let Some(dt) = dt {
-                        grads.add(target, dt)?;
-                    }
-                    return Ok(());
+                let (dp, dt) = pred.backend().pair_loss_backward(*kind, pred, target, grad, scale, (want_p, want_t))?;
+                if let Some(dp) = dp {
+                    grads.add(pred, dp)?;
                 }
-                let (dp, dt) = pred.with_cpu(|ps, pl| {
-                    target.with_cpu(|ts, tl| {
-                        grad.with_cpu(|gs, gl| match (cpu::floats(ps, pl), cpu::floats(ts, tl), cpu::floats(gs, gl)) {
-                            (Floats::F32(p), Floats::F32(t), Floats::F32(g)) => {
-                                let (a, b) = cpu::loss::pair_backward(kind, &p, &t, &g, scale, want_p, want_t);
-                                Ok((FloatVec::F32(a), FloatVec::F32(b)))
-                            }
-                            (Floats::F64(p), Floats::F64(t), Floats::F64(g)) => {
-                                let (a, b) = cpu::loss::pair_backward(kind, &p, &t, &g, scale, want_p, want_t);
-                                Ok((FloatVec::F64(a), FloatVec::F64(b)))
-                            }
-                            _ => Err(Error::invalid(kind.name(), "operands computed in different precisions")),
-                        })
-                    })
-                })?;
-                if want_p {
-                    grads.add(pred, Tensor::from_cpu(dp.into_storage(pred.dtype()), pred.shape(), None))?;
-                }
-                if want_t {
-                    grads.add(target, Tensor::from_cpu(dt.into_storage(target.dtype()), target.shape(), None))?;
+                if let Some(dt) = dt {
+                    grads.add(target, dt)?;
                 }
                 Ok(())
             }

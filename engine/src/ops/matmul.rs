@@ -2,7 +2,7 @@
 //! dims. Transposed or broadcast operands are passed to the GEMM as strides, never copied.
 
 use crate::autograd::{BackwardOp, Grads, Op};
-use crate::{cpu, shape, Error, Result, Tensor};
+use crate::{shape, Error, Result, Tensor};
 
 pub(crate) const NAMES: &[&str] = &["matmul"];
 
@@ -37,15 +37,8 @@ impl Tensor {
         let lb = rhs.layout().broadcast_to(&lb_shape);
         let mut out_shape = batch.clone();
         out_shape.extend([m, n]);
-        let dtype = self.dtype();
-        let record = || Op::Matmul(MatmulOp { lhs: self.clone(), rhs: rhs.clone() });
-        #[cfg(feature = "cuda")]
-        if self.device().is_cuda() {
-            let data = crate::cuda::matmul::matmul(self, &la, rhs, &lb, dtype)?;
-            return Ok(Tensor::from_op(data, &out_shape, &[self, rhs], record));
-        }
-        let data = self.with_cpu(|sa, _| rhs.with_cpu(|sb, _| cpu::matmul::matmul(sa, &la, sb, &lb, dtype)))?;
-        Ok(Tensor::from_op(data, &out_shape, &[self, rhs], record))
+        let out = self.backend().matmul(self, &la, rhs, &lb, &out_shape)?;
+        Ok(out.recorded(&[self, rhs], || Op::Matmul(MatmulOp { lhs: self.clone(), rhs: rhs.clone() })))
     }
 }
 

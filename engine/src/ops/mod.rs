@@ -1,5 +1,6 @@
 //! Every op family in one file each: the public functions, their shape and dtype checks, the
-//! dispatch to a backend, and the backward rule.
+//! graph record and the backward rule. The work itself is the backend's primitives
+//! ([`crate::backend`]), reached through `Tensor::backend`; nothing here knows a device.
 
 pub(crate) mod activation;
 pub(crate) mod attention;
@@ -13,12 +14,12 @@ pub(crate) mod rope;
 pub(crate) mod unary;
 pub(crate) mod view;
 
-pub use attention::{attention, attention_composite, AttentionMask, AttentionOutput};
+pub use crate::kinds::{AttentionMask, Reduction, RmsNormKind};
+pub use attention::{attention, attention_composite, AttentionOutput};
 pub use loss::{
     bce_with_logits, bce_with_logits_composite, cross_entropy, cross_entropy_composite, huber, huber_composite, mse,
-    mse_composite, Reduction,
+    mse_composite,
 };
-pub use norm::RmsNormKind;
 pub use rope::rope_composite;
 
 /// The names of every op the graph can record, by family. Tests use this list: each

@@ -9,10 +9,8 @@
 //! tests.
 
 use crate::autograd::{BackwardOp, Grads, Op};
-use crate::cpu::norm::{self as kernels, Compute};
-use crate::cpu::{self, FloatVec, Floats};
-use crate::{DType, Dim, Error, Result, Tensor};
-use std::borrow::Cow;
+use crate::kinds::RmsNormKind;
+use crate::{Dim, Error, Result, Tensor};
 
 pub(crate) const NAMES: &[&str] = &["softmax", "log_softmax", "rms_norm", "layer_norm", "l2_normalize"];
 
@@ -42,13 +40,6 @@ pub(crate) enum NormOp {
     },
 }
 
-/// Which RMSNorm: `x̂·w` (Qwen, LLaMA) or Gemma's `x̂·(1 + w)` (zero-centred stored weight).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RmsNormKind {
-    Plain,
-    Gemma,
-}
-
 // ----- checks and data access ------------------------------------------------------------------
 
 /// A float tensor of rank ≥ 1 with a finite, non-negative `eps`.
@@ -74,44 +65,6 @@ fn check_param(op: &'static str, x: &Tensor, p: Option<&Tensor>, what: &str) -> 
         return Err(Error::shapes_note(op, &[x.shape(), p.shape()], format!("{what} must have shape [{d}]")));
     }
     Tensor::same_dtype_device(op, &[x, p])
-}
-
-/// A small tensor's elements in compute precision, owned (weights, biases, per-row statistics).
-fn owned_floats(t: &Tensor) -> Result<Floats<'static>> {
-    t.with_cpu(|s, l| {
-        Ok(match cpu::floats(s, l) {
-            Floats::F32(v) => Floats::F32(Cow::Owned(v.into_owned())),
-            Floats::F64(v) => Floats::F64(Cow::Owned(v.into_owned())),
-        })
-    })
-}
-
-fn owned_opt(t: Option<&Tensor>) -> Result<Option<Floats<'static>>> {
-    t.map(owned_floats).transpose()
-}
-
-/// The slice of `f` in the compute type `T` (operands always share it; a mismatch is a bug
-/// reported as an error rather than a panic).
-fn slice_of<'a, T: Compute>(op: &'static str, f: &'a Floats<'_>) -> Result<&'a [T]> {
-    T::slice(f).ok_or_else(|| Error::invalid(op, "operands computed in different precisions"))
-}
-
-fn opt_slice<'a, T: Compute>(op: &'static str, f: Option<&'a Floats<'_>>) -> Result<Option<&'a [T]>> {
-    f.map(|f| slice_of(op, f)).transpose()
-}
-
-/// Per-row statistics as a tensor in compute precision.
-fn stats_tensor(v: FloatVec, rows: usize) -> Tensor {
-    let dtype = match v {
-        FloatVec::F32(_) => DType::F32,
-        FloatVec::F64(_) => DType::F64,
-    };
-    Tensor::from_cpu(v.into_storage(dtype), &[rows], None)
-}
-
-/// A gradient in the dtype and shape of `like`.
-fn grad_like(v: FloatVec, like: &Tensor) -> Tensor {
-    Tensor::from_cpu(v.into_storage(like.dtype()), like.shape(), None)
 }
 
 // ----- public ops --------------------------------------------------------------------------------
@@ -148,18 +101,8 @@ impl Tensor {
     }
 
     fn softmax_last(&self, log: bool) -> Result<Tensor> {
-        let record = || Op::Norm(NormOp::Softmax { arg: self.clone(), log });
-        #[cfg(feature = "cuda")]
-        if self.device().is_cuda() {
-            return Ok(Tensor::from_op(crate::cuda::norm::softmax(self, log)?, self.shape(), &[self], record));
-        }
-        let dtype = self.dtype();
-        let (_, width) = cpu::rows_of(self.shape());
-        let data = self.with_cpu(|s, l| {
-            let x = cpu::floats(s, l);
-            Ok(crate::float_map!(x, v => kernels::softmax_forward(&v, width, log)).into_storage(dtype))
-        })?;
-        Ok(Tensor::from_op(data, self.shape(), &[self], record))
+        let out = self.backend().softmax(self, log)?;
+        Ok(out.recorded(&[self], || Op::Norm(NormOp::Softmax { arg: self.clone(), log })))
     }
 
     /// RMSNorm over the last dim: `x / sqrt(mean(x²) + eps) · w` (`Plain`) or `· (1 + w)`
@@ -176,41 +119,10 @@ impl Tensor {
         const OP: &str = "rms_norm";
         check_input(OP, self, eps)?;
         check_param(OP, self, weight, "weight")?;
-        let (rows, width) = cpu::rows_of(self.shape());
         let mut inputs = vec![self];
         inputs.extend(weight);
-        #[cfg(feature = "cuda")]
-        if self.device().is_cuda() {
-            let (y, rstd) = crate::cuda::norm::rms_norm(self, weight, eps, kind)?;
-            return Ok(Tensor::from_op(y, self.shape(), &inputs, || {
-                Op::Norm(NormOp::RmsNorm { arg: self.clone(), weight: weight.cloned(), kind, rstd })
-            }));
-        }
-        let w = owned_opt(weight)?;
-        let (y, rstd) = self.with_cpu(|s, l| {
-            fn go<T: Compute>(
-                x: &[T],
-                w: Option<&Floats>,
-                width: usize,
-                eps: f64,
-                kind: RmsNormKind,
-            ) -> Result<(FloatVec, FloatVec)> {
-                let (y, rstd) = kernels::rms_norm_forward(x, opt_slice(OP, w)?, width, eps, kind);
-                Ok((T::wrap(y), T::wrap(rstd)))
-            }
-            match cpu::floats(s, l) {
-                Floats::F32(x) => go(&x, w.as_ref(), width, eps, kind),
-                Floats::F64(x) => go(&x, w.as_ref(), width, eps, kind),
-            }
-        })?;
-        Ok(Tensor::from_op(y.into_storage(self.dtype()), self.shape(), &inputs, || {
-            Op::Norm(NormOp::RmsNorm {
-                arg: self.clone(),
-                weight: weight.cloned(),
-                kind,
-                rstd: stats_tensor(rstd, rows),
-            })
-        }))
+        let (y, rstd) = self.backend().rms_norm(self, weight, eps, kind)?;
+        Ok(y.recorded(&inputs, || Op::Norm(NormOp::RmsNorm { arg: self.clone(), weight: weight.cloned(), kind, rstd })))
     }
 
     /// The pre-norm residual step: `(sum, rms_norm(sum))` with `sum = self + residual` (same
@@ -241,48 +153,12 @@ impl Tensor {
         check_input(OP, self, eps)?;
         check_param(OP, self, weight, "weight")?;
         check_param(OP, self, bias, "bias")?;
-        let (rows, width) = cpu::rows_of(self.shape());
         let mut inputs = vec![self];
         inputs.extend(weight);
         inputs.extend(bias);
-        #[cfg(feature = "cuda")]
-        if self.device().is_cuda() {
-            let (y, mean, rstd) = crate::cuda::norm::layer_norm(self, weight, bias, eps)?;
-            return Ok(Tensor::from_op(y, self.shape(), &inputs, || {
-                Op::Norm(NormOp::LayerNorm {
-                    arg: self.clone(),
-                    weight: weight.cloned(),
-                    bias: bias.cloned(),
-                    mean,
-                    rstd,
-                })
-            }));
-        }
-        let (w, b) = (owned_opt(weight)?, owned_opt(bias)?);
-        let (y, mean, rstd) = self.with_cpu(|s, l| {
-            fn go<T: Compute>(
-                x: &[T],
-                w: Option<&Floats>,
-                b: Option<&Floats>,
-                width: usize,
-                eps: f64,
-            ) -> Result<(FloatVec, FloatVec, FloatVec)> {
-                let (y, mean, rstd) = kernels::layer_norm_forward(x, opt_slice(OP, w)?, opt_slice(OP, b)?, width, eps);
-                Ok((T::wrap(y), T::wrap(mean), T::wrap(rstd)))
-            }
-            match cpu::floats(s, l) {
-                Floats::F32(x) => go(&x, w.as_ref(), b.as_ref(), width, eps),
-                Floats::F64(x) => go(&x, w.as_ref(), b.as_ref(), width, eps),
-            }
-        })?;
-        Ok(Tensor::from_op(y.into_storage(self.dtype()), self.shape(), &inputs, || {
-            Op::Norm(NormOp::LayerNorm {
-                arg: self.clone(),
-                weight: weight.cloned(),
-                bias: bias.cloned(),
-                mean: stats_tensor(mean, rows),
-                rstd: stats_tensor(rstd, rows),
-            })
+        let (y, mean, rstd) = self.backend().layer_norm(self, weight, bias, eps)?;
+        Ok(y.recorded(&inputs, || {
+            Op::Norm(NormOp::LayerNorm { arg: self.clone(), weight: weight.cloned(), bias: bias.cloned(), mean, rstd })
         }))
     }
 
@@ -290,29 +166,8 @@ impl Tensor {
     pub fn l2_normalize(&self, eps: f64) -> Result<Tensor> {
         const OP: &str = "l2_normalize";
         check_input(OP, self, eps)?;
-        let (rows, width) = cpu::rows_of(self.shape());
-        #[cfg(feature = "cuda")]
-        if self.device().is_cuda() {
-            let (y, norm) = crate::cuda::norm::l2_normalize(self, eps)?;
-            return Ok(Tensor::from_op(y, self.shape(), &[self], || {
-                Op::Norm(NormOp::L2Normalize { arg: self.clone(), eps, norm })
-            }));
-        }
-        let (y, norm) = self.with_cpu(|s, l| {
-            Ok(match cpu::floats(s, l) {
-                Floats::F32(x) => {
-                    let (y, n) = kernels::l2_normalize_forward(&x, width, eps);
-                    (FloatVec::F32(y), FloatVec::F32(n))
-                }
-                Floats::F64(x) => {
-                    let (y, n) = kernels::l2_normalize_forward(&x, width, eps);
-                    (FloatVec::F64(y), FloatVec::F64(n))
-                }
-            })
-        })?;
-        Ok(Tensor::from_op(y.into_storage(self.dtype()), self.shape(), &[self], || {
-            Op::Norm(NormOp::L2Normalize { arg: self.clone(), eps, norm: stats_tensor(norm, rows) })
-        }))
+        let (y, norm) = self.backend().l2_normalize(self, eps)?;
+        Ok(y.recorded(&[self], || Op::Norm(NormOp::L2Normalize { arg: self.clone(), eps, norm })))
     }
 
     // ----- composite twins (primitive ops only; references for tests) ---------------------------
@@ -395,91 +250,21 @@ impl BackwardOp for NormOp {
     }
 
     fn backward(&self, out: &Tensor, grad: &Tensor, grads: &mut Grads) -> Result<()> {
-        let op = self.name();
         match self {
-            NormOp::Softmax { arg, log } => {
-                #[cfg(feature = "cuda")]
-                if arg.device().is_cuda() {
-                    let dx = crate::cuda::norm::softmax_backward(out, grad, *log)?;
-                    return grads.add(arg, crate::cuda::tensor(dx, arg.shape()));
-                }
-                let (_, width) = cpu::rows_of(arg.shape());
-                let dx = out.with_cpu(|ys, yl| {
-                    grad.with_cpu(|gs, gl| {
-                        crate::float_zip!(op, (cpu::floats(ys, yl), cpu::floats(gs, gl)), (y, g) =>
-                            kernels::softmax_backward(&y, &g, width, *log))
-                    })
-                })?;
-                grads.add(arg, grad_like(dx, arg))
-            }
+            NormOp::Softmax { arg, log } => grads.add(arg, arg.backend().softmax_backward(out, grad, *log)?),
             NormOp::RmsNorm { arg, weight, kind, rstd } => {
                 let want_dx = arg.tracks_grad();
                 let want_dw = weight.as_ref().is_some_and(|w| w.tracks_grad());
                 if !want_dx && !want_dw {
                     return Ok(());
                 }
-                #[cfg(feature = "cuda")]
-                if arg.device().is_cuda() {
-                    let (dx, dw) = crate::cuda::norm::rms_norm_backward(
-                        arg,
-                        weight.as_ref(),
-                        rstd,
-                        grad,
-                        *kind,
-                        want_dx,
-                        want_dw,
-                    )?;
-                    if let Some(dx) = dx {
-                        grads.add(arg, dx)?;
-                    }
-                    if let (Some(w), Some(dw)) = (weight, dw) {
-                        grads.add(w, dw)?;
-                    }
-                    return Ok(());
+                let w = weight.as_ref();
+                let (dx, dw) = arg.backend().rms_norm_backward(arg, w, rstd, grad, *kind, want_dx, want_dw)?;
+                if let Some(dx) = dx {
+                    grads.add(arg, dx)?;
                 }
-                let (_, width) = cpu::rows_of(arg.shape());
-                let (w, rs) = (owned_opt(weight.as_ref())?, owned_floats(rstd)?);
-                let (dx, dw) = arg.with_cpu(|xs, xl| {
-                    grad.with_cpu(|gs, gl| {
-                        #[allow(clippy::too_many_arguments)]
-                        fn go<T: Compute>(
-                            x: &[T],
-                            g: &[T],
-                            w: Option<&Floats>,
-                            rs: &Floats,
-                            width: usize,
-                            kind: RmsNormKind,
-                            want_dx: bool,
-                            want_dw: bool,
-                        ) -> Result<(FloatVec, FloatVec)> {
-                            let (dx, dw) = kernels::rms_norm_backward(
-                                x,
-                                opt_slice("rms_norm", w)?,
-                                slice_of("rms_norm", rs)?,
-                                g,
-                                width,
-                                kind,
-                                want_dx,
-                                want_dw,
-                            );
-                            Ok((T::wrap(dx), T::wrap(dw)))
-                        }
-                        match (cpu::floats(xs, xl), cpu::floats(gs, gl)) {
-                            (Floats::F32(x), Floats::F32(g)) => {
-                                go(&x, &g, w.as_ref(), &rs, width, *kind, want_dx, want_dw)
-                            }
-                            (Floats::F64(x), Floats::F64(g)) => {
-                                go(&x, &g, w.as_ref(), &rs, width, *kind, want_dx, want_dw)
-                            }
-                            _ => Err(Error::invalid(op, "operands computed in different precisions")),
-                        }
-                    })
-                })?;
-                if want_dx {
-                    grads.add(arg, grad_like(dx, arg))?;
-                }
-                if let (Some(w), true) = (weight, want_dw) {
-                    grads.add(w, grad_like(dw, w))?;
+                if let (Some(w), Some(dw)) = (w, dw) {
+                    grads.add(w, dw)?;
                 }
                 Ok(())
             }
@@ -489,98 +274,22 @@ impl BackwardOp for NormOp {
                 if !want_dx && !want_params {
                     return Ok(());
                 }
-                #[cfg(feature = "cuda")]
-                if arg.device().is_cuda() {
-                    let (dx, dw, db) = crate::cuda::norm::layer_norm_backward(
-                        arg,
-                        weight.as_ref(),
-                        bias.as_ref(),
-                        mean,
-                        rstd,
-                        grad,
-                        want_dx,
-                        want_params,
-                    )?;
-                    if let Some(dx) = dx {
-                        grads.add(arg, dx)?;
-                    }
-                    if let (Some(w), Some(dw)) = (weight.as_ref().filter(|w| w.tracks_grad()), dw) {
-                        grads.add(w, dw)?;
-                    }
-                    if let (Some(b), Some(db)) = (bias.as_ref().filter(|b| b.tracks_grad()), db) {
-                        grads.add(b, db)?;
-                    }
-                    return Ok(());
+                let (w, b) = (weight.as_ref(), bias.as_ref());
+                let (dx, dw, db) =
+                    arg.backend().layer_norm_backward(arg, w, b, mean, rstd, grad, want_dx, want_params)?;
+                if let Some(dx) = dx {
+                    grads.add(arg, dx)?;
                 }
-                let (_, width) = cpu::rows_of(arg.shape());
-                let (w, mu, rs) = (owned_opt(weight.as_ref())?, owned_floats(mean)?, owned_floats(rstd)?);
-                let (dx, dw, db) = arg.with_cpu(|xs, xl| {
-                    grad.with_cpu(|gs, gl| {
-                        #[allow(clippy::too_many_arguments)]
-                        fn go<T: Compute>(
-                            x: &[T],
-                            g: &[T],
-                            w: Option<&Floats>,
-                            mu: &Floats,
-                            rs: &Floats,
-                            width: usize,
-                            want_dx: bool,
-                            want_params: bool,
-                        ) -> Result<(FloatVec, FloatVec, FloatVec)> {
-                            let (dx, dw, db) = kernels::layer_norm_backward(
-                                x,
-                                opt_slice("layer_norm", w)?,
-                                slice_of("layer_norm", mu)?,
-                                slice_of("layer_norm", rs)?,
-                                g,
-                                width,
-                                want_dx,
-                                want_params,
-                            );
-                            Ok((T::wrap(dx), T::wrap(dw), T::wrap(db)))
-                        }
-                        match (cpu::floats(xs, xl), cpu::floats(gs, gl)) {
-                            (Floats::F32(x), Floats::F32(g)) => {
-                                go(&x, &g, w.as_ref(), &mu, &rs, width, want_dx, want_params)
-                            }
-                            (Floats::F64(x), Floats::F64(g)) => {
-                                go(&x, &g, w.as_ref(), &mu, &rs, width, want_dx, want_params)
-                            }
-                            _ => Err(Error::invalid(op, "operands computed in different precisions")),
-                        }
-                    })
-                })?;
-                if want_dx {
-                    grads.add(arg, grad_like(dx, arg))?;
+                if let (Some(w), Some(dw)) = (w, dw) {
+                    grads.add(w, dw)?;
                 }
-                if let Some(w) = weight.as_ref().filter(|w| w.tracks_grad()) {
-                    grads.add(w, grad_like(dw, w))?;
-                }
-                if let Some(b) = bias.as_ref().filter(|b| b.tracks_grad()) {
-                    grads.add(b, grad_like(db, b))?;
+                if let (Some(b), Some(db)) = (b, db) {
+                    grads.add(b, db)?;
                 }
                 Ok(())
             }
             NormOp::L2Normalize { arg, eps, norm } => {
-                #[cfg(feature = "cuda")]
-                if arg.device().is_cuda() {
-                    let dx = crate::cuda::norm::l2_normalize_backward(out, norm, grad, *eps)?;
-                    return grads.add(arg, crate::cuda::tensor(dx, arg.shape()));
-                }
-                let (_, width) = cpu::rows_of(arg.shape());
-                let n = owned_floats(norm)?;
-                let dx = out.with_cpu(|ys, yl| {
-                    grad.with_cpu(|gs, gl| match (cpu::floats(ys, yl), cpu::floats(gs, gl), &n) {
-                        (Floats::F32(y), Floats::F32(g), Floats::F32(n)) => {
-                            Ok(FloatVec::F32(kernels::l2_normalize_backward(&y, n, &g, width, *eps)))
-                        }
-                        (Floats::F64(y), Floats::F64(g), Floats::F64(n)) => {
-                            Ok(FloatVec::F64(kernels::l2_normalize_backward(&y, n, &g, width, *eps)))
-                        }
-                        _ => Err(Error::invalid(op, "operands computed in different precisions")),
-                    })
-                })?;
-                grads.add(arg, grad_like(dx, arg))
+                grads.add(arg, arg.backend().l2_normalize_backward(out, norm, grad, *eps)?)
             }
         }
     }

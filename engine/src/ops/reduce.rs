@@ -2,7 +2,7 @@
 //! global L2 norm of a whole tensor.
 
 use crate::autograd::{BackwardOp, Grads, Op};
-use crate::{cpu, CpuStorage, Dim, Error, Result, Tensor};
+use crate::{Dim, Error, Result, Tensor};
 
 pub(crate) const NAMES: &[&str] = &["sum", "mean", "max", "min", "norm_l2"];
 
@@ -49,33 +49,11 @@ impl Tensor {
         if out_shape == self.shape() {
             return Ok(self.clone());
         }
-        let record = || Op::Reduce(ReduceOp::Sum { arg: self.clone() });
-        #[cfg(feature = "cuda")]
-        if self.device().is_cuda() {
-            let mut sorted = dims.to_vec();
-            sorted.sort_unstable();
-            sorted.dedup();
-            let data = crate::cuda::reduce::sum_dims(self, &sorted)?;
-            return Ok(Tensor::from_op(data, &out_shape, &[self], record));
-        }
-        let dtype = self.dtype();
-        // Reduce one dim at a time on contiguous data.
-        let mut shape = self.shape().to_vec();
-        let data = self.with_cpu(|s, l| {
-            let x = cpu::floats(s, l);
-            Ok(crate::float_map!(x, v => {
-                let mut cur = v.into_owned();
-                let mut sorted = dims.to_vec();
-                sorted.sort_unstable();
-                sorted.dedup();
-                for &d in &sorted {
-                    cur = cpu::reduce::sum_dim(&cur, &shape, d);
-                    shape[d] = 1;
-                }
-                cur
-            }))
-        })?;
-        Ok(Tensor::from_op(data.into_storage(dtype), &out_shape, &[self], record))
+        let mut sorted = dims.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let out = self.backend().sum_dims(self, &sorted, &out_shape)?;
+        Ok(out.recorded(&[self], || Op::Reduce(ReduceOp::Sum { arg: self.clone() })))
     }
 
     pub fn sum_keepdim(&self, dim: impl Dim) -> Result<Tensor> {
@@ -98,19 +76,8 @@ impl Tensor {
     pub fn mean_dims_keepdim(&self, dims: &[usize]) -> Result<Tensor> {
         let s = crate::no_grad(|| self.sum_dims_keepdim(dims))?;
         let count = self.elem_count() / s.elem_count().max(1);
-        let record = || Op::Reduce(ReduceOp::Mean { arg: self.clone(), count });
-        #[cfg(feature = "cuda")]
-        if self.device().is_cuda() {
-            let kind = crate::ops::unary::UnaryKind::Affine(1.0 / count.max(1) as f64, 0.0);
-            let data = crate::cuda::unary::forward(&s, kind)?;
-            return Ok(Tensor::from_op(data, s.shape(), &[self], record));
-        }
-        let dtype = self.dtype();
-        let data = s.with_cpu(|st, l| {
-            let x = cpu::floats(st, l);
-            Ok(crate::float_map!(x, v => cpu::reduce::scale(&v, 1.0 / count.max(1) as f64)))
-        })?;
-        Ok(Tensor::from_op(data.into_storage(dtype), s.shape(), &[self], record))
+        let out = self.backend().scale(&s, 1.0 / count.max(1) as f64)?;
+        Ok(out.recorded(&[self], || Op::Reduce(ReduceOp::Mean { arg: self.clone(), count })))
     }
 
     pub fn mean_keepdim(&self, dim: impl Dim) -> Result<Tensor> {
@@ -135,33 +102,8 @@ impl Tensor {
         if self.shape()[dim] == 0 {
             return Err(Error::shapes_note(op, &[self.shape()], format!("cannot reduce empty dim {dim}")));
         }
-        let dtype = self.dtype();
-        let mut out_shape = self.shape().to_vec();
-        out_shape[dim] = 1;
-        #[cfg(feature = "cuda")]
-        if self.device().is_cuda() {
-            let (data, idx) = crate::cuda::reduce::select(self, dim, is_max)?;
-            let indices = crate::cuda::tensor(idx, &out_shape);
-            let t = Tensor::from_op(data, &out_shape, &[self], || {
-                Op::Reduce(ReduceOp::Select { arg: self.clone(), dim, indices: indices.clone(), is_max })
-            });
-            return Ok((t, indices));
-        }
-        let (data, idx) = self.with_cpu(|s, l| {
-            let x = cpu::floats(s, l);
-            Ok(match x {
-                cpu::Floats::F32(v) => {
-                    let (vals, i) = cpu::reduce::select_dim(&v, self.shape(), dim, is_max);
-                    (cpu::FloatVec::F32(vals), i)
-                }
-                cpu::Floats::F64(v) => {
-                    let (vals, i) = cpu::reduce::select_dim(&v, self.shape(), dim, is_max);
-                    (cpu::FloatVec::F64(vals), i)
-                }
-            })
-        })?;
-        let indices = Tensor::from_cpu(CpuStorage::I64(idx), &out_shape, None);
-        let t = Tensor::from_op(data.into_storage(dtype), &out_shape, &[self], || {
+        let (vals, indices) = self.backend().select(self, dim, is_max)?;
+        let t = vals.recorded(&[self], || {
             Op::Reduce(ReduceOp::Select { arg: self.clone(), dim, indices: indices.clone(), is_max })
         });
         Ok((t, indices))
@@ -199,23 +141,8 @@ impl Tensor {
     /// The L2 norm of all elements, `sqrt(Σ x²)`, as a rank-0 tensor.
     pub fn norm_l2(&self) -> Result<Tensor> {
         self.check_float("norm_l2")?;
-        let dtype = self.dtype();
-        #[cfg(feature = "cuda")]
-        if self.device().is_cuda() {
-            // sqrt(sum(x^2)) in f32 on the device, rounded once to the dtype.
-            let data = crate::no_grad(|| -> Result<Tensor> {
-                self.detach().to_dtype(crate::DType::F32)?.sqr()?.sum_all()?.sqrt()?.to_dtype(dtype)
-            })?;
-            let data = crate::cuda::view::convert("norm_l2", &data, dtype)?;
-            return Ok(Tensor::from_op(data, &[], &[self], || Op::Reduce(ReduceOp::NormL2 { arg: self.clone() })));
-        }
-        let data = self.with_cpu(|s, l| {
-            let x = cpu::floats(s, l);
-            Ok(crate::float_map!(x, v => vec![cpu::reduce::norm_l2(&v)]))
-        })?;
-        Ok(Tensor::from_op(data.into_storage(dtype), &[], &[self], || {
-            Op::Reduce(ReduceOp::NormL2 { arg: self.clone() })
-        }))
+        let out = self.backend().norm_l2(self)?;
+        Ok(out.recorded(&[self], || Op::Reduce(ReduceOp::NormL2 { arg: self.clone() })))
     }
 }
 
@@ -248,20 +175,7 @@ impl BackwardOp for ReduceOp {
                 grads.add(arg, grad.scale(1.0 / (*count).max(1) as f64)?.broadcast_as(arg.shape())?.contiguous()?)
             }
             ReduceOp::Select { arg, dim, indices, is_max } => {
-                #[cfg(feature = "cuda")]
-                if arg.device().is_cuda() {
-                    let data = crate::cuda::reduce::select_backward(grad, indices, arg.shape(), *dim, *is_max)?;
-                    return grads.add(arg, crate::cuda::tensor(data, arg.shape()));
-                }
-                let _ = is_max;
-                let indices = indices.to_vec::<i64>()?;
-                let indices = &indices;
-                let dtype = arg.dtype();
-                let data = grad.with_cpu(|s, l| {
-                    let g = cpu::floats(s, l);
-                    Ok(crate::float_map!(g, v => cpu::reduce::select_backward(&v, indices, arg.shape(), *dim)))
-                })?;
-                grads.add(arg, Tensor::from_cpu(data.into_storage(dtype), arg.shape(), None))
+                grads.add(arg, arg.backend().select_backward(grad, indices, arg.shape(), *dim, *is_max)?)
             }
             ReduceOp::NormL2 { arg } => {
                 // d‖x‖/dx = x / ‖x‖ (zero at x = 0).

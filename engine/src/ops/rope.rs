@@ -7,7 +7,7 @@
 //! cos and sin are constants.
 
 use crate::autograd::{BackwardOp, Grads, Op};
-use crate::{cpu, Device, Error, Result, Tensor};
+use crate::{Device, Error, Result, Tensor};
 
 pub(crate) const NAMES: &[&str] = &["rope"];
 
@@ -77,26 +77,8 @@ impl Tensor {
     /// ```
     pub fn rope(&self, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         let (c, s, batched) = prepare(self, cos, sin)?;
-        let record = || Op::Rope(RopeOp { arg: self.clone(), cos: c.clone(), sin: s.clone() });
-        #[cfg(feature = "cuda")]
-        if self.device().is_cuda() {
-            let data = crate::cuda::rope::apply(self, &c, &s, batched, false)?;
-            return Ok(Tensor::from_op(data, self.shape(), &[self], record));
-        }
-        let dims = rope_dims(self.shape(), batched);
-        let dtype = self.dtype();
-        let data = self.with_cpu(|xs, xl| {
-            c.with_cpu(|cs, cl| {
-                s.with_cpu(|ss, sl| {
-                    crate::float_zip!(
-                        OP,
-                        (cpu::floats(xs, xl), cpu::floats(cs, cl), cpu::floats(ss, sl)),
-                        (x, c, s) => cpu::rope::forward(&x, &c, &s, dims)
-                    )
-                })
-            })
-        })?;
-        Ok(Tensor::from_op(data.into_storage(dtype), self.shape(), &[self], record))
+        let out = self.backend().rope(self, &c, &s, batched, false)?;
+        Ok(out.recorded(&[self], || Op::Rope(RopeOp { arg: self.clone(), cos: c.clone(), sin: s.clone() })))
     }
 
     /// The composite twin of [`rope`](Self::rope), from primitive ops: `rotate_half` is a matmul
@@ -104,11 +86,6 @@ impl Tensor {
     pub fn rope_composite(&self, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         rope_composite(self, cos, sin)
     }
-}
-
-/// `(batch, seq, heads, head_dim, tables have a batch dim)`.
-fn rope_dims(shape: &[usize], batched: bool) -> cpu::rope::RopeDims {
-    cpu::rope::RopeDims { b: shape[0], l: shape[1], h: shape[2], d: shape[3], batched }
 }
 
 /// The composite twin of [`Tensor::rope`]; see [`Tensor::rope_composite`].
@@ -140,23 +117,6 @@ impl BackwardOp for RopeOp {
 
     fn backward(&self, _out: &Tensor, grad: &Tensor, grads: &mut Grads) -> Result<()> {
         let x = &self.arg;
-        #[cfg(feature = "cuda")]
-        if x.device().is_cuda() {
-            let data = crate::cuda::rope::apply(grad, &self.cos, &self.sin, self.cos.rank() == 3, true)?;
-            return grads.add(x, crate::cuda::tensor(data, x.shape()));
-        }
-        let dims = rope_dims(x.shape(), self.cos.rank() == 3);
-        let data = grad.with_cpu(|gs, gl| {
-            self.cos.with_cpu(|cs, cl| {
-                self.sin.with_cpu(|ss, sl| {
-                    crate::float_zip!(
-                        OP,
-                        (cpu::floats(gs, gl), cpu::floats(cs, cl), cpu::floats(ss, sl)),
-                        (g, c, s) => cpu::rope::backward(&g, &c, &s, dims)
-                    )
-                })
-            })
-        })?;
-        grads.add(x, Tensor::from_cpu(data.into_storage(x.dtype()), x.shape(), None))
+        grads.add(x, x.backend().rope(grad, &self.cos, &self.sin, self.cos.rank() == 3, true)?)
     }
 }

@@ -1,85 +1,14 @@
 //! Elementwise unary ops: neg, exp, log, sqrt, rsqrt, sqr, recip, powf, abs, clamp, affine, sin,
-//! cos, tanh, sigmoid, relu, silu, gelu (erf), gelu (tanh), quick_gelu.
+//! cos, tanh, sigmoid, relu, silu, gelu (erf), gelu (tanh), quick_gelu, softplus.
 //!
 //! Backward is one fused primitive per kind, `dx = g · f'(x, y)`, reading the input and/or the
 //! output as the kind needs (exp keeps its output; log keeps its input).
 
 use crate::autograd::{BackwardOp, Grads, Op};
-use crate::{cpu, Error, Result, Tensor};
+use crate::kinds::UnaryKind;
+use crate::{Error, Result, Tensor};
 
-pub(crate) const NAMES: &[&str] = &[
-    "neg",
-    "exp",
-    "log",
-    "sqrt",
-    "rsqrt",
-    "sqr",
-    "recip",
-    "powf",
-    "abs",
-    "clamp",
-    "affine",
-    "sin",
-    "cos",
-    "tanh",
-    "sigmoid",
-    "relu",
-    "silu",
-    "gelu",
-    "gelu_tanh",
-    "quick_gelu",
-];
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) enum UnaryKind {
-    Neg,
-    Exp,
-    Log,
-    Sqrt,
-    Rsqrt,
-    Sqr,
-    Recip,
-    Powf(f64),
-    Abs,
-    Clamp(f64, f64),
-    Affine(f64, f64),
-    Sin,
-    Cos,
-    Tanh,
-    Sigmoid,
-    Relu,
-    Silu,
-    Gelu,
-    GeluTanh,
-    QuickGelu,
-}
-
-impl UnaryKind {
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            UnaryKind::Neg => "neg",
-            UnaryKind::Exp => "exp",
-            UnaryKind::Log => "log",
-            UnaryKind::Sqrt => "sqrt",
-            UnaryKind::Rsqrt => "rsqrt",
-            UnaryKind::Sqr => "sqr",
-            UnaryKind::Recip => "recip",
-            UnaryKind::Powf(_) => "powf",
-            UnaryKind::Abs => "abs",
-            UnaryKind::Clamp(..) => "clamp",
-            UnaryKind::Affine(..) => "affine",
-            UnaryKind::Sin => "sin",
-            UnaryKind::Cos => "cos",
-            UnaryKind::Tanh => "tanh",
-            UnaryKind::Sigmoid => "sigmoid",
-            UnaryKind::Relu => "relu",
-            UnaryKind::Silu => "silu",
-            UnaryKind::Gelu => "gelu",
-            UnaryKind::GeluTanh => "gelu_tanh",
-            UnaryKind::QuickGelu => "quick_gelu",
-        }
-    }
-}
+pub(crate) const NAMES: &[&str] = UnaryKind::NAMES;
 
 pub(crate) struct UnaryOp {
     kind: UnaryKind,
@@ -91,18 +20,8 @@ impl Tensor {
         if !self.dtype().is_float() {
             return Err(Error::dtype(kind.name(), self.dtype(), "expected a float tensor"));
         }
-        let record = || Op::Unary(UnaryOp { kind, arg: self.clone() });
-        #[cfg(feature = "cuda")]
-        if self.device().is_cuda() {
-            let data = crate::cuda::unary::forward(self, kind)?;
-            return Ok(Tensor::from_op(data, self.shape(), &[self], record));
-        }
-        let dtype = self.dtype();
-        let data = self.with_cpu(|s, l| {
-            let x = cpu::floats(s, l);
-            Ok(crate::float_map!(x, v => cpu::unary::forward(kind, &v)).into_storage(dtype))
-        })?;
-        Ok(Tensor::from_op(data, self.shape(), &[self], record))
+        let out = self.backend().unary(self, kind)?;
+        Ok(out.recorded(&[self], || Op::Unary(UnaryOp { kind, arg: self.clone() })))
     }
 
     pub fn neg(&self) -> Result<Tensor> {
@@ -180,6 +99,11 @@ impl Tensor {
     pub fn quick_gelu(&self) -> Result<Tensor> {
         self.unary(UnaryKind::QuickGelu)
     }
+    /// `ln(1 + eˣ)`, computed as `max(x, 0) + ln_1p(e^-|x|)` (no overflow); its derivative is
+    /// `sigmoid(x)`.
+    pub fn softplus(&self) -> Result<Tensor> {
+        self.unary(UnaryKind::Softplus)
+    }
 }
 
 impl BackwardOp for UnaryOp {
@@ -192,25 +116,7 @@ impl BackwardOp for UnaryOp {
     }
 
     fn backward(&self, out: &Tensor, grad: &Tensor, grads: &mut Grads) -> Result<()> {
-        let kind = self.kind;
-        let dtype = self.arg.dtype();
         let x = &self.arg;
-        #[cfg(feature = "cuda")]
-        if x.device().is_cuda() {
-            let data = crate::cuda::unary::backward(kind, x, out, grad)?;
-            return grads.add(x, crate::cuda::tensor(data, x.shape()));
-        }
-        let data = x.with_cpu(|xs, xl| {
-            out.with_cpu(|ys, yl| {
-                grad.with_cpu(|gs, gl| {
-                    crate::float_zip!(
-                        kind.name(),
-                        (cpu::floats(xs, xl), cpu::floats(ys, yl), cpu::floats(gs, gl)),
-                        (a, b, c) => cpu::unary::backward(kind, &a, &b, &c)
-                    )
-                })
-            })
-        })?;
-        grads.add(x, Tensor::from_cpu(data.into_storage(dtype), x.shape(), None))
+        grads.add(x, x.backend().unary_backward(self.kind, x, out, grad)?)
     }
 }

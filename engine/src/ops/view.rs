@@ -6,7 +6,7 @@
 //! sums over the broadcast dims, so no other backward rule reduces over broadcast dims.
 
 use crate::autograd::{record, BackwardOp, Grads, Op};
-use crate::{cpu, shape, DType, Dim, Error, Layout, Result, Tensor};
+use crate::{shape, DType, Dim, Error, Layout, Result, Tensor};
 
 pub(crate) const NAMES: &[&str] = &["reshape", "permute", "narrow", "broadcast_as", "contiguous", "to_dtype"];
 
@@ -154,14 +154,8 @@ impl Tensor {
         if self.is_contiguous() {
             return Ok(self.clone());
         }
-        let record = || Op::View(ViewOp::Contiguous { arg: self.clone() });
-        #[cfg(feature = "cuda")]
-        if self.device().is_cuda() {
-            let data = crate::cuda::view::convert("contiguous", self, self.dtype())?;
-            return Ok(Tensor::from_op(data, self.shape(), &[self], record));
-        }
-        let data = self.to_cpu_storage()?;
-        Ok(Tensor::from_op(data, self.shape(), &[self], record))
+        let out = self.backend().convert(self, self.dtype())?;
+        Ok(out.recorded(&[self], || Op::View(ViewOp::Contiguous { arg: self.clone() })))
     }
 
     /// Convert element type (a copy; differentiable between float types).
@@ -171,14 +165,8 @@ impl Tensor {
         }
         let track = dtype.is_float() && self.dtype().is_float();
         let inputs: &[&Tensor] = if track { &[self] } else { &[] };
-        let record = || Op::View(ViewOp::ToDType { arg: self.clone() });
-        #[cfg(feature = "cuda")]
-        if self.device().is_cuda() {
-            let data = crate::cuda::view::convert("to_dtype", self, dtype)?;
-            return Ok(Tensor::from_op(data, self.shape(), inputs, record));
-        }
-        let data = self.with_cpu(|s, l| Ok(s.to_dtype(l, dtype)))?;
-        Ok(Tensor::from_op(data, self.shape(), inputs, record))
+        let out = self.backend().convert(self, dtype)?;
+        Ok(out.recorded(inputs, || Op::View(ViewOp::ToDType { arg: self.clone() })))
     }
 
     /// Sum `self` down to `shape`, the inverse of broadcasting (used by backward rules).
@@ -207,23 +195,7 @@ impl Tensor {
 
     /// A zero tensor of `full` shape with `self` written at `start..start+len` along `dim`.
     pub(crate) fn pad_into(&self, full: &[usize], dim: usize, start: usize) -> Result<Tensor> {
-        #[cfg(feature = "cuda")]
-        if self.device().is_cuda() {
-            return Ok(crate::cuda::tensor(crate::cuda::view::pad_into(self, full, dim, start)?, full));
-        }
-        let out = Tensor::zeros(full, self.dtype(), self.device())?;
-        let src = self.to_cpu_storage()?;
-        {
-            let mut dst = out.write_storage();
-            #[allow(irrefutable_let_patterns)] // a CUDA arm exists with the `cuda` feature
-            let crate::Storage::Cpu(d) = &mut *dst
-            else {
-                return Err(Error::invalid("narrow", "a CPU tensor expected"));
-            };
-            let view = Layout::contiguous(full).narrow(dim, start, self.shape()[dim]);
-            cpu::copy_into_view(d, &view, &src)?;
-        }
-        Ok(out)
+        self.backend().pad_into(self, full, dim, start)
     }
 }
 
