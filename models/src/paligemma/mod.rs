@@ -12,7 +12,7 @@
 
 mod config;
 mod gemma;
-mod names;
+pub mod names;
 mod processor;
 mod siglip;
 
