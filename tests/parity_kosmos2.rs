@@ -424,12 +424,12 @@ fn loads_checkpoint_directories_single_and_sharded() {
     let case = SafeTensorsFile::open(fixture("case_b1.safetensors")).unwrap();
     let want = reference.forward_trace(&input(&case)).unwrap().logits.to_vec::<f32>().unwrap();
     for dir in [&single, &sharded] {
-        let m = Kosmos2::load(dir, DType::F32).unwrap();
+        let m = Kosmos2::load(dir, Some(DType::F32)).unwrap();
         assert_eq!(m.params().len(), reference.params().len());
         let got = m.forward_trace(&input(&case)).unwrap().logits.to_vec::<f32>().unwrap();
         assert_eq!(got, want, "{}", dir.display());
     }
-    let e = err_of(Kosmos2::load(base.join("nowhere"), DType::F32));
+    let e = err_of(Kosmos2::load(base.join("nowhere"), Some(DType::F32)));
     assert!(e.contains("nowhere"), "{e}");
     std::fs::remove_dir_all(&base).unwrap();
 }

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use vlm4vla::engine::io::{self, LoadOptions};
 use vlm4vla::engine::{DType, Device, ParamStore, Tensor};
 use vlm4vla::models::qwen2_5_vl::{
-    chat_layout, collate, param_count, param_shapes, preprocess, ChatTokens, Qwen25Vl, Qwen25VlConfig,
+    chat_layout, collate, num_params, param_shapes, preprocess, ChatTokens, Qwen25Vl, Qwen25VlConfig,
 };
 use vlm4vla::models::{Backbone, BackboneInput};
 
@@ -186,7 +186,7 @@ fn token_layout_matches_processor() {
 #[test]
 fn real_size_parameter_counts() {
     let cfg = Qwen25VlConfig::qwen2_5_vl_3b();
-    assert_eq!(param_count(&cfg), 3_754_622_976);
+    assert_eq!(num_params(&cfg), 3_754_622_976);
     let shapes = param_shapes(&cfg);
     let part = |p: &str| -> usize {
         shapes.iter().filter(|(n, _)| n.starts_with(p)).map(|(_, s)| s.iter().product::<usize>()).sum()
@@ -197,7 +197,7 @@ fn real_size_parameter_counts() {
     assert!(!shapes.iter().any(|(n, _)| n == "lm_head.weight"));
     let cfg7 = Qwen25VlConfig::qwen2_5_vl_7b();
     assert!(param_shapes(&cfg7).iter().any(|(n, _)| n == "lm_head.weight"));
-    assert_eq!(param_count(&cfg7), 8_292_166_656);
+    assert_eq!(num_params(&cfg7), 8_292_166_656);
 }
 
 #[test]
@@ -403,7 +403,7 @@ fn loads_checkpoint_directories() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(fixtures().join("config.json"), dir.join("config.json")).unwrap();
     let ws = weights();
-    let e = err_text(Qwen25Vl::load_dir(&dir, None));
+    let e = err_text(Qwen25Vl::load(&dir, None));
     assert!(e.contains("model.safetensors"), "{e}");
 
     // Sharded: vision tower in one file, the rest in another, as bf16 loaded as f32.
@@ -420,8 +420,8 @@ fn loads_checkpoint_directories() {
     }
     let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
     std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
-    let model = Qwen25Vl::load_dir(&dir, Some(DType::F32)).unwrap();
-    assert_eq!(model.params().num_params(), param_count(model.config()));
+    let model = Qwen25Vl::load(&dir, Some(DType::F32)).unwrap();
+    assert_eq!(model.params().num_params(), num_params(model.config()));
     let w = model.params().get("visual.merger.mlp.0.weight").unwrap();
     assert_eq!(w.dtype(), DType::F32);
     let bf16 = model.params().get("model.norm.weight").unwrap().to_vec::<f32>().unwrap();

@@ -1,5 +1,6 @@
 //! The vlm4vla engine: tensors with strided views, a reverse-mode autograd, a CPU backend (the
-//! reference), a CUDA backend (feature `cuda`), optimizers and safetensors I/O.
+//! reference), a CUDA backend (feature `cuda`), optimizers, safetensors I/O and the layer building
+//! blocks the models share ([`nn`]).
 //!
 //! ```
 //! use vlm4vla_engine::{Device, DType, Tensor};
@@ -18,6 +19,7 @@ pub mod dtype;
 pub mod error;
 pub mod io;
 pub mod kinds;
+pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod params;

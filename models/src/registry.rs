@@ -237,9 +237,9 @@ pub fn load_backbone(spec: &str, dtype: DType, seed: u64) -> Result<Box<dyn Back
     }
     let dir = resolve(spec)?;
     Ok(match ModelConfig::from_dir(&dir)? {
-        ModelConfig::Qwen25Vl(_) => Box::new(qwen2_5_vl::Qwen25Vl::load_dir(&dir, Some(dtype))?),
+        ModelConfig::Qwen25Vl(_) => Box::new(qwen2_5_vl::Qwen25Vl::load(&dir, Some(dtype))?),
         ModelConfig::PaliGemma(_) => Box::new(paligemma::PaliGemma::load(&dir, Some(dtype))?),
-        ModelConfig::Kosmos2(_) => Box::new(kosmos2::Kosmos2::load(&dir, dtype)?),
+        ModelConfig::Kosmos2(_) => Box::new(kosmos2::Kosmos2::load(&dir, Some(dtype))?),
     })
 }
 

@@ -11,6 +11,7 @@
 //!   multi-head attention over prompt + appended rows with the padding masked, then a GELU MLP)
 //!   and a final RMSNorm.
 
+use vlm4vla_engine::nn::{embedding, linear_named, merge_heads, rms_norm_named, split_heads};
 use vlm4vla_engine::{AttentionMask, DType, Device, Error, ParamStore, Result, RmsNormKind, Tensor};
 use vlm4vla_models::{Backbone, BackboneInput, BackboneOutput, ParamGroup};
 
@@ -36,15 +37,6 @@ impl Default for ToyConfig {
 pub struct ToyBackbone {
     cfg: ToyConfig,
     params: ParamStore,
-}
-
-fn linear(ps: &ParamStore, name: &str, x: &Tensor, bias: bool) -> Result<Tensor> {
-    let y = x.matmul(&ps.get(&format!("{name}.weight"))?.t()?)?;
-    if bias {
-        y.add(&ps.get(&format!("{name}.bias"))?)
-    } else {
-        Ok(y)
-    }
 }
 
 impl ToyBackbone {
@@ -108,8 +100,8 @@ impl ToyBackbone {
             .reshape(&[b, 3, g, p, g, p])?
             .permute(&[0, 2, 4, 1, 3, 5])?
             .reshape(&[b, g * g, 3 * p * p])?;
-        let v = linear(&self.params, "vision.patch_embed", &patches, true)?.gelu()?.mean(1)?;
-        linear(&self.params, "connector.proj", &v, true)
+        let v = linear_named(&self.params, "vision.patch_embed", &patches)?.gelu()?.mean(1)?;
+        linear_named(&self.params, "connector.proj", &v)
     }
 }
 
@@ -155,7 +147,7 @@ impl Backbone for ToyBackbone {
         }
         let (b, l) = (ids.dim(0)?, ids.dim(1)?);
         let image = self.image_features(&input.pixel_values)?;
-        let text = ps.get("model.embed_tokens.weight")?.index_select(0, &ids.flatten_all()?)?.reshape(&[b, l, h])?;
+        let text = embedding(&ps.get("model.embed_tokens.weight")?, ids)?;
         let mut x = Tensor::where_cond(&input.token_type.unsqueeze(2)?, &image.unsqueeze(1)?, &text)?;
         let mut keys = input.attention_mask.to_dtype(DType::U8)?;
         let q_rows = match extra {
@@ -175,10 +167,10 @@ impl Backbone for ToyBackbone {
             None => 0,
         };
         let t = l + q_rows;
-        let norm = |x: &Tensor, name: &str| x.rms_norm(Some(&ps.get(name)?), 1e-6, RmsNormKind::Plain);
-        let a = norm(&x, "model.layers.0.input_layernorm.weight")?;
+        let norm = |x: &Tensor, name: &str| rms_norm_named(ps, name, x, 1e-6, RmsNormKind::Plain);
+        let a = norm(&x, "model.layers.0.input_layernorm")?;
         let proj = |name: &str| -> Result<Tensor> {
-            linear(ps, &format!("model.layers.0.self_attn.{name}"), &a, false)?.reshape(&[b, t, heads, h / heads])
+            split_heads(&linear_named(ps, &format!("model.layers.0.self_attn.{name}"), &a)?, heads)
         };
         let scale = 1.0 / ((h / heads) as f64).sqrt();
         let att = proj("q_proj")?.attention(
@@ -188,11 +180,11 @@ impl Backbone for ToyBackbone {
             Some(&keys),
             scale,
         )?;
-        let att = linear(ps, "model.layers.0.self_attn.o_proj", &att.out.reshape(&[b, t, h])?, false)?;
+        let att = linear_named(ps, "model.layers.0.self_attn.o_proj", &merge_heads(&att.out)?)?;
         let x = x.add(&att)?;
-        let m = norm(&x, "model.layers.0.post_attention_layernorm.weight")?;
-        let m = linear(ps, "model.layers.0.mlp.up_proj", &m, false)?.gelu()?;
-        let x = x.add(&linear(ps, "model.layers.0.mlp.down_proj", &m, false)?)?;
-        Ok(BackboneOutput { hidden: norm(&x, "model.norm.weight")?, appended: l..t })
+        let m = norm(&x, "model.layers.0.post_attention_layernorm")?;
+        let m = linear_named(ps, "model.layers.0.mlp.up_proj", &m)?.gelu()?;
+        let x = x.add(&linear_named(ps, "model.layers.0.mlp.down_proj", &m)?)?;
+        Ok(BackboneOutput { hidden: norm(&x, "model.norm")?, appended: l..t })
     }
 }

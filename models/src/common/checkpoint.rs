@@ -482,6 +482,47 @@ pub fn param_count_by_group<G: Ord>(tensors: &[(String, Vec<usize>)], group: imp
     out
 }
 
+/// Every tensor of the checkpoint at `dir_or_id` (a directory, or a hub id in the local cache, see
+/// [`resolve`]), with its `config.json` parsed by `config`: the one loading path behind the
+/// families' `load(dir_or_id, dtype)`.
+///
+/// `stored(config)` lists the tensors a checkpoint of that config may hold and their shapes (the
+/// family's `param_shapes`, plus e.g. a tied `lm_head` copy), under the names `canonical` maps
+/// on-disk names to. A tensor outside that list is an error naming the file, the tensor and
+/// `family`; shapes are checked before any data is read; tensors are converted to `dtype` when
+/// given. The store holds the tensors under their on-disk names, file by file and each file's by
+/// name; the family's `from_params` renames, orders and validates them.
+pub(crate) fn read_checkpoint<C>(
+    dir_or_id: &Path,
+    dtype: Option<DType>,
+    family: &str,
+    config: impl FnOnce(&Path) -> Result<C>,
+    stored: impl FnOnce(&C) -> Vec<(String, Vec<usize>)>,
+    canonical: impl Fn(&str) -> String,
+) -> Result<(C, ParamStore)> {
+    let dir = resolve(&dir_or_id.to_string_lossy())?.dir;
+    let cfg = config(&dir.join(CONFIG_FILE))?;
+    let shapes: HashMap<String, Vec<usize>> = stored(&cfg).into_iter().collect();
+    let mut store = ParamStore::new();
+    for file in checkpoint_files(&dir)? {
+        let st = SafeTensorsFile::open(&file)?;
+        for name in st.names() {
+            let Some(shape) = shapes.get(&canonical(name)) else {
+                return Err(Error::tensor(
+                    &file,
+                    name,
+                    format!("unexpected: not a parameter of the {family} in {}", dir.display()),
+                ));
+            };
+            if store.contains(name) {
+                return Err(Error::tensor(&file, name, "appears in more than one shard"));
+            }
+            store.insert(name, &st.get_as(name, shape, dtype)?)?;
+        }
+    }
+    Ok((cfg, store))
+}
+
 /// The safetensors files of a checkpoint directory (single file or shards), via the shared loader.
 pub(crate) fn checkpoint_files(dir: &std::path::Path) -> vlm4vla_engine::Result<Vec<std::path::PathBuf>> {
     Ok(weight_files(dir)?.files().into_iter().map(std::path::Path::to_path_buf).collect())

@@ -4,10 +4,9 @@
 //! on **every** token (not just the class token) and a per-token L2 normalisation.
 
 use super::config::VisionConfig;
-use super::nn::{layer_norm_named, linear_named, merge_heads, split_heads};
+use super::names::VISION;
+use vlm4vla_engine::nn::{layer_norm_named, linear, linear_folded_named, merge_heads, split_heads};
 use vlm4vla_engine::{AttentionMask, Error, ParamStore, Result, Tensor};
-
-pub(crate) const PREFIX: &str = "vision_model.model";
 
 /// What the tower produces: every encoder layer's output (`[B, 1 + N, hidden]`) and the
 /// post-LN, L2-normalised features the connector reads.
@@ -51,34 +50,34 @@ pub(crate) fn check_pixels(cfg: &VisionConfig, pixels: &Tensor) -> Result<()> {
 
 pub(crate) fn forward(cfg: &VisionConfig, ps: &ParamStore, pixels: &Tensor) -> Result<VisionOutput> {
     check_pixels(cfg, pixels)?;
-    let p = |n: &str| ps.get(&format!("{PREFIX}.{n}"));
+    let p = |n: &str| ps.get(&format!("{VISION}.{n}"));
     let (b, d) = (pixels.shape()[0], cfg.hidden_size);
     let patch_w = p("embeddings.patch_embedding.weight")?;
     let pixels = pixels.to_dtype(patch_w.dtype())?;
     let rows = patchify(&pixels, cfg.patch_size)?;
     let k = rows.shape()[2];
-    let patches = rows.matmul(&patch_w.reshape(&[d, k])?.t()?)?;
+    let patches = linear(&rows, &patch_w.reshape(&[d, k])?, None)?;
     let cls = p("embeddings.class_embedding")?.reshape(&[1, 1, d])?.broadcast_as(&[b, 1, d])?;
     let mut x = Tensor::cat(&[&cls, &patches], 1)?.add(&p("embeddings.position_embedding.weight")?)?;
-    x = layer_norm_named(ps, &format!("{PREFIX}.pre_layrnorm"), &x, cfg.layer_norm_eps)?;
+    x = layer_norm_named(ps, &format!("{VISION}.pre_layrnorm"), &x, cfg.layer_norm_eps)?;
 
     let eps = cfg.layer_norm_eps;
     let scale = (cfg.head_dim() as f64).powf(-0.5);
     let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
     for i in 0..cfg.num_hidden_layers {
-        let l = format!("{PREFIX}.encoder.layers.{i}");
+        let l = format!("{VISION}.encoder.layers.{i}");
         let h = layer_norm_named(ps, &format!("{l}.layer_norm1"), &x, eps)?;
         let heads = cfg.num_attention_heads;
-        let q = split_heads(&linear_named(ps, &format!("{l}.self_attn.q_proj"), &h)?, heads)?;
-        let k = split_heads(&linear_named(ps, &format!("{l}.self_attn.k_proj"), &h)?, heads)?;
-        let v = split_heads(&linear_named(ps, &format!("{l}.self_attn.v_proj"), &h)?, heads)?;
+        let q = split_heads(&linear_folded_named(ps, &format!("{l}.self_attn.q_proj"), &h)?, heads)?;
+        let k = split_heads(&linear_folded_named(ps, &format!("{l}.self_attn.k_proj"), &h)?, heads)?;
+        let v = split_heads(&linear_folded_named(ps, &format!("{l}.self_attn.v_proj"), &h)?, heads)?;
         let a = merge_heads(&q.attention(&k, &v, &AttentionMask::Full, None, scale)?.out)?;
-        x = x.add(&linear_named(ps, &format!("{l}.self_attn.out_proj"), &a)?)?;
+        x = x.add(&linear_folded_named(ps, &format!("{l}.self_attn.out_proj"), &a)?)?;
         let h = layer_norm_named(ps, &format!("{l}.layer_norm2"), &x, eps)?;
-        let h = cfg.hidden_act.apply(&linear_named(ps, &format!("{l}.mlp.fc1"), &h)?)?;
-        x = x.add(&linear_named(ps, &format!("{l}.mlp.fc2"), &h)?)?;
+        let h = cfg.hidden_act.apply(&linear_folded_named(ps, &format!("{l}.mlp.fc1"), &h)?)?;
+        x = x.add(&linear_folded_named(ps, &format!("{l}.mlp.fc2"), &h)?)?;
         layers.push(x.clone());
     }
-    let features = layer_norm_named(ps, &format!("{PREFIX}.post_layernorm"), &x, eps)?.l2_normalize(1e-12)?;
+    let features = layer_norm_named(ps, &format!("{VISION}.post_layernorm"), &x, eps)?.l2_normalize(1e-12)?;
     Ok(VisionOutput { layers, features })
 }

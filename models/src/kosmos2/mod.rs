@@ -18,106 +18,21 @@
 mod clip;
 pub mod config;
 mod connector;
-mod nn;
+pub mod names;
 pub mod processor;
 mod text;
 
 pub use config::{Activation, Kosmos2Config, TextConfig, VisionConfig};
+pub use names::{group_of, num_params, param_shapes};
 pub use processor::Kosmos2Processor;
 
 use crate::common::backbone::{Backbone, BackboneInput, BackboneOutput, ParamGroup};
+use names::{EMBED, LM_HEAD};
 use std::collections::HashSet;
 use std::path::Path;
-use vlm4vla_engine::{DType, Device, Error, ParamStore, Result, SafeTensorsFile, Tensor};
+use vlm4vla_engine::{DType, Device, Error, ParamStore, Result, Tensor};
 
 const SOURCE: &str = "Kosmos2";
-
-/// Every parameter's on-disk name and shape, in a fixed order (vision, connector, text). With
-/// tied embeddings there is no `text_model.lm_head.weight`. Computed without allocating.
-pub fn param_shapes(cfg: &Kosmos2Config) -> Vec<(String, Vec<usize>)> {
-    let mut out: Vec<(String, Vec<usize>)> = Vec::new();
-    let mut add = |n: String, s: &[usize]| out.push((n, s.to_vec()));
-    let v = &cfg.vision;
-    let (vd, vp) = (v.hidden_size, clip::PREFIX);
-    add(format!("{vp}.embeddings.class_embedding"), &[vd]);
-    add(format!("{vp}.embeddings.patch_embedding.weight"), &[vd, v.num_channels, v.patch_size, v.patch_size]);
-    add(format!("{vp}.embeddings.position_embedding.weight"), &[v.num_positions(), vd]);
-    add(format!("{vp}.pre_layrnorm.weight"), &[vd]);
-    add(format!("{vp}.pre_layrnorm.bias"), &[vd]);
-    for i in 0..v.num_hidden_layers {
-        let l = format!("{vp}.encoder.layers.{i}");
-        for p in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-            add(format!("{l}.self_attn.{p}.weight"), &[vd, vd]);
-            add(format!("{l}.self_attn.{p}.bias"), &[vd]);
-        }
-        add(format!("{l}.layer_norm1.weight"), &[vd]);
-        add(format!("{l}.layer_norm1.bias"), &[vd]);
-        add(format!("{l}.mlp.fc1.weight"), &[v.intermediate_size, vd]);
-        add(format!("{l}.mlp.fc1.bias"), &[v.intermediate_size]);
-        add(format!("{l}.mlp.fc2.weight"), &[vd, v.intermediate_size]);
-        add(format!("{l}.mlp.fc2.bias"), &[vd]);
-        add(format!("{l}.layer_norm2.weight"), &[vd]);
-        add(format!("{l}.layer_norm2.bias"), &[vd]);
-    }
-    add(format!("{vp}.post_layernorm.weight"), &[vd]);
-    add(format!("{vp}.post_layernorm.bias"), &[vd]);
-
-    let t = &cfg.text;
-    let (d, cp) = (t.embed_dim, connector::PREFIX);
-    add(format!("{cp}.dense.weight"), &[d, vd]);
-    add(format!("{cp}.dense.bias"), &[d]);
-    add(format!("{cp}.latent_query"), &[cfg.latent_query_num, d]);
-    for p in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-        add(format!("{cp}.x_attn.{p}.weight"), &[d, d]);
-        add(format!("{cp}.x_attn.{p}.bias"), &[d]);
-    }
-
-    let tp = text::PREFIX;
-    add(text::EMBED.to_string(), &[t.vocab_size, d]);
-    for i in 0..t.layers {
-        let l = format!("{tp}.layers.{i}");
-        for p in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-            add(format!("{l}.self_attn.{p}.weight"), &[d, d]);
-            add(format!("{l}.self_attn.{p}.bias"), &[d]);
-        }
-        add(format!("{l}.self_attn.inner_attn_ln.weight"), &[d]);
-        add(format!("{l}.self_attn.inner_attn_ln.bias"), &[d]);
-        add(format!("{l}.self_attn_layer_norm.weight"), &[d]);
-        add(format!("{l}.self_attn_layer_norm.bias"), &[d]);
-        add(format!("{l}.ffn.fc1.weight"), &[t.ffn_dim, d]);
-        add(format!("{l}.ffn.fc1.bias"), &[t.ffn_dim]);
-        add(format!("{l}.ffn.fc2.weight"), &[d, t.ffn_dim]);
-        add(format!("{l}.ffn.fc2.bias"), &[d]);
-        add(format!("{l}.ffn.ffn_layernorm.weight"), &[t.ffn_dim]);
-        add(format!("{l}.ffn.ffn_layernorm.bias"), &[t.ffn_dim]);
-        add(format!("{l}.final_layer_norm.weight"), &[d]);
-        add(format!("{l}.final_layer_norm.bias"), &[d]);
-    }
-    add(format!("{tp}.layer_norm.weight"), &[d]);
-    add(format!("{tp}.layer_norm.bias"), &[d]);
-    if !cfg.tie_word_embeddings {
-        add(text::LM_HEAD.to_string(), &[t.vocab_size, d]);
-    }
-    out
-}
-
-/// Total number of parameters of `cfg` (1,664,485,376 for `kosmos-2-patch14-224`).
-pub fn num_params(cfg: &Kosmos2Config) -> usize {
-    param_shapes(cfg).iter().map(|(_, s)| s.iter().product::<usize>()).sum()
-}
-
-/// Which group a Kosmos-2 parameter name belongs to.
-pub fn group_of(name: &str) -> ParamGroup {
-    if name.starts_with("vision_model.") {
-        ParamGroup::Vision
-    } else if name.starts_with("image_to_text_projection.") {
-        ParamGroup::Connector
-    } else if name == text::EMBED || name == text::LM_HEAD {
-        ParamGroup::Embeddings
-    } else {
-        ParamGroup::LanguageModel
-    }
-}
 
 /// Everything one forward pass produces, for parity tests and inspection.
 #[derive(Clone, Debug)]
@@ -157,7 +72,7 @@ impl Kosmos2 {
         let shapes = param_shapes(&cfg);
         let expected: HashSet<&str> = shapes.iter().map(|(n, _)| n.as_str()).collect();
         for name in params.names() {
-            let tied_copy = cfg.tie_word_embeddings && name == text::LM_HEAD;
+            let tied_copy = cfg.tie_word_embeddings && name == LM_HEAD;
             if !(expected.contains(name.as_str()) || tied_copy) {
                 return Err(Error::tensor(
                     SOURCE,
@@ -219,7 +134,7 @@ impl Kosmos2 {
                 Tensor::ones(&shape, dtype, dev)?
             } else if shape.len() == 1 {
                 Tensor::zeros(&shape, dtype, dev)?
-            } else if name == text::EMBED {
+            } else if name == EMBED {
                 let mut v = Tensor::rand_normal(0.0, 0.02, &shape, DType::F32, dev, s)?.to_vec::<f32>()?;
                 let pad = cfg.text.pad_token_id as usize;
                 v[pad * shape[1]..(pad + 1) * shape[1]].fill(0.0);
@@ -233,23 +148,20 @@ impl Kosmos2 {
     }
 
     /// Load a checkpoint directory (`config.json` + `model.safetensors`, or the shards listed by
-    /// `model.safetensors.index.json`) or a model id in the local Hugging Face cache, converting
-    /// every tensor to `dtype`.
-    pub fn load(dir: impl AsRef<Path>, dtype: DType) -> Result<Kosmos2> {
-        let dir = crate::common::checkpoint::resolve(&dir.as_ref().to_string_lossy())?.dir;
-        let cfg = Kosmos2Config::from_file(dir.join("config.json"))?;
-        let files = crate::common::checkpoint::checkpoint_files(&dir)?;
-        let mut ps = ParamStore::new();
-        for f in files {
-            let st = SafeTensorsFile::open(&f)?;
-            for name in st.names() {
-                if ps.contains(name) {
-                    return Err(Error::tensor(&f, name, "appears in more than one shard"));
-                }
-                ps.insert(name, &st.get(name, Some(dtype))?)?;
-            }
-        }
-        Self::from_params(cfg, ps)
+    /// `model.safetensors.index.json`) or a model id in the local Hugging Face cache
+    /// (`microsoft/kosmos-2-patch14-224`). Tensors are converted to `dtype` when given; otherwise
+    /// all must share one float dtype. Shapes are checked before any data is read; errors name
+    /// the file and tensor.
+    pub fn load(dir_or_id: impl AsRef<Path>, dtype: Option<DType>) -> Result<Kosmos2> {
+        let (cfg, params) = crate::common::checkpoint::read_checkpoint(
+            dir_or_id.as_ref(),
+            dtype,
+            "Kosmos-2",
+            |p| Kosmos2Config::from_file(p),
+            names::stored_shapes,
+            str::to_string,
+        )?;
+        Self::from_params(cfg, params)
     }
 
     pub fn config(&self) -> &Kosmos2Config {

@@ -6,12 +6,9 @@
 //! `ffn_layernorm` inside the FFN, a final LayerNorm and a (tied) `lm_head`.
 
 use super::config::{Kosmos2Config, TextConfig};
-use super::nn::{layer_norm_named, linear, linear_named, merge_heads, split_heads};
+use super::names::{EMBED, LM_HEAD, TEXT};
+use vlm4vla_engine::nn::{embedding, layer_norm_named, linear_folded, linear_folded_named, merge_heads, split_heads};
 use vlm4vla_engine::{AttentionMask, DType, Device, Error, ParamStore, Result, Tensor};
-
-pub(crate) const PREFIX: &str = "text_model.model";
-pub(crate) const EMBED: &str = "text_model.model.embed_tokens.weight";
-pub(crate) const LM_HEAD: &str = "text_model.lm_head.weight";
 
 /// Position ids per row, `[B, L + extra]` row-major: `cumsum(ids != pad) · (ids != pad) + pad`
 /// over the prompt (so the first real token gets `pad + 1` = 2 and padding gets `pad` = 1),
@@ -79,7 +76,7 @@ pub(crate) fn embed(
             msg: format!("input_ids[{}][{}] = {bad} is outside the vocabulary (size {})", i / l, i % l, cfg.vocab_size),
         });
     }
-    let e = table.index_select(0, &ids.reshape(&[b * l])?)?.reshape(&[b, l, d])?;
+    let e = embedding(&table, ids)?;
     let img_rows = image.reshape(&[image.shape()[0] * image.shape()[1], d])?.to_dtype(e.dtype())?;
     let marked = image_mask.to_vec::<i64>()?.iter().filter(|&&m| m != 0).count();
     if marked != img_rows.shape()[0] {
@@ -128,28 +125,28 @@ pub(crate) fn decode(
     let mut x = h;
     let mut layers = Vec::with_capacity(cfg.layers);
     for i in 0..cfg.layers {
-        let l = format!("{PREFIX}.layers.{i}");
+        let l = format!("{TEXT}.layers.{i}");
         let a = layer_norm_named(ps, &format!("{l}.self_attn_layer_norm"), &x, eps)?;
-        let q = split_heads(&linear_named(ps, &format!("{l}.self_attn.q_proj"), &a)?, heads)?;
-        let k = split_heads(&linear_named(ps, &format!("{l}.self_attn.k_proj"), &a)?, heads)?;
-        let v = split_heads(&linear_named(ps, &format!("{l}.self_attn.v_proj"), &a)?, heads)?;
+        let q = split_heads(&linear_folded_named(ps, &format!("{l}.self_attn.q_proj"), &a)?, heads)?;
+        let k = split_heads(&linear_folded_named(ps, &format!("{l}.self_attn.k_proj"), &a)?, heads)?;
+        let v = split_heads(&linear_folded_named(ps, &format!("{l}.self_attn.v_proj"), &a)?, heads)?;
         let o = merge_heads(&q.attention(&k, &v, &AttentionMask::Causal, Some(key_padding), scale)?.out)?;
         let o = layer_norm_named(ps, &format!("{l}.self_attn.inner_attn_ln"), &o, eps)?;
-        x = x.add(&linear_named(ps, &format!("{l}.self_attn.out_proj"), &o)?)?;
+        x = x.add(&linear_folded_named(ps, &format!("{l}.self_attn.out_proj"), &o)?)?;
         let f = layer_norm_named(ps, &format!("{l}.final_layer_norm"), &x, eps)?;
-        let f = cfg.activation_function.apply(&linear_named(ps, &format!("{l}.ffn.fc1"), &f)?)?;
+        let f = cfg.activation_function.apply(&linear_folded_named(ps, &format!("{l}.ffn.fc1"), &f)?)?;
         let f = layer_norm_named(ps, &format!("{l}.ffn.ffn_layernorm"), &f, eps)?;
-        x = x.add(&linear_named(ps, &format!("{l}.ffn.fc2"), &f)?)?;
+        x = x.add(&linear_folded_named(ps, &format!("{l}.ffn.fc2"), &f)?)?;
         layers.push(x.clone());
     }
-    let last = layer_norm_named(ps, &format!("{PREFIX}.layer_norm"), &x, eps)?;
+    let last = layer_norm_named(ps, &format!("{TEXT}.layer_norm"), &x, eps)?;
     Ok((layers, last))
 }
 
 /// `lm_head` over the last hidden states: `embed_tokens` when tied.
 pub(crate) fn logits(cfg: &Kosmos2Config, ps: &ParamStore, last: &Tensor) -> Result<Tensor> {
     let w = if cfg.tie_word_embeddings { ps.get(EMBED)? } else { ps.get(LM_HEAD)? };
-    linear(last, &w, None)
+    linear_folded(last, &w, None)
 }
 
 /// A `[B, L]` 0/1 mask (u8 or i64) as u8, checking its shape; `name` is the input's name.

@@ -9,7 +9,8 @@
 
 use super::config::{PaliGemmaConfig, TextConfig};
 use super::names::{EMBED, LM_HEAD, TEXT};
-use super::siglip::{activation, linear};
+use super::siglip::activation;
+use vlm4vla_engine::nn::{embedding, linear, linear_named, merge_heads, rms_norm_named, split_heads};
 use vlm4vla_engine::{AttentionMask, DType, Device, Error, ParamStore, Result, RmsNormKind, Tensor};
 
 /// `sqrt(hidden)` rounded to `dtype`, as `embed_scale.to(weight.dtype)` does.
@@ -38,8 +39,7 @@ pub(crate) fn embed(cfg: &PaliGemmaConfig, ps: &ParamStore, ids: &[i64], b: usiz
             lookup.push(id);
         }
     }
-    let idx = Tensor::from_vec(lookup, &[b * l], table.device())?;
-    let mut e = table.index_select(0, &idx)?.reshape(&[b, l, t.hidden_size])?;
+    let mut e = embedding(&table, &Tensor::from_vec(lookup, &[b, l], table.device())?)?;
     if let Some(pad) = t.pad_token_id {
         if e.tracks_grad() && ids.contains(&pad) {
             let m: Vec<u8> = ids.iter().map(|&id| u8::from(id == pad)).collect();
@@ -73,11 +73,6 @@ fn rope_tables(t: &TextConfig, start: usize, len: usize, dtype: DType) -> Result
     Ok((cos, sin))
 }
 
-fn rms(ps: &ParamStore, name: &str, x: &Tensor, eps: f64) -> Result<Tensor> {
-    let w = ps.get(&format!("{name}.weight"))?;
-    x.rms_norm(Some(&w), eps, RmsNormKind::Gemma)
-}
-
 /// Run the decoder layers over `x` `[B, L, hidden]` (positions 1..=L) and the final norm.
 /// Pushes every layer's output to `trace` when given.
 pub(crate) fn decoder(
@@ -88,33 +83,33 @@ pub(crate) fn decoder(
     key_padding: Option<&Tensor>,
     mut trace: Option<&mut Vec<Tensor>>,
 ) -> Result<Tensor> {
-    let (b, l) = (x.shape()[0], x.shape()[1]);
+    let l = x.shape()[1];
     let (hq, hkv, hd) = (t.num_attention_heads, t.num_key_value_heads, t.head_dim);
     let (cos, sin) = rope_tables(t, 1, l, x.dtype())?;
     let (cos, sin) = (cos.to_device(x.device())?, sin.to_device(x.device())?);
     let scale = (hd as f64).powf(-0.5);
     for i in 0..t.num_hidden_layers {
         let p = format!("{TEXT}layers.{i}.");
-        let a = rms(ps, &format!("{p}input_layernorm"), &x, t.rms_norm_eps)?;
-        let q = linear(ps, &format!("{p}self_attn.q_proj"), &a, false)?.reshape(&[b, l, hq, hd])?;
-        let k = linear(ps, &format!("{p}self_attn.k_proj"), &a, false)?.reshape(&[b, l, hkv, hd])?;
-        let v = linear(ps, &format!("{p}self_attn.v_proj"), &a, false)?.reshape(&[b, l, hkv, hd])?;
+        let a = rms_norm_named(ps, &format!("{p}input_layernorm"), &x, t.rms_norm_eps, RmsNormKind::Gemma)?;
+        let q = split_heads(&linear_named(ps, &format!("{p}self_attn.q_proj"), &a)?, hq)?;
+        let k = split_heads(&linear_named(ps, &format!("{p}self_attn.k_proj"), &a)?, hkv)?;
+        let v = split_heads(&linear_named(ps, &format!("{p}self_attn.v_proj"), &a)?, hkv)?;
         let (q, k) = (q.rope(&cos, &sin)?, k.rope(&cos, &sin)?);
-        let o = q.attention(&k, &v, mask, key_padding, scale)?.out.reshape(&[b, l, hq * hd])?;
-        x = x.add(&linear(ps, &format!("{p}self_attn.o_proj"), &o, false)?)?;
-        let m = rms(ps, &format!("{p}post_attention_layernorm"), &x, t.rms_norm_eps)?;
-        let gate = activation(&linear(ps, &format!("{p}mlp.gate_proj"), &m, false)?, t.hidden_act)?;
-        let up = linear(ps, &format!("{p}mlp.up_proj"), &m, false)?;
-        x = x.add(&linear(ps, &format!("{p}mlp.down_proj"), &gate.mul(&up)?, false)?)?;
+        let o = merge_heads(&q.attention(&k, &v, mask, key_padding, scale)?.out)?;
+        x = x.add(&linear_named(ps, &format!("{p}self_attn.o_proj"), &o)?)?;
+        let m = rms_norm_named(ps, &format!("{p}post_attention_layernorm"), &x, t.rms_norm_eps, RmsNormKind::Gemma)?;
+        let gate = activation(&linear_named(ps, &format!("{p}mlp.gate_proj"), &m)?, t.hidden_act)?;
+        let up = linear_named(ps, &format!("{p}mlp.up_proj"), &m)?;
+        x = x.add(&linear_named(ps, &format!("{p}mlp.down_proj"), &gate.mul(&up)?)?)?;
         if let Some(tr) = trace.as_deref_mut() {
             tr.push(x.clone());
         }
     }
-    rms(ps, &format!("{TEXT}norm"), &x, t.rms_norm_eps)
+    rms_norm_named(ps, &format!("{TEXT}norm"), &x, t.rms_norm_eps, RmsNormKind::Gemma)
 }
 
 /// Logits `[B, L, vocab]` from the final hidden states (tied to the embedding unless untied).
 pub(crate) fn lm_head(cfg: &PaliGemmaConfig, ps: &ParamStore, hidden: &Tensor) -> Result<Tensor> {
     let name = if cfg.tie_word_embeddings { format!("{EMBED}.weight") } else { format!("{LM_HEAD}.weight") };
-    hidden.matmul(&ps.get(&name)?.t()?)
+    linear(hidden, &ps.get(&name)?, None)
 }

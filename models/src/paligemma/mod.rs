@@ -12,36 +12,22 @@
 
 mod config;
 mod gemma;
-mod names;
+pub mod names;
 mod processor;
 mod siglip;
 
 pub use config::{Activation, PaliGemmaConfig, TextConfig, VisionConfig, NEWLINE_TOKEN};
-pub use names::{canonical_name, num_params, param_shapes};
+pub use names::{canonical_name, group_of, num_params, param_shapes};
 pub use processor::{preprocess, PaliGemmaProcessor, PromptTokens};
 
 use crate::common::backbone::{Backbone, BackboneInput, BackboneOutput, ParamGroup};
-use names::{EMBED, LM_HEAD, PROJECTOR, VISION};
+use names::{EMBED, LM_HEAD, PROJECTOR};
 use std::collections::HashMap;
 use std::path::Path;
-use vlm4vla_engine::{AttentionMask, DType, Device, Error, ParamStore, Result, SafeTensorsFile, Tensor};
+use vlm4vla_engine::{nn, AttentionMask, DType, Device, Error, ParamStore, Result, Tensor};
 
 const PARAMS: &str = "paligemma parameters";
 const INPUT: &str = "paligemma input";
-
-/// Which parameter group a name (either spelling) belongs to.
-pub fn group_of(name: &str) -> ParamGroup {
-    let name = canonical_name(name);
-    if name.starts_with(VISION) {
-        ParamGroup::Vision
-    } else if name.starts_with("multi_modal_projector.") {
-        ParamGroup::Connector
-    } else if name.starts_with(EMBED) || name.starts_with(LM_HEAD) {
-        ParamGroup::Embeddings
-    } else {
-        ParamGroup::LanguageModel
-    }
-}
 
 /// A PaliGemma model: its config and its parameters by hub name.
 #[derive(Clone, Debug)]
@@ -141,29 +127,19 @@ impl PaliGemma {
 
     /// Load a checkpoint directory (`config.json` + `model.safetensors` or a sharded
     /// `model.safetensors.index.json`), or a model id found in the local Hugging Face cache
-    /// (`google/paligemma-3b-pt-224`). Tensors are converted to `dtype` when given. Shapes are
-    /// checked against the config before any data is read.
+    /// (`google/paligemma-3b-pt-224`). Tensors are converted to `dtype` when given; otherwise all
+    /// must share one float dtype. Shapes are checked before any data is read; errors name the
+    /// file and tensor.
     pub fn load(dir_or_id: impl AsRef<Path>, dtype: Option<DType>) -> Result<Self> {
-        let dir = crate::common::checkpoint::resolve(&dir_or_id.as_ref().to_string_lossy())?.dir;
-        let cfg = PaliGemmaConfig::from_file(dir.join("config.json"))?;
-        let expected: HashMap<String, Vec<usize>> = param_shapes(&cfg).into_iter().collect();
-        let mut store = ParamStore::new();
-        for file in crate::common::checkpoint::checkpoint_files(&dir)? {
-            let st = SafeTensorsFile::open(&file)?;
-            for name in st.names() {
-                let canon = canonical_name(name);
-                let Some(shape) = expected.get(&canon) else {
-                    return Err(Error::tensor(
-                        &file,
-                        name,
-                        format!("unexpected: not a parameter of the PaliGemma in {}", dir.display()),
-                    ));
-                };
-                let t = st.get_as(name, shape, dtype)?;
-                store.insert(name, &t).map_err(|e| Error::tensor(&file, name, e.to_string()))?;
-            }
-        }
-        Self::from_params(cfg, store)
+        let (cfg, params) = crate::common::checkpoint::read_checkpoint(
+            dir_or_id.as_ref(),
+            dtype,
+            "PaliGemma",
+            |p| PaliGemmaConfig::from_file(p),
+            param_shapes,
+            canonical_name,
+        )?;
+        Self::from_params(cfg, params)
     }
 
     pub fn config(&self) -> &PaliGemmaConfig {
@@ -183,7 +159,7 @@ impl PaliGemma {
     /// Vision tower + projector: `[B, 3, S, S]` pixels → `[B, N, hidden]` image features.
     pub fn image_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let v = siglip::forward(&self.cfg.vision, &self.params, pixel_values, None)?;
-        siglip::linear(&self.params, PROJECTOR, &v, true)
+        nn::linear_named(&self.params, PROJECTOR, &v)
     }
 
     /// The whole model over a batch, keeping every intermediate the parity tests compare.
@@ -191,7 +167,7 @@ impl PaliGemma {
         let mut vision_layers = Vec::new();
         let vision_hidden =
             siglip::forward(&self.cfg.vision, &self.params, &input.pixel_values, Some(&mut vision_layers))?;
-        let image_features = siglip::linear(&self.params, PROJECTOR, &vision_hidden, true)?;
+        let image_features = nn::linear_named(&self.params, PROJECTOR, &vision_hidden)?;
         let (x, mask, padding) = self.merge(input, &image_features, None)?;
         let mut text_layers = Vec::new();
         let last_hidden =

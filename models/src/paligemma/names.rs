@@ -1,7 +1,9 @@
-//! On-disk tensor names and shapes of a PaliGemma checkpoint (the hub spelling), and the other
+//! On-disk tensor names and shapes of a PaliGemma checkpoint (the hub spelling), declared once
+//! (loading, validation, random init and the registry all read [`param_shapes`]), and the other
 //! spellings we accept when loading.
 
 use super::config::PaliGemmaConfig;
+use crate::ParamGroup;
 
 /// Prefix of the vision tower as the hub files spell it.
 pub const VISION: &str = "vision_tower.vision_model.";
@@ -96,4 +98,18 @@ pub fn param_shapes(cfg: &PaliGemmaConfig) -> Vec<(String, Vec<usize>)> {
 /// Total parameter count of a checkpoint with this config (no allocation).
 pub fn num_params(cfg: &PaliGemmaConfig) -> usize {
     param_shapes(cfg).iter().map(|(_, s)| s.iter().product::<usize>()).sum()
+}
+
+/// Which parameter group a name (either spelling) belongs to.
+pub fn group_of(name: &str) -> ParamGroup {
+    let name = canonical_name(name);
+    if name.starts_with(VISION) {
+        ParamGroup::Vision
+    } else if name.starts_with("multi_modal_projector.") {
+        ParamGroup::Connector
+    } else if name.starts_with(EMBED) || name.starts_with(LM_HEAD) {
+        ParamGroup::Embeddings
+    } else {
+        ParamGroup::LanguageModel
+    }
 }

@@ -7,18 +7,8 @@
 
 use super::config::{Activation, VisionConfig};
 use super::names::VISION;
+use vlm4vla_engine::nn::{layer_norm_named, linear, linear_named, merge_heads, split_heads};
 use vlm4vla_engine::{AttentionMask, Error, ParamStore, Result, Tensor};
-
-/// `x Wᵀ (+ b)` with the parameters `{prefix}.weight` / `{prefix}.bias`.
-pub(crate) fn linear(ps: &ParamStore, prefix: &str, x: &Tensor, bias: bool) -> Result<Tensor> {
-    let w = ps.get(&format!("{prefix}.weight"))?;
-    let y = x.matmul(&w.t()?)?;
-    if bias {
-        y.add(&ps.get(&format!("{prefix}.bias"))?)
-    } else {
-        Ok(y)
-    }
-}
 
 pub(crate) fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
     match act {
@@ -26,12 +16,6 @@ pub(crate) fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
         Activation::Gelu => x.gelu(),
         Activation::QuickGelu => x.quick_gelu(),
     }
-}
-
-fn layer_norm(ps: &ParamStore, prefix: &str, x: &Tensor, eps: f64) -> Result<Tensor> {
-    let w = ps.get(&format!("{prefix}.weight"))?;
-    let b = ps.get(&format!("{prefix}.bias"))?;
-    x.layer_norm(Some(&w), Some(&b), eps)
 }
 
 /// Check `pixel_values` is `[B, C, S, S]` for this tower.
@@ -77,26 +61,25 @@ pub(crate) fn forward(
         .permute(&[0, 2, 4, 1, 3, 5])?
         .reshape(&[b, g * g, c * p * p])?;
     let w = conv_w.reshape(&[h, c * p * p])?;
-    let mut x = patches.matmul(&w.t()?)?.add(&conv_b)?.add(&pos)?;
+    let mut x = linear(&patches, &w, Some(&conv_b))?.add(&pos)?;
 
     let heads = cfg.num_attention_heads;
     let hd = cfg.head_dim();
-    let n = g * g;
     let scale = (hd as f64).powf(-0.5);
     for i in 0..cfg.num_hidden_layers {
         let l = format!("{VISION}encoder.layers.{i}.");
-        let a = layer_norm(ps, &format!("{l}layer_norm1"), &x, cfg.layer_norm_eps)?;
-        let q = linear(ps, &format!("{l}self_attn.q_proj"), &a, true)?.reshape(&[b, n, heads, hd])?;
-        let k = linear(ps, &format!("{l}self_attn.k_proj"), &a, true)?.reshape(&[b, n, heads, hd])?;
-        let v = linear(ps, &format!("{l}self_attn.v_proj"), &a, true)?.reshape(&[b, n, heads, hd])?;
-        let o = q.attention(&k, &v, &AttentionMask::Full, None, scale)?.out.reshape(&[b, n, h])?;
-        x = x.add(&linear(ps, &format!("{l}self_attn.out_proj"), &o, true)?)?;
-        let m = layer_norm(ps, &format!("{l}layer_norm2"), &x, cfg.layer_norm_eps)?;
-        let m = activation(&linear(ps, &format!("{l}mlp.fc1"), &m, true)?, cfg.hidden_act)?;
-        x = x.add(&linear(ps, &format!("{l}mlp.fc2"), &m, true)?)?;
+        let a = layer_norm_named(ps, &format!("{l}layer_norm1"), &x, cfg.layer_norm_eps)?;
+        let q = split_heads(&linear_named(ps, &format!("{l}self_attn.q_proj"), &a)?, heads)?;
+        let k = split_heads(&linear_named(ps, &format!("{l}self_attn.k_proj"), &a)?, heads)?;
+        let v = split_heads(&linear_named(ps, &format!("{l}self_attn.v_proj"), &a)?, heads)?;
+        let o = merge_heads(&q.attention(&k, &v, &AttentionMask::Full, None, scale)?.out)?;
+        x = x.add(&linear_named(ps, &format!("{l}self_attn.out_proj"), &o)?)?;
+        let m = layer_norm_named(ps, &format!("{l}layer_norm2"), &x, cfg.layer_norm_eps)?;
+        let m = activation(&linear_named(ps, &format!("{l}mlp.fc1"), &m)?, cfg.hidden_act)?;
+        x = x.add(&linear_named(ps, &format!("{l}mlp.fc2"), &m)?)?;
         if let Some(t) = trace.as_deref_mut() {
             t.push(x.clone());
         }
     }
-    layer_norm(ps, &format!("{VISION}post_layernorm"), &x, cfg.layer_norm_eps)
+    layer_norm_named(ps, &format!("{VISION}post_layernorm"), &x, cfg.layer_norm_eps)
 }

@@ -1,5 +1,5 @@
-//! Qwen2.5-VL configuration, read from the checkpoint's own `config.json`, and the on-disk
-//! parameter shapes (mirrors transformers 5.24.0 `configuration_qwen2_5_vl.py`).
+//! Qwen2.5-VL configuration, read from the checkpoint's own `config.json` (mirrors transformers
+//! 5.24.0 `configuration_qwen2_5_vl.py`).
 //!
 //! Two layouts are accepted: the hub's flat one (text keys at the top level, `rope_theta` +
 //! `rope_scaling: {type: "mrope", mrope_section}`) and the transformers 5.x one (`text_config`,
@@ -386,69 +386,6 @@ impl Qwen25VlConfig {
     pub fn image_tokens(&self, grid_thw: [usize; 3]) -> usize {
         grid_thw[0] * grid_thw[1] * grid_thw[2] / self.vision.merge_unit()
     }
-}
-
-/// Every parameter with its on-disk (hub) name and shape, in a fixed order: `visual.*`,
-/// `model.*`, then `lm_head.weight` when the embeddings are not tied.
-pub fn param_shapes(cfg: &Qwen25VlConfig) -> Vec<(String, Vec<usize>)> {
-    let v = &cfg.vision;
-    let t = &cfg.text;
-    let mut out: Vec<(String, Vec<usize>)> = Vec::new();
-    let mut push = |name: String, shape: Vec<usize>| out.push((name, shape));
-    push(
-        "visual.patch_embed.proj.weight".into(),
-        vec![v.hidden_size, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size],
-    );
-    let (vh, vi) = (v.hidden_size, v.intermediate_size);
-    for i in 0..v.depth {
-        let b = format!("visual.blocks.{i}");
-        push(format!("{b}.norm1.weight"), vec![vh]);
-        push(format!("{b}.norm2.weight"), vec![vh]);
-        push(format!("{b}.attn.qkv.weight"), vec![3 * vh, vh]);
-        push(format!("{b}.attn.qkv.bias"), vec![3 * vh]);
-        push(format!("{b}.attn.proj.weight"), vec![vh, vh]);
-        push(format!("{b}.attn.proj.bias"), vec![vh]);
-        push(format!("{b}.mlp.gate_proj.weight"), vec![vi, vh]);
-        push(format!("{b}.mlp.gate_proj.bias"), vec![vi]);
-        push(format!("{b}.mlp.up_proj.weight"), vec![vi, vh]);
-        push(format!("{b}.mlp.up_proj.bias"), vec![vi]);
-        push(format!("{b}.mlp.down_proj.weight"), vec![vh, vi]);
-        push(format!("{b}.mlp.down_proj.bias"), vec![vh]);
-    }
-    let merged = vh * v.merge_unit();
-    push("visual.merger.ln_q.weight".into(), vec![vh]);
-    push("visual.merger.mlp.0.weight".into(), vec![merged, merged]);
-    push("visual.merger.mlp.0.bias".into(), vec![merged]);
-    push("visual.merger.mlp.2.weight".into(), vec![v.out_hidden_size, merged]);
-    push("visual.merger.mlp.2.bias".into(), vec![v.out_hidden_size]);
-
-    let (h, kv, inter) = (t.hidden_size, t.kv_dim(), t.intermediate_size);
-    push("model.embed_tokens.weight".into(), vec![t.vocab_size, h]);
-    for i in 0..t.num_hidden_layers {
-        let l = format!("model.layers.{i}");
-        push(format!("{l}.self_attn.q_proj.weight"), vec![h, h]);
-        push(format!("{l}.self_attn.q_proj.bias"), vec![h]);
-        push(format!("{l}.self_attn.k_proj.weight"), vec![kv, h]);
-        push(format!("{l}.self_attn.k_proj.bias"), vec![kv]);
-        push(format!("{l}.self_attn.v_proj.weight"), vec![kv, h]);
-        push(format!("{l}.self_attn.v_proj.bias"), vec![kv]);
-        push(format!("{l}.self_attn.o_proj.weight"), vec![h, h]);
-        push(format!("{l}.mlp.gate_proj.weight"), vec![inter, h]);
-        push(format!("{l}.mlp.up_proj.weight"), vec![inter, h]);
-        push(format!("{l}.mlp.down_proj.weight"), vec![h, inter]);
-        push(format!("{l}.input_layernorm.weight"), vec![h]);
-        push(format!("{l}.post_attention_layernorm.weight"), vec![h]);
-    }
-    push("model.norm.weight".into(), vec![h]);
-    if !cfg.tie_word_embeddings {
-        push("lm_head.weight".into(), vec![t.vocab_size, h]);
-    }
-    out
-}
-
-/// Total parameter count of a config, from [`param_shapes`] (no allocation of tensors).
-pub fn param_count(cfg: &Qwen25VlConfig) -> usize {
-    param_shapes(cfg).iter().map(|(_, s)| s.iter().product::<usize>()).sum()
 }
 
 struct Parser<'a> {

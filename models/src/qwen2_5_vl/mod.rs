@@ -4,64 +4,29 @@
 //!
 //! ```
 //! use vlm4vla_engine::DType;
-//! use vlm4vla_models::qwen2_5_vl::{param_count, Qwen25Vl, Qwen25VlConfig};
-//! assert_eq!(param_count(&Qwen25VlConfig::qwen2_5_vl_3b()), 3_754_622_976);
+//! use vlm4vla_models::qwen2_5_vl::{num_params, Qwen25Vl, Qwen25VlConfig};
+//! assert_eq!(num_params(&Qwen25VlConfig::qwen2_5_vl_3b()), 3_754_622_976);
 //! let model = Qwen25Vl::random(Qwen25VlConfig::tiny(), 0, DType::F32).unwrap();
-//! assert_eq!(model.params().num_params(), param_count(model.config()));
+//! assert_eq!(model.params().num_params(), num_params(model.config()));
 //! # use vlm4vla_models::Backbone;
 //! ```
 
 pub mod config;
+pub mod names;
 pub mod processor;
 pub mod text;
 pub mod vision;
 
-pub use config::{param_count, param_shapes, Qwen25VlConfig, TextConfig, VisionConfig};
+pub use config::{Qwen25VlConfig, TextConfig, VisionConfig};
+pub use names::{group_of, hub_name, num_params, param_shapes};
 pub use processor::{chat_layout, collate, preprocess, smart_resize, ChatTokens, ProcessedImage, PromptLayout};
 
 use crate::{Backbone, BackboneInput, BackboneOutput, ParamGroup};
 use std::collections::HashMap;
-use vlm4vla_engine::{DType, Device, Error, ParamStore, Result, Tensor};
+use std::path::Path;
+use vlm4vla_engine::{nn, DType, Device, Error, ParamStore, Result, Tensor};
 
 const STORE: &str = "qwen2_5_vl parameters";
-
-/// `x Wᵀ (+ b)` for `x: [..., in]`, `w: [out, in]`.
-pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let y = x.matmul(&w.t()?)?;
-    match b {
-        Some(b) => y.add(b),
-        None => Ok(y),
-    }
-}
-
-pub(crate) fn param(params: &ParamStore, name: &str) -> Result<Tensor> {
-    params.get(name)
-}
-
-/// The hub name of a parameter given in transformers 5.x in-memory naming
-/// (`model.visual.*` → `visual.*`, `model.language_model.*` → `model.*`); other names unchanged.
-/// Which parameter group an on-disk name belongs to.
-pub fn group_of(name: &str) -> ParamGroup {
-    if name.starts_with("visual.merger.") {
-        ParamGroup::Connector
-    } else if name.starts_with("visual.") {
-        ParamGroup::Vision
-    } else if name == "model.embed_tokens.weight" || name == "lm_head.weight" {
-        ParamGroup::Embeddings
-    } else {
-        ParamGroup::LanguageModel
-    }
-}
-
-pub fn hub_name(name: &str) -> String {
-    if let Some(rest) = name.strip_prefix("model.visual.") {
-        format!("visual.{rest}")
-    } else if let Some(rest) = name.strip_prefix("model.language_model.") {
-        format!("model.{rest}")
-    } else {
-        name.to_string()
-    }
-}
 
 /// A Qwen2.5-VL model: its config and its parameters by hub name.
 pub struct Qwen25Vl {
@@ -162,25 +127,19 @@ impl Qwen25Vl {
     }
 
     /// Load a checkpoint directory (`config.json` plus `model.safetensors` or the shards listed in
-    /// `model.safetensors.index.json`) or a model id in the local Hugging Face cache. Tensors are converted to `dtype` when given (checkpoints
-    /// store bf16); otherwise all must share one float dtype. Errors name the file and tensor.
-    pub fn load_dir(dir: impl AsRef<std::path::Path>, dtype: Option<DType>) -> Result<Self> {
-        let dir = crate::common::checkpoint::resolve(&dir.as_ref().to_string_lossy())?.dir;
-        let cfg = Qwen25VlConfig::from_file(dir.join("config.json"))?;
-        let files = crate::common::checkpoint::checkpoint_files(&dir)?;
-        let mut params = ParamStore::new();
-        for file in &files {
-            let opts = match dtype {
-                Some(d) => vlm4vla_engine::LoadOptions::default().dtype(d),
-                None => vlm4vla_engine::LoadOptions::default(),
-            };
-            for (name, t) in vlm4vla_engine::io::load(file, &opts)? {
-                if params.contains(&name) {
-                    return Err(Error::tensor(file, name, "appears in more than one shard"));
-                }
-                params.insert(name, &t)?;
-            }
-        }
+    /// `model.safetensors.index.json`) or a model id in the local Hugging Face cache
+    /// (`Qwen/Qwen2.5-VL-3B-Instruct`). Tensors are converted to `dtype` when given (checkpoints
+    /// store bf16); otherwise all must share one float dtype. Shapes are checked before any data
+    /// is read; errors name the file and tensor.
+    pub fn load(dir_or_id: impl AsRef<Path>, dtype: Option<DType>) -> Result<Self> {
+        let (cfg, params) = crate::common::checkpoint::read_checkpoint(
+            dir_or_id.as_ref(),
+            dtype,
+            "Qwen2.5-VL",
+            |p| Qwen25VlConfig::from_file(p),
+            names::stored_shapes,
+            hub_name,
+        )?;
         Self::from_params(cfg, params)
     }
 
@@ -213,8 +172,8 @@ impl Qwen25Vl {
 
     /// `hidden · lm_headᵀ` (the embedding matrix when tied).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let name = if self.cfg.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
-        linear(hidden, &self.params.get(name)?, None)
+        let name = if self.cfg.tie_word_embeddings { names::EMBED } else { names::LM_HEAD };
+        nn::linear(hidden, &self.params.get(name)?, None)
     }
 
     fn run(&self, input: &BackboneInput, extra: Option<&Tensor>, trace: bool) -> Result<Run> {
@@ -271,10 +230,9 @@ impl Qwen25Vl {
             });
         }
 
-        let embed = self.params.get("model.embed_tokens.weight")?;
+        let embed = self.params.get(names::EMBED)?;
         let h = cfg.text.hidden_size;
-        let mut x =
-            embed.index_select(0, &Tensor::from_vec(id_vec.clone(), &[b * l], embed.device())?)?.reshape(&[b, l, h])?;
+        let mut x = nn::embedding(&embed, &Tensor::from_vec(id_vec.clone(), &[b, l], embed.device())?)?;
         let (mut image_features, mut vision_blocks) = (None, Vec::new());
         if !grids.is_empty() {
             let out = vision::forward(&cfg.vision, &self.params, &input.pixel_values, &grids, trace)?;
@@ -333,7 +291,7 @@ struct Run {
 /// Rename transformers 5.x names to hub names and drop a tied config's stored `lm_head.weight`;
 /// the store is rebuilt (sharing storage, keeping flags) only when something changes.
 fn canonicalize(cfg: &Qwen25VlConfig, params: ParamStore) -> Result<ParamStore> {
-    let drop_head = |n: &str| cfg.tie_word_embeddings && n == "lm_head.weight";
+    let drop_head = |n: &str| cfg.tie_word_embeddings && n == names::LM_HEAD;
     let needs = params.names().iter().any(|n| hub_name(n) != *n || drop_head(n));
     if !needs {
         return Ok(params);

@@ -3,7 +3,7 @@
 //! `Qwen2_5_VLRotaryEmbedding`, `Qwen2_5_VLModel.get_rope_index`).
 
 use super::config::TextConfig;
-use super::{linear, param};
+use vlm4vla_engine::nn::{linear_named, merge_heads, rms_norm_named, split_heads};
 use vlm4vla_engine::{AttentionMask, Device, Error, ParamStore, Result, RmsNormKind, Tensor};
 
 const OP: &str = "qwen2_5_vl get_rope_index";
@@ -113,36 +113,31 @@ pub fn forward(
     sin: &Tensor,
     keep_layers: bool,
 ) -> Result<(Vec<Tensor>, Tensor)> {
-    let (b, l) = (embeds.shape()[0], embeds.shape()[1]);
     let (hq, hkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim());
-    let h = cfg.hidden_size;
     let scale = (hd as f64).powf(-0.5);
     let eps = cfg.rms_norm_eps;
     let mut x = embeds.clone();
     let mut layers = Vec::new();
     for i in 0..cfg.num_hidden_layers {
-        let p = |s: &str| param(params, &format!("model.layers.{i}.{s}"));
-        let n = x.rms_norm(Some(&p("input_layernorm.weight")?), eps, RmsNormKind::Plain)?;
+        let p = |s: &str| format!("model.layers.{i}.{s}");
+        let n = rms_norm_named(params, &p("input_layernorm"), &x, eps, RmsNormKind::Plain)?;
         // Separate projections: concatenating the weights would copy them every step.
-        let proj = |name: &str| {
-            linear(&n, &p(&format!("self_attn.{name}.weight"))?, Some(&p(&format!("self_attn.{name}.bias"))?))
-        };
-        let q = proj("q_proj")?.reshape(&[b, l, hq, hd])?.rope(cos, sin)?;
-        let k = proj("k_proj")?.reshape(&[b, l, hkv, hd])?.rope(cos, sin)?;
-        let v = proj("v_proj")?.reshape(&[b, l, hkv, hd])?;
-        let a = q.attention(&k, &v, &AttentionMask::Causal, Some(key_padding), scale)?.out.reshape(&[b, l, h])?;
-        x = x.add(&linear(&a, &p("self_attn.o_proj.weight")?, None)?)?;
-        let n = x.rms_norm(Some(&p("post_attention_layernorm.weight")?), eps, RmsNormKind::Plain)?;
-        let g = linear(&n, &p("mlp.gate_proj.weight")?, None)?.silu()?.mul(&linear(
+        let q = split_heads(&linear_named(params, &p("self_attn.q_proj"), &n)?, hq)?.rope(cos, sin)?;
+        let k = split_heads(&linear_named(params, &p("self_attn.k_proj"), &n)?, hkv)?.rope(cos, sin)?;
+        let v = split_heads(&linear_named(params, &p("self_attn.v_proj"), &n)?, hkv)?;
+        let a = merge_heads(&q.attention(&k, &v, &AttentionMask::Causal, Some(key_padding), scale)?.out)?;
+        x = x.add(&linear_named(params, &p("self_attn.o_proj"), &a)?)?;
+        let n = rms_norm_named(params, &p("post_attention_layernorm"), &x, eps, RmsNormKind::Plain)?;
+        let g = linear_named(params, &p("mlp.gate_proj"), &n)?.silu()?.mul(&linear_named(
+            params,
+            &p("mlp.up_proj"),
             &n,
-            &p("mlp.up_proj.weight")?,
-            None,
         )?)?;
-        x = x.add(&linear(&g, &p("mlp.down_proj.weight")?, None)?)?;
+        x = x.add(&linear_named(params, &p("mlp.down_proj"), &g)?)?;
         if keep_layers {
             layers.push(x.clone());
         }
     }
-    let last = x.rms_norm(Some(&param(params, "model.norm.weight")?), eps, RmsNormKind::Plain)?;
+    let last = rms_norm_named(params, "model.norm", &x, eps, RmsNormKind::Plain)?;
     Ok((layers, last))
 }

@@ -4,7 +4,7 @@
 //! patch merger whose output is put back in raster order.
 
 use super::config::VisionConfig;
-use super::{linear, param};
+use vlm4vla_engine::nn::{linear_named, rms_norm_named};
 use vlm4vla_engine::{AttentionMask, DType, Error, ParamStore, Result, RmsNormKind, Tensor};
 
 const OP: &str = "qwen2_5_vl vision";
@@ -150,7 +150,7 @@ pub fn forward(
     let hidden = cfg.hidden_size;
     let unit = cfg.merge_unit();
     let n = expected;
-    let w_patch = param(params, "visual.patch_embed.proj.weight")?;
+    let w_patch = params.get("visual.patch_embed.proj.weight")?;
     let dtype = w_patch.dtype();
     let x = pixel_values.to_dtype(dtype)?.matmul(&w_patch.reshape(&[hidden, patch_dim])?.t()?)?;
     let window_index = index_tensor(&plan.window_index)?.to_device(x.device())?;
@@ -165,28 +165,28 @@ pub fn forward(
     let scale = (hd as f64).powf(-0.5);
     let mut blocks = Vec::new();
     for i in 0..cfg.depth {
-        let p = |s: &str| param(params, &format!("visual.blocks.{i}.{s}"));
+        let p = |s: &str| format!("visual.blocks.{i}.{s}");
         let mask = if cfg.fullatt_block_indexes.contains(&i) { &full } else { &windows };
-        let h = x.rms_norm(Some(&p("norm1.weight")?), 1e-6, RmsNormKind::Plain)?;
-        let qkv = linear(&h, &p("attn.qkv.weight")?, Some(&p("attn.qkv.bias")?))?.reshape(&[1, n, 3, heads, hd])?;
+        let h = rms_norm_named(params, &p("norm1"), &x, 1e-6, RmsNormKind::Plain)?;
+        let qkv = linear_named(params, &p("attn.qkv"), &h)?.reshape(&[1, n, 3, heads, hd])?;
         let part = |j: usize| -> Result<Tensor> { qkv.narrow(2, j, 1)?.reshape(&[1, n, heads, hd]) };
         let q = part(0)?.rope(&cos, &sin)?;
         let k = part(1)?.rope(&cos, &sin)?;
         let v = part(2)?;
         let a = q.attention(&k, &v, mask, None, scale)?.out.reshape(&[n, hidden])?;
-        x = x.add(&linear(&a, &p("attn.proj.weight")?, Some(&p("attn.proj.bias")?))?)?;
-        let h = x.rms_norm(Some(&p("norm2.weight")?), 1e-6, RmsNormKind::Plain)?;
-        let gate = linear(&h, &p("mlp.gate_proj.weight")?, Some(&p("mlp.gate_proj.bias")?))?;
-        let g = gate.silu()?.mul(&linear(&h, &p("mlp.up_proj.weight")?, Some(&p("mlp.up_proj.bias")?))?)?;
-        x = x.add(&linear(&g, &p("mlp.down_proj.weight")?, Some(&p("mlp.down_proj.bias")?))?)?;
+        x = x.add(&linear_named(params, &p("attn.proj"), &a)?)?;
+        let h = rms_norm_named(params, &p("norm2"), &x, 1e-6, RmsNormKind::Plain)?;
+        let gate = linear_named(params, &p("mlp.gate_proj"), &h)?;
+        let g = gate.silu()?.mul(&linear_named(params, &p("mlp.up_proj"), &h)?)?;
+        x = x.add(&linear_named(params, &p("mlp.down_proj"), &g)?)?;
         if keep_blocks {
             blocks.push(x.clone());
         }
     }
-    let m = |s: &str| param(params, &format!("visual.merger.{s}"));
-    let h = x.rms_norm(Some(&m("ln_q.weight")?), 1e-6, RmsNormKind::Plain)?.reshape(&[n / unit, unit * hidden])?;
-    let h = linear(&h, &m("mlp.0.weight")?, Some(&m("mlp.0.bias")?))?.gelu()?;
-    let h = linear(&h, &m("mlp.2.weight")?, Some(&m("mlp.2.bias")?))?;
+    let h = rms_norm_named(params, "visual.merger.ln_q", &x, 1e-6, RmsNormKind::Plain)?
+        .reshape(&[n / unit, unit * hidden])?;
+    let h = linear_named(params, "visual.merger.mlp.0", &h)?.gelu()?;
+    let h = linear_named(params, "visual.merger.mlp.2", &h)?;
     let features = h.index_select(0, &index_tensor(&plan.reverse_index)?.to_device(h.device())?)?;
     Ok(VisionOutput { features, blocks })
 }

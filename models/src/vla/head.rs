@@ -17,7 +17,7 @@
 //! `vla.head.gripper.{0..=3}.{weight,bias}`.
 
 use serde::{Deserialize, Serialize};
-use vlm4vla_engine::{DType, Device, Error, ParamStore, Result, Tensor};
+use vlm4vla_engine::{nn, DType, Device, Error, ParamStore, Result, Tensor};
 
 /// The arm degrees of freedom per action (end-effector translation + rotation deltas).
 pub const ARM_DIMS: usize = 6;
@@ -73,7 +73,7 @@ impl Linear {
     fn forward(&self, ps: &ParamStore, x: &Tensor) -> Result<Tensor> {
         let w = ps.get(&self.weight)?;
         let b = ps.get(&self.bias)?;
-        x.matmul(&w.t()?)?.add(&b)
+        nn::linear(x, &w, Some(&b))
     }
 }
 

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::Path;
 use vlm4vla_engine::ops::{bce_with_logits, huber, Reduction};
-use vlm4vla_engine::{DType, Device, Error, ParamStore, Result, SafeTensorsFile, Tensor};
+use vlm4vla_engine::{nn, DType, Device, Error, ParamStore, Result, SafeTensorsFile, Tensor};
 
 /// The name of the action-query parameter, `[latent, hidden]`.
 pub const ACTION_QUERY: &str = "vla.action_query";
@@ -296,7 +296,7 @@ impl VlaPolicy {
                 }
                 let w = self.params.get(&format!("{STATE_PROJ}.weight"))?;
                 let b = self.params.get(&format!("{STATE_PROJ}.bias"))?;
-                let row = s.detach().to_dtype(q.dtype())?.matmul(&w.t()?)?.add(&b)?.unsqueeze(1)?;
+                let row = nn::linear(&s.detach().to_dtype(q.dtype())?, &w, Some(&b))?.unsqueeze(1)?;
                 Tensor::cat(&[&row, &queries], 1)
             }
         }
