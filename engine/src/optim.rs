@@ -133,9 +133,8 @@ impl OptimState {
                 return Err(Error::tensor(self.kind, name, "parameter name given twice"));
             }
         }
-        // GPU parameters, stepped together after the loop: (step count, name, parameter, gradient).
-        #[cfg(feature = "cuda")]
-        let mut on_gpu: Vec<(u64, &str, &Tensor, &Tensor)> = Vec::new();
+        // Every parameter is checked before any is updated (the GPU ones are updated after the loop).
+        let mut stepped = Vec::new();
         for (name, p) in &params {
             let Some(g) = grads.get(p) else { continue };
             self.check_param(name, p)?;
@@ -146,6 +145,12 @@ impl OptimState {
                     format!("gradient shape {:?} differs from parameter shape {:?}", g.shape(), p.shape()),
                 ));
             }
+            stepped.push((name, p, g));
+        }
+        // GPU parameters, stepped together after the loop: (step count, name, parameter, gradient).
+        #[cfg(feature = "cuda")]
+        let mut on_gpu: Vec<(u64, &str, &Tensor, &Tensor)> = Vec::new();
+        for (name, p, g) in stepped {
             let kind = self.kind;
             let st = self.prepare(name, p)?;
             st.step += 1;

@@ -197,10 +197,10 @@ unsafe impl Sync for Module {}
 /// One GPU: its context, the stream every op runs on, the kernels loaded so far and cuBLASLt.
 pub(crate) struct CudaDevice {
     pub(crate) ordinal: usize,
-    pub(super) ctx: Arc<CudaContext>,
+    ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     pub(crate) arch: String,
-    pub(super) name: String,
+    name: String,
     /// Each family's module, loaded on the first launch of one of its kernels.
     modules: [OnceLock<Module>; FAMILY_COUNT],
     /// Each kernel's function, by [`KernelId::index`], set on its first launch.
