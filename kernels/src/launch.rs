@@ -1,7 +1,7 @@
 //! Launch geometry of the performance kernels (`flash_attention.cu`, and the 16-byte vectorised
-//! `*_rows` / `*_wide` norms, `*_vec` gated activations and rope): for a shape,
-//! the kernel symbol, grid, block and dynamic shared memory, after checking that the kernel takes
-//! the shape (head dim, alignment, widths); pure Rust, so it is unit-tested without a GPU.
+//! `*_rows` / `*_wide` norms, `*_vec` gated activations and rope): for a shape, the kernel (a
+//! [`KernelId`]), grid, block and dynamic shared memory, after checking that the kernel takes the
+//! shape (head dim, alignment, widths); pure Rust, so it is unit-tested without a GPU.
 //!
 //! The engine's CUDA backend calls these and launches the result; a shape a kernel does not take
 //! is an [`Error::Invalid`] naming the kernel and the shape, and the engine then uses the simple

@@ -7,6 +7,8 @@
 //!
 //! Kernel symbols are built mechanically, `{op}_{fwd|bwd}_{dtype}`, from the table in
 //! [`KERNELS`], and every kernel is `extern "C"` so the PTX entry carries exactly that name.
+//! Callers name a kernel by [`KernelId`] (an [`OpId`] resolved from the registry at compile time,
+//! a direction and a dtype), which has a fixed slot in one dense table of every kernel.
 //!
 //! ```
 //! let norm = vlm4vla_kernels::kernel("norm").unwrap();

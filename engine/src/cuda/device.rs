@@ -10,8 +10,9 @@ use crate::{Device, Error, Result};
 use cudarc::driver::{result as cu, sys, CudaContext, CudaStream};
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use vlm4vla_kernels::launch::SMEM_DEFAULT_LIMIT;
 use vlm4vla_kernels::{Kernel, KernelId, FAMILY_COUNT, KERNEL_SLOTS};
 
 // ----- availability and the debug hook ----------------------------------------------------------
@@ -205,6 +206,8 @@ pub(crate) struct CudaDevice {
     modules: [OnceLock<Module>; FAMILY_COUNT],
     /// Each kernel's function, by [`KernelId::index`], set on its first launch.
     funcs: Box<[OnceLock<Func>]>,
+    /// The dynamic shared memory each kernel has been allowed beyond the default, by index.
+    smem_allowed: Box<[AtomicU32]>,
     /// Held while a module or function is being loaded (never on the launch path).
     loading: Mutex<()>,
     pub(crate) blas: OnceLock<std::result::Result<matmul::Blas, String>>,
@@ -265,6 +268,7 @@ fn init(ordinal: usize) -> std::result::Result<CudaDevice, String> {
             name,
             modules: [const { OnceLock::new() }; FAMILY_COUNT],
             funcs: (0..KERNEL_SLOTS).map(|_| OnceLock::new()).collect(),
+            smem_allowed: (0..KERNEL_SLOTS).map(|_| AtomicU32::new(0)).collect(),
             loading: Mutex::new(()),
             blas: OnceLock::new(),
             staging: Mutex::new(None),
@@ -308,6 +312,27 @@ impl CudaDevice {
             Some(f) => Ok(*f),
             None => self.load_func(op, kernel),
         }
+    }
+
+    /// Allow `f` (the function of `kernel`) `smem` bytes of dynamic shared memory when that is
+    /// over the 48 KiB that needs no opt-in; one driver call per kernel and size, not per launch.
+    pub(crate) fn allow_smem(&self, op: &'static str, kernel: KernelId, f: Func, smem: u32) -> Result<()> {
+        let allowed = &self.smem_allowed[kernel.index()];
+        if smem <= SMEM_DEFAULT_LIMIT || smem <= allowed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        // SAFETY: `f` is a function loaded in this device's context, which the caller made
+        // current; the attribute takes a byte count.
+        unsafe {
+            cu::function::set_function_attribute(
+                f.0,
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )
+        }
+        .map_err(drv(op))?;
+        allowed.fetch_max(smem, Ordering::Relaxed);
+        Ok(())
     }
 
     #[cold]

@@ -11,9 +11,9 @@
 
 use super::device::{drv, CudaDevice};
 use crate::{DType, Error, Result};
-use cudarc::driver::{result as cu, sys};
+use cudarc::driver::result as cu;
 use std::ffi::c_void;
-use vlm4vla_kernels::launch::{Launch, SMEM_DEFAULT_LIMIT};
+use vlm4vla_kernels::launch::Launch;
 use vlm4vla_kernels::params::{KernelParams, EW_THREADS, ROW_THREADS};
 use vlm4vla_kernels::{Dtype, KernelId, OpId};
 
@@ -56,7 +56,7 @@ impl From<&Launch> for Geometry {
 impl CudaDevice {
     /// Launch `kernel` on this device's stream with `params` and `ptrs` as its arguments, in that
     /// order. An empty grid launches nothing. Dynamic shared memory over the 48 KiB that needs no
-    /// opt-in raises the function's limit first.
+    /// opt-in raises the function's limit first (once per kernel and size).
     ///
     /// # Safety
     /// The kernel's parameters must be exactly `(P, u64 × N)` in this order (a params struct of
@@ -85,14 +85,7 @@ impl CudaDevice {
         for (arg, p) in args[1..].iter_mut().zip(ptrs.iter_mut()) {
             *arg = p as *mut u64 as *mut c_void;
         }
-        if smem > SMEM_DEFAULT_LIMIT {
-            cu::function::set_function_attribute(
-                f.0,
-                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem as i32,
-            )
-            .map_err(drv(op))?;
-        }
+        self.allow_smem(op, kernel, f, smem)?;
         // The driver copies the arguments before returning; `params` and `ptrs` outlive the call.
         cu::launch_kernel(
             f.0,
