@@ -16,12 +16,33 @@
 //! entries: 4·d per entry forward, 10·d backward), the rest against copy bandwidth. PyTorch runs
 //! first in a subprocess (`python3 benches/baseline/kernels.py --json`), because this process's
 //! memory pool keeps what it allocates.
+//!
+//! Every row times the public API, as a model calls it, so the timed region includes the op's own
+//! host work and allocations as well as its kernels:
+//! - `*_fwd`: the op (`attention`, `Tensor::rms_norm`, `layer_norm`, `swiglu`, `geglu`, `rope`,
+//!   `ops::cross_entropy`, `huber`, `bce_with_logits`, the losses with `Reduction::None`) under
+//!   `no_grad`: checks, output allocation, the launch. `attention` also uploads a prefix or segment
+//!   mask's small table per call; `cross_entropy` reads the targets on the host to validate them
+//!   (a synchronisation per call); `rope` converts the tables to f32 per call.
+//! - `*_bwd`: `autograd::backward_with_grad(output, g)` through a graph recorded once per input
+//!   set: the walk (a topological sort on the host), the op's fused backward, and the gradient
+//!   store, for the gradients of every input (x and the norms' weight and bias; q, k, v; both
+//!   operands of the pair losses).
+//! - `adamw_step`: `AdamW::step` over a `ParamStore` of bf16 GPU parameters with a fixed
+//!   `GradStore`: the host loop over the parameters and one multi-tensor `adamw_fwd_bf16` launch
+//!   (the device table of slots is uploaded on the first step only, the addresses not changing).
+//! - The copy ceiling: `cuda::copy`, the driver's device-to-device copy.
 
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use vlm4vla::engine::cuda::{self, bench, EventTimer};
-use vlm4vla::engine::{AttentionMask, DType, Device, Error, Result, RmsNormKind, Tensor};
+use vlm4vla::engine::autograd::backward_with_grad;
+use vlm4vla::engine::cuda::{self, EventTimer};
+use vlm4vla::engine::ops::{bce_with_logits, cross_entropy, huber};
+use vlm4vla::engine::{
+    attention, no_grad, AdamW, AdamWConfig, AttentionMask, DType, Device, Error, GradStore, ParamStore, Reduction,
+    Result, RmsNormKind, Tensor,
+};
 
 const ORD: usize = 0;
 const DEV: Device = Device::Cuda(0);
@@ -166,6 +187,16 @@ fn attention_mask(c: &Value, l: usize) -> (AttentionMask, f64) {
     }
 }
 
+/// The gradients of `vars` in `grads`, in order (an error naming the missing one).
+fn grads_of(grads: &GradStore, vars: &[&Tensor]) -> Result<Vec<Tensor>> {
+    vars.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            grads.get(v).cloned().ok_or_else(|| Error::invalid("bench", format!("no gradient for input {i}")))
+        })
+        .collect()
+}
+
 fn attention_rows(c: &Value, timer: &Timer, simple: bool) -> Result<Vec<Row>> {
     let case = str_of(c, "case").to_string();
     let (b, l, hq, hkv, d) =
@@ -175,31 +206,33 @@ fn attention_rows(c: &Value, timer: &Timer, simple: bool) -> Result<Vec<Row>> {
     let (nq, nkv) = ((b * l * hq * d) as f64, (b * l * hkv * d) as f64);
     let per_set = B2 * (3.0 * nq + 2.0 * nkv);
     let sets = timer.copies(per_set);
+    let scale = (d as f64).powf(-0.5);
+    // Inputs are variables: the forward rows run with gradients off (nothing recorded), the
+    // backward rows walk one recorded graph per input set.
     let mut inputs = Vec::new();
     for s in 0..sets as u64 {
-        let q = randn(&[b, l, hq, d], 10 * s + 1)?;
-        let k = randn(&[b, l, hkv, d], 10 * s + 2)?;
-        let v = randn(&[b, l, hkv, d], 10 * s + 3)?;
+        let q = randn(&[b, l, hq, d], 10 * s + 1)?.variable();
+        let k = randn(&[b, l, hkv, d], 10 * s + 2)?.variable();
+        let v = randn(&[b, l, hkv, d], 10 * s + 3)?.variable();
         let g = randn(&[b, l, hq, d], 10 * s + 4)?;
         inputs.push((q, k, v, g));
     }
-    let kern = bench::AttentionKernels::new(&inputs[0].0, &inputs[0].1, &inputs[0].2, &mask, (d as f64).powf(-0.5))?;
+    let forward = |q: &Tensor, k: &Tensor, v: &Tensor| no_grad(|| attention(q, k, v, &mask, None, scale));
     let (fwd, fwd_simple) = both(timer, simple, sets, |i| {
         let (q, k, v, _) = &inputs[i];
-        kern.forward(q, k, v).map(|_| ())
+        forward(q, k, v).map(|_| ())
     })?;
-    let outs: Vec<(Tensor, Tensor)> = inputs.iter().map(|(q, k, v, _)| kern.forward(q, k, v)).collect::<Result<_>>()?;
-    let (bwd, bwd_simple) = both(timer, simple, sets, |i| {
-        let (q, k, v, g) = &inputs[i];
-        let (o, lse) = &outs[i];
-        kern.backward(q, k, v, o, g, lse).map(|_| ())
-    })?;
+    let outs: Vec<Tensor> = inputs
+        .iter()
+        .map(|(q, k, v, _)| attention(q, k, v, &mask, None, scale).map(|o| o.out))
+        .collect::<Result<_>>()?;
+    let (bwd, bwd_simple) = both(timer, simple, sets, |i| backward_with_grad(&outs[i], &inputs[i].3).map(|_| ()))?;
     // Long sequences: the forward with 64-row blocks too (the default there uses 128-row blocks).
     let fwd64 = if l >= vlm4vla_kernels::launch::FA_LONG_MIN_LQ && d <= 128 {
         cuda::set_flash_long_min_lq(usize::MAX);
         let t = timer.us(sets, |i| {
             let (q, k, v, _) = &inputs[i];
-            kern.forward(q, k, v).map(|_| ())
+            forward(q, k, v).map(|_| ())
         });
         cuda::set_flash_long_min_lq(vlm4vla_kernels::launch::FA_LONG_MIN_LQ);
         Some(t?)
@@ -207,11 +240,8 @@ fn attention_rows(c: &Value, timer: &Timer, simple: bool) -> Result<Vec<Row>> {
         None
     };
     let (q, k, v, g) = &inputs[0];
-    let check_f = check_fast(|| kern.forward(q, k, v).map(|(o, lse)| vec![o, lse]))?;
-    let check_b = check_fast(|| {
-        let (o, lse) = &outs[0];
-        kern.backward(q, k, v, o, g, lse).map(|(a, b, c)| vec![a, b, c])
-    })?;
+    let check_f = check_fast(|| forward(q, k, v).map(|o| vec![o.out, o.lse]))?;
+    let check_b = check_fast(|| grads_of(&backward_with_grad(&outs[0], g)?, &[q, k, v]))?;
     let lse_bytes = 4.0 * (b * hq * l) as f64;
     let (fwd_flops, fwd_bytes) = (4.0 * visible * d as f64, B2 * (2.0 * nq + 2.0 * nkv) + lse_bytes);
     let mut rows = Vec::new();
@@ -286,8 +316,30 @@ fn some2(a: f64, b: f64) -> (Option<f64>, Option<f64>) {
     (Some(a), Some(b))
 }
 
-fn flat(v: (Option<Tensor>, Option<Tensor>)) -> Vec<Tensor> {
-    [v.0, v.1].into_iter().flatten().collect()
+/// A unary op's rows: the forward of `f` on each set's `x` (nothing recorded), and the backward
+/// from each set's `g` through one graph `f(x)` per set; the backward yields the gradients of x
+/// and of `params` (variables `f` uses).
+#[allow(clippy::too_many_arguments)]
+fn op_rows(
+    kernel: &str,
+    case: &str,
+    timer: &Timer,
+    simple: bool,
+    xs: &[(Tensor, Tensor)],
+    params: &[&Tensor],
+    bytes: (f64, f64),
+    f: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Vec<Row>> {
+    let sets = xs.len();
+    let fwd = both(timer, simple, sets, |i| no_grad(|| f(&xs[i].0)).map(|_| ()))?;
+    let ys: Vec<Tensor> = xs.iter().map(|(x, _)| f(x)).collect::<Result<_>>()?;
+    let bwd = both(timer, simple, sets, |i| backward_with_grad(&ys[i], &xs[i].1).map(|_| ()))?;
+    let (x, g) = &xs[0];
+    let cf = check_fast(|| no_grad(|| f(x)).map(|y| vec![y]))?;
+    let mut vars = vec![x];
+    vars.extend(params.iter().copied());
+    let cb = check_fast(|| grads_of(&backward_with_grad(&ys[0], g)?, &vars))?;
+    Ok(pair_of_rows(kernel, case, fwd, bwd, bytes, some2(cf, cb)))
 }
 
 fn norm_rows(family: &str, c: &Value, timer: &Timer, simple: bool) -> Result<Vec<Row>> {
@@ -297,42 +349,17 @@ fn norm_rows(family: &str, c: &Value, timer: &Timer, simple: bool) -> Result<Vec
     let sets = timer.copies(3.0 * n * B2);
     let mut xs = Vec::new();
     for s in 0..sets as u64 {
-        xs.push((randn(&[r, w], 2 * s + 1)?, randn(&[r, w], 2 * s + 2)?));
+        xs.push((randn(&[r, w], 2 * s + 1)?.variable(), randn(&[r, w], 2 * s + 2)?));
     }
-    let (wt, bias) = (randn(&[w], 99)?, randn(&[w], 98)?);
+    let (wt, bias) = (randn(&[w], 99)?.variable(), randn(&[w], 98)?.variable());
     let pw = (w * 2) as f64;
     if family == "rms_norm" {
         let kind = if str_of(c, "kind") == "gemma" { RmsNormKind::Gemma } else { RmsNormKind::Plain };
-        let fwd = both(timer, simple, sets, |i| bench::rms_norm(&xs[i].0, Some(&wt), 1e-6, kind).map(|_| ()))?;
-        let stats: Vec<Tensor> =
-            xs.iter().map(|(x, _)| bench::rms_norm(x, Some(&wt), 1e-6, kind).map(|o| o.1)).collect::<Result<_>>()?;
-        let bwd = both(timer, simple, sets, |i| {
-            bench::rms_norm_backward(&xs[i].0, Some(&wt), &stats[i], &xs[i].1, kind).map(|_| ())
-        })?;
-        let (x, g) = &xs[0];
-        let cf = check_fast(|| bench::rms_norm(x, Some(&wt), 1e-6, kind).map(|(y, s)| vec![y, s]))?;
-        let cb = check_fast(|| bench::rms_norm_backward(x, Some(&wt), &stats[0], g, kind).map(flat))?;
         let bytes = (2.0 * n * B2 + pw + 4.0 * r as f64, 3.0 * n * B2 + 2.0 * pw);
-        Ok(pair_of_rows(family, case, fwd, bwd, bytes, some2(cf, cb)))
+        op_rows(family, case, timer, simple, &xs, &[&wt], bytes, |x| x.rms_norm(Some(&wt), 1e-6, kind))
     } else {
-        let fwd = both(timer, simple, sets, |i| bench::layer_norm(&xs[i].0, Some(&wt), Some(&bias), 1e-6).map(|_| ()))?;
-        let stats: Vec<(Tensor, Tensor)> = xs
-            .iter()
-            .map(|(x, _)| bench::layer_norm(x, Some(&wt), Some(&bias), 1e-6).map(|o| (o.1, o.2)))
-            .collect::<Result<_>>()?;
-        let bwd = both(timer, simple, sets, |i| {
-            let (m, rs) = &stats[i];
-            bench::layer_norm_backward(&xs[i].0, Some(&wt), Some(&bias), m, rs, &xs[i].1).map(|_| ())
-        })?;
-        let (x, g) = &xs[0];
-        let cf = check_fast(|| bench::layer_norm(x, Some(&wt), Some(&bias), 1e-6).map(|(y, m, s)| vec![y, m, s]))?;
-        let cb = check_fast(|| {
-            let (m, rs) = &stats[0];
-            let (dx, dw, db) = bench::layer_norm_backward(x, Some(&wt), Some(&bias), m, rs, g)?;
-            Ok([dx, dw, db].into_iter().flatten().collect())
-        })?;
         let bytes = (2.0 * n * B2 + 2.0 * pw + 8.0 * r as f64, 3.0 * n * B2 + 4.0 * pw);
-        Ok(pair_of_rows(family, case, fwd, bwd, bytes, some2(cf, cb)))
+        op_rows(family, case, timer, simple, &xs, &[&wt, &bias], bytes, |x| x.layer_norm(Some(&wt), Some(&bias), 1e-6))
     }
 }
 
@@ -343,14 +370,11 @@ fn gate_rows(name: &str, c: &Value, timer: &Timer, simple: bool) -> Result<Vec<R
     let sets = timer.copies(5.0 * n * B2);
     let mut xs = Vec::new();
     for s in 0..sets as u64 {
-        xs.push((randn(&[r, 2 * f], 2 * s + 1)?, randn(&[r, f], 2 * s + 2)?));
+        xs.push((randn(&[r, 2 * f], 2 * s + 1)?.variable(), randn(&[r, f], 2 * s + 2)?));
     }
-    let fwd = both(timer, simple, sets, |i| bench::gate(name, &xs[i].0).map(|_| ()))?;
-    let bwd = both(timer, simple, sets, |i| bench::gate_backward(name, &xs[i].0, &xs[i].1).map(|_| ()))?;
-    let (x, g) = &xs[0];
-    let cf = check_fast(|| bench::gate(name, x).map(|o| vec![o]))?;
-    let cb = check_fast(|| bench::gate_backward(name, x, g).map(|o| vec![o]))?;
-    Ok(pair_of_rows(name, case, fwd, bwd, (3.0 * n * B2, 5.0 * n * B2), some2(cf, cb)))
+    let swiglu = name == "swiglu";
+    let bytes = (3.0 * n * B2, 5.0 * n * B2);
+    op_rows(name, case, timer, simple, &xs, &[], bytes, |x| if swiglu { x.swiglu() } else { x.geglu() })
 }
 
 fn rope_rows(c: &Value, timer: &Timer, simple: bool) -> Result<Vec<Row>> {
@@ -360,16 +384,12 @@ fn rope_rows(c: &Value, timer: &Timer, simple: bool) -> Result<Vec<Row>> {
     let sets = timer.copies(2.0 * n * B2);
     let mut xs = Vec::new();
     for s in 0..sets as u64 {
-        xs.push(randn(&[b, l, h, d], s + 1)?);
+        xs.push((randn(&[b, l, h, d], 2 * s + 1)?.variable(), randn(&[b, l, h, d], 2 * s + 2)?));
     }
     let (cos, sin) = (randn(&[l, d], 97)?, randn(&[l, d], 96)?);
     let tables = 2.0 * (l * d) as f64 * B2;
-    let fwd = both(timer, simple, sets, |i| bench::rope(&xs[i], &cos, &sin, false).map(|_| ()))?;
-    let bwd = both(timer, simple, sets, |i| bench::rope(&xs[i], &cos, &sin, true).map(|_| ()))?;
-    let cf = check_fast(|| bench::rope(&xs[0], &cos, &sin, false).map(|o| vec![o]))?;
-    let cb = check_fast(|| bench::rope(&xs[0], &cos, &sin, true).map(|o| vec![o]))?;
     let bytes = (2.0 * n * B2 + tables, 2.0 * n * B2 + tables);
-    Ok(pair_of_rows("rope", case, fwd, bwd, bytes, some2(cf, cb)))
+    op_rows("rope", case, timer, simple, &xs, &[], bytes, |x| x.rope(&cos, &sin))
 }
 
 fn cross_entropy_rows(c: &Value, timer: &Timer, simple: bool) -> Result<Vec<Row>> {
@@ -380,15 +400,12 @@ fn cross_entropy_rows(c: &Value, timer: &Timer, simple: bool) -> Result<Vec<Row>
     let mut xs = Vec::new();
     for s in 0..sets as u64 {
         let t: Vec<i64> = (0..r).map(|i| ((i as u64 * 2654435761 + s) % k as u64) as i64).collect();
-        xs.push((randn(&[r, k], s + 1)?, Tensor::from_vec(t, &[r], DEV)?, randn(&[r], s + 50)?));
+        xs.push((randn(&[r, k], s + 1)?.variable(), Tensor::from_vec(t, &[r], DEV)?, randn(&[r], s + 50)?));
     }
-    let fwd = both(timer, simple, sets, |i| bench::cross_entropy(&xs[i].0, &xs[i].1, -100).map(|_| ()))?;
-    let stats: Vec<Tensor> =
-        xs.iter().map(|(x, t, _)| bench::cross_entropy(x, t, -100).map(|o| o.1)).collect::<Result<_>>()?;
-    let bwd = both(timer, simple, sets, |i| {
-        let (x, t, g) = &xs[i];
-        bench::cross_entropy_backward(x, t, &stats[i], g, -100, 1.0).map(|_| ())
-    })?;
+    let loss = |x: &Tensor, t: &Tensor| cross_entropy(x, t, -100, Reduction::None);
+    let fwd = both(timer, simple, sets, |i| no_grad(|| loss(&xs[i].0, &xs[i].1)).map(|_| ()))?;
+    let losses: Vec<Tensor> = xs.iter().map(|(x, t, _)| loss(x, t)).collect::<Result<_>>()?;
+    let bwd = both(timer, simple, sets, |i| backward_with_grad(&losses[i], &xs[i].2).map(|_| ()))?;
     Ok(pair_of_rows("cross_entropy", case, fwd, bwd, (n * B2, 2.0 * n * B2), (None, None)))
 }
 
@@ -399,13 +416,17 @@ fn pair_loss_rows(name: &str, c: &Value, timer: &Timer, simple: bool) -> Result<
     let sets = timer.copies(5.0 * n as f64 * B2);
     let mut xs = Vec::new();
     for s in 0..sets as u64 {
-        xs.push((randn(&[n], 3 * s + 1)?, randn(&[n], 3 * s + 2)?, randn(&[n], 3 * s + 3)?));
+        let (p, t) = (randn(&[n], 3 * s + 1)?.variable(), randn(&[n], 3 * s + 2)?.variable());
+        xs.push((p, t, randn(&[n], 3 * s + 3)?));
     }
-    let fwd = both(timer, simple, sets, |i| bench::pair_loss(name, delta, &xs[i].0, &xs[i].1).map(|_| ()))?;
-    let bwd = both(timer, simple, sets, |i| {
-        let (p, t, g) = &xs[i];
-        bench::pair_loss_backward(name, delta, p, t, g, 1.0).map(|_| ())
-    })?;
+    let loss = |p: &Tensor, t: &Tensor| match name {
+        "huber" => huber(p, t, delta, Reduction::None),
+        "bce" => bce_with_logits(p, t, Reduction::None),
+        other => Err(Error::invalid("bench", format!("no pair loss {other} (huber, bce)"))),
+    };
+    let fwd = both(timer, simple, sets, |i| no_grad(|| loss(&xs[i].0, &xs[i].1)).map(|_| ()))?;
+    let losses: Vec<Tensor> = xs.iter().map(|(p, t, _)| loss(p, t)).collect::<Result<_>>()?;
+    let bwd = both(timer, simple, sets, |i| backward_with_grad(&losses[i], &xs[i].2).map(|_| ()))?;
     let nf = n as f64;
     Ok(pair_of_rows(name, case, fwd, bwd, (3.0 * nf * B2, 5.0 * nf * B2), (None, None)))
 }
@@ -418,15 +439,16 @@ fn adamw_rows(c: &Value, timer: &Timer) -> Result<Vec<Row>> {
         .iter()
         .map(|s| s.as_array().expect("a shape").iter().map(|d| d.as_u64().expect("a dim") as usize).collect())
         .collect();
-    let mut params = Vec::new();
-    let mut grads = Vec::new();
+    let mut store = ParamStore::new();
+    let mut grads = GradStore::new();
     for (i, s) in shapes.iter().enumerate() {
-        params.push(randn(s, 1000 + i as u64)?);
-        grads.push(randn(s, 2000 + i as u64)?);
+        let p = store.insert(format!("p{i}"), &randn(s, 1000 + i as u64)?)?;
+        grads.insert(&p, randn(s, 2000 + i as u64)?);
     }
-    let n: usize = params.iter().map(Tensor::elem_count).sum();
-    let mut opt = bench::AdamWMulti::new(&params, &grads)?;
-    let us = timer.us(1, |_| opt.step(1e-4, 0.9, 0.999, 1e-8, 0.01))?;
+    let n: usize = store.trainable_tensors().iter().map(Tensor::elem_count).sum();
+    let cfg = AdamWConfig { lr: 1e-4, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01 };
+    let mut opt = AdamW::new(cfg)?;
+    let us = timer.us(1, |_| opt.step(&store, &grads, cfg.lr))?;
     Ok(vec![Row {
         kernel: "adamw_step".into(),
         case: case.into(),
@@ -453,7 +475,7 @@ fn copy_gbps(timer: &Timer) -> Result<f64> {
     let elems = 1usize << 29; // 1 GiB of bf16
     let src = randn(&[elems], 700)?;
     let dst = Tensor::zeros(&[elems], DType::BF16, DEV)?;
-    let us = timer.us(1, |_| bench::copy(&dst, &src))?;
+    let us = timer.us(1, |_| cuda::copy(&dst, &src))?;
     Ok(2.0 * (elems * 2) as f64 / us / 1e3)
 }
 

@@ -220,6 +220,32 @@ pub(crate) fn backward(root: &Tensor) -> Result<GradStore> {
     Ok(store)
 }
 
+/// Reverse-mode differentiation from `root` seeded with `grad` (of `root`'s shape, dtype and
+/// device) instead of ones: the gradient of `sum(root * grad)` for every variable, as torch's
+/// `root.backward(grad)`. Benchmarks use it to time an op's backward for a given upstream
+/// gradient.
+///
+/// ```
+/// use vlm4vla_engine::{autograd::backward_with_grad, Device, Tensor};
+/// let x = Tensor::from_vec(vec![1f64, 2.], &[2], Device::Cpu).unwrap().variable();
+/// let y = x.sqr().unwrap();
+/// let g = Tensor::from_vec(vec![10f64, 1.], &[2], Device::Cpu).unwrap();
+/// let grads = backward_with_grad(&y, &g).unwrap();
+/// assert_eq!(grads.get(&x).unwrap().to_vec::<f64>().unwrap(), vec![20., 4.]);
+/// ```
+pub fn backward_with_grad(root: &Tensor, grad: &Tensor) -> Result<GradStore> {
+    let op = "backward_with_grad";
+    if grad.dtype() != root.dtype() {
+        return Err(Error::invalid(op, format!("gradient is {}, the tensor {}", grad.dtype(), root.dtype())));
+    }
+    if grad.device() != root.device() {
+        return Err(Error::DeviceMismatch { op, a: root.device(), b: grad.device() });
+    }
+    let mut store = GradStore::new();
+    backward_with_seed(root, grad.detach(), &mut store)?;
+    Ok(store)
+}
+
 pub(crate) fn backward_into(root: &Tensor, store: &mut GradStore) -> Result<()> {
     let seed = root.ones_like()?;
     backward_with_seed(root, seed, store)

@@ -247,9 +247,12 @@ mod tests {
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
+    /// A kind family's CUDA enum and its table rows.
+    type Family = ((&'static str, &'static str), &'static [(&'static str, &'static str, i32)]);
+
     #[test]
     fn kernel_codes_match_the_cuda_enums() {
-        let families: &[((&str, &str), &[(&str, &str, i32)])] = &[
+        let families: &[Family] = &[
             (UnaryKind::CUDA_ENUM, UnaryKind::TABLE),
             (BinaryKind::CUDA_ENUM, BinaryKind::TABLE),
             (CmpKind::CUDA_ENUM, CmpKind::TABLE),

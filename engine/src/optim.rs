@@ -2,7 +2,9 @@
 //!
 //! [`AdamW`] and [`Sgd`] follow `torch.optim.AdamW` / `torch.optim.SGD` (single-tensor path)
 //! operation for operation. They update parameters in place with one fused CPU pass per tensor
-//! (`cpu/optim.rs`); nothing is recorded in the autograd graph. bf16/f16 parameters are updated
+//! (`cpu/optim.rs`), or, for parameters on a GPU, one multi-tensor kernel launch for all of them
+//! (`kernels/cuda/optim.cu`; one per device, dtype and step count); nothing is recorded in the
+//! autograd graph. bf16/f16 parameters are updated
 //! through an f32 master copy kept in the optimizer state (the parameter receives the rounded
 //! master after each step, so updates smaller than a bf16 ulp still accumulate); f32 parameters
 //! are their own master with f32 moments; f64 parameters keep f64 state.
@@ -93,11 +95,20 @@ struct OptimState {
     kind: &'static str,
     buffer_names: &'static [&'static str],
     params: BTreeMap<String, ParamState>,
+    /// The device tables of the multi-tensor launches, kept from one step to the next.
+    #[cfg(feature = "cuda")]
+    cuda_tables: crate::cuda::optim::StepTables,
 }
 
 impl OptimState {
     fn new(kind: &'static str, buffer_names: &'static [&'static str]) -> Self {
-        OptimState { kind, buffer_names, params: BTreeMap::new() }
+        OptimState {
+            kind,
+            buffer_names,
+            params: BTreeMap::new(),
+            #[cfg(feature = "cuda")]
+            cuda_tables: Default::default(),
+        }
     }
 
     fn err(&self, name: &str, msg: impl Into<String>) -> Error {
@@ -122,6 +133,8 @@ impl OptimState {
                 return Err(Error::tensor(self.kind, name, "parameter name given twice"));
             }
         }
+        // Every parameter is checked before any is updated (the GPU ones are updated after the loop).
+        let mut stepped = Vec::new();
         for (name, p) in &params {
             let Some(g) = grads.get(p) else { continue };
             self.check_param(name, p)?;
@@ -132,10 +145,50 @@ impl OptimState {
                     format!("gradient shape {:?} differs from parameter shape {:?}", g.shape(), p.shape()),
                 ));
             }
+            stepped.push((name, p, g));
+        }
+        // GPU parameters, stepped together after the loop: (step count, name, parameter, gradient).
+        #[cfg(feature = "cuda")]
+        let mut on_gpu: Vec<(u64, &str, &Tensor, &Tensor)> = Vec::new();
+        for (name, p, g) in stepped {
             let kind = self.kind;
             let st = self.prepare(name, p)?;
             st.step += 1;
+            #[cfg(feature = "cuda")]
+            if matches!(st.buffers, Buffers::Cuda { .. }) {
+                on_gpu.push((st.step, name, p, g));
+                continue;
+            }
             apply(kind, name, p, g, st, &rule(st.step))?;
+        }
+        #[cfg(feature = "cuda")]
+        self.step_cuda(on_gpu, &rule)?;
+        Ok(())
+    }
+
+    /// One multi-tensor launch per step count (all parameters share one unless some were added
+    /// or skipped along the way), device and dtype.
+    #[cfg(feature = "cuda")]
+    fn step_cuda<R, F>(&mut self, mut on_gpu: Vec<(u64, &str, &Tensor, &Tensor)>, rule: &F) -> Result<()>
+    where
+        R: UpdateRule,
+        F: Fn(u64) -> R,
+    {
+        on_gpu.sort_by_key(|&(t, ..)| t);
+        let mut rest = &on_gpu[..];
+        while let Some(&(t, ..)) = rest.first() {
+            let n = rest.iter().take_while(|e| e.0 == t).count();
+            let (group, tail) = rest.split_at(n);
+            rest = tail;
+            let mut slots = Vec::with_capacity(group.len());
+            for &(_, name, p, g) in group {
+                let Some(ParamState { buffers: Buffers::Cuda { bufs, master }, .. }) = self.params.get(name) else {
+                    return Err(self.err(name, "GPU state missing"));
+                };
+                slots.push(crate::cuda::optim::Slot { param: p, grad: g, bufs, master: master.as_ref() });
+            }
+            let (kernel, hyper) = rule(t).cuda_params();
+            crate::cuda::optim::step(kernel, &slots, hyper, &mut self.cuda_tables)?;
         }
         Ok(())
     }
@@ -331,11 +384,6 @@ fn apply<R: UpdateRule>(
         .layout()
         .contiguous_range()
         .ok_or_else(|| Error::tensor(kind, name, "parameter must be contiguous to be updated in place"))?;
-    #[cfg(feature = "cuda")]
-    if let Buffers::Cuda { bufs, master } = &st.buffers {
-        let (kernel, params) = rule.cuda_params();
-        return crate::cuda::optim::step(kernel, p, g, bufs, master.as_ref(), params);
-    }
     // A gradient sharing the parameter's storage is copied first (we hold its write lock below).
     let g_copy;
     let g = if g.same_storage(p) {

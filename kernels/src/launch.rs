@@ -1,7 +1,7 @@
 //! Launch geometry of the performance kernels (`flash_attention.cu`, and the 16-byte vectorised
-//! `*_rows` / `*_wide` norms, `*_vec` gated activations and rope): for a shape,
-//! the kernel symbol, grid, block and dynamic shared memory, after checking that the kernel takes
-//! the shape (head dim, alignment, widths); pure Rust, so it is unit-tested without a GPU.
+//! `*_rows` / `*_wide` norms, `*_vec` gated activations and rope): for a shape, the kernel (a
+//! [`KernelId`]), grid, block and dynamic shared memory, after checking that the kernel takes the
+//! shape (head dim, alignment, widths); pure Rust, so it is unit-tested without a GPU.
 //!
 //! The engine's CUDA backend calls these and launches the result; a shape a kernel does not take
 //! is an [`Error::Invalid`] naming the kernel and the shape, and the engine then uses the simple
@@ -11,19 +11,19 @@
 //! use vlm4vla_kernels::launch::{flash_fwd, FlashShape};
 //! let s = FlashShape { b: 16, hq: 16, hkv: 16, lq: 257, lk: 257, d: 64, dv: 64, strides_aligned: true };
 //! let l = flash_fwd(&s).unwrap();
-//! assert_eq!(l.symbol, "flash_attention_d64_fwd_bf16");
+//! assert_eq!(l.kernel.symbol(), Some("flash_attention_d64_fwd_bf16"));
 //! assert_eq!(l.grid, [5, 256, 1]);
 //! assert_eq!(l.block, [128, 1, 1]);
 //! ```
 
 use crate::params::{AttnParams, EW_THREADS, NORM_MAX_WIDTH, ROW_THREADS};
-use crate::{Dtype, Error};
+use crate::{Dtype, Error, KernelId, OpId};
 
-/// A kernel launch: symbol, grid, block, dynamic shared memory in bytes. Kernels whose `smem` is
-/// over 48 KiB need `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES` raised to it first.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A kernel launch: the kernel, grid, block, dynamic shared memory in bytes. Kernels whose `smem`
+/// is over 48 KiB need `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES` raised to it first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Launch {
-    pub symbol: String,
+    pub kernel: KernelId,
     pub grid: [u32; 3],
     pub block: [u32; 3],
     pub smem: u32,
@@ -44,6 +44,34 @@ pub const FA_BWD_BR: usize = 32;
 pub const FA_DELTA_ROWS: usize = 8;
 /// The head-dim tiles, each with its own kernels (`FLASH(DT, ...)` in the source).
 pub const FA_TILES: &[usize] = &[64, 80, 128, 256];
+
+const fn flash_op(name: &str) -> OpId {
+    OpId::of("flash_attention", name)
+}
+
+/// Per tile of [`FA_TILES`]: the forward / dK-dV kernels, the dQ kernels and the 128-row forward
+/// (no 256 tile).
+const FLASH: [OpId; 4] = [
+    flash_op("flash_attention_d64"),
+    flash_op("flash_attention_d80"),
+    flash_op("flash_attention_d128"),
+    flash_op("flash_attention_d256"),
+];
+const FLASH_DQ: [OpId; 4] = [
+    flash_op("flash_attention_dq_d64"),
+    flash_op("flash_attention_dq_d80"),
+    flash_op("flash_attention_dq_d128"),
+    flash_op("flash_attention_dq_d256"),
+];
+const FLASH_LONG: [OpId; 3] =
+    [flash_op("flash_attention_long_d64"), flash_op("flash_attention_long_d80"), flash_op("flash_attention_long_d128")];
+const FLASH_DELTA: OpId = flash_op("flash_attention_delta");
+const FLASH_DKDV_SUM: OpId = flash_op("flash_attention_dkdv_sum");
+
+/// The position of head-dim tile `tile` in [`FA_TILES`].
+fn tile_index(tile: usize) -> usize {
+    FA_TILES.iter().position(|&t| t == tile).unwrap_or(0)
+}
 
 /// What the flash kernels need to know about an attention call. `strides_aligned`: every
 /// (batch, head, seq) stride of q, k, v, out, dOut, dq, dk, dv is a multiple of 8 elements and
@@ -161,7 +189,7 @@ pub fn flash_fwd_with(s: &FlashShape, long_min_lq: usize) -> Result<Launch, Erro
     if s.lq >= long_min_lq && tile <= 128 {
         let (rows, bc) = (2 * FA_BR, if tile == 128 { 32 } else { 64 });
         return Ok(Launch {
-            symbol: format!("flash_attention_long_d{tile}_fwd_bf16"),
+            kernel: FLASH_LONG[tile_index(tile)].fwd(Dtype::Bf16),
             grid: [blocks(s.lq, rows), (s.b * s.hq) as u32, 1],
             block: [FA_THREADS, 1, 1],
             smem: tile_bytes(rows + 2 * bc, tile) as u32,
@@ -169,7 +197,7 @@ pub fn flash_fwd_with(s: &FlashShape, long_min_lq: usize) -> Result<Launch, Erro
     }
     let smem = tile_bytes(FA_BR + 2 * flash_bc(tile), tile);
     Ok(Launch {
-        symbol: format!("flash_attention_d{tile}_fwd_bf16"),
+        kernel: FLASH[tile_index(tile)].fwd(Dtype::Bf16),
         grid: [blocks(s.lq, FA_BR), (s.b * s.hq) as u32, 1],
         block: [FA_THREADS, 1, 1],
         smem: smem as u32,
@@ -180,7 +208,7 @@ pub fn flash_fwd_with(s: &FlashShape, long_min_lq: usize) -> Result<Launch, Erro
 pub fn flash_delta(s: &FlashShape) -> Result<Launch, Error> {
     flash_check(s)?;
     Ok(Launch {
-        symbol: "flash_attention_delta_bwd_bf16".to_string(),
+        kernel: FLASH_DELTA.bwd(Dtype::Bf16),
         grid: [blocks(s.b * s.hq * s.lq, FA_DELTA_ROWS), 1, 1],
         block: [(FA_DELTA_ROWS * 32) as u32, 1, 1],
         smem: 0,
@@ -222,14 +250,14 @@ pub fn flash_dkdv(s: &FlashShape, min_blocks: usize) -> Result<FlashDkDv, Error>
     let partial_elems = parts * s.b * s.hkv * s.lk * s.d;
     Ok(FlashDkDv {
         launch: Launch {
-            symbol: format!("flash_attention_d{tile}_bwd_bf16"),
+            kernel: FLASH[tile_index(tile)].bwd(Dtype::Bf16),
             grid: [blocks(s.lk, FA_BWD_BC), (s.b * s.hkv) as u32, (split * parts) as u32],
             block: [FA_THREADS, 1, 1],
             smem: smem as u32,
         },
         head_parts: parts,
         sum: (parts > 1).then(|| Launch {
-            symbol: "flash_attention_dkdv_sum_bwd_bf16".to_string(),
+            kernel: FLASH_DKDV_SUM.bwd(Dtype::Bf16),
             grid: [blocks(s.b * s.hkv * s.lk * s.d / 8, EW_THREADS as usize).min(1 << 16), 1, 1],
             block: [EW_THREADS, 1, 1],
             smem: 0,
@@ -245,7 +273,7 @@ pub fn flash_dq(s: &FlashShape) -> Result<Launch, Error> {
     let buffers = if tile <= 128 { 2 } else { 1 };
     let smem = tile_bytes(2 * FA_BR + 2 * buffers * flash_bc(tile), tile);
     Ok(Launch {
-        symbol: format!("flash_attention_dq_d{tile}_bwd_bf16"),
+        kernel: FLASH_DQ[tile_index(tile)].bwd(Dtype::Bf16),
         grid: [blocks(s.lq, FA_BR), (s.b * s.hq) as u32, 1],
         block: [FA_THREADS, 1, 1],
         smem: smem as u32,
@@ -261,6 +289,25 @@ pub fn vector_len(dtype: Dtype) -> usize {
         Dtype::I64 => 2,
     }
 }
+
+const fn norm_op(name: &str) -> OpId {
+    OpId::of("norm", name)
+}
+
+/// The vectorised norms: [rms_norm, layer_norm] x [warp rows, block rows] x V = 1, 2, 4.
+const NORM_VEC: [[[OpId; 3]; 2]; 2] = [
+    [
+        [norm_op("rms_norm_rows1"), norm_op("rms_norm_rows2"), norm_op("rms_norm_rows4")],
+        [norm_op("rms_norm_wide1"), norm_op("rms_norm_wide2"), norm_op("rms_norm_wide4")],
+    ],
+    [
+        [norm_op("layer_norm_rows1"), norm_op("layer_norm_rows2"), norm_op("layer_norm_rows4")],
+        [norm_op("layer_norm_wide1"), norm_op("layer_norm_wide2"), norm_op("layer_norm_wide4")],
+    ],
+];
+
+const SWIGLU_VEC: OpId = OpId::of("activation", "swiglu_vec");
+const GEGLU_VEC: OpId = OpId::of("activation", "geglu_vec");
 
 /// Vectors per thread of the widest vectorised norm variants (`NORM_VEC_MAX_V`); the variants
 /// hold V = 1, 2 or 4 vectors per thread.
@@ -305,14 +352,11 @@ pub fn norm_vec(
     let v = [1, 2, 4].into_iter().find(|&v| threads * v >= vectors).unwrap_or(NORM_VEC_MAX_V);
     let rows_per_block = if warp_rows { (ROW_THREADS / 32) as usize } else { 1 };
     let grid = rows.div_ceil(rows_per_block).clamp(1, max_blocks.max(1));
-    let variant = if warp_rows { "rows" } else { "wide" };
+    let family = if op == "rms_norm" { &NORM_VEC[0] } else { &NORM_VEC[1] };
+    let by_v = if warp_rows { &family[0] } else { &family[1] };
+    let kernel = by_v[v.trailing_zeros() as usize].dir(backward, dtype);
     Ok(NormLaunch {
-        launch: Launch {
-            symbol: crate::symbol(&format!("{op}_{variant}{v}"), backward, dtype.name()),
-            grid: [grid as u32, 1, 1],
-            block: [ROW_THREADS, 1, 1],
-            smem: 0,
-        },
+        launch: Launch { kernel, grid: [grid as u32, 1, 1], block: [ROW_THREADS, 1, 1], smem: 0 },
         partials: grid,
     })
 }
@@ -340,7 +384,7 @@ pub fn gate_vec(
         return Err(Error::Invalid(format!("{op}: width {f} must be a multiple of {n} for the vectorised kernel")));
     }
     Ok(Launch {
-        symbol: crate::symbol(&format!("{op}_vec"), backward, dtype.name()),
+        kernel: if op == "swiglu" { SWIGLU_VEC } else { GEGLU_VEC }.dir(backward, dtype),
         grid: [ew_grid(rows * f / n, max_blocks), 1, 1],
         block: [EW_THREADS, 1, 1],
         smem: 0,
@@ -358,7 +402,7 @@ pub fn rope_vec(backward: bool, dtype: Dtype, rows: usize, d: usize, max_blocks:
         )));
     }
     Ok(Launch {
-        symbol: crate::symbol("rope_vec", backward, dtype.name()),
+        kernel: OpId::of("rope", "rope_vec").dir(backward, dtype),
         grid: [ew_grid(rows * d / 2 / n, max_blocks), 1, 1],
         block: [EW_THREADS, 1, 1],
         smem: 0,
@@ -419,9 +463,9 @@ mod tests {
             let s = shape(d);
             let kv = flash_dkdv(&s, 1 << 20).unwrap();
             assert!(kv.head_parts > 1);
-            let sum = kv.sum.clone().unwrap();
+            let sum = kv.sum.unwrap();
             for l in [flash_fwd(&s).unwrap(), flash_delta(&s).unwrap(), kv.launch, sum, flash_dq(&s).unwrap()] {
-                assert!(syms.contains(&l.symbol), "{} registered", l.symbol);
+                assert!(l.kernel.symbol().is_some() && syms.contains(&l.kernel.to_string()), "{} registered", l.kernel);
             }
         }
     }
@@ -446,13 +490,13 @@ mod tests {
         let mut long = shape(128);
         long.lq = 2048;
         let f = flash_fwd(&long).unwrap();
-        assert_eq!(f.symbol, "flash_attention_long_d128_fwd_bf16");
+        assert_eq!(f.kernel.to_string(), "flash_attention_long_d128_fwd_bf16");
         assert_eq!((f.grid, f.smem), ([16, 16, 1], 192 * 136 * 2));
-        assert!(kernel("flash_attention").unwrap().symbols().contains(&f.symbol));
-        assert_eq!(flash_fwd_with(&long, usize::MAX).unwrap().symbol, "flash_attention_d128_fwd_bf16");
+        assert!(kernel("flash_attention").unwrap().symbols().contains(&f.kernel.to_string()));
+        assert_eq!(flash_fwd_with(&long, usize::MAX).unwrap().kernel.to_string(), "flash_attention_d128_fwd_bf16");
         long.d = 256;
         long.dv = 256;
-        assert_eq!(flash_fwd(&long).unwrap().symbol, "flash_attention_d256_fwd_bf16");
+        assert_eq!(flash_fwd(&long).unwrap().kernel.to_string(), "flash_attention_d256_fwd_bf16");
         let s256 = shape(256);
         assert_eq!(flash_dkdv(&s256, 1).unwrap().launch.grid, [3, 4, 2]);
         assert_eq!(flash_dkdv(&s256, 48).unwrap().launch.grid, [3, 4, 4]);
@@ -489,7 +533,7 @@ mod tests {
         let src = kernel("norm").unwrap().source;
         assert_eq!(c_define(src, "NORM_VEC_MAX_V"), NORM_VEC_MAX_V.to_string());
         let norm = kernel("norm").unwrap().symbols();
-        let sym = |op, bwd, dt, w| norm_vec(op, bwd, dt, 100, w, 1 << 20).unwrap().launch.symbol;
+        let sym = |op, bwd, dt, w| norm_vec(op, bwd, dt, 100, w, 1 << 20).unwrap().launch.kernel.to_string();
         // (width, variant) for bf16: a warp holds up to 1024, a block up to 8192.
         for (w, v) in [
             (8, "rows1"),
@@ -512,7 +556,7 @@ mod tests {
         let l = norm_vec("rms_norm", false, Dtype::Bf16, 4000, 1152, 1 << 20).unwrap();
         assert_eq!((l.launch.grid[0], l.partials), (4000, 4000));
         let l = norm_vec("layer_norm", true, Dtype::Bf16, 4000, 512, 264).unwrap();
-        assert_eq!(l.launch.symbol, "layer_norm_rows2_bwd_bf16");
+        assert_eq!(l.launch.kernel.to_string(), "layer_norm_rows2_bwd_bf16");
         assert_eq!((l.launch.grid[0], l.partials), (264, 264));
         assert_eq!(norm_vec("rms_norm", false, Dtype::Bf16, 3, 1000, 100).unwrap().launch.grid[0], 3);
         assert_eq!(norm_vec("rms_norm", false, Dtype::Bf16, 9, 496, 100).unwrap().launch.grid[0], 2);
@@ -528,13 +572,13 @@ mod tests {
     fn vectorised_elementwise_kernels() {
         let act = kernel("activation").unwrap().symbols();
         let l = gate_vec("swiglu", true, Dtype::Bf16, 1600, 11008, 1056).unwrap();
-        assert!(act.contains(&l.symbol));
+        assert!(act.contains(&l.kernel.to_string()));
         assert_eq!(l.grid[0], 1056);
         assert_eq!(gate_vec("geglu", false, Dtype::Bf16, 2, 16, 1056).unwrap().grid[0], 1);
         assert!(gate_vec("geglu", false, Dtype::Bf16, 2, 20, 1056).is_err());
         let rope = kernel("rope").unwrap().symbols();
         let l = rope_vec(false, Dtype::Bf16, 16 * 256 * 16, 80, 1 << 20).unwrap();
-        assert!(rope.contains(&l.symbol));
+        assert!(rope.contains(&l.kernel.to_string()));
         assert_eq!(l.grid[0], (16 * 256 * 16 * 5usize).div_ceil(256) as u32);
         assert!(rope_vec(false, Dtype::Bf16, 10, 72, 1056).is_err());
         assert!(rope_vec(false, Dtype::F32, 10, 72, 1056).is_ok());

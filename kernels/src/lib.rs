@@ -7,6 +7,8 @@
 //!
 //! Kernel symbols are built mechanically, `{op}_{fwd|bwd}_{dtype}`, from the table in
 //! [`KERNELS`], and every kernel is `extern "C"` so the PTX entry carries exactly that name.
+//! Callers name a kernel by [`KernelId`] (an [`OpId`] resolved from the registry at compile time,
+//! a direction and a dtype), which has a fixed slot in one dense table of every kernel.
 //!
 //! ```
 //! let norm = vlm4vla_kernels::kernel("norm").unwrap();
@@ -14,12 +16,14 @@
 //! ```
 
 mod compile;
+mod id;
 pub mod launch;
 mod nvrtc;
 pub mod params;
 pub mod paths;
 
 pub use compile::{arch_for_capability, parse_ptxas, Compiled, Compiler, Resources};
+pub use id::{KernelId, OpId, FAMILY_COUNT, KERNEL_SLOTS};
 pub use nvrtc::Nvrtc;
 
 /// The op families that have kernels, named as the engine's `ops/` files are.
@@ -46,6 +50,7 @@ pub fn symbol(op: &str, backward: bool, dtype: &str) -> String {
 /// The element type a kernel is instantiated for (bf16 kernels compute in fp32). Only the `view`
 /// family (copies, conversions, comparisons) has u8 and i64 instances.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
 pub enum Dtype {
     F32,
     Bf16,
@@ -54,6 +59,9 @@ pub enum Dtype {
 }
 
 impl Dtype {
+    /// Every dtype, in the order of the kernel table (see [`KernelId::index`]).
+    pub const ALL: [Dtype; 4] = [Dtype::F32, Dtype::Bf16, Dtype::U8, Dtype::I64];
+
     /// The name used in symbols.
     pub fn name(self) -> &'static str {
         match self {
@@ -145,7 +153,10 @@ macro_rules! family {
 }
 
 /// Every kernel family, in [`FAMILIES`] order.
-pub static KERNELS: &[Kernel] = &[
+pub static KERNELS: &[Kernel] = REGISTRY;
+
+/// The registry as a constant, so that [`OpId::of`] resolves op names at compile time.
+const REGISTRY: &[Kernel] = &[
     family!(
         "view",
         [

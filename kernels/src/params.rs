@@ -194,6 +194,37 @@ pub struct OptimParams {
     pub pad: i32,
 }
 
+/// A params struct a kernel takes by value as its first argument.
+///
+/// # Safety
+/// The type is `#[repr(C)]` plain data whose layout matches the struct of the same name in the
+/// CUDA source (the tests below check every size against its `static_assert`).
+pub unsafe trait KernelParams: Copy + 'static {}
+
+// SAFETY: each is a #[repr(C)] mirror of its CUDA struct, sizes checked by
+// `params_sizes_match_the_cuda_static_asserts`.
+unsafe impl KernelParams for UnaryParams {}
+// SAFETY: as above.
+unsafe impl KernelParams for BinaryParams {}
+// SAFETY: as above.
+unsafe impl KernelParams for StridedParams {}
+// SAFETY: as above.
+unsafe impl KernelParams for ReduceParams {}
+// SAFETY: as above.
+unsafe impl KernelParams for IndexParams {}
+// SAFETY: as above.
+unsafe impl KernelParams for NormParams {}
+// SAFETY: as above.
+unsafe impl KernelParams for GateParams {}
+// SAFETY: as above.
+unsafe impl KernelParams for RopeParams {}
+// SAFETY: as above.
+unsafe impl KernelParams for AttnParams {}
+// SAFETY: as above.
+unsafe impl KernelParams for LossParams {}
+// SAFETY: as above.
+unsafe impl KernelParams for OptimParams {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

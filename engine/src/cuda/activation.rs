@@ -1,25 +1,30 @@
 //! CUDA launchers of `activation.cu`: swiglu and geglu on a merged gate|up input.
 
-use super::{contig, dev_of, ew_grid, fast_kernels, float_name, launch, ptr, tensor, Cuda, CudaStorage};
+use super::launch::{KernelSet, GEGLU_BWD, GEGLU_FWD, SWIGLU_BWD, SWIGLU_FWD};
+use super::{contig, dev_of, fast_kernels, ptr, tensor, Cuda, CudaStorage, Geometry};
 use crate::kinds::GateKind;
 use crate::{backend, DType, Result, Tensor};
-use vlm4vla_kernels::params::{GateParams, EW_THREADS};
+use vlm4vla_kernels::params::GateParams;
+use vlm4vla_kernels::KernelId;
 
-/// (symbol, grid) of the 16-byte kernel when it takes the call: bf16, F a multiple of 8,
-/// 16-byte aligned pointers.
-fn vec_gate(
-    op: &str,
-    backward: bool,
-    x: &Tensor,
-    rows: usize,
-    f: usize,
-    ptrs: &[u64],
-) -> Option<(String, (u32, u32, u32))> {
+/// The 16-byte kernel and its geometry when it takes the call: bf16, F a multiple of 8, 16-byte
+/// aligned pointers.
+fn vec_gate(op: &str, backward: bool, x: &Tensor, rows: usize, f: usize, ptrs: &[u64]) -> Option<(KernelId, Geometry)> {
     if x.dtype() != DType::BF16 || !fast_kernels() || ptrs.iter().any(|p| p % 16 != 0) {
         return None;
     }
     let l = vlm4vla_kernels::launch::gate_vec(op, backward, vlm4vla_kernels::Dtype::Bf16, rows, f, 1 << 16).ok()?;
-    Some((l.symbol, (l.grid[0], 1, 1)))
+    Some((l.kernel, Geometry::from(&l)))
+}
+
+/// The simple kernel of `kind` (forward or backward).
+fn simple(kind: GateKind, backward: bool) -> KernelSet {
+    match (kind, backward) {
+        (GateKind::Silu, false) => SWIGLU_FWD,
+        (GateKind::Silu, true) => SWIGLU_BWD,
+        (GateKind::GeluTanh, false) => GEGLU_FWD,
+        (GateKind::GeluTanh, true) => GEGLU_BWD,
+    }
 }
 
 /// `act(x[..., :F]) * x[..., F:]` as a contiguous `[..., F]` buffer.
@@ -30,14 +35,15 @@ pub(crate) fn forward(x: &Tensor, kind: GateKind, f: usize) -> Result<CudaStorag
     let rows = x.elem_count() / (2 * f).max(1);
     let out = dev.alloc(op, x.dtype(), rows * f)?;
     let (px, po) = (ptr(op, &x)?, out.ptr_at(0));
-    let (symbol, grid) = match vec_gate(op, false, &x, rows, f, &[px, po]) {
+    let (kernel, geometry) = match vec_gate(op, false, &x, rows, f, &[px, po]) {
         Some(v) => v,
-        None => (format!("{op}_fwd_{}", float_name(op, x.dtype())?), ew_grid(rows * f)),
+        None => (simple(kind, false).at(op, x.dtype())?, Geometry::elementwise(rows * f)),
     };
     let p = GateParams { rows: rows as i64, f: f as i64 };
-    // SAFETY: x is contiguous [rows, 2F], out holds rows * F elements of the same dtype; the
-    // vectorised kernel only with 16-byte aligned pointers and F a multiple of 8.
-    unsafe { launch!(dev, op, "activation", symbol, grid, EW_THREADS, p, [px, po]) }?;
+    // SAFETY: {swiglu,geglu}[_vec]_fwd(p, x, out): x is contiguous [rows, 2F], out holds rows * F
+    // elements of the same dtype; the vectorised kernel only with 16-byte aligned pointers and F
+    // a multiple of 8.
+    unsafe { dev.launch(op, kernel, geometry, p, [px, po]) }?;
     Ok(out)
 }
 
@@ -49,14 +55,15 @@ pub(crate) fn backward(x: &Tensor, g: &Tensor, kind: GateKind, f: usize) -> Resu
     let rows = x.elem_count() / (2 * f).max(1);
     let dx = dev.alloc(op, x.dtype(), x.elem_count())?;
     let (px, pg, pd) = (ptr(op, &x)?, ptr(op, &g)?, dx.ptr_at(0));
-    let (symbol, grid) = match vec_gate(op, true, &x, rows, f, &[px, pg, pd]) {
+    let (kernel, geometry) = match vec_gate(op, true, &x, rows, f, &[px, pg, pd]) {
         Some(v) => v,
-        None => (format!("{op}_bwd_{}", float_name(op, x.dtype())?), ew_grid(rows * f)),
+        None => (simple(kind, true).at(op, x.dtype())?, Geometry::elementwise(rows * f)),
     };
     let p = GateParams { rows: rows as i64, f: f as i64 };
-    // SAFETY: x and dx are contiguous [rows, 2F], g is [rows, F], one dtype; the vectorised
-    // kernel only with 16-byte aligned pointers and F a multiple of 8.
-    unsafe { launch!(dev, op, "activation", symbol, grid, EW_THREADS, p, [px, pg, pd]) }?;
+    // SAFETY: {swiglu,geglu}[_vec]_bwd(p, x, g, dx): x and dx are contiguous [rows, 2F], g is
+    // [rows, F], one dtype; the vectorised kernel only with 16-byte aligned pointers and F a
+    // multiple of 8.
+    unsafe { dev.launch(op, kernel, geometry, p, [px, pg, pd]) }?;
     Ok(dx)
 }
 

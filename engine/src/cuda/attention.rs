@@ -5,9 +5,8 @@
 //! multiple of 8 up to 256, equal for q/k and v, 16-byte aligned rows) run those instead, with
 //! the same semantics; f32 and every other shape run the simple kernels.
 
-use super::{
-    contig, dev_of, fast_kernels, float_name, launch, launch_geom, ptr, tensor, Cuda, CudaDevice, CudaStorage,
-};
+use super::launch::{ATTENTION_BWD, ATTENTION_DQ, ATTENTION_FWD};
+use super::{contig, dev_of, fast_kernels, ptr, tensor, Cuda, CudaDevice, CudaStorage, Geometry};
 use crate::backend::{self, BackendState};
 use crate::kinds::{AttentionMask, AttnDims, KeyMask};
 use crate::{DType, Error, Result, Tensor};
@@ -119,18 +118,20 @@ pub(crate) fn forward(
     if let Some(s) = flash_shape(q.dtype(), &p, &[pq, pk, pv, out.ptr_at(0)]) {
         let l = geom::flash_fwd_with(&s, super::flash_long_min_lq())
             .map_err(|e| Error::invalid("attention", e.to_string()))?;
-        // SAFETY: as below; flash_supported checked bf16, d == dv <= 256 a multiple of 8, strides
-        // multiples of 8 elements and 16-byte aligned pointers; `l` sizes the dynamic smem.
-        unsafe { launch_geom!(dev, op, "flash_attention", l, p, [pq, pk, pv, out.ptr_at(0), lse.ptr_at(0)]) }?;
+        let ptrs = [pq, pk, pv, out.ptr_at(0), lse.ptr_at(0)];
+        // SAFETY: flash_attention_*_fwd(p, q, k, v, out, lse), as below; flash_supported checked
+        // bf16, d == dv <= 256 a multiple of 8, strides multiples of 8 elements and 16-byte
+        // aligned pointers; `l` sizes the dynamic smem.
+        unsafe { dev.launch(op, l.kernel, Geometry::from(&l), p, ptrs) }?;
         return Ok((out, tensor(lse, &[dims.b, dims.hq, dims.lq])));
     }
-    let grid = (dims.lq.div_ceil(ATT_WARPS as usize) as u32, (dims.b * dims.hq) as u32, 1);
-    let symbol = format!("attention_fwd_{}", float_name(op, q.dtype())?);
-    // SAFETY: q, k, v are [B, L, H, X] views with unit-stride rows described by their strides;
-    // out is contiguous [B, Lq, Hq, Dv]; lse holds B*Hq*Lq floats; the mask tables live in `mask`.
-    unsafe {
-        launch!(dev, op, "attention", symbol, grid, ATT_WARPS * 32, p, [pq, pk, pv, out.ptr_at(0), lse.ptr_at(0)])
-    }?;
+    let grid = [dims.lq.div_ceil(ATT_WARPS as usize) as u32, (dims.b * dims.hq) as u32, 1];
+    let kernel = ATTENTION_FWD.at(op, q.dtype())?;
+    let ptrs = [pq, pk, pv, out.ptr_at(0), lse.ptr_at(0)];
+    // SAFETY: attention_fwd(p, q, k, v, out, lse): q, k, v are [B, L, H, X] views with unit-stride
+    // rows described by their strides; out is contiguous [B, Lq, Hq, Dv]; lse holds B*Hq*Lq
+    // floats; the mask tables live in `mask`.
+    unsafe { dev.launch(op, kernel, Geometry::new(grid, ATT_WARPS * 32), p, ptrs) }?;
     Ok((out, tensor(lse, &[dims.b, dims.hq, dims.lq])))
 }
 
@@ -169,9 +170,8 @@ pub(crate) fn backward(
     p.dq = packed([dims.b, dims.lq, dims.hq, dims.d]);
     p.dk = packed([dims.b, dims.lk, dims.hkv, dims.d]);
     p.dv = packed([dims.b, dims.lk, dims.hkv, dims.dv]);
-    let name = float_name(op, q.dtype())?;
-    let kv_grid = (dims.lk.div_ceil(ATT_WARPS as usize) as u32, (dims.b * dims.hkv) as u32, 1);
-    let q_grid = (dims.lq.div_ceil(ATT_WARPS as usize) as u32, (dims.b * dims.hq) as u32, 1);
+    let kv_grid = [dims.lk.div_ceil(ATT_WARPS as usize) as u32, (dims.b * dims.hkv) as u32, 1];
+    let q_grid = [dims.lq.div_ceil(ATT_WARPS as usize) as u32, (dims.b * dims.hq) as u32, 1];
     let (pq, pk, pv, po, pg, pl) =
         (ptr(op, &q)?, ptr(op, &k)?, ptr(op, &v)?, ptr(op, &o)?, ptr(op, &g)?, ptr(op, &lse)?);
     let outs = [dq.ptr_at(0), dk.ptr_at(0), dv.ptr_at(0)];
@@ -188,57 +188,32 @@ pub(crate) fn backward(
         };
         let (pk_part, pv_part) = parts.as_ref().map_or((0, 0), |(a, b)| (a.ptr_at(0), b.ptr_at(0)));
         let pd = delta.ptr_at(0);
-        // SAFETY: as below, with the flash kernels' conditions checked by flash_supported; delta
-        // holds B*Hq*Lq floats, written by the first kernel and read by the others; the partials
-        // hold head_parts*B*Hkv*Lk*D floats each, written by the dK/dV kernel and read by the sum.
+        let dkdv = [pq, pk, pv, pg, pl, pd, outs[1], outs[2], pk_part, pv_part];
+        // SAFETY: as below, with the flash kernels' conditions checked by flash_supported; the
+        // arguments follow each kernel's signature in kernels/src/launch.rs; delta holds B*Hq*Lq
+        // floats, written by the first kernel and read by the others; the partials hold
+        // head_parts*B*Hkv*Lk*D floats each, written by the dK/dV kernel and read by the sum.
         unsafe {
-            launch_geom!(dev, op, "flash_attention", ld, p, [po, pg, pd])?;
-            launch_geom!(
-                dev,
-                op,
-                "flash_attention",
-                kv.launch,
-                p,
-                [pq, pk, pv, pg, pl, pd, outs[1], outs[2], pk_part, pv_part]
-            )?;
+            dev.launch(op, ld.kernel, Geometry::from(&ld), p, [po, pg, pd])?;
+            dev.launch(op, kv.launch.kernel, Geometry::from(&kv.launch), p, dkdv)?;
             if let Some(sum) = &kv.sum {
-                launch_geom!(
-                    dev,
-                    op,
-                    "flash_attention",
-                    sum,
-                    p,
-                    [pk_part, pv_part, kv.head_parts as u64, outs[1], outs[2]]
-                )?;
+                let ptrs = [pk_part, pv_part, kv.head_parts as u64, outs[1], outs[2]];
+                dev.launch(op, sum.kernel, Geometry::from(sum), p, ptrs)?;
             }
-            launch_geom!(dev, op, "flash_attention", lq, p, [pq, pk, pv, pg, pl, pd, outs[0]])
+            dev.launch(op, lq.kernel, Geometry::from(&lq), p, [pq, pk, pv, pg, pl, pd, outs[0]])
         }?;
         drop(parts);
         return Ok((dq, dk, dv));
     }
-    // SAFETY: inputs are [B, L, H, X] views with unit-stride rows described by their strides; lse
-    // holds B*Hq*Lq floats; dq, dk, dv are contiguous and fully written by the two kernels.
+    let (kv_kernel, q_kernel) = (ATTENTION_BWD.at(op, q.dtype())?, ATTENTION_DQ.at(op, q.dtype())?);
+    let threads = ATT_WARPS * 32;
+    // SAFETY: attention_bwd(p, q, k, v, o, g, lse, dk, dv) and attention_dq_bwd(p, q, k, v, o, g,
+    // lse, dq): inputs are [B, L, H, X] views with unit-stride rows described by their strides;
+    // lse holds B*Hq*Lq floats; dq, dk, dv are contiguous and fully written by the two kernels.
     unsafe {
-        launch!(
-            dev,
-            op,
-            "attention",
-            format!("attention_bwd_{name}"),
-            kv_grid,
-            ATT_WARPS * 32,
-            p,
-            [pq, pk, pv, po, pg, pl, dk.ptr_at(0), dv.ptr_at(0)]
-        )?;
-        launch!(
-            dev,
-            op,
-            "attention",
-            format!("attention_dq_bwd_{name}"),
-            q_grid,
-            ATT_WARPS * 32,
-            p,
-            [pq, pk, pv, po, pg, pl, dq.ptr_at(0)]
-        )
+        let dkdv = [pq, pk, pv, po, pg, pl, dk.ptr_at(0), dv.ptr_at(0)];
+        dev.launch(op, kv_kernel, Geometry::new(kv_grid, threads), p, dkdv)?;
+        dev.launch(op, q_kernel, Geometry::new(q_grid, threads), p, [pq, pk, pv, po, pg, pl, dq.ptr_at(0)])
     }?;
     Ok((dq, dk, dv))
 }

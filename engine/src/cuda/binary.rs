@@ -1,10 +1,10 @@
 //! CUDA launchers of `binary.cu`: a contiguous fast path (16-byte vector loads inside the kernel)
 //! and a strided fallback taking dims and strides by value, for broadcast and transposed views.
 
-use super::{dev_of, float_name, ptr, strided_params, tensor, Cuda, CudaStorage};
+use super::launch::{BINARY, BINARY_STRIDED};
+use super::{dev_of, ptr, strided_params, tensor, Cuda, CudaStorage, Geometry};
 use crate::kinds::{BinaryKind, CmpKind};
 use crate::{backend, Result, Tensor};
-use std::ffi::c_void;
 use vlm4vla_kernels::params::BinaryParams;
 
 /// `a OP b` for two views of the same shape (broadcasting was done by the caller's views).
@@ -15,7 +15,7 @@ pub(crate) fn forward(a: &Tensor, b: &Tensor, kind: BinaryKind) -> Result<CudaSt
     let out = dev.alloc(op, a.dtype(), n)?;
     let s = strided_params(op, a.shape(), [a.layout(), b.layout()])?;
     let contiguous = a.is_contiguous() && b.is_contiguous();
-    let mut p = BinaryParams {
+    let p = BinaryParams {
         n: n as i64,
         op: kind.code(),
         rank: s.rank,
@@ -25,18 +25,12 @@ pub(crate) fn forward(a: &Tensor, b: &Tensor, kind: BinaryKind) -> Result<CudaSt
         a_offset: 0,
         b_offset: 0,
     };
-    let (mut pa, mut pb, mut po) = (ptr(op, a)?, ptr(op, b)?, out.ptr_at(0));
-    let name = float_name(op, a.dtype())?;
-    let symbol = if contiguous { format!("binary_fwd_{name}") } else { format!("binary_strided_fwd_{name}") };
-    let mut args = [
-        &mut p as *mut _ as *mut c_void,
-        &mut pa as *mut _ as *mut c_void,
-        &mut pb as *mut _ as *mut c_void,
-        &mut po as *mut _ as *mut c_void,
-    ];
-    // SAFETY: a and b are views of the shape inside their storages (base pointers carry the
-    // offsets), out holds n elements; the contiguous kernel is used only for contiguous views.
-    unsafe { dev.launch_ew(op, "binary", &symbol, n, &mut args) }?;
+    let kernel = if contiguous { BINARY } else { BINARY_STRIDED }.at(op, a.dtype())?;
+    let ptrs = [ptr(op, a)?, ptr(op, b)?, out.ptr_at(0)];
+    // SAFETY: binary[_strided]_fwd(p, a, b, out): a and b are views of the shape inside their
+    // storages (base pointers carry the offsets), out holds n elements; the contiguous kernel is
+    // used only for contiguous views.
+    unsafe { dev.launch(op, kernel, Geometry::elementwise(n), p, ptrs) }?;
     Ok(out)
 }
 

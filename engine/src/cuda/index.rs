@@ -2,11 +2,14 @@
 //! backward, for f32 and bf16 (indices are validated on the host by the ops and uploaded as i64).
 //! Scatter-style backwards accumulate with atomics into zeroed buffers.
 
-use super::{contig, dev_of, ew_grid, float_name, launch, ptr, tensor, view, Cuda, CudaDevice, CudaStorage};
+use super::launch::{
+    GATHER_BWD, GATHER_FWD, INDEX_SELECT_BWD, INDEX_SELECT_FWD, MASKED_SCATTER_BWD, MASKED_SCATTER_FWD, SCATTER_ADD,
+};
+use super::{contig, dev_of, ptr, tensor, view, Cuda, CudaDevice, CudaStorage, Geometry};
 use crate::backend;
 use crate::{DType, Device, Layout, Result, Tensor};
 use std::sync::Arc;
-use vlm4vla_kernels::params::{IndexParams, EW_THREADS};
+use vlm4vla_kernels::params::IndexParams;
 
 /// Run an atomic-accumulating launcher in f32 (exact order-independent sums up to fp32 rounding,
 /// one rounding to the input's dtype at the end) and convert back.
@@ -45,11 +48,9 @@ pub(crate) fn index_select(src: &Tensor, dim: usize, idx: &[usize]) -> Result<Cu
     let n = p.n as usize;
     let out = dev.alloc(op, src.dtype(), n)?;
     let ids = upload_idx(&dev, op, idx)?;
-    let symbol = format!("index_select_fwd_{}", float_name(op, src.dtype())?);
+    let kernel = INDEX_SELECT_FWD.at(op, src.dtype())?;
     // SAFETY: src contiguous [outer, len, inner], ids idx_len i64 in range, out [outer, idx_len, inner].
-    unsafe {
-        launch!(dev, op, "index", symbol, ew_grid(n), EW_THREADS, p, [ptr(op, &src)?, ids.ptr_at(0), out.ptr_at(0)])
-    }?;
+    unsafe { dev.launch(op, kernel, Geometry::elementwise(n), p, [ptr(op, &src)?, ids.ptr_at(0), out.ptr_at(0)]) }?;
     Ok(out)
 }
 
@@ -66,11 +67,9 @@ pub(crate) fn index_add(g: &Tensor, shape: &[usize], dim: usize, idx: &[usize]) 
     let n = p.n as usize;
     let out = dev.zeros(op, g.dtype(), outer * len * inner)?;
     let ids = upload_idx(&dev, op, idx)?;
-    let symbol = format!("index_select_bwd_{}", float_name(op, g.dtype())?);
+    let kernel = INDEX_SELECT_BWD.at(op, g.dtype())?;
     // SAFETY: g contiguous [outer, idx_len, inner], out zeroed [outer, len, inner].
-    unsafe {
-        launch!(dev, op, "index", symbol, ew_grid(n), EW_THREADS, p, [ptr(op, &g)?, ids.ptr_at(0), out.ptr_at(0)])
-    }?;
+    unsafe { dev.launch(op, kernel, Geometry::elementwise(n), p, [ptr(op, &g)?, ids.ptr_at(0), out.ptr_at(0)]) }?;
     Ok(out)
 }
 
@@ -95,11 +94,9 @@ pub(crate) fn gather(src: &Tensor, dim: usize, idx: &[usize], ishape: &[usize]) 
     let n = p.n as usize;
     let out = dev.alloc(op, src.dtype(), n)?;
     let ids = upload_idx(&dev, op, idx)?;
-    let symbol = format!("gather_fwd_{}", float_name(op, src.dtype())?);
+    let kernel = GATHER_FWD.at(op, src.dtype())?;
     // SAFETY: src contiguous [outer, len, inner], ids and out [outer, idx_len, inner].
-    unsafe {
-        launch!(dev, op, "index", symbol, ew_grid(n), EW_THREADS, p, [ptr(op, &src)?, ids.ptr_at(0), out.ptr_at(0)])
-    }?;
+    unsafe { dev.launch(op, kernel, Geometry::elementwise(n), p, [ptr(op, &src)?, ids.ptr_at(0), out.ptr_at(0)]) }?;
     Ok(out)
 }
 
@@ -121,11 +118,9 @@ pub(crate) fn gather_backward(
     let n = p.n as usize;
     let part = dev.zeros(op, g.dtype(), outer * len * inner)?;
     let ids = upload_idx(&dev, op, idx)?;
-    let symbol = format!("gather_bwd_{}", float_name(op, g.dtype())?);
+    let kernel = GATHER_BWD.at(op, g.dtype())?;
     // SAFETY: g and ids [outer, idx_len, inner], part zeroed [outer, len, inner].
-    unsafe {
-        launch!(dev, op, "index", symbol, ew_grid(n), EW_THREADS, p, [ptr(op, &g)?, ids.ptr_at(0), part.ptr_at(0)])
-    }?;
+    unsafe { dev.launch(op, kernel, Geometry::elementwise(n), p, [ptr(op, &g)?, ids.ptr_at(0), part.ptr_at(0)]) }?;
     if rshape == shape {
         return Ok(part);
     }
@@ -162,11 +157,9 @@ pub(crate) fn scatter_add(
     let p = idx_params(outer, len, ishape[dim], inner);
     let n = p.n as usize;
     let ids = upload_idx(&dev, op, idx)?;
-    let symbol = format!("scatter_add_fwd_{}", float_name(op, x.dtype())?);
+    let kernel = SCATTER_ADD.at(op, x.dtype())?;
     // SAFETY: src and ids [outer, idx_len, inner], target [outer, len, inner].
-    unsafe {
-        launch!(dev, op, "index", symbol, ew_grid(n), EW_THREADS, p, [ptr(op, &src)?, ids.ptr_at(0), target.ptr_at(0)])
-    }?;
+    unsafe { dev.launch(op, kernel, Geometry::elementwise(n), p, [ptr(op, &src)?, ids.ptr_at(0), target.ptr_at(0)]) }?;
     if let Some(tmp) = tmp {
         view::convert_into(op, &tensor(tmp, &rshape), &out, &region_layout(x.shape(), &rshape))?;
     }
@@ -201,18 +194,15 @@ pub(crate) fn masked_scatter(x: &Tensor, source: &Tensor, rows: &[usize], w: usi
     let out = dev.alloc(op, x.dtype(), n)?;
     let (mask, pos) = row_tables(&dev, op, n, rows, w)?;
     let p = IndexParams { src_len: source.elem_count() as i64, n: n as i64, ..Default::default() };
-    let symbol = format!("masked_scatter_fwd_{}", float_name(op, x.dtype())?);
+    let kernel = MASKED_SCATTER_FWD.at(op, x.dtype())?;
     // SAFETY: x, mask, pos, out hold n elements; positions index into source's M*w elements.
     unsafe {
-        launch!(
-            dev,
+        dev.launch(
             op,
-            "index",
-            symbol,
-            ew_grid(n),
-            EW_THREADS,
+            kernel,
+            Geometry::elementwise(n),
             p,
-            [ptr(op, &x)?, mask.ptr_at(0), pos.ptr_at(0), ptr(op, &source)?, out.ptr_at(0)]
+            [ptr(op, &x)?, mask.ptr_at(0), pos.ptr_at(0), ptr(op, &source)?, out.ptr_at(0)],
         )
     }?;
     Ok(out)
@@ -233,24 +223,21 @@ pub(crate) fn masked_scatter_backward(
     let ddst = if want.0 { Some(dev.alloc(op, g.dtype(), n)?) } else { None };
     let dsrc = if want.1 { Some(dev.zeros(op, g.dtype(), rows.len() * w)?) } else { None };
     let p = IndexParams { src_len: (rows.len() * w) as i64, n: n as i64, ..Default::default() };
-    let symbol = format!("masked_scatter_bwd_{}", float_name(op, g.dtype())?);
+    let kernel = MASKED_SCATTER_BWD.at(op, g.dtype())?;
     // SAFETY: g, mask, pos (and ddst) hold n elements; dsrc holds M*w elements.
     unsafe {
-        launch!(
-            dev,
+        dev.launch(
             op,
-            "index",
-            symbol,
-            ew_grid(n),
-            EW_THREADS,
+            kernel,
+            Geometry::elementwise(n),
             p,
             [
                 ptr(op, &g)?,
                 mask.ptr_at(0),
                 pos.ptr_at(0),
                 ddst.as_ref().map_or(0, |d| d.ptr_at(0)),
-                dsrc.as_ref().map_or(0, |d| d.ptr_at(0))
-            ]
+                dsrc.as_ref().map_or(0, |d| d.ptr_at(0)),
+            ],
         )
     }?;
     Ok((ddst, dsrc))

@@ -2,10 +2,11 @@
 //! losses (mse, huber, bce_with_logits), forward and backward. Reductions over the per-row or
 //! per-element losses run as engine sum ops on the device.
 
-use super::{contig, dev_of, ew_grid, float_name, launch, ptr, row_grid, tensor, Cuda, CudaStorage};
+use super::launch::{CROSS_ENTROPY_BWD, CROSS_ENTROPY_FWD, PAIR_LOSS_BWD, PAIR_LOSS_FWD};
+use super::{contig, dev_of, ptr, tensor, Cuda, CudaStorage, Geometry};
 use crate::kinds::{PairKind, Reduction};
 use crate::{backend, DType, Result, Tensor};
-use vlm4vla_kernels::params::{LossParams, EW_THREADS, ROW_THREADS};
+use vlm4vla_kernels::params::LossParams;
 
 /// Per-row losses `[n]` (logits' dtype) and statistics `[n, 2]` (f32: row max, 1 / sum exp).
 pub(crate) fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore: i64) -> Result<(Tensor, Tensor)> {
@@ -16,19 +17,10 @@ pub(crate) fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore: i64) -> R
     let loss = dev.alloc(op, x.dtype(), n)?;
     let stats = dev.alloc(op, DType::F32, 2 * n)?;
     let p = LossParams { n: n as i64, c: c as i64, ignore, ..Default::default() };
-    let symbol = format!("cross_entropy_fwd_{}", float_name(op, x.dtype())?);
+    let kernel = CROSS_ENTROPY_FWD.at(op, x.dtype())?;
     // SAFETY: x contiguous [n, c], t i64 [n], loss [n] of x's dtype, stats 2n floats.
     unsafe {
-        launch!(
-            dev,
-            op,
-            "loss",
-            symbol,
-            row_grid(n),
-            ROW_THREADS,
-            p,
-            [ptr(op, &x)?, ptr(op, &t)?, loss.ptr_at(0), stats.ptr_at(0)]
-        )
+        dev.launch(op, kernel, Geometry::rows(n), p, [ptr(op, &x)?, ptr(op, &t)?, loss.ptr_at(0), stats.ptr_at(0)])
     }?;
     Ok((tensor(loss, &[n]), tensor(stats, &[n, 2])))
 }
@@ -50,18 +42,15 @@ pub(crate) fn cross_entropy_backward(
     let dx = dev.alloc(op, x.dtype(), n * c)?;
     let g_stride = if g.elem_count() == 1 { 0 } else { 1 };
     let p = LossParams { n: n as i64, c: c as i64, ignore, g_stride, scale: scale as f32, ..Default::default() };
-    let symbol = format!("cross_entropy_bwd_{}", float_name(op, x.dtype())?);
+    let kernel = CROSS_ENTROPY_BWD.at(op, x.dtype())?;
     // SAFETY: x, dx contiguous [n, c]; t i64 [n]; stats 2n floats; g one element or n.
     unsafe {
-        launch!(
-            dev,
+        dev.launch(
             op,
-            "loss",
-            symbol,
-            row_grid(n),
-            ROW_THREADS,
+            kernel,
+            Geometry::rows(n),
             p,
-            [ptr(op, &x)?, ptr(op, &t)?, ptr(op, &s)?, ptr(op, &g)?, dx.ptr_at(0)]
+            [ptr(op, &x)?, ptr(op, &t)?, ptr(op, &s)?, ptr(op, &g)?, dx.ptr_at(0)],
         )
     }?;
     Ok(dx)
@@ -79,18 +68,15 @@ pub(crate) fn pair(kind: PairKind, pred: &Tensor, target: &Tensor) -> Result<Ten
     let dev = dev_of(op, &x)?;
     let n = x.elem_count();
     let out = dev.alloc(op, x.dtype(), n)?;
-    let symbol = format!("pair_loss_fwd_{}", float_name(op, x.dtype())?);
+    let kernel = PAIR_LOSS_FWD.at(op, x.dtype())?;
     // SAFETY: x, t, out contiguous with n elements of one dtype.
     unsafe {
-        launch!(
-            dev,
+        dev.launch(
             op,
-            "loss",
-            symbol,
-            ew_grid(n),
-            EW_THREADS,
+            kernel,
+            Geometry::elementwise(n),
             pair_params(kind, n),
-            [ptr(op, &x)?, ptr(op, &t)?, out.ptr_at(0)]
+            [ptr(op, &x)?, ptr(op, &t)?, out.ptr_at(0)],
         )
     }?;
     Ok(tensor(out, x.shape()))
@@ -114,24 +100,21 @@ pub(crate) fn pair_backward(
     let mut p = pair_params(kind, n);
     p.g_stride = if g.elem_count() == 1 { 0 } else { 1 };
     p.scale = scale as f32;
-    let symbol = format!("pair_loss_bwd_{}", float_name(op, x.dtype())?);
+    let kernel = PAIR_LOSS_BWD.at(op, x.dtype())?;
     // SAFETY: x, t (and dp, dt when present) contiguous with n elements; g one element or n.
     unsafe {
-        launch!(
-            dev,
+        dev.launch(
             op,
-            "loss",
-            symbol,
-            ew_grid(n),
-            EW_THREADS,
+            kernel,
+            Geometry::elementwise(n),
             p,
             [
                 ptr(op, &x)?,
                 ptr(op, &t)?,
                 ptr(op, &g)?,
                 dp.as_ref().map_or(0, |d| d.ptr_at(0)),
-                dt.as_ref().map_or(0, |d| d.ptr_at(0))
-            ]
+                dt.as_ref().map_or(0, |d| d.ptr_at(0)),
+            ],
         )
     }?;
     Ok((dp.map(|d| tensor(d, x.shape())), dt.map(|d| tensor(d, x.shape()))))

@@ -4,9 +4,14 @@
 //! rows whose width is a multiple of 8 with 16-byte aligned pointers run the vectorised
 //! `*_rows` / `*_wide` kernels (same semantics, same partials layout).
 
-use super::{contig, dev_of, fast_kernels, float_name, launch, opt_ptr, ptr, row_grid, tensor, Cuda, CudaStorage};
+use super::launch::{
+    L2_NORMALIZE_BWD, L2_NORMALIZE_FWD, LAYER_NORM_BWD, LAYER_NORM_FWD, RMS_NORM_BWD, RMS_NORM_FWD, SOFTMAX_BWD,
+    SOFTMAX_FWD,
+};
+use super::{contig, dev_of, fast_kernels, opt_ptr, ptr, tensor, Cuda, CudaStorage, Geometry};
+use crate::backend;
 use crate::kinds::RmsNormKind;
-use crate::{backend, DType, Error, Result, Tensor};
+use crate::{DType, Error, Result, Tensor};
 use vlm4vla_kernels::launch::{norm_vec, NormLaunch};
 use vlm4vla_kernels::params::{NormParams, NORM_MAX_WIDTH, ROW_THREADS};
 use vlm4vla_kernels::Dtype;
@@ -63,19 +68,10 @@ pub(crate) fn softmax(x: &Tensor, log: bool) -> Result<CudaStorage> {
     let x = contig(x)?;
     let dev = dev_of(op, &x)?;
     let y = dev.alloc(op, x.dtype(), x.elem_count())?;
-    let symbol = format!("softmax_fwd_{}", float_name(op, x.dtype())?);
+    let kernel = SOFTMAX_FWD.at(op, x.dtype())?;
     // SAFETY: x and y are contiguous [rows, width] of one dtype.
     unsafe {
-        launch!(
-            dev,
-            op,
-            "norm",
-            symbol,
-            row_grid(dims(&x).0),
-            ROW_THREADS,
-            params(&x, 0.0, log as i32),
-            [ptr(op, &x)?, y.ptr_at(0)]
-        )
+        dev.launch(op, kernel, Geometry::rows(dims(&x).0), params(&x, 0.0, log as i32), [ptr(op, &x)?, y.ptr_at(0)])
     }?;
     Ok(y)
 }
@@ -85,18 +81,15 @@ pub(crate) fn softmax_backward(y: &Tensor, g: &Tensor, log: bool) -> Result<Cuda
     let (y, g) = (contig(y)?, contig(g)?);
     let dev = dev_of(op, &y)?;
     let dx = dev.alloc(op, y.dtype(), y.elem_count())?;
-    let symbol = format!("softmax_bwd_{}", float_name(op, y.dtype())?);
+    let kernel = SOFTMAX_BWD.at(op, y.dtype())?;
     // SAFETY: y, g, dx are contiguous [rows, width] of one dtype.
     unsafe {
-        launch!(
-            dev,
+        dev.launch(
             op,
-            "norm",
-            symbol,
-            row_grid(dims(&y).0),
-            ROW_THREADS,
+            kernel,
+            Geometry::rows(dims(&y).0),
             params(&y, 0.0, log as i32),
-            [ptr(op, &y)?, ptr(op, &g)?, dx.ptr_at(0)]
+            [ptr(op, &y)?, ptr(op, &g)?, dx.ptr_at(0)],
         )
     }?;
     Ok(dx)
@@ -117,24 +110,13 @@ pub(crate) fn rms_norm(x: &Tensor, w: Option<&Tensor>, eps: f64, kind: RmsNormKi
     let y = dev.alloc(op, x.dtype(), x.elem_count())?;
     let rstd = dev.alloc(op, DType::F32, rows)?;
     let ptrs = [ptr(op, &x)?, 0, opt_ptr(op, w.as_ref())?, y.ptr_at(0), 0, rstd.ptr_at(0)];
-    let (symbol, grid) = match vec_norm(op, false, &x, &ptrs[..4], 65535) {
-        Some(v) => (v.launch.symbol, (v.launch.grid[0], 1, 1)),
-        None => (format!("rms_norm_fwd_{}", float_name(op, x.dtype())?), row_grid(rows)),
+    let (kernel, geometry) = match vec_norm(op, false, &x, &ptrs[..4], 65535) {
+        Some(v) => (v.launch.kernel, Geometry::from(&v.launch)),
+        None => (RMS_NORM_FWD.at(op, x.dtype())?, Geometry::rows(rows)),
     };
     // SAFETY: x, y contiguous [rows, width]; w [width] or null; no residual (null) so h is unused;
     // rstd holds rows floats; the vectorised kernel only with 16-byte aligned x, w, y.
-    unsafe {
-        launch!(
-            dev,
-            op,
-            "norm",
-            symbol,
-            grid,
-            ROW_THREADS,
-            params(&x, eps, rms_flag(kind)),
-            [ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], ptrs[5]]
-        )
-    }?;
+    unsafe { dev.launch(op, kernel, geometry, params(&x, eps, rms_flag(kind)), ptrs) }?;
     Ok((y, tensor(rstd, &[rows])))
 }
 
@@ -162,22 +144,19 @@ pub(crate) fn rms_norm_backward(
         &[ptr(op, &x)?, opt_ptr(op, w.as_ref())?, ptr(op, &g)?, dx.as_ref().map_or(0, |d| d.ptr_at(0))],
         max_blocks,
     );
-    let (symbol, blocks) = match vec {
-        Some(v) => (v.launch.symbol, v.partials),
-        None => (format!("rms_norm_bwd_{}", float_name(op, x.dtype())?), rows.clamp(1, max_blocks)),
+    let (kernel, blocks) = match vec {
+        Some(v) => (v.launch.kernel, v.partials),
+        None => (RMS_NORM_BWD.at(op, x.dtype())?, rows.clamp(1, max_blocks)),
     };
     let part = if want_dw { Some(dev.alloc(op, DType::F32, blocks * width)?) } else { None };
     // SAFETY: x, g (and dx) contiguous [rows, width]; w [width] or null; rstd rows floats; the
     // partials [blocks, width] floats for a grid of `blocks`; the vectorised kernel only with
     // 16-byte aligned rows.
     unsafe {
-        launch!(
-            dev,
+        dev.launch(
             op,
-            "norm",
-            symbol,
-            (blocks as u32, 1, 1),
-            ROW_THREADS,
+            kernel,
+            Geometry::new([blocks as u32, 1, 1], ROW_THREADS),
             params(&x, 0.0, rms_flag(kind)),
             [
                 ptr(op, &x)?,
@@ -186,8 +165,8 @@ pub(crate) fn rms_norm_backward(
                 ptr(op, &g)?,
                 0,
                 dx.as_ref().map_or(0, |d| d.ptr_at(0)),
-                part.as_ref().map_or(0, |p| p.ptr_at(0))
-            ]
+                part.as_ref().map_or(0, |p| p.ptr_at(0)),
+            ],
         )
     }?;
     let dx = dx.map(|d| tensor(d, x.shape()));
@@ -221,20 +200,17 @@ pub(crate) fn layer_norm(
         &[ptr(op, &x)?, opt_ptr(op, w.as_ref())?, opt_ptr(op, b.as_ref())?, y.ptr_at(0)],
         65535,
     );
-    let (symbol, grid) = match vec {
-        Some(v) => (v.launch.symbol, (v.launch.grid[0], 1, 1)),
-        None => (format!("layer_norm_fwd_{}", float_name(op, x.dtype())?), row_grid(rows)),
+    let (kernel, geometry) = match vec {
+        Some(v) => (v.launch.kernel, Geometry::from(&v.launch)),
+        None => (LAYER_NORM_FWD.at(op, x.dtype())?, Geometry::rows(rows)),
     };
     // SAFETY: x, y contiguous [rows, width]; w, b [width] or null; mean, rstd rows floats; the
     // vectorised kernel only with 16-byte aligned rows.
     unsafe {
-        launch!(
-            dev,
+        dev.launch(
             op,
-            "norm",
-            symbol,
-            grid,
-            ROW_THREADS,
+            kernel,
+            geometry,
             params(&x, eps, 0),
             [
                 ptr(op, &x)?,
@@ -242,8 +218,8 @@ pub(crate) fn layer_norm(
                 opt_ptr(op, b.as_ref())?,
                 y.ptr_at(0),
                 mean.ptr_at(0),
-                rstd.ptr_at(0)
-            ]
+                rstd.ptr_at(0),
+            ],
         )
     }?;
     Ok((y, tensor(mean, &[rows]), tensor(rstd, &[rows])))
@@ -275,9 +251,9 @@ pub(crate) fn layer_norm_backward(
         &[ptr(op, &x)?, opt_ptr(op, w.as_ref())?, ptr(op, &g)?, dx.as_ref().map_or(0, |d| d.ptr_at(0))],
         max_blocks,
     );
-    let (symbol, blocks) = match vec {
-        Some(v) => (v.launch.symbol, v.partials),
-        None => (format!("layer_norm_bwd_{}", float_name(op, x.dtype())?), rows.clamp(1, max_blocks)),
+    let (kernel, blocks) = match vec {
+        Some(v) => (v.launch.kernel, v.partials),
+        None => (LAYER_NORM_BWD.at(op, x.dtype())?, rows.clamp(1, max_blocks)),
     };
     let dw_part = if want_params && w.is_some() { Some(dev.alloc(op, DType::F32, blocks * width)?) } else { None };
     let db_part = if want_params && b.is_some() { Some(dev.alloc(op, DType::F32, blocks * width)?) } else { None };
@@ -285,13 +261,10 @@ pub(crate) fn layer_norm_backward(
     // partials [blocks, width] floats for a grid of `blocks`; the vectorised kernel only with
     // 16-byte aligned rows.
     unsafe {
-        launch!(
-            dev,
+        dev.launch(
             op,
-            "norm",
-            symbol,
-            (blocks as u32, 1, 1),
-            ROW_THREADS,
+            kernel,
+            Geometry::new([blocks as u32, 1, 1], ROW_THREADS),
             params(&x, 0.0, 0),
             [
                 ptr(op, &x)?,
@@ -301,8 +274,8 @@ pub(crate) fn layer_norm_backward(
                 ptr(op, &g)?,
                 dx.as_ref().map_or(0, |d| d.ptr_at(0)),
                 dw_part.as_ref().map_or(0, |p| p.ptr_at(0)),
-                db_part.as_ref().map_or(0, |p| p.ptr_at(0))
-            ]
+                db_part.as_ref().map_or(0, |p| p.ptr_at(0)),
+            ],
         )
     }?;
     let dx = dx.map(|d| tensor(d, x.shape()));
@@ -325,19 +298,10 @@ pub(crate) fn l2_normalize(x: &Tensor, eps: f64) -> Result<(CudaStorage, Tensor)
     let (rows, _) = dims(&x);
     let y = dev.alloc(op, x.dtype(), x.elem_count())?;
     let norm = dev.alloc(op, DType::F32, rows)?;
-    let symbol = format!("l2_normalize_fwd_{}", float_name(op, x.dtype())?);
+    let kernel = L2_NORMALIZE_FWD.at(op, x.dtype())?;
     // SAFETY: x, y contiguous [rows, width]; norm rows floats.
     unsafe {
-        launch!(
-            dev,
-            op,
-            "norm",
-            symbol,
-            row_grid(rows),
-            ROW_THREADS,
-            params(&x, eps, 0),
-            [ptr(op, &x)?, y.ptr_at(0), norm.ptr_at(0)]
-        )
+        dev.launch(op, kernel, Geometry::rows(rows), params(&x, eps, 0), [ptr(op, &x)?, y.ptr_at(0), norm.ptr_at(0)])
     }?;
     Ok((y, tensor(norm, &[rows])))
 }
@@ -347,18 +311,15 @@ pub(crate) fn l2_normalize_backward(y: &Tensor, norm: &Tensor, g: &Tensor, eps: 
     let (y, norm, g) = (contig(y)?, contig(norm)?, contig(g)?);
     let dev = dev_of(op, &y)?;
     let dx = dev.alloc(op, y.dtype(), y.elem_count())?;
-    let symbol = format!("l2_normalize_bwd_{}", float_name(op, y.dtype())?);
+    let kernel = L2_NORMALIZE_BWD.at(op, y.dtype())?;
     // SAFETY: y, g, dx contiguous [rows, width] of one dtype; norm rows floats.
     unsafe {
-        launch!(
-            dev,
+        dev.launch(
             op,
-            "norm",
-            symbol,
-            row_grid(dims(&y).0),
-            ROW_THREADS,
+            kernel,
+            Geometry::rows(dims(&y).0),
             params(&y, eps, 0),
-            [ptr(op, &y)?, ptr(op, &norm)?, ptr(op, &g)?, dx.ptr_at(0)]
+            [ptr(op, &y)?, ptr(op, &norm)?, ptr(op, &g)?, dx.ptr_at(0)],
         )
     }?;
     Ok(dx)

@@ -1,59 +1,137 @@
-//! CUDA launcher of `optim.cu`: the fused AdamW / SGD step of one parameter tensor (a one-slot
-//! table: fp32 master or parameter, gradient, fp32 moments, and the bf16 copy written in the same
-//! pass).
+//! CUDA launcher of `optim.cu`: the fused AdamW / SGD step of many parameter tensors in one
+//! launch per device and dtype. Each tensor is a slot of a device-resident table (fp32 master or
+//! parameter, gradient, fp32 moments, and the bf16 copy written in the same pass); the table is
+//! kept between steps and rewritten only when an address or size in it changes.
 
-use super::{contig, dev_of, launch, ptr, CudaStorage};
+use super::launch::{ADAMW, SGD};
+use super::{contig, dev_of, ptr, CudaDevice, CudaStorage, Geometry};
 use crate::{DType, Error, Result, Tensor};
-use vlm4vla_kernels::params::{OptimParams, EW_THREADS, OPTIM_CHUNK};
+use std::sync::Arc;
+use vlm4vla_kernels::params::{OptimParams, OptimSlot, EW_THREADS, OPTIM_CHUNK};
 
-/// Update `param` in place from `grad`. `bufs` are the f32 optimizer buffers (`[m, v]` for AdamW,
-/// `[momentum]` or none for SGD); `master` is the f32 master copy of a bf16 parameter (the
-/// parameter then receives its rounding). `kernel` is `adamw` or `sgd`; `p` carries the
-/// hyper-parameters of this step (its table pointers are filled in here).
-pub(crate) fn step(
-    kernel: &'static str,
-    param: &Tensor,
-    grad: &Tensor,
-    bufs: &[CudaStorage],
-    master: Option<&CudaStorage>,
-    mut p: OptimParams,
-) -> Result<()> {
-    let op = kernel;
-    let dev = dev_of(op, param)?;
-    let g = contig(&grad.to_dtype(param.dtype())?)?;
-    let n = param.elem_count();
-    let (target, copy, dtype) = match (param.dtype(), master) {
-        (DType::F32, None) => (ptr(op, param)?, 0, "f32"),
-        (DType::BF16, Some(m)) => (m.ptr_at(0), ptr(op, param)?, "bf16"),
-        (other, _) => {
-            return Err(Error::dtype(
-                op,
-                other,
-                "the CUDA optimizer steps f32 parameters and bf16 ones with an f32 master",
-            ))
+/// One parameter tensor of a step: the parameter (updated in place), its gradient, its f32
+/// optimizer buffers (`[m, v]` for AdamW, `[momentum]` or none for SGD) and, for a bf16
+/// parameter, its f32 master (the parameter then receives its rounding).
+pub(crate) struct Slot<'a> {
+    pub param: &'a Tensor,
+    pub grad: &'a Tensor,
+    pub bufs: &'a [CudaStorage],
+    pub master: Option<&'a CudaStorage>,
+}
+
+/// The device tables of one launch (slots, then cumulative chunk counts), as last written.
+#[derive(Default)]
+struct Table {
+    host: Vec<i64>,
+    dev: Option<CudaStorage>,
+}
+
+impl Table {
+    /// The device address of `host` on `dev`: the buffer of the last step, rewritten (in stream
+    /// order) only when its contents change; reallocated only when its size or device does.
+    fn sync(&mut self, dev: &Arc<CudaDevice>, op: &'static str, host: Vec<i64>) -> Result<u64> {
+        let fits = self.dev.as_ref().is_some_and(|d| d.ordinal() == dev.ordinal && d.len() == host.len());
+        if !fits {
+            self.dev = Some(dev.alloc(op, DType::I64, host.len())?);
         }
+        let buf = self.dev.as_ref().ok_or_else(|| Error::invalid(op, "optimizer table missing"))?;
+        if !fits || self.host != host {
+            buf.write(op, bytemuck::cast_slice(&host))?;
+            self.host = host;
+        }
+        Ok(buf.ptr_at(0))
+    }
+}
+
+/// The tables of every launch of a step, reused step after step (launch k of a step uses table
+/// k), so a training loop whose tensors keep their addresses uploads nothing per step.
+#[derive(Default)]
+pub(crate) struct StepTables {
+    tables: Vec<Table>,
+}
+
+/// Update every tensor of `slots` in place with `kernel` (`adamw` or `sgd`) and the
+/// hyper-parameters of this step in `p` (its table fields are filled in here): one launch per
+/// device and dtype, f32 parameters by `{kernel}_fwd_f32`, bf16 ones (with a master) by
+/// `{kernel}_fwd_bf16`.
+pub(crate) fn step(kernel: &'static str, slots: &[Slot<'_>], p: OptimParams, tables: &mut StepTables) -> Result<()> {
+    let op = kernel;
+    let set = match kernel {
+        "adamw" => ADAMW,
+        "sgd" => SGD,
+        other => return Err(Error::invalid(op, format!("no CUDA optimizer kernel {other}"))),
     };
-    let slot: Vec<i64> = vec![
-        target as i64,
-        ptr(op, &g)? as i64,
-        bufs.first().map_or(0, |b| b.ptr_at(0)) as i64,
-        bufs.get(1).map_or(0, |b| b.ptr_at(0)) as i64,
-        copy as i64,
-        n as i64,
-    ];
-    let chunks = n.div_ceil(OPTIM_CHUNK);
-    let slots = dev.upload_i64(op, slot)?;
-    let chunk_start = dev.upload_i64(op, vec![0, chunks as i64])?;
-    p.slots = slots.ptr_at(0);
-    p.chunk_start = chunk_start.ptr_at(0);
-    p.n_slots = 1;
-    let symbol = format!("{kernel}_fwd_{dtype}");
-    let grid = (chunks.clamp(1, 65535) as u32, 1, 1);
-    // SAFETY: the slot table (an OptimSlot: five device pointers and a length, 48 bytes) and the
-    // chunk table live on this device until the stream-ordered frees after the launch; every
-    // pointer in the slot addresses n elements (f32 target and buffers, gradient and copy in the
-    // kernel's dtype).
-    unsafe { launch!(dev, op, "optim", symbol, grid, EW_THREADS, p, []) }?;
-    drop((slots, chunk_start));
+    // (device, dtype) groups in first-seen order, so launch k of a step keeps meeting table k.
+    let mut groups: Vec<((usize, DType), Vec<&Slot<'_>>)> = Vec::new();
+    for s in slots {
+        let key = (dev_of(op, s.param)?.ordinal, s.param.dtype());
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, g)) => g.push(s),
+            None => groups.push((key, vec![s])),
+        }
+    }
+    for (k, ((_, dtype), group)) in groups.into_iter().enumerate() {
+        if tables.tables.len() <= k {
+            tables.tables.push(Table::default());
+        }
+        launch(op, set.at(op, dtype)?, &group, p, &mut tables.tables[k])?;
+    }
+    Ok(())
+}
+
+/// One launch over `group` (one device, one parameter dtype).
+fn launch(
+    op: &'static str,
+    kernel: vlm4vla_kernels::KernelId,
+    group: &[&Slot<'_>],
+    mut p: OptimParams,
+    table: &mut Table,
+) -> Result<()> {
+    let dev = dev_of(op, group[0].param)?;
+    // Gradients in the parameter's dtype, alive until the launch is queued.
+    let mut grads = Vec::with_capacity(group.len());
+    let words = std::mem::size_of::<OptimSlot>() / 8;
+    let mut host: Vec<i64> = Vec::with_capacity(group.len() * (words + 1) + 1);
+    let mut starts: Vec<i64> = vec![0];
+    for s in group {
+        let n = s.param.elem_count();
+        let (target, copy) = match (s.param.dtype(), s.master) {
+            (DType::F32, None) => (ptr(op, s.param)?, 0),
+            (DType::BF16, Some(m)) => (m.ptr_at(0), ptr(op, s.param)?),
+            (other, _) => {
+                return Err(Error::dtype(
+                    op,
+                    other,
+                    "the CUDA optimizer steps f32 parameters and bf16 ones with an f32 master",
+                ))
+            }
+        };
+        let g = contig(&s.grad.to_dtype(s.param.dtype())?)?;
+        let slot = OptimSlot {
+            p: target,
+            g: ptr(op, &g)?,
+            m: s.bufs.first().map_or(0, |b| b.ptr_at(0)),
+            v: s.bufs.get(1).map_or(0, |b| b.ptr_at(0)),
+            copy,
+            n: n as i64,
+        };
+        host.extend([slot.p as i64, slot.g as i64, slot.m as i64, slot.v as i64, slot.copy as i64, slot.n]);
+        starts.push(starts[starts.len() - 1] + n.div_ceil(OPTIM_CHUNK) as i64);
+        grads.push(g);
+    }
+    let chunks = starts[starts.len() - 1] as usize;
+    host.extend(starts);
+    let base = table.sync(&dev, op, host)?;
+    p.slots = base;
+    p.chunk_start = base + (group.len() * std::mem::size_of::<OptimSlot>()) as u64;
+    p.n_slots = group.len() as i32;
+    let geometry = Geometry::new([chunks.clamp(1, 65535) as u32, 1, 1], EW_THREADS);
+    // SAFETY: {adamw,sgd}_fwd_{dtype}(p): the table holds an OptimSlot (five device pointers and
+    // a length, 48 bytes) per tensor followed by the n_slots + 1 cumulative chunk counts, and
+    // stays allocated in `table`; every pointer in a slot addresses n elements (f32 target and
+    // buffers, gradient and copy in the kernel's dtype) that live until the kernel has run
+    // (frees are stream-ordered).
+    unsafe { dev.launch(op, kernel, geometry, p, []) }?;
+    drop(grads);
     Ok(())
 }

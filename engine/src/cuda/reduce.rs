@@ -1,10 +1,10 @@
 //! CUDA launchers of `reduce.cu`: sums over runs of adjacent dims, max/min with their indices,
 //! and the max/min backward.
 
-use super::{contig, dev_of, float_name, ptr, tensor, Cuda, CudaStorage};
+use super::launch::{REDUCE_BWD, REDUCE_FWD};
+use super::{contig, dev_of, ptr, tensor, Cuda, CudaStorage, Geometry};
 use crate::kinds::{ReduceKind, UnaryKind};
 use crate::{backend, DType, Result, Tensor};
-use std::ffi::c_void;
 use vlm4vla_kernels::params::{ReduceParams, EW_THREADS};
 
 /// Reduce contiguous `x` viewed as `[outer, len, inner]` into `out` (`[outer, inner]`) and/or
@@ -19,24 +19,16 @@ fn launch(
     dev: &super::CudaDevice,
 ) -> Result<()> {
     let n_out = (p.outer * p.inner) as usize;
-    let symbol = format!("reduce_fwd_{}", float_name(op, dtype)?);
-    let f = dev.func(op, "reduce", &symbol)?;
-    // One warp per output row when inner == 1, else one thread per output element.
-    let per_block = if p.inner == 1 { (EW_THREADS / 32) as usize } else { EW_THREADS as usize };
-    let blocks = n_out.div_ceil(per_block).clamp(1, 1 << 16) as u32;
-    let (mut p, mut x, mut out, mut idx) = (p, x, out, idx);
-    let mut args = [
-        &mut p as *mut _ as *mut c_void,
-        &mut x as *mut _ as *mut c_void,
-        &mut out as *mut _ as *mut c_void,
-        &mut idx as *mut _ as *mut c_void,
-    ];
     if n_out == 0 {
         return Ok(());
     }
-    // SAFETY: x holds outer*len*inner elements, out (when not null) and idx (when not null) hold
-    // outer*inner elements of the kernel's dtype and i64.
-    unsafe { dev.launch(op, f, (blocks, 1, 1), EW_THREADS, &mut args) }
+    let kernel = REDUCE_FWD.at(op, dtype)?;
+    // One warp per output row when inner == 1, else one thread per output element.
+    let per_block = if p.inner == 1 { (EW_THREADS / 32) as usize } else { EW_THREADS as usize };
+    let blocks = n_out.div_ceil(per_block).clamp(1, 1 << 16) as u32;
+    // SAFETY: reduce_fwd(p, x, out, idx): x holds outer*len*inner elements, out (when not null)
+    // and idx (when not null) hold outer*inner elements of the kernel's dtype and i64.
+    unsafe { dev.launch(op, kernel, Geometry::new([blocks, 1, 1], EW_THREADS), p, [x, out, idx]) }
 }
 
 /// Sum over `dims` (sorted, deduplicated), keeping them as size 1. bf16 sums in f32 throughout
@@ -119,17 +111,12 @@ pub(crate) fn select_backward(
     let (outer, len, inner) = crate::cpu::split_at_dim(shape, dim);
     let n = outer * len * inner;
     let dx = dev.alloc(op, g.dtype(), n)?;
-    let mut p = ReduceParams { outer: outer as i64, len: len as i64, inner: inner as i64, op: 0, pad: 0 };
-    let (mut pg, mut pi, mut pd) = (ptr(op, &g)?, ptr(op, &idx)?, dx.ptr_at(0));
-    let symbol = format!("reduce_bwd_{}", float_name(op, g.dtype())?);
-    let mut args = [
-        &mut p as *mut _ as *mut c_void,
-        &mut pg as *mut _ as *mut c_void,
-        &mut pi as *mut _ as *mut c_void,
-        &mut pd as *mut _ as *mut c_void,
-    ];
-    // SAFETY: g and idx hold outer*inner elements, dx holds outer*len*inner.
-    unsafe { dev.launch_ew(op, "reduce", &symbol, n, &mut args) }?;
+    let p = ReduceParams { outer: outer as i64, len: len as i64, inner: inner as i64, op: 0, pad: 0 };
+    let kernel = REDUCE_BWD.at(op, g.dtype())?;
+    let ptrs = [ptr(op, &g)?, ptr(op, &idx)?, dx.ptr_at(0)];
+    // SAFETY: reduce_bwd(p, g, idx, dx): g and idx hold outer*inner elements, dx holds
+    // outer*len*inner.
+    unsafe { dev.launch(op, kernel, Geometry::elementwise(n), p, ptrs) }?;
     Ok(dx)
 }
 

@@ -1,9 +1,10 @@
 //! CUDA launchers of `rope.cu`: rotate-half rope with caller-given cos/sin tables (read in fp32,
 //! as the CPU does for bf16 inputs).
 
-use super::{contig, dev_of, ew_grid, float_name, launch, ptr, tensor, Cuda, CudaStorage};
+use super::launch::{ROPE_BWD, ROPE_FWD};
+use super::{contig, dev_of, ptr, tensor, Cuda, CudaStorage, Geometry};
 use crate::{backend, DType, Result, Tensor};
-use vlm4vla_kernels::params::{RopeParams, EW_THREADS};
+use vlm4vla_kernels::params::RopeParams;
 
 /// Forward (`backward = false`: rotate x) or backward (rotate g by the transpose).
 pub(crate) fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor, batched: bool, backward: bool) -> Result<CudaStorage> {
@@ -21,22 +22,12 @@ pub(crate) fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor, batched: bool, backw
         pad: 0,
     };
     let out = dev.alloc(op, x.dtype(), x.elem_count())?;
-    let symbol = format!("rope_{}_{}", if backward { "bwd" } else { "fwd" }, float_name(op, x.dtype())?);
+    let kernel = if backward { ROPE_BWD } else { ROPE_FWD }.at(op, x.dtype())?;
     let pairs = x.elem_count() / 2;
-    // SAFETY: x and out are contiguous [B, L, H, D] of one dtype; the tables are contiguous f32
-    // [L, D] or [B, L, D] (shapes checked by the op).
-    unsafe {
-        launch!(
-            dev,
-            op,
-            "rope",
-            symbol,
-            ew_grid(pairs),
-            EW_THREADS,
-            p,
-            [ptr(op, &x)?, ptr(op, &c)?, ptr(op, &s)?, out.ptr_at(0)]
-        )
-    }?;
+    let ptrs = [ptr(op, &x)?, ptr(op, &c)?, ptr(op, &s)?, out.ptr_at(0)];
+    // SAFETY: rope_{fwd,bwd}(p, x, cos, sin, out): x and out are contiguous [B, L, H, D] of one
+    // dtype; the tables are contiguous f32 [L, D] or [B, L, D] (shapes checked by the op).
+    unsafe { dev.launch(op, kernel, Geometry::elementwise(pairs), p, ptrs) }?;
     Ok(out)
 }
 

@@ -1,9 +1,9 @@
 //! CUDA launchers of `unary.cu`: every unary kind through one kernel per direction and dtype.
 
-use super::{contig, dev_of, float_name, ptr, tensor, Cuda, CudaStorage};
+use super::launch::{UNARY_BWD, UNARY_FWD};
+use super::{contig, dev_of, ptr, tensor, Cuda, CudaStorage, Geometry};
 use crate::kinds::UnaryKind;
 use crate::{backend, Result, Tensor};
-use std::ffi::c_void;
 use vlm4vla_kernels::params::UnaryParams;
 
 fn params(_op: &'static str, kind: UnaryKind, n: usize) -> Result<UnaryParams> {
@@ -18,13 +18,11 @@ pub(crate) fn forward(x: &Tensor, kind: UnaryKind) -> Result<CudaStorage> {
     let dev = dev_of(op, &x)?;
     let n = x.elem_count();
     let out = dev.alloc(op, x.dtype(), n)?;
-    let mut p = params(op, kind, n)?;
-    let (mut px, mut py) = (ptr(op, &x)?, out.ptr_at(0));
-    let symbol = format!("unary_fwd_{}", float_name(op, x.dtype())?);
-    let mut args =
-        [&mut p as *mut _ as *mut c_void, &mut px as *mut _ as *mut c_void, &mut py as *mut _ as *mut c_void];
-    // SAFETY: x is contiguous with n elements, out holds n elements of the same dtype.
-    unsafe { dev.launch_ew(op, "unary", &symbol, n, &mut args) }?;
+    let p = params(op, kind, n)?;
+    let kernel = UNARY_FWD.at(op, x.dtype())?;
+    // SAFETY: unary_fwd(p, x, y): x is contiguous with n elements, out holds n elements of the
+    // same dtype.
+    unsafe { dev.launch(op, kernel, Geometry::elementwise(n), p, [ptr(op, &x)?, out.ptr_at(0)]) }?;
     Ok(out)
 }
 
@@ -35,18 +33,12 @@ pub(crate) fn backward(kind: UnaryKind, x: &Tensor, y: &Tensor, g: &Tensor) -> R
     let dev = dev_of(op, &x)?;
     let n = x.elem_count();
     let out = dev.alloc(op, x.dtype(), n)?;
-    let mut p = params(op, kind, n)?;
-    let (mut px, mut py, mut pg, mut pd) = (ptr(op, &x)?, ptr(op, &y)?, ptr(op, &g)?, out.ptr_at(0));
-    let symbol = format!("unary_bwd_{}", float_name(op, x.dtype())?);
-    let mut args = [
-        &mut p as *mut _ as *mut c_void,
-        &mut px as *mut _ as *mut c_void,
-        &mut py as *mut _ as *mut c_void,
-        &mut pg as *mut _ as *mut c_void,
-        &mut pd as *mut _ as *mut c_void,
-    ];
-    // SAFETY: x, y, g are contiguous with n elements of one dtype; out holds n elements.
-    unsafe { dev.launch_ew(op, "unary", &symbol, n, &mut args) }?;
+    let p = params(op, kind, n)?;
+    let kernel = UNARY_BWD.at(op, x.dtype())?;
+    let ptrs = [ptr(op, &x)?, ptr(op, &y)?, ptr(op, &g)?, out.ptr_at(0)];
+    // SAFETY: unary_bwd(p, x, y, g, dx): x, y, g are contiguous with n elements of one dtype; out
+    // holds n elements.
+    unsafe { dev.launch(op, kernel, Geometry::elementwise(n), p, ptrs) }?;
     Ok(out)
 }
 

@@ -1,10 +1,10 @@
 //! CUDA launchers of `view.cu`: strided copies with dtype conversion (`contiguous`, `to_dtype`,
 //! writes into views for cat and the narrow backward), comparisons and `where_cond`.
 
-use super::{any_name, dev_of, ptr, strided_params, tensor, Cuda, CudaStorage};
+use super::launch::{convert_to, CMP, WHERE_COND};
+use super::{dev_of, ptr, strided_params, tensor, Cuda, CudaStorage, Geometry};
 use crate::kinds::CmpKind;
 use crate::{backend, DType, Error, Layout, Result, Tensor};
-use std::ffi::c_void;
 
 /// Write the elements of `src` (any layout) converted to `dst`'s dtype into the view `dst_layout`
 /// of `dst` (same shape as `src`).
@@ -18,16 +18,15 @@ pub(crate) fn convert_into(op: &'static str, src: &Tensor, dst: &CudaStorage, ds
     }
     let mut p = strided_params(op, src.shape(), [src.layout(), dst_layout])?;
     // Offsets are applied through the base pointers below.
-    let mut a = ptr(op, src)?;
-    let mut b = dst.ptr_at(dst_layout.offset());
+    let ptrs = [ptr(op, src)?, dst.ptr_at(dst_layout.offset())];
     p.a_offset = 0;
     p.b_offset = 0;
-    let symbol = format!("to_{}_fwd_{}", any_name(op, dst.dtype())?, any_name(op, src.dtype())?);
+    let kernel = convert_to(op, dst.dtype())?.at(op, src.dtype())?;
     let n = p.n as usize;
-    let mut args = [&mut p as *mut _ as *mut c_void, &mut a as *mut _ as *mut c_void, &mut b as *mut _ as *mut c_void];
-    // SAFETY: the params describe `src`'s view (inside its storage) and `dst_layout` (inside
-    // `dst`, checked by the callers' shapes); the symbol's types are the two dtypes.
-    unsafe { dev.launch_ew(op, "view", &symbol, n, &mut args) }
+    // SAFETY: to_{dst}_fwd_{src}(p, src, dst): the params describe `src`'s view (inside its
+    // storage) and `dst_layout` (inside `dst`, checked by the callers' shapes); the kernel's
+    // types are the two dtypes.
+    unsafe { dev.launch(op, kernel, Geometry::elementwise(n), p, ptrs) }
 }
 
 /// `src` as a new contiguous tensor of `dtype` (no graph).
@@ -71,17 +70,12 @@ pub(crate) fn cmp(a: &Tensor, b: &Tensor, kind: CmpKind) -> Result<CudaStorage> 
     p.op = kind.code();
     p.a_offset = 0;
     p.b_offset = 0;
-    let (mut pa, mut pb, mut po) = (ptr(op, a)?, ptr(op, b)?, out.ptr_at(0));
-    let symbol = format!("cmp_fwd_{}", any_name(op, a.dtype())?);
+    let ptrs = [ptr(op, a)?, ptr(op, b)?, out.ptr_at(0)];
+    let kernel = CMP.at(op, a.dtype())?;
     let n = p.n as usize;
-    let mut args = [
-        &mut p as *mut _ as *mut c_void,
-        &mut pa as *mut _ as *mut c_void,
-        &mut pb as *mut _ as *mut c_void,
-        &mut po as *mut _ as *mut c_void,
-    ];
-    // SAFETY: a and b are views of the logical shape inside their storages; out holds n bytes.
-    unsafe { dev.launch_ew(op, "view", &symbol, n, &mut args) }?;
+    // SAFETY: cmp_fwd(p, a, b, out): a and b are views of the logical shape inside their
+    // storages; out holds n bytes.
+    unsafe { dev.launch(op, kernel, Geometry::elementwise(n), p, ptrs) }?;
     Ok(out)
 }
 
@@ -95,18 +89,12 @@ pub(crate) fn where_cond(mask: &[bool], a: &Tensor, b: &Tensor) -> Result<CudaSt
     let mut p = strided_params(op, a.shape(), [a.layout(), b.layout()])?;
     p.a_offset = 0;
     p.b_offset = 0;
-    let (mut pm, mut pa, mut pb, mut po) = (m.ptr_at(0), ptr(op, a)?, ptr(op, b)?, out.ptr_at(0));
-    let symbol = format!("where_cond_fwd_{}", any_name(op, a.dtype())?);
+    let ptrs = [m.ptr_at(0), ptr(op, a)?, ptr(op, b)?, out.ptr_at(0)];
+    let kernel = WHERE_COND.at(op, a.dtype())?;
     let n = p.n as usize;
-    let mut args = [
-        &mut p as *mut _ as *mut c_void,
-        &mut pm as *mut _ as *mut c_void,
-        &mut pa as *mut _ as *mut c_void,
-        &mut pb as *mut _ as *mut c_void,
-        &mut po as *mut _ as *mut c_void,
-    ];
-    // SAFETY: mask and out hold n elements; a and b are views of the logical shape.
-    unsafe { dev.launch_ew(op, "view", &symbol, n, &mut args) }?;
+    // SAFETY: where_cond_fwd(p, mask, a, b, out): mask and out hold n elements; a and b are views
+    // of the logical shape.
+    unsafe { dev.launch(op, kernel, Geometry::elementwise(n), p, ptrs) }?;
     Ok(out)
 }
 
