@@ -1,7 +1,8 @@
 //! The CUDA backend (cargo feature `cuda`): one context and one stream per device, memory from the
 //! driver's stream-ordered pool (release threshold raised so freed blocks are reused), kernels from
 //! `vlm4vla-kernels` compiled once per process by NVRTC for the device's architecture, GEMMs on
-//! cuBLASLt. Mirrors `cpu/` file for file; `ops/` dispatches here when a tensor lives on a GPU.
+//! cuBLASLt. Implements the primitives of [`crate::backend`] (`Cuda`), mirroring `cpu/` file for
+//! file; `backend::of` picks it for tensors on a GPU.
 //!
 //! The driver is loaded at run time (cudarc's dynamic loading). Before cudarc is touched the
 //! driver library is probed with `libloading`, and initialisation runs under `catch_unwind`, so a
@@ -12,8 +13,9 @@
 //! kernel forgets to write show up in tests.
 //!
 //! Files: `device.rs` (the driver, contexts, loaded kernels), `storage.rs` (device memory),
-//! `launch.rs` (the one launch path and the kernels it names), then one launcher file per op
-//! family, as in `cpu/`.
+//! `launch.rs` (the one launch path and the kernels it names), `memory.rs` (the backend's memory
+//! primitives), then one file per op family, as in `cpu/`: its launchers and its
+//! `impl backend::<Family> for Cuda`.
 
 pub(crate) mod activation;
 pub(crate) mod attention;
