@@ -106,7 +106,7 @@ fn clipping_and_state_round_trip() {
     g_opt.step(&g_ps, &gg, 1e-2).unwrap();
     c_opt.step(&c_ps, &cg, 1e-2).unwrap();
     let state: Vec<(String, Tensor)> =
-        g_opt.state_tensors().into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu).unwrap())).collect();
+        g_opt.state_tensors().unwrap().into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu).unwrap())).collect();
     let mut reloaded = AdamW::new(cfg).unwrap();
     reloaded.load_state(&g_ps, &state).unwrap();
     reloaded.step(&g_ps, &grads(&g_ps, 1), 1e-2).unwrap();

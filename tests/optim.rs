@@ -209,7 +209,7 @@ fn adamw_matches_torch() {
     // p2 skipped one step, so its own step count (as torch's per-parameter `step`) is 4.
     assert_eq!(opt.step_count("p1"), Some(5));
     assert_eq!(opt.step_count("p2"), Some(4));
-    let state = opt.state_tensors();
+    let state = opt.state_tensors().unwrap();
     let v2 = &state.iter().find(|(n, _)| n == "p2.exp_avg_sq").unwrap().1;
     assert_all_close("AdamW p2 exp_avg_sq", &v2.to_vec::<f64>().unwrap(), &ADAMW_P2_EXP_AVG_SQ, 1e-10);
 }
@@ -335,7 +335,7 @@ fn bf16_params_keep_an_f32_master() {
     }
     // With a constant gradient every Adam step moves by lr·(1 - β1ᵗ)/√(1 - β2ᵗ)·|g|/(|g| + ε')
     // ≈ lr, so the master sits near 1 - steps·lr = 0.98.
-    let state = opt.state_tensors();
+    let state = opt.state_tensors().unwrap();
     let master = &state.iter().find(|(k, _)| k == "w.master").expect("bf16 parameter has a master").1;
     assert_eq!(master.dtype(), DType::F32);
     let m = master.to_vec::<f64>().unwrap();
@@ -362,7 +362,7 @@ fn sgd_bf16_and_f16_use_the_master() {
             grads.insert(&p, Tensor::ones(&[3], dtype, Device::Cpu).unwrap());
             opt.step(&params, &grads, 1e-5).unwrap();
         }
-        let master = opt.state_tensors().into_iter().find(|(k, _)| k == "w.master").unwrap().1;
+        let master = opt.state_tensors().unwrap().into_iter().find(|(k, _)| k == "w.master").unwrap().1;
         for v in master.to_vec::<f64>().unwrap() {
             // 1000 f32 additions of 1e-5 near 1 carry up to ~6e-5 of rounding.
             assert!((v - 0.99).abs() < 1e-4, "{dtype}: master {v}");
@@ -406,7 +406,7 @@ fn state_round_trip_continues_identically() {
     for k in 0..3 {
         opt.step(&params, &mixed_grads(&params, k), cfg.lr).unwrap();
     }
-    let saved_state = opt.state_tensors();
+    let saved_state = opt.state_tensors().unwrap();
     let names: Vec<&str> = saved_state.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
@@ -430,7 +430,8 @@ fn state_round_trip_continues_identically() {
         opt.step(&params, &mixed_grads(&params, k), cfg.lr).unwrap();
     }
     let continued = snapshot(&params);
-    let continued_state: Vec<Vec<f64>> = opt.state_tensors().iter().map(|(_, t)| t.to_vec::<f64>().unwrap()).collect();
+    let continued_state: Vec<Vec<f64>> =
+        opt.state_tensors().unwrap().iter().map(|(_, t)| t.to_vec::<f64>().unwrap()).collect();
 
     // Restore parameters and state into fresh handles and a fresh optimizer, then replay.
     let restored: Vec<(String, Tensor)> =
@@ -442,7 +443,8 @@ fn state_round_trip_continues_identically() {
         opt2.step(&restored, &mixed_grads(&restored, k), cfg.lr).unwrap();
     }
     assert_eq!(snapshot(&restored), continued, "parameters after resuming");
-    let resumed_state: Vec<Vec<f64>> = opt2.state_tensors().iter().map(|(_, t)| t.to_vec::<f64>().unwrap()).collect();
+    let resumed_state: Vec<Vec<f64>> =
+        opt2.state_tensors().unwrap().iter().map(|(_, t)| t.to_vec::<f64>().unwrap()).collect();
     assert_eq!(resumed_state, continued_state, "state after resuming");
 
     // Without the state the replay differs (so the comparison above can fail).
@@ -461,7 +463,7 @@ fn sgd_state_round_trip() {
     let params = mixed_params();
     let mut opt = Sgd::new(cfg).unwrap();
     opt.step(&params, &mixed_grads(&params, 0), cfg.lr).unwrap();
-    let state = opt.state_tensors();
+    let state = opt.state_tensors().unwrap();
     assert!(state.iter().any(|(n, _)| n == "a.momentum_buffer"));
     assert!(state.iter().any(|(n, _)| n == "b.master"));
     let restored: Vec<(String, Tensor)> = params.iter().map(|(n, t)| (n.clone(), deep_copy(t).variable())).collect();
@@ -485,7 +487,7 @@ fn load_state_errors_name_the_tensor() {
     let params = mixed_params();
     let mut opt = AdamW::new(cfg).unwrap();
     opt.step(&params, &mixed_grads(&params, 0), 1e-3).unwrap();
-    let state = opt.state_tensors();
+    let state = opt.state_tensors().unwrap();
     let without = |name: &str| -> Vec<(String, Tensor)> { state.iter().filter(|(n, _)| n != name).cloned().collect() };
 
     let mut fresh = AdamW::new(cfg).unwrap();
@@ -595,7 +597,7 @@ fn large_tensors_match_the_naive_update() {
             opt.step(&params, &grads, lr).unwrap();
         }
         let got = p.to_vec::<f64>().unwrap();
-        let master = opt.state_tensors().into_iter().find(|(k, _)| k == "w.master").map(|(_, t)| t);
+        let master = opt.state_tensors().unwrap().into_iter().find(|(k, _)| k == "w.master").map(|(_, t)| t);
         let rounded_master = master.as_ref().map(|m| m.to_dtype(DType::BF16).unwrap().to_vec::<f64>().unwrap());
         let master = master.map(|m| m.to_vec::<f64>().unwrap());
         for i in 0..n {

@@ -10,7 +10,7 @@
 //! one), its op entry with the backward rule in `ops/`, the CPU primitive, the CUDA primitive, and
 //! its gradcheck plus GPU property test.
 
-use crate::kinds::{AttentionMask, AttnDims, BinaryKind, CmpKind, GateKind, KeyMask, PairKind, Reduction};
+use crate::kinds::{AttentionMask, AttnDims, BinaryKind, CmpKind, GateKind, KeyMask, OptimRule, PairKind, Reduction};
 use crate::kinds::{RmsNormKind, UnaryKind};
 use crate::{CpuStorage, DType, Device, Layout, Result, Tensor};
 use std::sync::Arc;
@@ -233,6 +233,31 @@ pub(crate) trait View {
     fn pad_into(&self, x: &Tensor, full: &[usize], dim: usize, start: usize) -> Result<Tensor>;
 }
 
+/// One parameter tensor of an optimizer step: the parameter (updated in place), its gradient, its
+/// optimizer buffers (f32, or f64 for an f64 parameter; on the parameter's device; updated in
+/// place) and, for a bf16/f16 parameter, its f32 master (the parameter receives its rounding).
+pub(crate) struct OptimSlot<'a> {
+    /// The parameter's name (errors name it).
+    pub name: &'a str,
+    pub param: &'a Tensor,
+    pub grad: &'a Tensor,
+    pub bufs: &'a [Tensor],
+    pub master: Option<&'a Tensor>,
+}
+
+/// What a backend keeps from one optimizer step to the next (the CUDA launch tables), owned by
+/// the optimizer and opaque above the backend.
+pub(crate) type OptimCache = Option<Box<dyn std::any::Any + Send + Sync>>;
+
+/// The optimizer step and the gradient norm (`optim.rs`).
+pub(crate) trait Optim {
+    /// Update every slot in place by `rule` (on the CPU one fused pass per tensor; on a GPU one
+    /// multi-tensor launch per dtype).
+    fn optim_step(&self, rule: &OptimRule, slots: &[OptimSlot<'_>], cache: &mut OptimCache) -> Result<()>;
+    /// `Σ x²` of all elements, accumulated in f64 and read to the host.
+    fn sum_sq(&self, x: &Tensor) -> Result<f64>;
+}
+
 /// Memory: making, reading and overwriting a device's buffers (`tensor.rs`).
 pub(crate) trait Memory {
     /// Zeros of `shape` on `device` (one of this backend's).
@@ -249,12 +274,25 @@ pub(crate) trait Memory {
 
 /// Everything a device provides.
 pub(crate) trait Backend:
-    Unary + Binary + Reduce + Matmul + Norm + Activation + Rope + Attention + Loss + Index + View + Memory + Sync
+    Unary + Binary + Reduce + Matmul + Norm + Activation + Rope + Attention + Loss + Index + View + Memory + Optim + Sync
 {
 }
 
 impl<T> Backend for T where
-    T: Unary + Binary + Reduce + Matmul + Norm + Activation + Rope + Attention + Loss + Index + View + Memory + Sync
+    T: Unary
+        + Binary
+        + Reduce
+        + Matmul
+        + Norm
+        + Activation
+        + Rope
+        + Attention
+        + Loss
+        + Index
+        + View
+        + Memory
+        + Optim
+        + Sync
 {
 }
 

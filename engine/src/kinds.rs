@@ -174,6 +174,18 @@ kind_table! {
     }
 }
 
+/// One optimizer step's update rule for a tensor, with the step's hyper-parameters folded in
+/// (the per-tensor step count enters `step_size`, `bias_correction2_sqrt` and `first`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum OptimRule {
+    /// `p ← p·decay;  m ← lerp(m, g, 1 − β1);  v ← β2·v + (1 − β2)·g²;
+    ///  p ← p − step_size · m / (√v / bias_correction2_sqrt + eps)` (buffers `[m, v]`).
+    AdamW { decay: f64, beta1: f64, beta2: f64, eps: f64, step_size: f64, bias_correction2_sqrt: f64 },
+    /// `d = g + wd·p;  b = d (first step) or μ·b + d;  p ← p − lr·b` (buffer `[b]` with momentum,
+    /// none without: then `b = d`).
+    Sgd { lr: f64, momentum: f64, weight_decay: f64, first: bool },
+}
+
 /// How per-element losses are combined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reduction {

@@ -1,10 +1,11 @@
 //! Optimizers, learning-rate schedules and gradient clipping.
 //!
 //! [`AdamW`] and [`Sgd`] follow `torch.optim.AdamW` / `torch.optim.SGD` (single-tensor path)
-//! operation for operation. They update parameters in place with one fused CPU pass per tensor
-//! (`cpu/optim.rs`), or, for parameters on a GPU, one multi-tensor kernel launch for all of them
-//! (`kernels/cuda/optim.cu`; one per device, dtype and step count); nothing is recorded in the
-//! autograd graph. bf16/f16 parameters are updated
+//! operation for operation. The update itself is the backends' optimizer primitive
+//! (`backend::Optim`): one fused CPU pass per tensor (`cpu/optim.rs`), or, for parameters on a
+//! GPU, one multi-tensor kernel launch for all of them (`cuda/optim.rs`, `kernels/cuda/optim.cu`;
+//! one per device, dtype and step count); the state (buffers and masters) are tensors on the
+//! parameter's device. Nothing is recorded in the autograd graph. bf16/f16 parameters are updated
 //! through an f32 master copy kept in the optimizer state (the parameter receives the rounded
 //! master after each step, so updates smaller than a bf16 ulp still accumulate); f32 parameters
 //! are their own master with f32 moments; f64 parameters keep f64 state.
@@ -30,10 +31,9 @@
 //! assert!(w.to_vec::<f32>().unwrap()[0] < 1.0);
 //! ```
 
-use crate::cpu::optim::{fused_update, AdamWRule, LowCopy, SgdRule, UpdateRule};
-use crate::cpu::{self, Floats};
-use crate::{CpuStorage, DType, Error, GradStore, ParamStore, Result, Storage, Tensor};
-use std::borrow::Cow;
+use crate::backend::{OptimCache, OptimSlot};
+use crate::kinds::OptimRule;
+use crate::{CpuStorage, DType, Device, Error, GradStore, ParamStore, Result, Tensor};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// What an optimizer steps over: `(name, handle)` pairs. Names key the optimizer state; handles
@@ -62,24 +62,17 @@ impl NamedParams for Vec<(String, Tensor)> {
 
 // ----- per-parameter state shared by the optimizers ----------------------------------------
 
-/// Buffers in the precision the update runs in (f64 for f64 parameters, f32 otherwise).
-enum Buffers {
-    F32(Vec<Vec<f32>>),
-    F64(Vec<Vec<f64>>),
-    /// f32 buffers on the parameter's GPU, and the f32 master of a bf16 parameter.
-    #[cfg(feature = "cuda")]
-    Cuda {
-        bufs: Vec<crate::cuda::CudaStorage>,
-        master: Option<crate::cuda::CudaStorage>,
-    },
-}
-
 struct ParamState {
     shape: Vec<usize>,
     step: u64,
-    buffers: Buffers,
-    /// The f32 master copy of a bf16/f16 parameter.
-    master: Option<Vec<f32>>,
+    /// The buffers, on the parameter's device, in the precision the update runs in (f64 for f64
+    /// parameters, f32 otherwise).
+    bufs: Vec<Tensor>,
+    /// The f32 master copy of a bf16/f16 parameter, on its device.
+    master: Option<Tensor>,
+    /// Whether the state is f64 (an f64 parameter's).
+    wide: bool,
+    device: Device,
 }
 
 fn state_err(kind: &str, name: &str, msg: impl Into<String>) -> Error {
@@ -95,20 +88,13 @@ struct OptimState {
     kind: &'static str,
     buffer_names: &'static [&'static str],
     params: BTreeMap<String, ParamState>,
-    /// The device tables of the multi-tensor launches, kept from one step to the next.
-    #[cfg(feature = "cuda")]
-    cuda_tables: crate::cuda::optim::StepTables,
+    /// What the backends keep between steps (the CUDA launch tables).
+    cache: OptimCache,
 }
 
 impl OptimState {
     fn new(kind: &'static str, buffer_names: &'static [&'static str]) -> Self {
-        OptimState {
-            kind,
-            buffer_names,
-            params: BTreeMap::new(),
-            #[cfg(feature = "cuda")]
-            cuda_tables: Default::default(),
-        }
+        OptimState { kind, buffer_names, params: BTreeMap::new(), cache: None }
     }
 
     fn err(&self, name: &str, msg: impl Into<String>) -> Error {
@@ -116,12 +102,13 @@ impl OptimState {
     }
 
     /// Update every parameter that has a gradient; `rule(t)` gives the update rule for a
-    /// parameter's `t`-th step (1-based).
-    fn step<P, R, F>(&mut self, params: &P, grads: &GradStore, lr: f64, rule: F) -> Result<()>
+    /// parameter's `t`-th step (1-based). Every parameter is checked before any is updated; then
+    /// the parameters are stepped by their backends, one call per step count and device (the
+    /// CPU updates tensor by tensor, a GPU in one multi-tensor launch).
+    fn step<P, F>(&mut self, params: &P, grads: &GradStore, lr: f64, rule: F) -> Result<()>
     where
         P: NamedParams + ?Sized,
-        R: UpdateRule,
-        F: Fn(u64) -> R,
+        F: Fn(u64) -> OptimRule,
     {
         if !lr.is_finite() || lr < 0.0 {
             return Err(Error::invalid(self.kind, format!("learning rate {lr} must be finite and non-negative")));
@@ -133,7 +120,6 @@ impl OptimState {
                 return Err(Error::tensor(self.kind, name, "parameter name given twice"));
             }
         }
-        // Every parameter is checked before any is updated (the GPU ones are updated after the loop).
         let mut stepped = Vec::new();
         for (name, p) in &params {
             let Some(g) = grads.get(p) else { continue };
@@ -145,50 +131,27 @@ impl OptimState {
                     format!("gradient shape {:?} differs from parameter shape {:?}", g.shape(), p.shape()),
                 ));
             }
-            stepped.push((name, p, g));
+            stepped.push((name.as_str(), p, g));
         }
-        // GPU parameters, stepped together after the loop: (step count, name, parameter, gradient).
-        #[cfg(feature = "cuda")]
-        let mut on_gpu: Vec<(u64, &str, &Tensor, &Tensor)> = Vec::new();
+        // (step count, device, name, parameter, gradient), in parameter order within a step count.
+        let mut work = Vec::with_capacity(stepped.len());
         for (name, p, g) in stepped {
-            let kind = self.kind;
             let st = self.prepare(name, p)?;
             st.step += 1;
-            #[cfg(feature = "cuda")]
-            if matches!(st.buffers, Buffers::Cuda { .. }) {
-                on_gpu.push((st.step, name, p, g));
-                continue;
-            }
-            apply(kind, name, p, g, st, &rule(st.step))?;
+            work.push((st.step, p.device(), name, p, g));
         }
-        #[cfg(feature = "cuda")]
-        self.step_cuda(on_gpu, &rule)?;
-        Ok(())
-    }
-
-    /// One multi-tensor launch per step count (all parameters share one unless some were added
-    /// or skipped along the way), device and dtype.
-    #[cfg(feature = "cuda")]
-    fn step_cuda<R, F>(&mut self, mut on_gpu: Vec<(u64, &str, &Tensor, &Tensor)>, rule: &F) -> Result<()>
-    where
-        R: UpdateRule,
-        F: Fn(u64) -> R,
-    {
-        on_gpu.sort_by_key(|&(t, ..)| t);
-        let mut rest = &on_gpu[..];
-        while let Some(&(t, ..)) = rest.first() {
-            let n = rest.iter().take_while(|e| e.0 == t).count();
+        work.sort_by_key(|w| w.0);
+        let mut rest = &work[..];
+        while let Some(&(t, device, ..)) = rest.first() {
+            let n = rest.iter().take_while(|w| w.0 == t && w.1 == device).count();
             let (group, tail) = rest.split_at(n);
             rest = tail;
             let mut slots = Vec::with_capacity(group.len());
-            for &(_, name, p, g) in group {
-                let Some(ParamState { buffers: Buffers::Cuda { bufs, master }, .. }) = self.params.get(name) else {
-                    return Err(self.err(name, "GPU state missing"));
-                };
-                slots.push(crate::cuda::optim::Slot { param: p, grad: g, bufs, master: master.as_ref() });
+            for &(_, _, name, p, g) in group {
+                let st = self.params.get(name).ok_or_else(|| self.err(name, "state missing"))?;
+                slots.push(OptimSlot { name, param: p, grad: g, bufs: &st.bufs, master: st.master.as_ref() });
             }
-            let (kernel, hyper) = rule(t).cuda_params();
-            crate::cuda::optim::step(kernel, &slots, hyper, &mut self.cuda_tables)?;
+            crate::backend::of(device).optim_step(&rule(t), &slots, &mut self.cache)?;
         }
         Ok(())
     }
@@ -203,25 +166,21 @@ impl OptimState {
         Ok(())
     }
 
-    /// The state of `name`, created (zeroed buffers) on its first step and reconciled with the
-    /// parameter's dtype: a master copy exists exactly while the parameter is bf16/f16.
+    /// The state of `name`, created (zeroed buffers on the parameter's device) on its first step
+    /// and reconciled with the parameter's dtype: a master copy exists exactly while the parameter
+    /// is bf16/f16.
     fn prepare(&mut self, name: &str, p: &Tensor) -> Result<&mut ParamState> {
-        let (n, nbuf) = (p.elem_count(), self.buffer_names.len());
-        let wide = p.dtype() == DType::F64;
         let kind = self.kind;
-        #[cfg(feature = "cuda")]
-        if p.device().is_cuda() && !self.params.contains_key(name) {
-            let dev = crate::cuda::dev_of(kind, p)?;
-            let bufs = (0..nbuf).map(|_| dev.zeros(kind, DType::F32, n)).collect::<Result<Vec<_>>>()?;
-            let buffers = Buffers::Cuda { bufs, master: None };
-            self.params
-                .insert(name.to_string(), ParamState { shape: p.shape().to_vec(), step: 0, buffers, master: None });
+        let wide = p.dtype() == DType::F64;
+        if !self.params.contains_key(name) {
+            let dtype = if wide { DType::F64 } else { DType::F32 };
+            let bufs = (0..self.buffer_names.len())
+                .map(|_| Tensor::zeros(p.shape(), dtype, p.device()))
+                .collect::<Result<Vec<_>>>()?;
+            let st = ParamState { shape: p.shape().to_vec(), step: 0, bufs, master: None, wide, device: p.device() };
+            self.params.insert(name.to_string(), st);
         }
-        let st = self.params.entry(name.to_string()).or_insert_with(|| {
-            let buffers =
-                if wide { Buffers::F64(vec![vec![0.0; n]; nbuf]) } else { Buffers::F32(vec![vec![0.0; n]; nbuf]) };
-            ParamState { shape: p.shape().to_vec(), step: 0, buffers, master: None }
-        });
+        let st = self.params.get_mut(name).ok_or_else(|| state_err(kind, name, "state missing"))?;
         if st.shape != p.shape() {
             return Err(state_err(
                 kind,
@@ -229,60 +188,38 @@ impl OptimState {
                 format!("state has shape {:?}, parameter has {:?}", st.shape, p.shape()),
             ));
         }
-        if matches!(st.buffers, Buffers::F64(_)) != wide {
+        if st.wide != wide {
             let msg =
                 format!("state precision does not match the {} parameter (dtype changed after a step)", p.dtype());
             return Err(state_err(kind, name, msg));
         }
-        #[cfg(feature = "cuda")]
-        if let Buffers::Cuda { master, .. } = &mut st.buffers {
-            if !p.device().is_cuda() {
-                return Err(state_err(kind, name, "state lives on a GPU but the parameter does not"));
-            }
-            if !is_low(p.dtype()) {
-                *master = None;
-            } else if master.is_none() {
-                *master = Some(crate::cuda::view::convert(kind, p, DType::F32)?);
-            }
-            return Ok(st);
-        }
-        #[cfg(feature = "cuda")]
-        if p.device().is_cuda() {
-            return Err(state_err(kind, name, "state lives on the CPU but the parameter is on a GPU"));
+        if st.device != p.device() {
+            let msg = format!("state lives on {} but the parameter is on {}", st.device, p.device());
+            return Err(state_err(kind, name, msg));
         }
         if !is_low(p.dtype()) {
             st.master = None;
         } else if st.master.is_none() {
-            st.master = Some(p.to_vec::<f32>()?);
+            st.master = Some(crate::no_grad(|| p.detach().to_dtype(DType::F32))?);
         }
         Ok(st)
     }
 
-    fn state_tensors(&self) -> Vec<(String, Tensor)> {
+    /// Copies of the state (a snapshot: later steps do not change them), on the parameters'
+    /// devices.
+    fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let copy = |t: &Tensor| t.backend().convert(t, t.dtype());
         let mut out = Vec::new();
         for (name, st) in &self.params {
             out.push((format!("{name}.step"), Tensor::from_cpu(CpuStorage::I64(vec![st.step as i64]), &[], None)));
-            for (k, buf) in self.buffer_names.iter().enumerate() {
-                let data = match &st.buffers {
-                    Buffers::F32(b) => CpuStorage::F32(b[k].clone()),
-                    Buffers::F64(b) => CpuStorage::F64(b[k].clone()),
-                    #[cfg(feature = "cuda")]
-                    Buffers::Cuda { bufs, .. } => {
-                        out.push((format!("{name}.{buf}"), crate::cuda::tensor(bufs[k].clone(), &st.shape)));
-                        continue;
-                    }
-                };
-                out.push((format!("{name}.{buf}"), Tensor::from_cpu(data, &st.shape, None)));
-            }
-            #[cfg(feature = "cuda")]
-            if let Buffers::Cuda { master: Some(m), .. } = &st.buffers {
-                out.push((format!("{name}.master"), crate::cuda::tensor(m.clone(), &st.shape)));
+            for (buf, t) in self.buffer_names.iter().zip(&st.bufs) {
+                out.push((format!("{name}.{buf}"), copy(t)?));
             }
             if let Some(m) = &st.master {
-                out.push((format!("{name}.master"), Tensor::from_cpu(CpuStorage::F32(m.clone()), &st.shape, None)));
+                out.push((format!("{name}.master"), copy(m)?));
             }
         }
-        out
+        Ok(out)
     }
 
     /// Replace the state with `state` (as written by `state_tensors`) for `params`. A parameter
@@ -323,31 +260,18 @@ impl OptimState {
                 Ok(t)
             };
             let nbuf = self.buffer_names.len();
-            let buffers = if p.dtype() == DType::F64 {
-                Buffers::F64(parts[..nbuf].iter().map(|k| load(k)?.to_vec::<f64>()).collect::<Result<_>>()?)
-            } else {
-                Buffers::F32(parts[..nbuf].iter().map(|k| load(k)?.to_vec::<f32>()).collect::<Result<_>>()?)
+            let wide = p.dtype() == DType::F64;
+            let dtype = if wide { DType::F64 } else { DType::F32 };
+            // A fresh copy in the state's precision on the parameter's device.
+            let mut place = |k: &String| -> Result<Tensor> {
+                let t = load(k)?;
+                Tensor::from_cpu(t.to_dtype(dtype)?.to_cpu_storage()?, t.shape(), None).to_device(p.device())
             };
-            #[cfg(feature = "cuda")]
-            if p.device().is_cuda() {
-                let dev = crate::cuda::dev_of(self.kind, &p)?;
-                let mut upload = |k: &String| -> Result<crate::cuda::CudaStorage> {
-                    dev.upload(self.kind, &CpuStorage::F32(load(k)?.to_vec::<f32>()?))
-                };
-                let bufs = parts[..nbuf].iter().map(&mut upload).collect::<Result<Vec<_>>>()?;
-                let master = parts.get(nbuf).map(&mut upload).transpose()?;
-                let buffers = Buffers::Cuda { bufs, master };
-                new.insert(
-                    name.clone(),
-                    ParamState { shape: p.shape().to_vec(), step: step as u64, buffers, master: None },
-                );
-                continue;
-            }
-            let master = match parts.get(nbuf) {
-                Some(k) => Some(load(k)?.to_vec::<f32>()?),
-                None => None,
-            };
-            new.insert(name.clone(), ParamState { shape: p.shape().to_vec(), step: step as u64, buffers, master });
+            let bufs = parts[..nbuf].iter().map(&mut place).collect::<Result<Vec<_>>>()?;
+            let master = parts.get(nbuf).map(&mut place).transpose()?;
+            let st =
+                ParamState { shape: p.shape().to_vec(), step: step as u64, bufs, master, wide, device: p.device() };
+            new.insert(name.clone(), st);
         }
         if let Some((stray, _)) = state.iter().find(|(n, _)| !used.contains(n)) {
             return Err(self.err(stray, "optimizer state for no given parameter"));
@@ -355,74 +279,6 @@ impl OptimState {
         self.params = new;
         Ok(())
     }
-}
-
-fn as_f32<'a>(g: &'a Floats<'_>) -> Cow<'a, [f32]> {
-    match g {
-        Floats::F32(v) => Cow::Borrowed(&v[..]),
-        Floats::F64(v) => Cow::Owned(v.iter().map(|&x| x as f32).collect()),
-    }
-}
-
-fn as_f64<'a>(g: &'a Floats<'_>) -> Cow<'a, [f64]> {
-    match g {
-        Floats::F64(v) => Cow::Borrowed(&v[..]),
-        Floats::F32(v) => Cow::Owned(v.iter().map(|&x| x as f64).collect()),
-    }
-}
-
-/// One fused update of parameter `p` with gradient `g`, in place.
-fn apply<R: UpdateRule>(
-    kind: &'static str,
-    name: &str,
-    p: &Tensor,
-    g: &Tensor,
-    st: &mut ParamState,
-    rule: &R,
-) -> Result<()> {
-    let range = p
-        .layout()
-        .contiguous_range()
-        .ok_or_else(|| Error::tensor(kind, name, "parameter must be contiguous to be updated in place"))?;
-    // A gradient sharing the parameter's storage is copied first (we hold its write lock below).
-    let g_copy;
-    let g = if g.same_storage(p) {
-        g_copy = Tensor::from_cpu(g.to_cpu_storage()?, g.shape(), None);
-        &g_copy
-    } else {
-        g
-    };
-    g.with_cpu(|gs, gl| {
-        let gf = cpu::floats(gs, gl);
-        let mut guard = p.write_storage();
-        #[allow(irrefutable_let_patterns)] // a CUDA arm exists with the `cuda` feature
-        let Storage::Cpu(ps) = &mut *guard
-        else {
-            return Err(Error::tensor(kind, name, "the parameter is not on the CPU"));
-        };
-        match (ps, &mut st.buffers, &mut st.master) {
-            (CpuStorage::F64(v), Buffers::F64(b), _) => {
-                fused_update(&mut v[range], &as_f64(&gf), b, LowCopy::None, rule)
-            }
-            (CpuStorage::F32(v), Buffers::F32(b), _) => {
-                fused_update(&mut v[range], &as_f32(&gf), b, LowCopy::None, rule)
-            }
-            (CpuStorage::BF16(v), Buffers::F32(b), Some(m)) => {
-                fused_update(m, &as_f32(&gf), b, LowCopy::Bf16(&mut v[range]), rule)
-            }
-            (CpuStorage::F16(v), Buffers::F32(b), Some(m)) => {
-                fused_update(m, &as_f32(&gf), b, LowCopy::F16(&mut v[range]), rule)
-            }
-            (ps, _, _) => {
-                return Err(Error::tensor(
-                    kind,
-                    name,
-                    format!("no update for a {} parameter with this state", ps.dtype()),
-                ))
-            }
-        }
-        Ok(())
-    })
 }
 
 fn check_hyper(kind: &'static str, what: &str, v: f64, ok: bool) -> Result<()> {
@@ -485,7 +341,7 @@ impl AdamW {
     pub fn step<P: NamedParams + ?Sized>(&mut self, params: &P, grads: &GradStore, lr: f64) -> Result<()> {
         let c = self.config;
         let (beta1, beta2) = c.betas;
-        self.state.step(params, grads, lr, |t| AdamWRule {
+        self.state.step(params, grads, lr, |t| OptimRule::AdamW {
             decay: 1.0 - lr * c.weight_decay,
             beta1,
             beta2,
@@ -501,7 +357,7 @@ impl AdamW {
     }
 
     /// The state as named tensors (see the module docs for the names), sorted by name.
-    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+    pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         self.state.state_tensors()
     }
 
@@ -554,7 +410,7 @@ impl Sgd {
     /// One step with learning rate `lr` (see [`AdamW::step`] for which parameters are updated).
     pub fn step<P: NamedParams + ?Sized>(&mut self, params: &P, grads: &GradStore, lr: f64) -> Result<()> {
         let c = self.config;
-        self.state.step(params, grads, lr, |t| SgdRule {
+        self.state.step(params, grads, lr, |t| OptimRule::Sgd {
             lr,
             momentum: c.momentum,
             weight_decay: c.weight_decay,
@@ -567,7 +423,7 @@ impl Sgd {
     }
 
     /// The state as named tensors (`name.step`, `name.momentum_buffer`, `name.master`).
-    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+    pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         self.state.state_tensors()
     }
 
@@ -665,18 +521,7 @@ pub fn grad_norm(grads: &GradStore, params: &[Tensor]) -> Result<f64> {
             continue;
         }
         if let Some(g) = grads.get(p) {
-            #[cfg(feature = "cuda")]
-            if g.device().is_cuda() {
-                let sq = crate::no_grad(|| g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f64>())?;
-                sum += sq;
-                continue;
-            }
-            sum += g.with_cpu(|s, l| {
-                Ok(match cpu::floats(s, l) {
-                    Floats::F32(v) => cpu::optim::sum_sq(&v),
-                    Floats::F64(v) => cpu::optim::sum_sq(&v),
-                })
-            })?;
+            sum += g.backend().sum_sq(g)?;
         }
     }
     Ok(sum.sqrt())

@@ -359,17 +359,4 @@ impl Tensor {
         }
         Ok(())
     }
-
-    /// The CPU storage under a read guard, for ops (CUDA arms will sit beside this).
-    pub(crate) fn with_cpu<R>(&self, f: impl FnOnce(&CpuStorage, &Layout) -> Result<R>) -> Result<R> {
-        let s = self.read_storage();
-        match &*s {
-            Storage::Cpu(c) => f(c, self.layout()),
-            #[cfg(feature = "cuda")]
-            Storage::Cuda(_) => Err(Error::Cuda {
-                op: "cpu kernel",
-                msg: format!("a CPU-only code path was reached with a tensor on {}", self.device()),
-            }),
-        }
-    }
 }

@@ -484,7 +484,7 @@ impl Trainer {
         };
         let config = self.config.to_toml()?;
         let trainable = self.policy.trainable_params();
-        let opt_state = self.optimizer.state_tensors();
+        let opt_state = self.optimizer.state_tensors()?;
         let dir = checkpoint::write_dir(&self.config.output_dir, self.step, |tmp| {
             let refs: Vec<(&str, &Tensor)> = trainable.iter().map(|(n, t)| (n.as_str(), t)).collect();
             save(tmp.join(checkpoint::MODEL_FILE), &refs, None)?;

@@ -4,20 +4,12 @@
 //! kept between steps and rewritten only when an address or size in it changes.
 
 use super::launch::{ADAMW, SGD};
-use super::{contig, dev_of, ptr, CudaDevice, CudaStorage, Geometry};
+use super::{contig, dev_of, ptr, Cuda, CudaDevice, CudaStorage, Geometry};
+use crate::backend::{self, OptimCache, OptimSlot as Slot};
+use crate::kinds::OptimRule;
 use crate::{DType, Error, Result, Tensor};
 use std::sync::Arc;
 use vlm4vla_kernels::params::{OptimParams, OptimSlot, EW_THREADS, OPTIM_CHUNK};
-
-/// One parameter tensor of a step: the parameter (updated in place), its gradient, its f32
-/// optimizer buffers (`[m, v]` for AdamW, `[momentum]` or none for SGD) and, for a bf16
-/// parameter, its f32 master (the parameter then receives its rounding).
-pub(crate) struct Slot<'a> {
-    pub param: &'a Tensor,
-    pub grad: &'a Tensor,
-    pub bufs: &'a [CudaStorage],
-    pub master: Option<&'a CudaStorage>,
-}
 
 /// The device tables of one launch (slots, then cumulative chunk counts), as last written.
 #[derive(Default)]
@@ -46,7 +38,7 @@ impl Table {
 /// The tables of every launch of a step, reused step after step (launch k of a step uses table
 /// k), so a training loop whose tensors keep their addresses uploads nothing per step.
 #[derive(Default)]
-pub(crate) struct StepTables {
+struct StepTables {
     tables: Vec<Table>,
 }
 
@@ -54,7 +46,7 @@ pub(crate) struct StepTables {
 /// hyper-parameters of this step in `p` (its table fields are filled in here): one launch per
 /// device and dtype, f32 parameters by `{kernel}_fwd_f32`, bf16 ones (with a master) by
 /// `{kernel}_fwd_bf16`.
-pub(crate) fn step(kernel: &'static str, slots: &[Slot<'_>], p: OptimParams, tables: &mut StepTables) -> Result<()> {
+fn step(kernel: &'static str, slots: &[Slot<'_>], p: OptimParams, tables: &mut StepTables) -> Result<()> {
     let op = kernel;
     let set = match kernel {
         "adamw" => ADAMW,
@@ -97,7 +89,7 @@ fn launch(
         let n = s.param.elem_count();
         let (target, copy) = match (s.param.dtype(), s.master) {
             (DType::F32, None) => (ptr(op, s.param)?, 0),
-            (DType::BF16, Some(m)) => (m.ptr_at(0), ptr(op, s.param)?),
+            (DType::BF16, Some(m)) => (ptr(op, m)?, ptr(op, s.param)?),
             (other, _) => {
                 return Err(Error::dtype(
                     op,
@@ -110,8 +102,8 @@ fn launch(
         let slot = OptimSlot {
             p: target,
             g: ptr(op, &g)?,
-            m: s.bufs.first().map_or(0, |b| b.ptr_at(0)),
-            v: s.bufs.get(1).map_or(0, |b| b.ptr_at(0)),
+            m: s.bufs.first().map(|b| ptr(op, b)).transpose()?.unwrap_or(0),
+            v: s.bufs.get(1).map(|b| ptr(op, b)).transpose()?.unwrap_or(0),
             copy,
             n: n as i64,
         };
@@ -134,4 +126,49 @@ fn launch(
     unsafe { dev.launch(op, kernel, geometry, p, []) }?;
     drop(grads);
     Ok(())
+}
+
+/// The kernel and its hyper-parameters for `rule`.
+fn kernel_params(rule: &OptimRule) -> (&'static str, OptimParams) {
+    match *rule {
+        OptimRule::AdamW { decay, beta1, beta2, eps, step_size, bias_correction2_sqrt } => {
+            // The kernel decays by 1 - lr·wd: lr 1 and wd 1 - decay give this step's factor.
+            let p = OptimParams {
+                lr: 1.0,
+                weight_decay: (1.0 - decay) as f32,
+                beta1: beta1 as f32,
+                beta2: beta2 as f32,
+                eps: eps as f32,
+                step_size: step_size as f32,
+                bc2_sqrt: bias_correction2_sqrt as f32,
+                ..Default::default()
+            };
+            ("adamw", p)
+        }
+        OptimRule::Sgd { lr, momentum, weight_decay, first } => {
+            let p = OptimParams {
+                lr: lr as f32,
+                beta1: momentum as f32,
+                weight_decay: weight_decay as f32,
+                first: first as i32,
+                ..Default::default()
+            };
+            ("sgd", p)
+        }
+    }
+}
+
+impl backend::Optim for Cuda {
+    fn optim_step(&self, rule: &OptimRule, slots: &[Slot<'_>], cache: &mut OptimCache) -> Result<()> {
+        let tables = cache.get_or_insert_with(|| Box::new(StepTables::default()));
+        let tables = tables
+            .downcast_mut::<StepTables>()
+            .ok_or_else(|| Error::invalid("optimizer", "the optimizer's launch tables belong to another backend"))?;
+        let (kernel, hyper) = kernel_params(rule);
+        step(kernel, slots, hyper, tables)
+    }
+
+    fn sum_sq(&self, x: &Tensor) -> Result<f64> {
+        crate::no_grad(|| x.detach().to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f64>())
+    }
 }
