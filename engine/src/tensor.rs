@@ -318,7 +318,7 @@ impl Tensor {
     }
 
     /// Helper for ops: attach `op` to a backend primitive's fresh output, when an input tracks
-    /// gradients (the handle keeps its id).
+    /// gradients (a handle nobody else holds keeps its id; a shared one becomes a new view).
     pub(crate) fn recorded(self, inputs: &[&Tensor], op: impl FnOnce() -> Op) -> Tensor {
         let Some(op) = autograd::record(inputs, op) else { return self };
         match Arc::try_unwrap(self.0) {
@@ -326,20 +326,11 @@ impl Tensor {
                 inner.op = Some(op);
                 Tensor(Arc::new(inner))
             }
-            Err(shared) => Tensor(shared).view_with_same_id(op),
+            Err(shared) => {
+                let t = Tensor(shared);
+                t.view_with(t.layout().clone(), Some(op))
+            }
         }
-    }
-
-    fn view_with_same_id(&self, op: Op) -> Tensor {
-        Tensor(Arc::new(TensorInner {
-            id: self.0.id,
-            storage: self.0.storage.clone(),
-            layout: self.0.layout.clone(),
-            dtype: self.0.dtype,
-            device: self.0.device,
-            op: Some(op),
-            is_variable: false,
-        }))
     }
 
     /// Helper for ops: check that all tensors share dtype and device.
