@@ -360,9 +360,10 @@ mod tests {
                 assert!(!text.contains(banned), "{} contains `{banned}`", path.display());
             }
         }
-        for dir in ["cpu", "cuda"] {
+        for (dir, other) in [("cpu", "crate::cuda"), ("cuda", "crate::cpu")] {
             for (path, text) in sources(dir) {
                 assert!(!text.contains("crate::ops"), "{} imports from ops/", path.display());
+                assert!(!text.contains(other), "{} reaches into the other backend (`{other}`)", path.display());
             }
         }
     }

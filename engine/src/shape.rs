@@ -200,3 +200,17 @@ impl Iterator for StridedOffsets<'_> {
 }
 
 impl ExactSizeIterator for StridedOffsets<'_> {}
+
+/// Size of the rows a last-dim op works on: (rows, width).
+pub(crate) fn rows_of(shape: &[usize]) -> (usize, usize) {
+    let w = shape.last().copied().unwrap_or(1);
+    let n: usize = shape.iter().product();
+    (n.checked_div(w).unwrap_or(0), w)
+}
+
+/// Split `[outer, d, inner]` around `dim`.
+pub(crate) fn split_at_dim(shape: &[usize], dim: usize) -> (usize, usize, usize) {
+    let outer = shape[..dim].iter().product();
+    let inner = shape[dim + 1..].iter().product();
+    (outer, shape[dim], inner)
+}

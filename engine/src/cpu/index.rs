@@ -6,9 +6,10 @@
 //! Shapes are split around the indexed dim as `[outer, d, inner]` (see `split_at_dim`); indices
 //! arrive already validated as `usize` in `0..d`.
 
-use super::{out, out_storage, split_at_dim, Cpu, Reads};
+use super::{out, out_storage, Cpu, Reads};
 use crate::dtype::Float;
 use crate::shape::contiguous_strides;
+use crate::shape::split_at_dim;
 use crate::{backend, CpuStorage, DType, Layout, Result, Tensor, WithDType};
 use std::borrow::Cow;
 

@@ -168,20 +168,6 @@ pub(crate) fn copy_into_view(dst: &mut CpuStorage, dst_layout: &Layout, src: &Cp
     Ok(())
 }
 
-/// Size of the rows a last-dim op works on: (rows, width).
-pub(crate) fn rows_of(shape: &[usize]) -> (usize, usize) {
-    let w = shape.last().copied().unwrap_or(1);
-    let n: usize = shape.iter().product();
-    (n.checked_div(w).unwrap_or(0), w)
-}
-
-/// Split `[outer, d, inner]` around `dim`.
-pub(crate) fn split_at_dim(shape: &[usize], dim: usize) -> (usize, usize, usize) {
-    let outer = shape[..dim].iter().product();
-    let inner = shape[dim + 1..].iter().product();
-    (outer, shape[dim], inner)
-}
-
 /// Run `f` over row chunks in parallel when the work is big enough to pay for the threads.
 pub(crate) fn par_rows<T: Send>(out: &mut [T], width: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
     use rayon::prelude::*;

@@ -6,9 +6,10 @@
 //! parameter gradients summed per block of rows and the block partials added in a fixed order
 //! (deterministic whatever the thread count).
 
-use super::{out, par_rows, rows_of, Cpu, FloatVec, Floats, Reads};
+use super::{out, par_rows, Cpu, FloatVec, Floats, Reads};
 use crate::dtype::Float;
 use crate::kinds::RmsNormKind;
+use crate::shape::rows_of;
 use crate::{backend, DType, Error, Result, Tensor};
 use rayon::prelude::*;
 

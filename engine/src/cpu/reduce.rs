@@ -66,7 +66,7 @@ impl backend::Reduce for Cpu {
 
 /// Sum over `dim` of a contiguous tensor of `shape`.
 fn sum_dim<T: Float>(x: &[T], shape: &[usize], dim: usize) -> Vec<T> {
-    let (outer, d, inner) = super::split_at_dim(shape, dim);
+    let (outer, d, inner) = crate::shape::split_at_dim(shape, dim);
     let mut out = vec![T::ZERO; outer * inner];
     for o in 0..outer {
         let dst = &mut out[o * inner..(o + 1) * inner];
@@ -87,7 +87,7 @@ fn scale<T: Float>(x: &[T], s: f64) -> Vec<T> {
 
 /// Max (or min) over `dim` with the index of the first extreme element.
 fn select_dim<T: Float>(x: &[T], shape: &[usize], dim: usize, is_max: bool) -> (Vec<T>, Vec<i64>) {
-    let (outer, d, inner) = super::split_at_dim(shape, dim);
+    let (outer, d, inner) = crate::shape::split_at_dim(shape, dim);
     let mut vals = Vec::with_capacity(outer * inner);
     let mut idx = Vec::with_capacity(outer * inner);
     for o in 0..outer {
@@ -111,7 +111,7 @@ fn select_dim<T: Float>(x: &[T], shape: &[usize], dim: usize, is_max: bool) -> (
 }
 
 fn select_backward<T: Float>(g: &[T], idx: &[i64], shape: &[usize], dim: usize) -> Vec<T> {
-    let (outer, d, inner) = super::split_at_dim(shape, dim);
+    let (outer, d, inner) = crate::shape::split_at_dim(shape, dim);
     let mut out = vec![T::ZERO; outer * d * inner];
     for o in 0..outer {
         for i in 0..inner {

@@ -43,7 +43,7 @@ pub(crate) fn index_select(src: &Tensor, dim: usize, idx: &[usize]) -> Result<Cu
     let op = "index_select";
     let src = contig(src)?;
     let dev = dev_of(op, &src)?;
-    let (outer, len, inner) = crate::cpu::split_at_dim(src.shape(), dim);
+    let (outer, len, inner) = crate::shape::split_at_dim(src.shape(), dim);
     let p = idx_params(outer, len, idx.len(), inner);
     let n = p.n as usize;
     let out = dev.alloc(op, src.dtype(), n)?;
@@ -62,7 +62,7 @@ pub(crate) fn index_add(g: &Tensor, shape: &[usize], dim: usize, idx: &[usize]) 
     }
     let g = contig(g)?;
     let dev = dev_of(op, &g)?;
-    let (outer, len, inner) = crate::cpu::split_at_dim(shape, dim);
+    let (outer, len, inner) = crate::shape::split_at_dim(shape, dim);
     let p = idx_params(outer, len, idx.len(), inner);
     let n = p.n as usize;
     let out = dev.zeros(op, g.dtype(), outer * len * inner)?;
@@ -89,7 +89,7 @@ pub(crate) fn gather(src: &Tensor, dim: usize, idx: &[usize], ishape: &[usize]) 
     let op = "gather";
     let src = contig(&region(src, ishape, dim)?)?;
     let dev = dev_of(op, &src)?;
-    let (outer, len, inner) = crate::cpu::split_at_dim(src.shape(), dim);
+    let (outer, len, inner) = crate::shape::split_at_dim(src.shape(), dim);
     let p = idx_params(outer, len, ishape[dim], inner);
     let n = p.n as usize;
     let out = dev.alloc(op, src.dtype(), n)?;
@@ -113,7 +113,7 @@ pub(crate) fn gather_backward(
     let dev = dev_of(op, &g)?;
     let mut rshape = ishape.to_vec();
     rshape[dim] = shape[dim];
-    let (outer, len, inner) = crate::cpu::split_at_dim(&rshape, dim);
+    let (outer, len, inner) = crate::shape::split_at_dim(&rshape, dim);
     let p = idx_params(outer, len, ishape[dim], inner);
     let n = p.n as usize;
     let part = dev.zeros(op, g.dtype(), outer * len * inner)?;
@@ -153,7 +153,7 @@ pub(crate) fn scatter_add(
     let tmp = if whole { None } else { Some(super::to_contiguous(op, &region(x, ishape, dim)?, x.dtype())?) };
     let target = tmp.as_ref().unwrap_or(&out);
     let src = contig(src)?;
-    let (outer, len, inner) = crate::cpu::split_at_dim(&rshape, dim);
+    let (outer, len, inner) = crate::shape::split_at_dim(&rshape, dim);
     let p = idx_params(outer, len, ishape[dim], inner);
     let n = p.n as usize;
     let ids = upload_idx(&dev, op, idx)?;
@@ -258,7 +258,7 @@ impl backend::Index for Cuda {
 
     fn index_select(&self, x: &Tensor, dim: usize, idx: &[usize], shape: &[usize]) -> Result<Tensor> {
         if !x.dtype().is_float() {
-            return via_cpu(&[x], |h| crate::cpu::Cpu.index_select(h[0], dim, idx, shape));
+            return via_cpu(&[x], |h| backend::of(Device::Cpu).index_select(h[0], dim, idx, shape));
         }
         Ok(tensor(index_select(x, dim, idx)?, shape))
     }
@@ -269,7 +269,7 @@ impl backend::Index for Cuda {
 
     fn gather(&self, x: &Tensor, dim: usize, idx: &[usize], ishape: &[usize]) -> Result<Tensor> {
         if !x.dtype().is_float() {
-            return via_cpu(&[x], |h| crate::cpu::Cpu.gather(h[0], dim, idx, ishape));
+            return via_cpu(&[x], |h| backend::of(Device::Cpu).gather(h[0], dim, idx, ishape));
         }
         Ok(tensor(gather(x, dim, idx, ishape)?, ishape))
     }
@@ -291,7 +291,7 @@ impl backend::Index for Cuda {
 
     fn masked_scatter(&self, x: &Tensor, source: &Tensor, rows: &[usize], w: usize) -> Result<Tensor> {
         if !x.dtype().is_float() {
-            return via_cpu(&[x, source], |h| crate::cpu::Cpu.masked_scatter(h[0], h[1], rows, w));
+            return via_cpu(&[x, source], |h| backend::of(Device::Cpu).masked_scatter(h[0], h[1], rows, w));
         }
         Ok(tensor(masked_scatter(x, source, rows, w)?, x.shape()))
     }

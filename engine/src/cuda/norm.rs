@@ -30,7 +30,7 @@ fn vec_norm(op: &str, backward: bool, x: &Tensor, ptrs: &[u64], max_blocks: usiz
 const PARTIAL_BLOCKS: usize = 264;
 
 fn dims(x: &Tensor) -> (usize, usize) {
-    crate::cpu::rows_of(x.shape())
+    crate::shape::rows_of(x.shape())
 }
 
 fn params(x: &Tensor, eps: f64, flag: i32) -> NormParams {

@@ -83,7 +83,7 @@ pub(crate) fn select(x: &Tensor, dim: usize, is_max: bool) -> Result<(CudaStorag
     let op = if is_max { "max" } else { "min" };
     let x = contig(x)?;
     let dev = dev_of(op, &x)?;
-    let (outer, len, inner) = crate::cpu::split_at_dim(x.shape(), dim);
+    let (outer, len, inner) = crate::shape::split_at_dim(x.shape(), dim);
     let vals = dev.alloc(op, x.dtype(), outer * inner)?;
     let idx = dev.alloc(op, DType::I64, outer * inner)?;
     let p = ReduceParams {
@@ -108,7 +108,7 @@ pub(crate) fn select_backward(
     let op = if is_max { "max" } else { "min" };
     let (g, idx) = (contig(g)?, contig(idx)?);
     let dev = dev_of(op, &g)?;
-    let (outer, len, inner) = crate::cpu::split_at_dim(shape, dim);
+    let (outer, len, inner) = crate::shape::split_at_dim(shape, dim);
     let n = outer * len * inner;
     let dx = dev.alloc(op, g.dtype(), n)?;
     let p = ReduceParams { outer: outer as i64, len: len as i64, inner: inner as i64, op: 0, pad: 0 };
