@@ -311,6 +311,7 @@ pub(crate) fn of(device: Device) -> &'static dyn Backend {
 /// The backend that makes tensors on `device`: an error naming the device where this build has
 /// none for it.
 pub(crate) fn placing(device: Device) -> Result<&'static dyn Backend> {
+    crate::counters::primitive();
     match device {
         Device::Cpu => Ok(&crate::cpu::Cpu),
         #[cfg(feature = "cuda")]
@@ -323,6 +324,7 @@ pub(crate) fn placing(device: Device) -> Result<&'static dyn Backend> {
 impl Tensor {
     /// The backend this tensor's storage lives on.
     pub(crate) fn backend(&self) -> &'static dyn Backend {
+        crate::counters::primitive();
         of(self.device())
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod autograd;
 pub(crate) mod backend;
+pub mod counters;
 pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;

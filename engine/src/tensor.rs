@@ -56,6 +56,7 @@ impl Tensor {
 
     /// A new tensor over fresh storage; `op` is kept only when an input tracks gradients.
     pub(crate) fn from_storage(storage: Storage, shape: &[usize], op: Option<Op>) -> Tensor {
+        crate::counters::allocation();
         let layout = Layout::contiguous(shape);
         Self::from_parts(Arc::new(RwLock::new(storage)), layout, op)
     }
@@ -276,7 +277,8 @@ impl Tensor {
     /// All elements in row-major order, converted to `T`.
     pub fn to_vec<T: WithDType>(&self) -> Result<Vec<T>> {
         let mut out = Vec::new();
-        self.backend().with_host(self, &mut |s, l| out = s.gather_as::<T>(l))?;
+        crate::counters::host_read();
+        crate::backend::of(self.device()).with_host(self, &mut |s, l| out = s.gather_as::<T>(l))?;
         Ok(out)
     }
 
@@ -291,7 +293,8 @@ impl Tensor {
     /// A contiguous CPU copy of the elements (same dtype).
     pub fn to_cpu_storage(&self) -> Result<CpuStorage> {
         let mut out = None;
-        self.backend().with_host(self, &mut |s, l| out = Some(s.gather(l)))?;
+        crate::counters::host_read();
+        crate::backend::of(self.device()).with_host(self, &mut |s, l| out = Some(s.gather(l)))?;
         out.ok_or_else(|| Error::invalid("to_cpu_storage", "the backend gave no host copy"))
     }
 

@@ -1,0 +1,72 @@
+//! What crosses the seam, counted per thread: backend primitive calls (a kernel launch, a copy or
+//! a memset on a GPU), host reads (a download that waits for a GPU) and fresh buffers. A training
+//! step's counts say where a GPU step would stall or launch too often, on the CPU as on the GPU,
+//! so a test can hold a step to its budget.
+//!
+//! ```
+//! use vlm4vla_engine::{counters, Device, DType, Tensor};
+//! let x = Tensor::ones(&[4], DType::F32, Device::Cpu).unwrap();
+//! let before = counters::snapshot();
+//! let y = x.exp().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+//! let used = counters::snapshot().since(&before);
+//! assert!(y > 10.0);
+//! assert_eq!(used.host_reads, 1);
+//! assert!(used.primitives >= 2 && used.allocations >= 2);
+//! ```
+
+use std::cell::Cell;
+
+thread_local! {
+    static PRIMITIVES: Cell<u64> = const { Cell::new(0) };
+    static HOST_READS: Cell<u64> = const { Cell::new(0) };
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The counts of this thread since it started (see [`Counts::since`] for a difference).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Backend primitive calls: ops' forward and backward primitives, optimizer steps, zeros and
+    /// uploads.
+    pub primitives: u64,
+    /// Reads of a tensor's elements by the host (`to_vec`, `to_scalar`, `to_cpu_storage`): a
+    /// synchronisation on a GPU.
+    pub host_reads: u64,
+    /// Fresh tensor buffers (op outputs, uploads, zeros).
+    pub allocations: u64,
+}
+
+impl Counts {
+    /// The counts from `earlier` to `self`.
+    pub fn since(&self, earlier: &Counts) -> Counts {
+        Counts {
+            primitives: self.primitives - earlier.primitives,
+            host_reads: self.host_reads - earlier.host_reads,
+            allocations: self.allocations - earlier.allocations,
+        }
+    }
+}
+
+/// This thread's counts so far.
+pub fn snapshot() -> Counts {
+    Counts {
+        primitives: PRIMITIVES.with(Cell::get),
+        host_reads: HOST_READS.with(Cell::get),
+        allocations: ALLOCATIONS.with(Cell::get),
+    }
+}
+
+fn bump(c: &'static std::thread::LocalKey<Cell<u64>>) {
+    c.with(|c| c.set(c.get() + 1));
+}
+
+pub(crate) fn primitive() {
+    bump(&PRIMITIVES);
+}
+
+pub(crate) fn host_read() {
+    bump(&HOST_READS);
+}
+
+pub(crate) fn allocation() {
+    bump(&ALLOCATIONS);
+}
