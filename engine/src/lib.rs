@@ -36,7 +36,7 @@ pub use dtype::{DType, Float, WithDType};
 pub use error::{Error, Result};
 pub use io::{LoadOptions, SafeTensorsFile};
 pub use kinds::{AttentionMask, CmpKind, Reduction, RmsNormKind};
-pub use ops::{attention, AttentionOutput};
+pub use ops::{attention, attention_with, AttentionKeys, AttentionOutput};
 pub use optim::{clip_grad_norm, grad_norm, AdamW, AdamWConfig, LrSchedule, NamedParams, Sgd, SgdConfig};
 pub use params::ParamStore;
 pub use shape::{Dim, Layout};

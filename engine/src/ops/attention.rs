@@ -40,13 +40,62 @@ pub struct AttentionOutput {
 
 const OP: &str = "attention";
 
+/// A key-padding mask read to the host once: `[batch, kv_seq]`, true for real keys.
+#[derive(Clone, Debug)]
+struct KeyPadding {
+    shape: [usize; 2],
+    real: std::sync::Arc<[bool]>,
+}
+
+impl KeyPadding {
+    fn read(p: &Tensor) -> Result<KeyPadding> {
+        if !matches!(p.dtype(), DType::U8 | DType::I64) {
+            return Err(Error::dtype(OP, p.dtype(), "key_padding must be u8 or i64 (nonzero = real key)"));
+        }
+        let &[b, l] = p.shape() else {
+            return Err(Error::shapes_note(OP, &[p.shape()], "key_padding must be [batch, kv_seq]"));
+        };
+        let real: Vec<bool> = p.to_vec::<i64>()?.into_iter().map(|x| x != 0).collect();
+        Ok(KeyPadding { shape: [b, l], real: real.into() })
+    }
+}
+
+/// Which keys each query sees, resolved once for every attention call of a forward pass: the
+/// mask kind and the key padding, read to the host here (one read) rather than in every layer.
+///
+/// ```
+/// use vlm4vla_engine::{AttentionKeys, AttentionMask, Device, DType, Tensor};
+/// let pad = Tensor::from_vec(vec![0u8, 1, 1], &[1, 3], Device::Cpu).unwrap();
+/// let keys = AttentionKeys::new(AttentionMask::Causal, Some(&pad)).unwrap();
+/// let q = Tensor::rand_normal(0., 1., &[1, 3, 2, 4], DType::F32, Device::Cpu, 0).unwrap();
+/// let a = q.attention_with(&q, &q, &keys, 0.5).unwrap();
+/// let b = q.attention(&q, &q, &AttentionMask::Causal, Some(&pad), 0.5).unwrap();
+/// assert_eq!(a.out.to_vec::<f32>().unwrap(), b.out.to_vec::<f32>().unwrap());
+/// ```
+#[derive(Clone, Debug)]
+pub struct AttentionKeys {
+    mask: AttentionMask,
+    padding: Option<KeyPadding>,
+}
+
+impl AttentionKeys {
+    /// `key_padding` is `[batch, kv_seq]` u8 or i64, nonzero for real keys.
+    pub fn new(mask: AttentionMask, key_padding: Option<&Tensor>) -> Result<AttentionKeys> {
+        Ok(AttentionKeys { mask, padding: key_padding.map(KeyPadding::read).transpose()? })
+    }
+
+    pub fn mask(&self) -> &AttentionMask {
+        &self.mask
+    }
+}
+
 /// Check shapes and dtypes; resolve the mask into per-row key ranges.
 fn prepare(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     mask: &AttentionMask,
-    key_padding: Option<&Tensor>,
+    key_padding: Option<&KeyPadding>,
     scale: f64,
 ) -> Result<(AttnDims, KeyMask)> {
     Tensor::same_dtype_device(OP, &[q, k, v])?;
@@ -80,13 +129,10 @@ fn prepare(
     let padding = match key_padding {
         None => None,
         Some(p) => {
-            if !matches!(p.dtype(), DType::U8 | DType::I64) {
-                return Err(Error::dtype(OP, p.dtype(), "key_padding must be u8 or i64 (nonzero = real key)"));
+            if p.shape != [dims.b, dims.lk] {
+                return Err(Error::shapes_note(OP, &[qs, ks, &p.shape], "key_padding must be [batch, kv_seq]"));
             }
-            if p.shape() != [dims.b, dims.lk] {
-                return Err(Error::shapes_note(OP, &[qs, ks, p.shape()], "key_padding must be [batch, kv_seq]"));
-            }
-            Some(p.to_vec::<i64>()?.into_iter().map(|x| x != 0).collect())
+            Some(p.real.to_vec())
         }
     };
     let ranges = key_ranges(mask, &dims, qs, ks)?;
@@ -169,7 +215,14 @@ pub fn attention(
     key_padding: Option<&Tensor>,
     scale: f64,
 ) -> Result<AttentionOutput> {
-    let (dims, keys) = prepare(q, k, v, mask, key_padding, scale)?;
+    attention_with(q, k, v, &AttentionKeys::new(mask.clone(), key_padding)?, scale)
+}
+
+/// [`attention`] with the mask and key padding resolved beforehand ([`AttentionKeys`]), so the
+/// layers of one forward pass share one read of the padding.
+pub fn attention_with(q: &Tensor, k: &Tensor, v: &Tensor, keys: &AttentionKeys, scale: f64) -> Result<AttentionOutput> {
+    let mask = &keys.mask;
+    let (dims, keys) = prepare(q, k, v, mask, keys.padding.as_ref(), scale)?;
     let (out, lse, state) = q.backend().attention(q, k, v, mask, &keys, &dims, scale)?;
     let out = out.recorded(&[q, k, v], || {
         Op::Attention(AttentionOp { q: q.clone(), k: k.clone(), v: v.clone(), keys, lse: lse.clone(), scale, state })
@@ -203,7 +256,8 @@ pub fn attention_composite(
     key_padding: Option<&Tensor>,
     scale: f64,
 ) -> Result<Tensor> {
-    let (dims, keys) = prepare(q, k, v, mask, key_padding, scale)?;
+    let padding = key_padding.map(KeyPadding::read).transpose()?;
+    let (dims, keys) = prepare(q, k, v, mask, padding.as_ref(), scale)?;
     let AttnDims { b, lq, lk, hq, hkv, d, dv } = dims;
     let group = hq / hkv;
     let dtype = q.dtype();
@@ -259,6 +313,12 @@ impl Tensor {
         scale: f64,
     ) -> Result<AttentionOutput> {
         attention(self, k, v, mask, key_padding, scale)
+    }
+
+    /// Fused attention with `self` as the queries and keys resolved beforehand; see
+    /// [`attention_with`].
+    pub fn attention_with(&self, k: &Tensor, v: &Tensor, keys: &AttentionKeys, scale: f64) -> Result<AttentionOutput> {
+        attention_with(self, k, v, keys, scale)
     }
 
     /// The composite twin with `self` as the queries; see [`attention_composite`].

@@ -15,7 +15,7 @@ pub(crate) mod unary;
 pub(crate) mod view;
 
 pub use crate::kinds::{AttentionMask, Reduction, RmsNormKind};
-pub use attention::{attention, attention_composite, AttentionOutput};
+pub use attention::{attention, attention_composite, attention_with, AttentionKeys, AttentionOutput};
 pub use loss::{
     bce_with_logits, bce_with_logits_composite, cross_entropy, cross_entropy_composite, huber, huber_composite, mse,
     mse_composite,

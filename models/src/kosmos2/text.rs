@@ -8,7 +8,7 @@
 use super::config::{Kosmos2Config, TextConfig};
 use super::names::{EMBED, LM_HEAD, TEXT};
 use vlm4vla_engine::nn::{embedding, layer_norm_named, linear_folded, linear_folded_named, merge_heads, split_heads};
-use vlm4vla_engine::{AttentionMask, DType, Device, Error, ParamStore, Result, Tensor};
+use vlm4vla_engine::{AttentionKeys, AttentionMask, DType, Device, Error, ParamStore, Result, Tensor};
 
 /// Position ids per row, `[B, L + extra]` row-major: `cumsum(ids != pad) · (ids != pad) + pad`
 /// over the prompt (so the first real token gets `pad + 1` = 2 and padding gets `pad` = 1),
@@ -124,13 +124,14 @@ pub(crate) fn decode(
     let scale = (cfg.head_dim() as f64).powf(-0.5);
     let mut x = h;
     let mut layers = Vec::with_capacity(cfg.layers);
+    let keys = AttentionKeys::new(AttentionMask::Causal, Some(key_padding))?;
     for i in 0..cfg.layers {
         let l = format!("{TEXT}.layers.{i}");
         let a = layer_norm_named(ps, &format!("{l}.self_attn_layer_norm"), &x, eps)?;
         let q = split_heads(&linear_folded_named(ps, &format!("{l}.self_attn.q_proj"), &a)?, heads)?;
         let k = split_heads(&linear_folded_named(ps, &format!("{l}.self_attn.k_proj"), &a)?, heads)?;
         let v = split_heads(&linear_folded_named(ps, &format!("{l}.self_attn.v_proj"), &a)?, heads)?;
-        let o = merge_heads(&q.attention(&k, &v, &AttentionMask::Causal, Some(key_padding), scale)?.out)?;
+        let o = merge_heads(&q.attention_with(&k, &v, &keys, scale)?.out)?;
         let o = layer_norm_named(ps, &format!("{l}.self_attn.inner_attn_ln"), &o, eps)?;
         x = x.add(&linear_folded_named(ps, &format!("{l}.self_attn.out_proj"), &o)?)?;
         let f = layer_norm_named(ps, &format!("{l}.final_layer_norm"), &x, eps)?;

@@ -11,7 +11,7 @@ use super::config::{PaliGemmaConfig, TextConfig};
 use super::names::{EMBED, LM_HEAD, TEXT};
 use super::siglip::activation;
 use vlm4vla_engine::nn::{embedding, linear, linear_named, merge_heads, rms_norm_named, split_heads};
-use vlm4vla_engine::{AttentionMask, DType, Device, Error, ParamStore, Result, RmsNormKind, Tensor};
+use vlm4vla_engine::{AttentionKeys, AttentionMask, DType, Device, Error, ParamStore, Result, RmsNormKind, Tensor};
 
 /// `sqrt(hidden)` rounded to `dtype`, as `embed_scale.to(weight.dtype)` does.
 fn embed_scale(hidden: usize, dtype: DType) -> Result<f64> {
@@ -88,6 +88,7 @@ pub(crate) fn decoder(
     let (cos, sin) = rope_tables(t, 1, l, x.dtype())?;
     let (cos, sin) = (cos.to_device(x.device())?, sin.to_device(x.device())?);
     let scale = (hd as f64).powf(-0.5);
+    let keys = AttentionKeys::new(mask.clone(), key_padding)?;
     for i in 0..t.num_hidden_layers {
         let p = format!("{TEXT}layers.{i}.");
         let a = rms_norm_named(ps, &format!("{p}input_layernorm"), &x, t.rms_norm_eps, RmsNormKind::Gemma)?;
@@ -95,7 +96,7 @@ pub(crate) fn decoder(
         let k = split_heads(&linear_named(ps, &format!("{p}self_attn.k_proj"), &a)?, hkv)?;
         let v = split_heads(&linear_named(ps, &format!("{p}self_attn.v_proj"), &a)?, hkv)?;
         let (q, k) = (q.rope(&cos, &sin)?, k.rope(&cos, &sin)?);
-        let o = merge_heads(&q.attention(&k, &v, mask, key_padding, scale)?.out)?;
+        let o = merge_heads(&q.attention_with(&k, &v, &keys, scale)?.out)?;
         x = x.add(&linear_named(ps, &format!("{p}self_attn.o_proj"), &o)?)?;
         let m = rms_norm_named(ps, &format!("{p}post_attention_layernorm"), &x, t.rms_norm_eps, RmsNormKind::Gemma)?;
         let gate = activation(&linear_named(ps, &format!("{p}mlp.gate_proj"), &m)?, t.hidden_act)?;

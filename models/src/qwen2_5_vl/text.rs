@@ -4,7 +4,7 @@
 
 use super::config::TextConfig;
 use vlm4vla_engine::nn::{linear_named, merge_heads, rms_norm_named, split_heads};
-use vlm4vla_engine::{AttentionMask, Device, Error, ParamStore, Result, RmsNormKind, Tensor};
+use vlm4vla_engine::{AttentionKeys, AttentionMask, Device, Error, ParamStore, Result, RmsNormKind, Tensor};
 
 const OP: &str = "qwen2_5_vl get_rope_index";
 
@@ -118,6 +118,7 @@ pub fn forward(
     let eps = cfg.rms_norm_eps;
     let mut x = embeds.clone();
     let mut layers = Vec::new();
+    let keys = AttentionKeys::new(AttentionMask::Causal, Some(key_padding))?;
     for i in 0..cfg.num_hidden_layers {
         let p = |s: &str| format!("model.layers.{i}.{s}");
         let n = rms_norm_named(params, &p("input_layernorm"), &x, eps, RmsNormKind::Plain)?;
@@ -125,7 +126,7 @@ pub fn forward(
         let q = split_heads(&linear_named(params, &p("self_attn.q_proj"), &n)?, hq)?.rope(cos, sin)?;
         let k = split_heads(&linear_named(params, &p("self_attn.k_proj"), &n)?, hkv)?.rope(cos, sin)?;
         let v = split_heads(&linear_named(params, &p("self_attn.v_proj"), &n)?, hkv)?;
-        let a = merge_heads(&q.attention(&k, &v, &AttentionMask::Causal, Some(key_padding), scale)?.out)?;
+        let a = merge_heads(&q.attention_with(&k, &v, &keys, scale)?.out)?;
         x = x.add(&linear_named(params, &p("self_attn.o_proj"), &a)?)?;
         let n = rms_norm_named(params, &p("post_attention_layernorm"), &x, eps, RmsNormKind::Plain)?;
         let g = linear_named(params, &p("mlp.gate_proj"), &n)?.silu()?.mul(&linear_named(
