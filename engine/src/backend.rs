@@ -254,7 +254,7 @@ pub(crate) trait Optim {
     /// Update every slot in place by `rule` (on the CPU one fused pass per tensor; on a GPU one
     /// multi-tensor launch per dtype).
     fn optim_step(&self, rule: &OptimRule, slots: &[OptimSlot<'_>], cache: &mut OptimCache) -> Result<()>;
-    /// `Σ x²` of all elements, accumulated in f64 and read to the host.
+    /// `Σ x²` of all elements, accumulated in f64 and read to the host (one host read).
     fn sum_sq(&self, x: &Tensor) -> Result<f64>;
 }
 

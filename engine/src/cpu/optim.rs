@@ -218,6 +218,8 @@ impl backend::Optim for Cpu {
     }
 
     fn sum_sq(&self, x: &Tensor) -> Result<f64> {
+        // The sum reaches the host: counted as the read it is on a GPU (`to_scalar` there).
+        crate::counters::host_read();
         let r = Reads::new(&[x]);
         Ok(match r.floats(0)? {
             Floats::F32(v) => sum_sq(&v),
