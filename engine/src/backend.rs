@@ -254,8 +254,9 @@ pub(crate) trait Optim {
     /// Update every slot in place by `rule` (on the CPU one fused pass per tensor; on a GPU one
     /// multi-tensor launch per dtype).
     fn optim_step(&self, rule: &OptimRule, slots: &[OptimSlot<'_>], cache: &mut OptimCache) -> Result<()>;
-    /// `Σ x²` of all elements, accumulated in f64 and read to the host (one host read).
-    fn sum_sq(&self, x: &Tensor) -> Result<f64>;
+    /// `Σ x²` over every element of every tensor of `xs` (all on this backend's device),
+    /// accumulated in f64, tensor by tensor in order, and read to the host once.
+    fn sum_sq(&self, xs: &[&Tensor]) -> Result<f64>;
 }
 
 /// Memory: making, reading and overwriting a device's buffers (`tensor.rs`).

@@ -25,8 +25,8 @@ thread_local! {
 /// The counts of this thread since it started (see [`Counts::since`] for a difference).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
-    /// Backend primitive calls: ops' forward and backward primitives, optimizer steps, zeros and
-    /// uploads.
+    /// Backend primitive calls: ops' forward and backward primitives, optimizer steps (one per
+    /// device and step count), gradient-norm reductions (one per device), zeros and uploads.
     pub primitives: u64,
     /// Reads of a tensor's elements by the host (`to_vec`, `to_scalar`, `to_cpu_storage`): a
     /// synchronisation on a GPU.

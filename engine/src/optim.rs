@@ -151,6 +151,7 @@ impl OptimState {
                 let st = self.params.get(name).ok_or_else(|| self.err(name, "state missing"))?;
                 slots.push(OptimSlot { name, param: p, grad: g, bufs: &st.bufs, master: st.master.as_ref() });
             }
+            crate::counters::primitive();
             crate::backend::of(device).optim_step(&rule(t), &slots, &mut self.cache)?;
         }
         Ok(())
@@ -515,14 +516,23 @@ impl LrSchedule {
 /// gradient, or listed twice, count once or not at all).
 pub fn grad_norm(grads: &GradStore, params: &[Tensor]) -> Result<f64> {
     let mut seen = HashSet::new();
-    let mut sum = 0.0;
+    // The gradients by device, in parameter order: one reduction and one host read per device.
+    let mut groups: Vec<(Device, Vec<&Tensor>)> = Vec::new();
     for p in params {
         if !seen.insert(p.id()) {
             continue;
         }
         if let Some(g) = grads.get(p) {
-            sum += g.backend().sum_sq(g)?;
+            match groups.iter_mut().find(|(d, _)| *d == g.device()) {
+                Some((_, gs)) => gs.push(g),
+                None => groups.push((g.device(), vec![g])),
+            }
         }
+    }
+    let mut sum = 0.0;
+    for (device, gs) in &groups {
+        crate::counters::primitive();
+        sum += crate::backend::of(*device).sum_sq(gs)?;
     }
     Ok(sum.sqrt())
 }

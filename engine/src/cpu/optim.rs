@@ -217,13 +217,17 @@ impl backend::Optim for Cpu {
         slots.iter().try_for_each(|s| step_one(rule, s))
     }
 
-    fn sum_sq(&self, x: &Tensor) -> Result<f64> {
-        // The sum reaches the host: counted as the read it is on a GPU (`to_scalar` there).
+    fn sum_sq(&self, xs: &[&Tensor]) -> Result<f64> {
+        // The sum reaches the host: counted as the one read it is on a GPU.
         crate::counters::host_read();
-        let r = Reads::new(&[x]);
-        Ok(match r.floats(0)? {
-            Floats::F32(v) => sum_sq(&v),
-            Floats::F64(v) => sum_sq(&v),
-        })
+        let r = Reads::new(xs);
+        let mut total = 0.0;
+        for i in 0..xs.len() {
+            total += match r.floats(i)? {
+                Floats::F32(v) => sum_sq(&v),
+                Floats::F64(v) => sum_sq(&v),
+            };
+        }
+        Ok(total)
     }
 }

@@ -168,7 +168,18 @@ impl backend::Optim for Cuda {
         step(kernel, slots, hyper, tables)
     }
 
-    fn sum_sq(&self, x: &Tensor) -> Result<f64> {
-        crate::no_grad(|| x.detach().to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f64>())
+    fn sum_sq(&self, xs: &[&Tensor]) -> Result<f64> {
+        if xs.is_empty() {
+            return Ok(0.0);
+        }
+        // One f32 sum per tensor on the device, gathered and read back once.
+        let parts = crate::no_grad(|| -> Result<Tensor> {
+            let sums = xs
+                .iter()
+                .map(|x| x.detach().to_dtype(DType::F32)?.sqr()?.sum_all()?.reshape(&[1]))
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&sums.iter().collect::<Vec<_>>(), 0)
+        })?;
+        Ok(parts.to_vec::<f32>()?.iter().map(|&s| s as f64).sum())
     }
 }
