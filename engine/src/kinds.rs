@@ -221,7 +221,7 @@ impl AttnDims {
 #[derive(Clone, Debug)]
 pub(crate) struct KeyMask {
     pub ranges: Vec<(usize, usize)>,
-    pub padding: Option<Vec<bool>>,
+    pub padding: Option<std::sync::Arc<[bool]>>,
 }
 
 impl KeyMask {

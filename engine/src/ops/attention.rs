@@ -132,7 +132,7 @@ fn prepare(
             if p.shape != [dims.b, dims.lk] {
                 return Err(Error::shapes_note(OP, &[qs, ks, &p.shape], "key_padding must be [batch, kv_seq]"));
             }
-            Some(p.real.to_vec())
+            Some(p.real.clone())
         }
     };
     let ranges = key_ranges(mask, &dims, qs, ks)?;
