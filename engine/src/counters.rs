@@ -20,6 +20,7 @@ thread_local! {
     static PRIMITIVES: Cell<u64> = const { Cell::new(0) };
     static HOST_READS: Cell<u64> = const { Cell::new(0) };
     static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    static FLOPS: Cell<u64> = const { Cell::new(0) };
 }
 
 /// The counts of this thread since it started (see [`Counts::since`] for a difference).
@@ -33,6 +34,10 @@ pub struct Counts {
     pub host_reads: u64,
     /// Fresh tensor buffers (op outputs, uploads, zeros).
     pub allocations: u64,
+    /// Floating-point operations of the GEMMs and attention products executed (2 per
+    /// multiply-add; attention counts the score and value products over the visible scores). The
+    /// model FLOPs a step benchmark reports.
+    pub flops: u64,
 }
 
 impl Counts {
@@ -42,6 +47,7 @@ impl Counts {
             primitives: self.primitives - earlier.primitives,
             host_reads: self.host_reads - earlier.host_reads,
             allocations: self.allocations - earlier.allocations,
+            flops: self.flops - earlier.flops,
         }
     }
 }
@@ -52,6 +58,7 @@ pub fn snapshot() -> Counts {
         primitives: PRIMITIVES.with(Cell::get),
         host_reads: HOST_READS.with(Cell::get),
         allocations: ALLOCATIONS.with(Cell::get),
+        flops: FLOPS.with(Cell::get),
     }
 }
 
@@ -69,4 +76,9 @@ pub(crate) fn host_read() {
 
 pub(crate) fn allocation() {
     bump(&ALLOCATIONS);
+}
+
+/// Count `n` floating-point operations (see [`Counts::flops`]).
+pub(crate) fn flops(n: u64) {
+    FLOPS.with(|c| c.set(c.get() + n));
 }

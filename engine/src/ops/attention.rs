@@ -224,10 +224,17 @@ pub fn attention_with(q: &Tensor, k: &Tensor, v: &Tensor, keys: &AttentionKeys, 
     let mask = &keys.mask;
     let (dims, keys) = prepare(q, k, v, mask, keys.padding.as_ref(), scale)?;
     let (out, lse, state) = q.backend().attention(q, k, v, mask, &keys, &dims, scale)?;
+    crate::counters::flops(attention_flops(&dims));
     let out = out.recorded(&[q, k, v], || {
         Op::Attention(AttentionOp { q: q.clone(), k: k.clone(), v: v.clone(), keys, lse: lse.clone(), scale, state })
     });
     Ok(AttentionOutput { out, lse: lse_output(lse, q, k, v) })
+}
+
+/// The forward's score and value products over every score, masked or not (as
+/// `torch.utils.flop_counter` counts SDPA): `2·B·Hq·Lq·Lk·(D + Dv)`.
+fn attention_flops(d: &AttnDims) -> u64 {
+    2 * (d.b * d.hq * d.lq * d.lk * (d.d + d.dv)) as u64
 }
 
 /// The returned lse is recorded without a backward rule, so using it in a loss is an error at
@@ -346,6 +353,8 @@ impl BackwardOp for AttentionOp {
     fn backward(&self, out: &Tensor, grad: &Tensor, grads: &mut Grads) -> Result<()> {
         let (q, k, v) = (&self.q, &self.k, &self.v);
         let dims = AttnDims::of(q.shape(), k.shape(), v.shape());
+        // Four products (dV, dP, dQ, dK) against the forward's two.
+        crate::counters::flops(2 * attention_flops(&dims));
         let (dq, dk, dv) = q.backend().attention_backward(
             q,
             k,

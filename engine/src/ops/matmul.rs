@@ -38,6 +38,7 @@ impl Tensor {
         let mut out_shape = batch.clone();
         out_shape.extend([m, n]);
         let out = self.backend().matmul(self, &la, rhs, &lb, &out_shape)?;
+        crate::counters::flops(2 * (out_shape.iter().product::<usize>() * k) as u64);
         Ok(out.recorded(&[self, rhs], || Op::Matmul(MatmulOp { lhs: self.clone(), rhs: rhs.clone() })))
     }
 }
