@@ -42,8 +42,15 @@ proptest! {
                 input(&sa, views.0, -1.0, 1.0, DType::F32, seed, d),
                 input(&[n, k], ViewKind::Contiguous, -1.0, 1.0, DType::F32, seed ^ 9, d),
             ], |x| x[0].matmul(&x[1].t()?));
+            // The Linear op: rows folded, the bias added after the GEMM.
+            check("linear", dtype, true, |d| vec![
+                input(&sa, views.0, -1.0, 1.0, DType::F32, seed, d),
+                input(&[n, k], views.1, -1.0, 1.0, DType::F32, seed ^ 9, d),
+                input(&[n], ViewKind::Contiguous, -1.0, 1.0, DType::F32, seed ^ 11, d),
+            ], |x| x[0].linear(&x[1], Some(&x[2])));
         }
         count("gpu", "matmul", 1);
+        count("gpu", "linear", 1);
     }
 }
 

@@ -67,6 +67,76 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(common::config(48))]
+
+    /// `x.linear(w, b)` against the reference `x @ wᵀ + b`, for inputs of rank 1 to 4 in every
+    /// view kind (a transposed input does not fold into rows: the op copies it).
+    #[test]
+    fn linear_matches_reference(
+        lead in prop::collection::vec(1usize..5, 0..=3),
+        k in arb_dim(), n in arb_dim(),
+        with_bias in any::<bool>(),
+        vx in prop::sample::select(vec![ViewKind::Contiguous, ViewKind::Transposed, ViewKind::Narrowed]),
+        vw in prop::sample::select(vec![ViewKind::Contiguous, ViewKind::Transposed, ViewKind::Narrowed]),
+        dtype in prop::sample::select(vec![DType::F32, DType::F64, DType::BF16, DType::F16]),
+        seed in 0u64..1000,
+    ) {
+        let mut sx = lead.clone();
+        sx.push(k);
+        // A transposed view needs rank 2 or more.
+        let vx = if sx.len() < 2 { ViewKind::Contiguous } else { vx };
+        let x = input(&sx, vx, -1.0, 1.0, dtype, seed, Device::Cpu);
+        let w = input(&[n, k], vw, -1.0, 1.0, dtype, seed + 3, Device::Cpu);
+        let b = input(&[n], ViewKind::Contiguous, -1.0, 1.0, dtype, seed + 5, Device::Cpu);
+        let bias = with_bias.then_some(&b);
+        let got = x.linear(&w, bias).unwrap();
+        let rows: usize = lead.iter().product();
+        let mut want = matmul_ref(&values(&x.reshape(&[rows, k]).unwrap()), &values(&w.t().unwrap()));
+        if with_bias {
+            let bv = values(&b);
+            for (i, v) in want.data.iter_mut().enumerate() {
+                *v += bv.data[i % n];
+            }
+        }
+        let mut shape = lead.clone();
+        shape.push(n);
+        prop_assert_eq!(got.shape(), &shape[..]);
+        want.shape = shape;
+        let (atol, rtol) = tol(dtype);
+        assert_close("linear", &got, &want, atol * (k as f64).sqrt() * 4.0, rtol);
+        count("property", "linear", 1);
+    }
+}
+
+#[test]
+fn linear_errors_name_the_shapes() {
+    let x = Tensor::zeros(&[2, 3], DType::F32, Device::Cpu).unwrap();
+    let w = Tensor::zeros(&[4, 5], DType::F32, Device::Cpu).unwrap();
+    let err = x.linear(&w, None).unwrap_err().to_string();
+    assert!(err.contains("linear") && err.contains("[2, 3]") && err.contains("[4, 5]"), "{err}");
+    let w = Tensor::zeros(&[4, 3], DType::F32, Device::Cpu).unwrap();
+    let b = Tensor::zeros(&[3], DType::F32, Device::Cpu).unwrap();
+    let err = x.linear(&w, Some(&b)).unwrap_err().to_string();
+    assert!(err.contains("bias") && err.contains("[4]"), "{err}");
+    assert!(x.linear(&w.to_dtype(DType::F64).unwrap(), None).is_err());
+}
+
+/// The weight's gradient is one `Gᵀ X` over all rows: the same values as the per-sample sum.
+#[test]
+fn linear_gradients_match_the_broadcast_matmul() {
+    let x = Tensor::rand_uniform(-1., 1., &[3, 5, 6], DType::F64, Device::Cpu, 1).unwrap().variable();
+    let w = Tensor::rand_uniform(-1., 1., &[4, 6], DType::F64, Device::Cpu, 2).unwrap().variable();
+    let b = Tensor::rand_uniform(-1., 1., &[4], DType::F64, Device::Cpu, 3).unwrap().variable();
+    let g1 = x.linear(&w, Some(&b)).unwrap().tanh().unwrap().sum_all().unwrap().backward().unwrap();
+    let g2 = x.matmul(&w.t().unwrap()).unwrap().add(&b).unwrap().tanh().unwrap().sum_all().unwrap().backward().unwrap();
+    for t in [&x, &w, &b] {
+        let (a, e) = (g1.get(t).unwrap(), g2.get(t).unwrap());
+        assert_eq!(a.shape(), t.shape());
+        assert_close("linear grad", a, &values(e), 1e-12, 1e-12);
+    }
+}
+
 #[test]
 fn transformer_like_shape_matches_reference_spot_checks() {
     // A 45×65 by 65×123 product with a transposed rhs view: spot-check every 97th element.

@@ -61,8 +61,17 @@ pub(crate) trait Reduce {
 
 /// Matrix products (`ops/matmul.rs`).
 pub(crate) trait Matmul {
-    /// `a @ b` read through the (broadcast) layouts `la` `[..., m, k]` and `lb` `[..., k, n]`.
-    fn matmul(&self, a: &Tensor, la: &Layout, b: &Tensor, lb: &Layout, out_shape: &[usize]) -> Result<Tensor>;
+    /// `a @ b` read through the (broadcast) layouts `la` `[..., m, k]` and `lb` `[..., k, n]`,
+    /// plus `bias` `[n]` on every row when given (the GEMM's epilogue).
+    fn matmul(
+        &self,
+        a: &Tensor,
+        la: &Layout,
+        b: &Tensor,
+        lb: &Layout,
+        bias: Option<&Tensor>,
+        out_shape: &[usize],
+    ) -> Result<Tensor>;
 }
 
 /// Normalisations over the last dim (`ops/norm.rs`). Statistics come back in compute precision.

@@ -5,16 +5,11 @@
 //! Every function is a fixed sequence of engine ops, so what a model computes (and its gradients)
 //! is exactly that sequence. Parameters are addressed the way checkpoints spell them: a layer at
 //! `prefix` owns `{prefix}.weight` and, when it has one, `{prefix}.bias`.
-//!
-//! Two Linear forms exist because they differ in the last bit of the weight gradient for inputs
-//! of rank > 2: [`linear`] multiplies `[..., in]` by the broadcast `Wᵀ` (the backward sums one
-//! `Xᵀ G` per leading index), [`linear_folded`] folds the leading dims into one `[rows, in]` GEMM
-//! (the backward is one `Xᵀ G` over all rows). Both are the same function mathematically.
 
 use crate::{Error, ParamStore, Result, RmsNormKind, Tensor};
 
-/// `x Wᵀ (+ b)` for `x: [..., in]`, `w: [out, in]` (the stored Linear layout), `b: [out]`:
-/// one matmul of `x` against the broadcast `Wᵀ`, then the bias add.
+/// `x Wᵀ (+ b)` for `x: [..., in]`, `w: [out, in]` (the stored Linear layout), `b: [out]`: the
+/// engine's one-GEMM [`Tensor::linear`].
 ///
 /// ```
 /// use vlm4vla_engine::{nn, Device, DType, Tensor};
@@ -26,28 +21,7 @@ use crate::{Error, ParamStore, Result, RmsNormKind, Tensor};
 /// assert_eq!(y.to_vec::<f32>().unwrap(), [11., 25., 14., 31.]);
 /// ```
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let y = x.matmul(&w.t()?)?;
-    match bias {
-        Some(b) => y.add(b),
-        None => Ok(y),
-    }
-}
-
-/// [`linear`] with the leading dims of `x: [..., in]` folded into one `[rows, in]` GEMM, then
-/// unfolded to `[..., out]`.
-pub fn linear_folded(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let shape = x.shape().to_vec();
-    let (&k, lead) = shape
-        .split_last()
-        .ok_or_else(|| Error::Invalid { op: "linear_folded", msg: "the input needs rank ≥ 1".into() })?;
-    let rows: usize = lead.iter().product();
-    let mut y = x.reshape(&[rows, k])?.matmul(&w.t()?)?;
-    if let Some(b) = bias {
-        y = y.add(b)?;
-    }
-    let mut out = lead.to_vec();
-    out.push(w.shape()[0]);
-    y.reshape(&out)
+    x.linear(w, bias)
 }
 
 /// `{prefix}.weight` and, when the store has it, `{prefix}.bias`.
@@ -63,12 +37,6 @@ pub fn linear_params(ps: &ParamStore, prefix: &str) -> Result<(Tensor, Option<Te
 pub fn linear_named(ps: &ParamStore, prefix: &str, x: &Tensor) -> Result<Tensor> {
     let (w, b) = linear_params(ps, prefix)?;
     linear(x, &w, b.as_ref())
-}
-
-/// [`linear_folded`] with the Linear layer at `prefix` of `ps`.
-pub fn linear_folded_named(ps: &ParamStore, prefix: &str, x: &Tensor) -> Result<Tensor> {
-    let (w, b) = linear_params(ps, prefix)?;
-    linear_folded(x, &w, b.as_ref())
 }
 
 /// Rows of `table: [vocab, dim]` picked by the integer `ids` of any shape: `[..ids, dim]`

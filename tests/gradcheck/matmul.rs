@@ -15,5 +15,26 @@ pub fn cases() -> Vec<Case> {
             op: "matmul",
             run: || gradcheck("matmul", &[x(&[2, 1, 4, 3], 5), x(&[3, 5, 4], 6)], |v| v[0].t()?.matmul(&v[1].t()?)),
         },
+        // Linear: leading dims folded into the rows, with and without a bias.
+        Case {
+            op: "linear",
+            run: || {
+                gradcheck("linear", &[x(&[2, 3, 4], 7), x(&[5, 4], 8), x(&[5], 9)], |v| v[0].linear(&v[1], Some(&v[2])))
+            },
+        },
+        Case {
+            op: "linear",
+            run: || gradcheck("linear", &[x(&[3, 4], 10), x(&[2, 4], 11)], |v| v[0].linear(&v[1], None)),
+        },
+        // An input whose leading dims do not fold (a transposed view: copied to rows) and a
+        // transposed weight view.
+        Case {
+            op: "linear",
+            run: || {
+                gradcheck("linear", &[x(&[3, 2, 4], 12), x(&[4, 5], 13), x(&[5], 14)], |v| {
+                    v[0].transpose(0, 1)?.linear(&v[1].t()?, Some(&v[2]))
+                })
+            },
+        },
     ]
 }

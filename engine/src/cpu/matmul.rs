@@ -5,38 +5,67 @@ use crate::{backend, CpuStorage, DType, Layout, Result, Tensor};
 use gemm::Parallelism;
 
 impl backend::Matmul for Cpu {
-    fn matmul(&self, a: &Tensor, la: &Layout, b: &Tensor, lb: &Layout, out_shape: &[usize]) -> Result<Tensor> {
-        let r = Reads::new(&[a, b]);
-        let data = matmul(r.get(0)?.0, la, r.get(1)?.0, lb, a.dtype())?;
+    fn matmul(
+        &self,
+        a: &Tensor,
+        la: &Layout,
+        b: &Tensor,
+        lb: &Layout,
+        bias: Option<&Tensor>,
+        out_shape: &[usize],
+    ) -> Result<Tensor> {
+        let mut ts = vec![a, b];
+        ts.extend(bias);
+        let r = Reads::new(&ts);
+        let bias = if bias.is_some() { Some(r.get(2)?) } else { None };
+        let data = matmul(r.get(0)?.0, la, r.get(1)?.0, lb, bias, a.dtype())?;
         Ok(out_storage(data, out_shape))
     }
 }
 
 /// `la` and `lb` are the operands' layouts already broadcast to `[batch..., m, k]` and
-/// `[batch..., k, n]` (broadcast batch dims have stride 0).
-fn matmul(a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout, dtype: DType) -> Result<CpuStorage> {
+/// `[batch..., k, n]` (broadcast batch dims have stride 0); `bias` (`[n]`) is added to every row.
+fn matmul(
+    a: &CpuStorage,
+    la: &Layout,
+    b: &CpuStorage,
+    lb: &Layout,
+    bias: Option<(&CpuStorage, &Layout)>,
+    dtype: DType,
+) -> Result<CpuStorage> {
     match (a, b) {
-        (CpuStorage::F32(x), CpuStorage::F32(y)) => Ok(CpuStorage::F32(batched(x, la, y, lb))),
-        (CpuStorage::F64(x), CpuStorage::F64(y)) => Ok(CpuStorage::F64(batched(x, la, y, lb))),
+        (CpuStorage::F32(x), CpuStorage::F32(y)) => {
+            let bias = bias.map(|(s, l)| s.gather_as::<f32>(l));
+            Ok(CpuStorage::F32(batched(x, la, y, lb, bias.as_deref())))
+        }
+        (CpuStorage::F64(x), CpuStorage::F64(y)) => {
+            let bias = bias.map(|(s, l)| s.gather_as::<f64>(l));
+            Ok(CpuStorage::F64(batched(x, la, y, lb, bias.as_deref())))
+        }
         _ => {
             // Half types: convert to contiguous f32 first.
             let x = a.gather_as::<f32>(la);
             let y = b.gather_as::<f32>(lb);
+            let bias = bias.map(|(s, l)| s.gather_as::<f32>(l));
             let lx = Layout::contiguous(la.shape());
             let ly = Layout::contiguous(lb.shape());
-            let out = batched(&x, &lx, &y, &ly);
+            let out = batched(&x, &lx, &y, &ly, bias.as_deref());
             let n = out.len();
             Ok(CpuStorage::F32(out).to_dtype(&Layout::contiguous(&[n]), dtype))
         }
     }
 }
 
-fn batched<T: crate::dtype::Float>(x: &[T], la: &Layout, y: &[T], lb: &Layout) -> Vec<T> {
+fn batched<T: crate::dtype::Float>(x: &[T], la: &Layout, y: &[T], lb: &Layout, bias: Option<&[T]>) -> Vec<T> {
     let r = la.rank();
     let (m, k, n) = (la.shape()[r - 2], la.shape()[r - 1], lb.shape()[r - 1]);
     let batch_shape = &la.shape()[..r - 2];
     let nb: usize = batch_shape.iter().product();
-    let mut out = vec![T::ZERO; nb * m * n];
+    // With a bias, every output row starts as the bias and the GEMM accumulates onto it.
+    let mut out = match bias {
+        Some(b) => b.repeat(nb * m),
+        None => vec![T::ZERO; nb * m * n],
+    };
     if m == 0 || n == 0 {
         return out;
     }
@@ -66,14 +95,14 @@ fn batched<T: crate::dtype::Float>(x: &[T], la: &Layout, y: &[T], lb: &Layout) -
                 dst.as_mut_ptr(),
                 1,
                 n as isize,
-                false,
+                bias.is_some(),
                 x.as_ptr().add(oa[bi]),
                 a_cs,
                 a_rs,
                 y.as_ptr().add(ob[bi]),
                 b_cs,
                 b_rs,
-                T::ZERO,
+                if bias.is_some() { T::ONE } else { T::ZERO },
                 T::ONE,
                 false,
                 false,

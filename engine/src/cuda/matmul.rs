@@ -299,7 +299,24 @@ pub(crate) fn matmul(a: &Tensor, la: &Layout, b: &Tensor, lb: &Layout, dtype: DT
 }
 
 impl backend::Matmul for super::Cuda {
-    fn matmul(&self, a: &Tensor, la: &Layout, b: &Tensor, lb: &Layout, out_shape: &[usize]) -> Result<Tensor> {
-        Ok(super::tensor(matmul(a, la, b, lb, a.dtype())?, out_shape))
+    fn matmul(
+        &self,
+        a: &Tensor,
+        la: &Layout,
+        b: &Tensor,
+        lb: &Layout,
+        bias: Option<&Tensor>,
+        out_shape: &[usize],
+    ) -> Result<Tensor> {
+        let y = super::tensor(matmul(a, la, b, lb, a.dtype())?, out_shape);
+        match bias {
+            // The bias as a second pass (a broadcast add); the cuBLASLt bias epilogue is the
+            // next step once it can be checked on a GPU.
+            Some(bias) => {
+                let b = bias.view_with(bias.layout().broadcast_to(out_shape), None);
+                backend::Binary::binary(self, &y, &b, crate::kinds::BinaryKind::Add)
+            }
+            None => Ok(y),
+        }
     }
 }

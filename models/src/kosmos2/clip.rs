@@ -5,7 +5,7 @@
 
 use super::config::VisionConfig;
 use super::names::VISION;
-use vlm4vla_engine::nn::{layer_norm_named, linear, linear_folded_named, merge_heads, split_heads};
+use vlm4vla_engine::nn::{layer_norm_named, linear, linear_named, merge_heads, split_heads};
 use vlm4vla_engine::{AttentionMask, Error, ParamStore, Result, Tensor};
 
 /// What the tower produces: every encoder layer's output (`[B, 1 + N, hidden]`) and the
@@ -68,14 +68,14 @@ pub(crate) fn forward(cfg: &VisionConfig, ps: &ParamStore, pixels: &Tensor) -> R
         let l = format!("{VISION}.encoder.layers.{i}");
         let h = layer_norm_named(ps, &format!("{l}.layer_norm1"), &x, eps)?;
         let heads = cfg.num_attention_heads;
-        let q = split_heads(&linear_folded_named(ps, &format!("{l}.self_attn.q_proj"), &h)?, heads)?;
-        let k = split_heads(&linear_folded_named(ps, &format!("{l}.self_attn.k_proj"), &h)?, heads)?;
-        let v = split_heads(&linear_folded_named(ps, &format!("{l}.self_attn.v_proj"), &h)?, heads)?;
+        let q = split_heads(&linear_named(ps, &format!("{l}.self_attn.q_proj"), &h)?, heads)?;
+        let k = split_heads(&linear_named(ps, &format!("{l}.self_attn.k_proj"), &h)?, heads)?;
+        let v = split_heads(&linear_named(ps, &format!("{l}.self_attn.v_proj"), &h)?, heads)?;
         let a = merge_heads(&q.attention(&k, &v, &AttentionMask::Full, None, scale)?.out)?;
-        x = x.add(&linear_folded_named(ps, &format!("{l}.self_attn.out_proj"), &a)?)?;
+        x = x.add(&linear_named(ps, &format!("{l}.self_attn.out_proj"), &a)?)?;
         let h = layer_norm_named(ps, &format!("{l}.layer_norm2"), &x, eps)?;
-        let h = cfg.hidden_act.apply(&linear_folded_named(ps, &format!("{l}.mlp.fc1"), &h)?)?;
-        x = x.add(&linear_folded_named(ps, &format!("{l}.mlp.fc2"), &h)?)?;
+        let h = cfg.hidden_act.apply(&linear_named(ps, &format!("{l}.mlp.fc1"), &h)?)?;
+        x = x.add(&linear_named(ps, &format!("{l}.mlp.fc2"), &h)?)?;
         layers.push(x.clone());
     }
     let features = layer_norm_named(ps, &format!("{VISION}.post_layernorm"), &x, eps)?.l2_normalize(1e-12)?;

@@ -7,7 +7,7 @@
 
 use super::config::{Kosmos2Config, TextConfig};
 use super::names::{EMBED, LM_HEAD, TEXT};
-use vlm4vla_engine::nn::{embedding, layer_norm_named, linear_folded, linear_folded_named, merge_heads, split_heads};
+use vlm4vla_engine::nn::{embedding, layer_norm_named, linear, linear_named, merge_heads, split_heads};
 use vlm4vla_engine::{AttentionKeys, AttentionMask, DType, Device, Error, ParamStore, Result, Tensor};
 
 /// Position ids per row, `[B, L + extra]` row-major: `cumsum(ids != pad) · (ids != pad) + pad`
@@ -128,16 +128,16 @@ pub(crate) fn decode(
     for i in 0..cfg.layers {
         let l = format!("{TEXT}.layers.{i}");
         let a = layer_norm_named(ps, &format!("{l}.self_attn_layer_norm"), &x, eps)?;
-        let q = split_heads(&linear_folded_named(ps, &format!("{l}.self_attn.q_proj"), &a)?, heads)?;
-        let k = split_heads(&linear_folded_named(ps, &format!("{l}.self_attn.k_proj"), &a)?, heads)?;
-        let v = split_heads(&linear_folded_named(ps, &format!("{l}.self_attn.v_proj"), &a)?, heads)?;
+        let q = split_heads(&linear_named(ps, &format!("{l}.self_attn.q_proj"), &a)?, heads)?;
+        let k = split_heads(&linear_named(ps, &format!("{l}.self_attn.k_proj"), &a)?, heads)?;
+        let v = split_heads(&linear_named(ps, &format!("{l}.self_attn.v_proj"), &a)?, heads)?;
         let o = merge_heads(&q.attention_with(&k, &v, &keys, scale)?.out)?;
         let o = layer_norm_named(ps, &format!("{l}.self_attn.inner_attn_ln"), &o, eps)?;
-        x = x.add(&linear_folded_named(ps, &format!("{l}.self_attn.out_proj"), &o)?)?;
+        x = x.add(&linear_named(ps, &format!("{l}.self_attn.out_proj"), &o)?)?;
         let f = layer_norm_named(ps, &format!("{l}.final_layer_norm"), &x, eps)?;
-        let f = cfg.activation_function.apply(&linear_folded_named(ps, &format!("{l}.ffn.fc1"), &f)?)?;
+        let f = cfg.activation_function.apply(&linear_named(ps, &format!("{l}.ffn.fc1"), &f)?)?;
         let f = layer_norm_named(ps, &format!("{l}.ffn.ffn_layernorm"), &f, eps)?;
-        x = x.add(&linear_folded_named(ps, &format!("{l}.ffn.fc2"), &f)?)?;
+        x = x.add(&linear_named(ps, &format!("{l}.ffn.fc2"), &f)?)?;
         layers.push(x.clone());
     }
     let last = layer_norm_named(ps, &format!("{TEXT}.layer_norm"), &x, eps)?;
@@ -147,7 +147,7 @@ pub(crate) fn decode(
 /// `lm_head` over the last hidden states: `embed_tokens` when tied.
 pub(crate) fn logits(cfg: &Kosmos2Config, ps: &ParamStore, last: &Tensor) -> Result<Tensor> {
     let w = if cfg.tie_word_embeddings { ps.get(EMBED)? } else { ps.get(LM_HEAD)? };
-    linear_folded(last, &w, None)
+    linear(last, &w, None)
 }
 
 /// A `[B, L]` 0/1 mask (u8 or i64) as u8, checking its shape; `name` is the input's name.

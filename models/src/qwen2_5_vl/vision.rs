@@ -152,7 +152,7 @@ pub fn forward(
     let n = expected;
     let w_patch = params.get("visual.patch_embed.proj.weight")?;
     let dtype = w_patch.dtype();
-    let x = pixel_values.to_dtype(dtype)?.matmul(&w_patch.reshape(&[hidden, patch_dim])?.t()?)?;
+    let x = pixel_values.to_dtype(dtype)?.linear(&w_patch.reshape(&[hidden, patch_dim])?, None)?;
     let window_index = index_tensor(&plan.window_index)?.to_device(x.device())?;
     let mut x = x.reshape(&[n / unit, unit, hidden])?.index_select(0, &window_index)?.reshape(&[n, hidden])?;
     let (cos, sin) = plan.rope_tables(cfg)?;
