@@ -309,7 +309,10 @@ impl<T> Backend for T where
 /// The backend of a tensor on `device`: the one place the device is chosen.
 pub(crate) fn of(device: Device) -> &'static dyn Backend {
     match device {
-        Device::Cpu => &crate::cpu::Cpu,
+        Device::Cpu => {
+            crate::cpu::memory::keep_freed_memory();
+            &crate::cpu::Cpu
+        }
         #[cfg(feature = "cuda")]
         Device::Cuda(_) => &crate::cuda::Cuda,
         // Without the `cuda` feature no storage lives on a GPU, so no tensor asks for one.
@@ -323,7 +326,10 @@ pub(crate) fn of(device: Device) -> &'static dyn Backend {
 pub(crate) fn placing(device: Device) -> Result<&'static dyn Backend> {
     crate::counters::primitive();
     match device {
-        Device::Cpu => Ok(&crate::cpu::Cpu),
+        Device::Cpu => {
+            crate::cpu::memory::keep_freed_memory();
+            Ok(&crate::cpu::Cpu)
+        }
         #[cfg(feature = "cuda")]
         Device::Cuda(_) => Ok(&crate::cuda::Cuda),
         #[cfg(not(feature = "cuda"))]

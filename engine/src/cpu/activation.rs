@@ -45,15 +45,66 @@ fn act<T: Float>(kind: GateKind, x: T) -> (T, T) {
     }
 }
 
+/// `o[j] = act(gate[j]) · up[j]`, with the kind's `match` outside the loop.
+#[inline(always)]
+fn forward_row<T: Float>(kind: GateKind, o: &mut [T], gate: &[T], up: &[T]) {
+    macro_rules! run {
+        ($k:expr) => {
+            for ((o, &a), &b) in o.iter_mut().zip(gate).zip(up) {
+                *o = act($k, a).0 * b;
+            }
+        };
+    }
+    match kind {
+        GateKind::Silu => run!(GateKind::Silu),
+        GateKind::GeluTanh => run!(GateKind::GeluTanh),
+    }
+}
+
+/// `dgate[j] = g[j] · up[j] · act'(gate[j])`, `dup[j] = g[j] · act(gate[j])`.
+#[inline(always)]
+fn backward_row<T: Float>(kind: GateKind, dgate: &mut [T], dup: &mut [T], gate: &[T], up: &[T], g: &[T]) {
+    macro_rules! run {
+        ($k:expr) => {
+            for ((((dg, du), &x), &u), &g) in dgate.iter_mut().zip(dup.iter_mut()).zip(gate).zip(up).zip(g) {
+                let (a, da) = act($k, x);
+                *dg = g * u * da;
+                *du = g * a;
+            }
+        };
+    }
+    match kind {
+        GateKind::Silu => run!(GateKind::Silu),
+        GateKind::GeluTanh => run!(GateKind::GeluTanh),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn forward_row_avx2<T: Float>(kind: GateKind, o: &mut [T], gate: &[T], up: &[T]) {
+    forward_row(kind, o, gate, up)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn backward_row_avx2<T: Float>(kind: GateKind, dgate: &mut [T], dup: &mut [T], gate: &[T], up: &[T], g: &[T]) {
+    backward_row(kind, dgate, dup, gate, up, g)
+}
+
 /// `out[r, j] = act(x[r, j]) · x[r, f + j]` for contiguous `x` of rows `2f` wide.
 fn forward<T: Float>(kind: GateKind, x: &[T], f: usize) -> Vec<T> {
     let rows = if f == 0 { 0 } else { x.len() / (2 * f) };
     let mut out = vec![T::ZERO; rows * f];
+    let simd = super::has_avx2();
     super::par_rows(&mut out, f, |r, o| {
         let (gate, up) = x[r * 2 * f..(r + 1) * 2 * f].split_at(f);
-        for ((o, &a), &b) in o.iter_mut().zip(gate).zip(up) {
-            *o = act(kind, a).0 * b;
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: `has_avx2` checked the CPU for the features the function is compiled with.
+            return unsafe { forward_row_avx2(kind, o, gate, up) };
         }
+        let _ = simd;
+        forward_row(kind, o, gate, up)
     });
     out
 }
@@ -62,15 +113,18 @@ fn forward<T: Float>(kind: GateKind, x: &[T], f: usize) -> Vec<T> {
 /// gradient of `x`.
 fn backward<T: Float>(kind: GateKind, x: &[T], g: &[T], f: usize) -> Vec<T> {
     let mut dx = vec![T::ZERO; x.len()];
+    let simd = super::has_avx2();
     super::par_rows(&mut dx, 2 * f, |r, d| {
         let (gate, up) = x[r * 2 * f..(r + 1) * 2 * f].split_at(f);
         let g = &g[r * f..(r + 1) * f];
         let (dgate, dup) = d.split_at_mut(f);
-        for j in 0..f {
-            let (a, da) = act(kind, gate[j]);
-            dgate[j] = g[j] * up[j] * da;
-            dup[j] = g[j] * a;
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: as in `forward`.
+            return unsafe { backward_row_avx2(kind, dgate, dup, gate, up, g) };
         }
+        let _ = simd;
+        backward_row(kind, dgate, dup, gate, up, g)
     });
     dx
 }

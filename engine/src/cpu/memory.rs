@@ -46,3 +46,35 @@ impl backend::Memory for Cpu {
         Ok(())
     }
 }
+
+/// Keep freed memory in the process for the next op's outputs instead of returning it to the
+/// OS: a training step allocates and frees the same sizes every step, and memory handed back
+/// is faulted in (and zeroed by the kernel) again on the next step. On glibc this raises the
+/// `mmap` threshold to its maximum (32 MiB: smaller buffers come from the heap and are reused)
+/// and the trim threshold to 1 GiB, once per process, the first time the CPU backend is used.
+/// `VLM4VLA_MALLOC_DEFAULTS=1` leaves the allocator's defaults alone.
+pub(crate) fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            if std::env::var_os("VLM4VLA_MALLOC_DEFAULTS").is_some_and(|v| v != "0") {
+                return;
+            }
+            use std::ffi::c_int;
+            extern "C" {
+                fn mallopt(param: c_int, value: c_int) -> c_int;
+            }
+            const M_TRIM_THRESHOLD: c_int = -1;
+            const M_TOP_PAD: c_int = -2;
+            const M_MMAP_THRESHOLD: c_int = -3;
+            // SAFETY: mallopt only adjusts glibc's tunables; any value is accepted or refused
+            // (returning 0), never undefined behaviour.
+            unsafe {
+                mallopt(M_MMAP_THRESHOLD, 32 << 20);
+                mallopt(M_TRIM_THRESHOLD, 1 << 30);
+                mallopt(M_TOP_PAD, 64 << 20);
+            }
+        });
+    }
+}

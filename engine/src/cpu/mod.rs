@@ -180,3 +180,15 @@ pub(crate) fn par_rows<T: Send>(out: &mut [T], width: usize, f: impl Fn(usize, &
         out.chunks_mut(width).enumerate().for_each(|(i, row)| f(i, row));
     }
 }
+
+/// Whether elementwise loops may run their AVX2 + FMA copies (`#[target_feature]` functions
+/// whose loop bodies are the same code; the results are the same as without, since Rust never
+/// contracts `a·b + c` into an FMA on its own).
+pub(crate) fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}

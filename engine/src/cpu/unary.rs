@@ -109,20 +109,131 @@ fn df<T: Float>(kind: UnaryKind, x: T, y: T) -> T {
 
 const PAR_MIN: usize = 1 << 16;
 
-pub(crate) fn forward<T: Float>(kind: UnaryKind, x: &[T]) -> Vec<T> {
-    if x.len() >= PAR_MIN {
-        x.par_iter().map(|&v| f(kind, v)).collect()
+/// `body` with `$k` bound to `kind` as a constant in one arm per unit kind, so every loop the
+/// body holds is compiled for one kind (the per-element `match` folds away and the loop can
+/// vectorise); kinds with parameters share one generic arm.
+macro_rules! per_kind {
+    ($kind:expr, $k:ident => $body:expr) => {
+        match $kind {
+            UnaryKind::GeluTanh => {
+                let $k = UnaryKind::GeluTanh;
+                $body
+            }
+            UnaryKind::Gelu => {
+                let $k = UnaryKind::Gelu;
+                $body
+            }
+            UnaryKind::Silu => {
+                let $k = UnaryKind::Silu;
+                $body
+            }
+            UnaryKind::QuickGelu => {
+                let $k = UnaryKind::QuickGelu;
+                $body
+            }
+            UnaryKind::Sigmoid => {
+                let $k = UnaryKind::Sigmoid;
+                $body
+            }
+            UnaryKind::Tanh => {
+                let $k = UnaryKind::Tanh;
+                $body
+            }
+            UnaryKind::Relu => {
+                let $k = UnaryKind::Relu;
+                $body
+            }
+            UnaryKind::Exp => {
+                let $k = UnaryKind::Exp;
+                $body
+            }
+            UnaryKind::Sqr => {
+                let $k = UnaryKind::Sqr;
+                $body
+            }
+            UnaryKind::Neg => {
+                let $k = UnaryKind::Neg;
+                $body
+            }
+            other => {
+                let $k = other;
+                $body
+            }
+        }
+    };
+}
+
+/// Elements per parallel task.
+const CHUNK: usize = 1 << 14;
+
+/// `out` computed chunk by chunk by `fill(out_chunk, start)`, over rayon's threads when large.
+fn build<T: Float>(n: usize, fill: impl Fn(&mut [T], usize) + Sync) -> Vec<T> {
+    let mut out = vec![T::ZERO; n];
+    if n >= PAR_MIN {
+        out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, o)| fill(o, i * CHUNK));
     } else {
-        x.iter().map(|&v| f(kind, v)).collect()
+        fill(&mut out, 0);
     }
+    out
+}
+
+#[inline(always)]
+fn forward_loop<T: Float>(kind: UnaryKind, o: &mut [T], x: &[T]) {
+    per_kind!(kind, k => {
+        for (o, &x) in o.iter_mut().zip(x) {
+            *o = f(k, x);
+        }
+    })
+}
+
+#[inline(always)]
+fn backward_loop<T: Float>(kind: UnaryKind, o: &mut [T], x: &[T], y: &[T], g: &[T]) {
+    per_kind!(kind, k => {
+        for (o, ((&x, &y), &g)) in o.iter_mut().zip(x.iter().zip(y).zip(g)) {
+            *o = g * df(k, x, y);
+        }
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn forward_avx2<T: Float>(kind: UnaryKind, o: &mut [T], x: &[T]) {
+    forward_loop(kind, o, x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn backward_avx2<T: Float>(kind: UnaryKind, o: &mut [T], x: &[T], y: &[T], g: &[T]) {
+    backward_loop(kind, o, x, y, g)
+}
+
+pub(crate) fn forward<T: Float>(kind: UnaryKind, x: &[T]) -> Vec<T> {
+    let simd = super::has_avx2();
+    build(x.len(), |o, start| {
+        let x = &x[start..start + o.len()];
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: `super::has_avx2` checked the CPU for the features the function is compiled with.
+            return unsafe { forward_avx2(kind, o, x) };
+        }
+        let _ = simd;
+        forward_loop(kind, o, x)
+    })
 }
 
 pub(crate) fn backward<T: Float>(kind: UnaryKind, x: &[T], y: &[T], g: &[T]) -> Vec<T> {
-    if x.len() >= PAR_MIN {
-        (x, y, g).into_par_iter().map(|(&x, &y, &g)| g * df(kind, x, y)).collect()
-    } else {
-        x.iter().zip(y).zip(g).map(|((&x, &y), &g)| g * df(kind, x, y)).collect()
-    }
+    let simd = super::has_avx2();
+    build(x.len(), |o, start| {
+        let r = start..start + o.len();
+        let (x, y, g) = (&x[r.clone()], &y[r.clone()], &g[r]);
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: as in `forward`.
+            return unsafe { backward_avx2(kind, o, x, y, g) };
+        }
+        let _ = simd;
+        backward_loop(kind, o, x, y, g)
+    })
 }
 
 impl backend::Unary for Cpu {
