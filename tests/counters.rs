@@ -158,3 +158,48 @@ fn one_vla_training_step_stays_within_its_launch_and_read_budget() {
         );
     }
 }
+
+/// Activation checkpointing per block (`run.checkpoint_activations`) changes what is kept, not
+/// what is computed: the loss and every gradient equal the plain step's bit for bit, and the
+/// recomputation shows as more primitive calls (each block's forward runs again in the backward).
+#[test]
+fn checkpointed_blocks_give_the_same_gradients() {
+    for fam in families() {
+        let run = |recompute: bool| {
+            let mut backbone = (fam.model)(0);
+            backbone.set_checkpoint_activations(recompute);
+            assert_eq!(backbone.checkpoint_activations(), recompute);
+            let cfg = PolicyConfig {
+                chunk: CHUNK,
+                head: HeadConfig { trunk_hidden: None, trunk_out: 16, branch_hidden: vec![16, 8] },
+                ..Default::default()
+            };
+            let policy = VlaPolicy::new(backbone, cfg, 7).unwrap();
+            let b = fam.input.input_ids.shape()[0];
+            let actions: Vec<f32> =
+                (0..b * CHUNK * 7).map(|i| if i % 7 == 6 { 1.0 } else { (i % 5) as f32 * 0.2 - 0.4 }).collect();
+            let actions = Tensor::from_vec(actions, &[b, CHUNK, 7], Device::Cpu).unwrap();
+            let mask = Tensor::ones(&[b, CHUNK], DType::U8, Device::Cpu).unwrap();
+            let before = counters::snapshot();
+            let loss = policy.forward_loss(&fam.input, &actions, &mask).unwrap();
+            let grads = loss.loss.backward().unwrap();
+            let used = counters::snapshot().since(&before);
+            let loss = loss.loss.to_vec::<f32>().unwrap();
+            let grads: Vec<(String, Vec<f32>)> = policy
+                .trainable_params()
+                .iter()
+                .map(|(n, t)| (n.clone(), grads.get(t).map(|g| g.to_vec::<f32>().unwrap()).unwrap_or_default()))
+                .collect();
+            (loss, grads, used.primitives)
+        };
+        let (plain_loss, plain, plain_calls) = run(false);
+        let (ckpt_loss, ckpt, ckpt_calls) = run(true);
+        let name = fam.name;
+        assert_eq!(plain_loss, ckpt_loss, "{name}: loss");
+        assert!(plain.iter().any(|(_, g)| !g.is_empty()), "{name}: no gradients");
+        for ((n, a), (_, b)) in plain.iter().zip(&ckpt) {
+            assert_eq!(a, b, "{name}: gradient of {n}");
+        }
+        assert!(ckpt_calls > plain_calls, "{name}: {ckpt_calls} primitive calls with recomputation vs {plain_calls}");
+    }
+}

@@ -83,3 +83,32 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
     }
     x.reshape(&[s[0], s[1], s[2] * s[3]])
 }
+
+/// One transformer block `f(x)`: called directly, or with `recompute` through
+/// [`checkpoint`](crate::checkpoint) (activation checkpointing): the block's activations are
+/// dropped once its output exists and recomputed during the backward pass, so a step keeps one
+/// tensor per block instead of all of them, for one more forward per block. Gradients are the
+/// same either way; without recording (`no_grad`) both paths are a plain call.
+///
+/// ```
+/// use vlm4vla_engine::{nn, DType, Device, Tensor};
+/// let w = Tensor::rand_uniform(-1.0, 1.0, &[4, 4], DType::F64, Device::Cpu, 1).unwrap().variable();
+/// let x = Tensor::rand_uniform(-1.0, 1.0, &[3, 4], DType::F64, Device::Cpu, 2).unwrap();
+/// let grad = |recompute: bool| {
+///     let w2 = w.clone();
+///     let y = nn::block(recompute, x.clone(), move |x| x.linear(&w2, None)?.tanh()).unwrap();
+///     y.sum_all().unwrap().backward().unwrap().get(&w).unwrap().to_vec::<f64>().unwrap()
+/// };
+/// assert_eq!(grad(true), grad(false));
+/// ```
+pub fn block(
+    recompute: bool,
+    x: Tensor,
+    f: impl Fn(&Tensor) -> Result<Tensor> + Send + Sync + 'static,
+) -> Result<Tensor> {
+    if recompute {
+        crate::checkpoint(std::sync::Arc::new(move |xs: &[Tensor]| f(&xs[0])), &[x])
+    } else {
+        f(&x)
+    }
+}

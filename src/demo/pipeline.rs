@@ -186,7 +186,8 @@ pub fn build_policy(cfg: &TrainConfig, image_size: usize) -> Result<(VlaPolicy, 
     let encoder = Encoder::new(&bb_cfg);
     let mut backbone = PaliGemma::random(bb_cfg, cfg.seed, DType::F32)?;
     demo_init(&mut backbone, cfg.seed)?;
-    let policy = VlaPolicy::new(Box::new(backbone), cfg.policy.clone(), cfg.seed.wrapping_add(1))?;
+    let mut policy = VlaPolicy::new(Box::new(backbone), cfg.policy.clone(), cfg.seed.wrapping_add(1))?;
+    policy.set_checkpoint_activations(cfg.run.checkpoint_activations);
     Ok((policy, encoder))
 }
 

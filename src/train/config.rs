@@ -32,6 +32,7 @@
 //! log_every = 1
 //! eval_every = 0                     # 0: never
 //! checkpoint_every = 500             # 0: only at the end (and on stop)
+//! checkpoint_activations = false     # recompute each block's activations in the backward
 //! progress = true
 //! ```
 //!
@@ -129,6 +130,10 @@ pub struct RunConfig {
     pub checkpoint_every: usize,
     /// Show a progress bar (only ever on a terminal).
     pub progress: bool,
+    /// Activation checkpointing per transformer block: keep only each block's output in the
+    /// forward pass and recompute its activations in the backward (less memory for about one
+    /// more forward per step; the same gradients).
+    pub checkpoint_activations: bool,
 }
 
 impl Default for RunConfig {
@@ -142,6 +147,7 @@ impl Default for RunConfig {
             eval_every: 0,
             checkpoint_every: 0,
             progress: true,
+            checkpoint_activations: false,
         }
     }
 }

@@ -11,8 +11,8 @@
 //!   multi-head attention over prompt + appended rows with the padding masked, then a GELU MLP)
 //!   and a final RMSNorm.
 
-use vlm4vla_engine::nn::{embedding, linear_named, merge_heads, rms_norm_named, split_heads};
-use vlm4vla_engine::{AttentionMask, DType, Device, Error, ParamStore, Result, RmsNormKind, Tensor};
+use vlm4vla_engine::nn::{self, embedding, linear_named, merge_heads, rms_norm_named, split_heads};
+use vlm4vla_engine::{AttentionKeys, AttentionMask, DType, Device, Error, ParamStore, Result, RmsNormKind, Tensor};
 use vlm4vla_models::{Backbone, BackboneInput, BackboneOutput, ParamGroup};
 
 /// Sizes of a [`ToyBackbone`].
@@ -37,6 +37,7 @@ impl Default for ToyConfig {
 pub struct ToyBackbone {
     cfg: ToyConfig,
     params: ParamStore,
+    recompute: bool,
 }
 
 impl ToyBackbone {
@@ -77,7 +78,7 @@ impl ToyBackbone {
         for name in ["model.layers.0.input_layernorm", "model.layers.0.post_attention_layernorm", "model.norm"] {
             ps.insert(format!("{name}.weight"), &Tensor::ones(&[h], f32, dev)?)?;
         }
-        Ok(ToyBackbone { cfg, params: ps })
+        Ok(ToyBackbone { cfg, params: ps, recompute: false })
     }
 
     pub fn config(&self) -> &ToyConfig {
@@ -130,6 +131,14 @@ impl Backbone for ToyBackbone {
         }
     }
 
+    fn set_checkpoint_activations(&mut self, on: bool) {
+        self.recompute = on;
+    }
+
+    fn checkpoint_activations(&self) -> bool {
+        self.recompute
+    }
+
     fn forward(&self, input: &BackboneInput, extra: Option<&Tensor>) -> Result<BackboneOutput> {
         let ps = &self.params;
         let (h, heads) = (self.cfg.hidden, self.cfg.heads);
@@ -167,24 +176,25 @@ impl Backbone for ToyBackbone {
             None => 0,
         };
         let t = l + q_rows;
-        let norm = |x: &Tensor, name: &str| rms_norm_named(ps, name, x, 1e-6, RmsNormKind::Plain);
-        let a = norm(&x, "model.layers.0.input_layernorm")?;
-        let proj = |name: &str| -> Result<Tensor> {
-            split_heads(&linear_named(ps, &format!("model.layers.0.self_attn.{name}"), &a)?, heads)
-        };
-        let scale = 1.0 / ((h / heads) as f64).sqrt();
-        let att = proj("q_proj")?.attention(
-            &proj("k_proj")?,
-            &proj("v_proj")?,
-            &AttentionMask::Causal,
-            Some(&keys),
-            scale,
-        )?;
-        let att = linear_named(ps, "model.layers.0.self_attn.o_proj", &merge_heads(&att.out)?)?;
-        let x = x.add(&att)?;
-        let m = norm(&x, "model.layers.0.post_attention_layernorm")?;
-        let m = linear_named(ps, "model.layers.0.mlp.up_proj", &m)?.gelu()?;
-        let x = x.add(&linear_named(ps, "model.layers.0.mlp.down_proj", &m)?)?;
-        Ok(BackboneOutput { hidden: norm(&x, "model.norm")?, appended: l..t })
+        let (ps2, keys) = (ps.clone(), AttentionKeys::new(AttentionMask::Causal, Some(&keys))?);
+        let x = nn::block(self.recompute, x, move |x| layer(&ps2, h, heads, &keys, x))?;
+        let x = rms_norm_named(ps, "model.norm", &x, 1e-6, RmsNormKind::Plain)?;
+        Ok(BackboneOutput { hidden: x, appended: l..t })
     }
+}
+
+/// The one decoder layer over `x` `[B, T, hidden]`.
+fn layer(ps: &ParamStore, h: usize, heads: usize, keys: &AttentionKeys, x: &Tensor) -> Result<Tensor> {
+    let norm = |x: &Tensor, name: &str| rms_norm_named(ps, name, x, 1e-6, RmsNormKind::Plain);
+    let a = norm(x, "model.layers.0.input_layernorm")?;
+    let proj = |name: &str| -> Result<Tensor> {
+        split_heads(&linear_named(ps, &format!("model.layers.0.self_attn.{name}"), &a)?, heads)
+    };
+    let scale = 1.0 / ((h / heads) as f64).sqrt();
+    let att = proj("q_proj")?.attention_with(&proj("k_proj")?, &proj("v_proj")?, keys, scale)?;
+    let att = linear_named(ps, "model.layers.0.self_attn.o_proj", &merge_heads(&att.out)?)?;
+    let x = x.add(&att)?;
+    let m = norm(&x, "model.layers.0.post_attention_layernorm")?;
+    let m = linear_named(ps, "model.layers.0.mlp.up_proj", &m)?.gelu()?;
+    x.add(&linear_named(ps, "model.layers.0.mlp.down_proj", &m)?)
 }

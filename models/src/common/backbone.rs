@@ -62,6 +62,13 @@ pub trait Backbone: Send + Sync {
     fn params(&self) -> &ParamStore;
     /// Which group a parameter name belongs to.
     fn group_of(&self, name: &str) -> ParamGroup;
+    /// Activation checkpointing per transformer block (`engine::nn::block`): when on, every
+    /// block of the vision tower and the language model keeps only its output during the
+    /// forward and recomputes its activations in the backward pass (less memory, about one more
+    /// forward per step; the same gradients).
+    fn set_checkpoint_activations(&mut self, on: bool);
+    /// Whether [`set_checkpoint_activations`](Self::set_checkpoint_activations) is on.
+    fn checkpoint_activations(&self) -> bool;
     /// Run the full model over image tokens + prompt tokens + `extra` rows `[B, Q, hidden]`
     /// appended after the prompt. The appended rows see every real prompt token and the
     /// appended rows before them (causal among themselves); prompt tokens never see them.

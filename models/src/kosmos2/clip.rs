@@ -5,7 +5,8 @@
 
 use super::config::VisionConfig;
 use super::names::VISION;
-use vlm4vla_engine::nn::{layer_norm_named, linear, linear_named, merge_heads, split_heads};
+use std::sync::Arc;
+use vlm4vla_engine::nn::{self, layer_norm_named, linear, linear_named, merge_heads, split_heads};
 use vlm4vla_engine::{AttentionMask, Error, ParamStore, Result, Tensor};
 
 /// What the tower produces: every encoder layer's output (`[B, 1 + N, hidden]`) and the
@@ -48,7 +49,7 @@ pub(crate) fn check_pixels(cfg: &VisionConfig, pixels: &Tensor) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn forward(cfg: &VisionConfig, ps: &ParamStore, pixels: &Tensor) -> Result<VisionOutput> {
+pub(crate) fn forward(cfg: &VisionConfig, ps: &ParamStore, pixels: &Tensor, recompute: bool) -> Result<VisionOutput> {
     check_pixels(cfg, pixels)?;
     let p = |n: &str| ps.get(&format!("{VISION}.{n}"));
     let (b, d) = (pixels.shape()[0], cfg.hidden_size);
@@ -62,22 +63,30 @@ pub(crate) fn forward(cfg: &VisionConfig, ps: &ParamStore, pixels: &Tensor) -> R
     x = layer_norm_named(ps, &format!("{VISION}.pre_layrnorm"), &x, cfg.layer_norm_eps)?;
 
     let eps = cfg.layer_norm_eps;
-    let scale = (cfg.head_dim() as f64).powf(-0.5);
     let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+    let ctx = Arc::new((cfg.clone(), ps.clone()));
     for i in 0..cfg.num_hidden_layers {
-        let l = format!("{VISION}.encoder.layers.{i}");
-        let h = layer_norm_named(ps, &format!("{l}.layer_norm1"), &x, eps)?;
-        let heads = cfg.num_attention_heads;
-        let q = split_heads(&linear_named(ps, &format!("{l}.self_attn.q_proj"), &h)?, heads)?;
-        let k = split_heads(&linear_named(ps, &format!("{l}.self_attn.k_proj"), &h)?, heads)?;
-        let v = split_heads(&linear_named(ps, &format!("{l}.self_attn.v_proj"), &h)?, heads)?;
-        let a = merge_heads(&q.attention(&k, &v, &AttentionMask::Full, None, scale)?.out)?;
-        x = x.add(&linear_named(ps, &format!("{l}.self_attn.out_proj"), &a)?)?;
-        let h = layer_norm_named(ps, &format!("{l}.layer_norm2"), &x, eps)?;
-        let h = cfg.hidden_act.apply(&linear_named(ps, &format!("{l}.mlp.fc1"), &h)?)?;
-        x = x.add(&linear_named(ps, &format!("{l}.mlp.fc2"), &h)?)?;
+        let c = ctx.clone();
+        x = nn::block(recompute, x, move |x| layer(&c.0, &c.1, i, x))?;
         layers.push(x.clone());
     }
     let features = layer_norm_named(ps, &format!("{VISION}.post_layernorm"), &x, eps)?.l2_normalize(1e-12)?;
     Ok(VisionOutput { layers, features })
+}
+
+/// Encoder layer `i` over `x` `[B, N, D]`.
+fn layer(cfg: &VisionConfig, ps: &ParamStore, i: usize, x: &Tensor) -> Result<Tensor> {
+    let eps = cfg.layer_norm_eps;
+    let scale = (cfg.head_dim() as f64).powf(-0.5);
+    let heads = cfg.num_attention_heads;
+    let l = format!("{VISION}.encoder.layers.{i}");
+    let h = layer_norm_named(ps, &format!("{l}.layer_norm1"), x, eps)?;
+    let q = split_heads(&linear_named(ps, &format!("{l}.self_attn.q_proj"), &h)?, heads)?;
+    let k = split_heads(&linear_named(ps, &format!("{l}.self_attn.k_proj"), &h)?, heads)?;
+    let v = split_heads(&linear_named(ps, &format!("{l}.self_attn.v_proj"), &h)?, heads)?;
+    let a = merge_heads(&q.attention(&k, &v, &AttentionMask::Full, None, scale)?.out)?;
+    let x = x.add(&linear_named(ps, &format!("{l}.self_attn.out_proj"), &a)?)?;
+    let h = layer_norm_named(ps, &format!("{l}.layer_norm2"), &x, eps)?;
+    let h = cfg.hidden_act.apply(&linear_named(ps, &format!("{l}.mlp.fc1"), &h)?)?;
+    x.add(&linear_named(ps, &format!("{l}.mlp.fc2"), &h)?)
 }

@@ -54,6 +54,8 @@ pub struct Kosmos2Trace {
 pub struct Kosmos2 {
     cfg: Kosmos2Config,
     params: ParamStore,
+    /// Activation checkpointing per transformer block.
+    recompute: bool,
 }
 
 impl std::fmt::Debug for Kosmos2 {
@@ -108,7 +110,7 @@ impl Kosmos2 {
             store.insert(name.clone(), &t)?;
             store.set_requires_grad(name, params.requires_grad(name)?)?;
         }
-        Ok(Kosmos2 { cfg, params: store })
+        Ok(Kosmos2 { cfg, params: store, recompute: false })
     }
 
     /// A randomly initialised model (seeded, reproducible): Linear and embedding weights
@@ -144,7 +146,7 @@ impl Kosmos2 {
             };
             ps.insert(name, &t)?;
         }
-        Ok(Kosmos2 { cfg, params: ps })
+        Ok(Kosmos2 { cfg, params: ps, recompute: false })
     }
 
     /// Load a checkpoint directory (`config.json` + `model.safetensors`, or the shards listed by
@@ -175,7 +177,7 @@ impl Kosmos2 {
 
     /// The image embeddings the decoder receives: `[B, latent_query_num, embed_dim]`.
     pub fn image_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        let vis = clip::forward(&self.cfg.vision, &self.params, pixel_values)?;
+        let vis = clip::forward(&self.cfg.vision, &self.params, pixel_values, self.recompute)?;
         connector::forward(&self.cfg, &self.params, &vis.features)
     }
 
@@ -210,7 +212,7 @@ impl Kosmos2 {
         }
         let attn = text::mask_u8("attention_mask", &input.attention_mask, b, l)?;
         let img_mask = text::mask_u8("image_embeds_position_mask", &input.token_type, b, l)?;
-        let vis = clip::forward(&self.cfg.vision, &self.params, &input.pixel_values)?;
+        let vis = clip::forward(&self.cfg.vision, &self.params, &input.pixel_values, self.recompute)?;
         let image = connector::forward(&self.cfg, &self.params, &vis.features)?;
         let h = text::embed(&self.cfg.text, &self.params, ids, &img_mask, &image, extra)?;
         let key_padding = match extra {
@@ -220,7 +222,7 @@ impl Kosmos2 {
             }
             None => attn,
         };
-        let (layers, last) = text::decode(&self.cfg.text, &self.params, h, &key_padding)?;
+        let (layers, last) = text::decode(&self.cfg.text, &self.params, h, &key_padding, self.recompute)?;
         Ok((vis.layers, image, layers, last))
     }
 }
@@ -240,6 +242,14 @@ impl Backbone for Kosmos2 {
 
     fn group_of(&self, name: &str) -> ParamGroup {
         group_of(name)
+    }
+
+    fn set_checkpoint_activations(&mut self, on: bool) {
+        self.recompute = on;
+    }
+
+    fn checkpoint_activations(&self) -> bool {
+        self.recompute
     }
 
     /// The decoder's last hidden states (after the final LayerNorm). Appended rows are treated

@@ -7,7 +7,8 @@
 
 use super::config::{Kosmos2Config, TextConfig};
 use super::names::{EMBED, LM_HEAD, TEXT};
-use vlm4vla_engine::nn::{embedding, layer_norm_named, linear, linear_named, merge_heads, split_heads};
+use std::sync::Arc;
+use vlm4vla_engine::nn::{self, embedding, layer_norm_named, linear, linear_named, merge_heads, split_heads};
 use vlm4vla_engine::{AttentionKeys, AttentionMask, DType, Device, Error, ParamStore, Result, Tensor};
 
 /// Position ids per row, `[B, L + extra]` row-major: `cumsum(ids != pad) · (ids != pad) + pad`
@@ -118,30 +119,39 @@ pub(crate) fn decode(
     ps: &ParamStore,
     h: Tensor,
     key_padding: &Tensor,
+    recompute: bool,
 ) -> Result<(Vec<Tensor>, Tensor)> {
     let eps = cfg.layer_norm_eps;
-    let heads = cfg.attention_heads;
-    let scale = (cfg.head_dim() as f64).powf(-0.5);
     let mut x = h;
     let mut layers = Vec::with_capacity(cfg.layers);
     let keys = AttentionKeys::new(AttentionMask::Causal, Some(key_padding))?;
+    let ctx = Arc::new((cfg.clone(), ps.clone(), keys));
     for i in 0..cfg.layers {
-        let l = format!("{TEXT}.layers.{i}");
-        let a = layer_norm_named(ps, &format!("{l}.self_attn_layer_norm"), &x, eps)?;
-        let q = split_heads(&linear_named(ps, &format!("{l}.self_attn.q_proj"), &a)?, heads)?;
-        let k = split_heads(&linear_named(ps, &format!("{l}.self_attn.k_proj"), &a)?, heads)?;
-        let v = split_heads(&linear_named(ps, &format!("{l}.self_attn.v_proj"), &a)?, heads)?;
-        let o = merge_heads(&q.attention_with(&k, &v, &keys, scale)?.out)?;
-        let o = layer_norm_named(ps, &format!("{l}.self_attn.inner_attn_ln"), &o, eps)?;
-        x = x.add(&linear_named(ps, &format!("{l}.self_attn.out_proj"), &o)?)?;
-        let f = layer_norm_named(ps, &format!("{l}.final_layer_norm"), &x, eps)?;
-        let f = cfg.activation_function.apply(&linear_named(ps, &format!("{l}.ffn.fc1"), &f)?)?;
-        let f = layer_norm_named(ps, &format!("{l}.ffn.ffn_layernorm"), &f, eps)?;
-        x = x.add(&linear_named(ps, &format!("{l}.ffn.fc2"), &f)?)?;
+        let c = ctx.clone();
+        x = nn::block(recompute, x, move |x| layer(&c.0, &c.1, &c.2, i, x))?;
         layers.push(x.clone());
     }
     let last = layer_norm_named(ps, &format!("{TEXT}.layer_norm"), &x, eps)?;
     Ok((layers, last))
+}
+
+/// Decoder block `i` over `x` `[B, T, D]`.
+fn layer(cfg: &TextConfig, ps: &ParamStore, keys: &AttentionKeys, i: usize, x: &Tensor) -> Result<Tensor> {
+    let eps = cfg.layer_norm_eps;
+    let heads = cfg.attention_heads;
+    let scale = (cfg.head_dim() as f64).powf(-0.5);
+    let l = format!("{TEXT}.layers.{i}");
+    let a = layer_norm_named(ps, &format!("{l}.self_attn_layer_norm"), x, eps)?;
+    let q = split_heads(&linear_named(ps, &format!("{l}.self_attn.q_proj"), &a)?, heads)?;
+    let k = split_heads(&linear_named(ps, &format!("{l}.self_attn.k_proj"), &a)?, heads)?;
+    let v = split_heads(&linear_named(ps, &format!("{l}.self_attn.v_proj"), &a)?, heads)?;
+    let o = merge_heads(&q.attention_with(&k, &v, keys, scale)?.out)?;
+    let o = layer_norm_named(ps, &format!("{l}.self_attn.inner_attn_ln"), &o, eps)?;
+    let x = x.add(&linear_named(ps, &format!("{l}.self_attn.out_proj"), &o)?)?;
+    let f = layer_norm_named(ps, &format!("{l}.final_layer_norm"), &x, eps)?;
+    let f = cfg.activation_function.apply(&linear_named(ps, &format!("{l}.ffn.fc1"), &f)?)?;
+    let f = layer_norm_named(ps, &format!("{l}.ffn.ffn_layernorm"), &f, eps)?;
+    x.add(&linear_named(ps, &format!("{l}.ffn.fc2"), &f)?)
 }
 
 /// `lm_head` over the last hidden states: `embed_tokens` when tied.

@@ -10,7 +10,8 @@
 use super::config::{PaliGemmaConfig, TextConfig};
 use super::names::{EMBED, LM_HEAD, TEXT};
 use super::siglip::activation;
-use vlm4vla_engine::nn::{embedding, linear, linear_named, merge_heads, rms_norm_named, split_heads};
+use std::sync::Arc;
+use vlm4vla_engine::nn::{self, embedding, linear, linear_named, merge_heads, rms_norm_named, split_heads};
 use vlm4vla_engine::{AttentionKeys, AttentionMask, DType, Device, Error, ParamStore, Result, RmsNormKind, Tensor};
 
 /// `sqrt(hidden)` rounded to `dtype`, as `embed_scale.to(weight.dtype)` does.
@@ -74,39 +75,59 @@ fn rope_tables(t: &TextConfig, start: usize, len: usize, dtype: DType) -> Result
 }
 
 /// Run the decoder layers over `x` `[B, L, hidden]` (positions 1..=L) and the final norm.
-/// Pushes every layer's output to `trace` when given.
+/// Pushes every layer's output to `trace` when given; `recompute` checkpoints every layer
+/// ([`nn::block`]).
 pub(crate) fn decoder(
     t: &TextConfig,
     ps: &ParamStore,
     mut x: Tensor,
     mask: &AttentionMask,
     key_padding: Option<&Tensor>,
+    recompute: bool,
     mut trace: Option<&mut Vec<Tensor>>,
 ) -> Result<Tensor> {
     let l = x.shape()[1];
-    let (hq, hkv, hd) = (t.num_attention_heads, t.num_key_value_heads, t.head_dim);
     let (cos, sin) = rope_tables(t, 1, l, x.dtype())?;
     let (cos, sin) = (cos.to_device(x.device())?, sin.to_device(x.device())?);
-    let scale = (hd as f64).powf(-0.5);
     let keys = AttentionKeys::new(mask.clone(), key_padding)?;
+    let ctx = Arc::new(LayerContext { t: t.clone(), ps: ps.clone(), cos, sin, keys });
     for i in 0..t.num_hidden_layers {
-        let p = format!("{TEXT}layers.{i}.");
-        let a = rms_norm_named(ps, &format!("{p}input_layernorm"), &x, t.rms_norm_eps, RmsNormKind::Gemma)?;
-        let q = split_heads(&linear_named(ps, &format!("{p}self_attn.q_proj"), &a)?, hq)?;
-        let k = split_heads(&linear_named(ps, &format!("{p}self_attn.k_proj"), &a)?, hkv)?;
-        let v = split_heads(&linear_named(ps, &format!("{p}self_attn.v_proj"), &a)?, hkv)?;
-        let (q, k) = (q.rope(&cos, &sin)?, k.rope(&cos, &sin)?);
-        let o = merge_heads(&q.attention_with(&k, &v, &keys, scale)?.out)?;
-        x = x.add(&linear_named(ps, &format!("{p}self_attn.o_proj"), &o)?)?;
-        let m = rms_norm_named(ps, &format!("{p}post_attention_layernorm"), &x, t.rms_norm_eps, RmsNormKind::Gemma)?;
-        let gate = activation(&linear_named(ps, &format!("{p}mlp.gate_proj"), &m)?, t.hidden_act)?;
-        let up = linear_named(ps, &format!("{p}mlp.up_proj"), &m)?;
-        x = x.add(&linear_named(ps, &format!("{p}mlp.down_proj"), &gate.mul(&up)?)?)?;
+        let c = ctx.clone();
+        x = nn::block(recompute, x, move |x| c.layer(i, x))?;
         if let Some(tr) = trace.as_deref_mut() {
             tr.push(x.clone());
         }
     }
     rms_norm_named(ps, &format!("{TEXT}norm"), &x, t.rms_norm_eps, RmsNormKind::Gemma)
+}
+
+/// What every decoder layer of one forward reads besides its input.
+struct LayerContext {
+    t: TextConfig,
+    ps: ParamStore,
+    cos: Tensor,
+    sin: Tensor,
+    keys: AttentionKeys,
+}
+
+impl LayerContext {
+    fn layer(&self, i: usize, x: &Tensor) -> Result<Tensor> {
+        let (t, ps) = (&self.t, &self.ps);
+        let (hq, hkv, hd) = (t.num_attention_heads, t.num_key_value_heads, t.head_dim);
+        let scale = (hd as f64).powf(-0.5);
+        let p = format!("{TEXT}layers.{i}.");
+        let a = rms_norm_named(ps, &format!("{p}input_layernorm"), x, t.rms_norm_eps, RmsNormKind::Gemma)?;
+        let q = split_heads(&linear_named(ps, &format!("{p}self_attn.q_proj"), &a)?, hq)?;
+        let k = split_heads(&linear_named(ps, &format!("{p}self_attn.k_proj"), &a)?, hkv)?;
+        let v = split_heads(&linear_named(ps, &format!("{p}self_attn.v_proj"), &a)?, hkv)?;
+        let (q, k) = (q.rope(&self.cos, &self.sin)?, k.rope(&self.cos, &self.sin)?);
+        let o = merge_heads(&q.attention_with(&k, &v, &self.keys, scale)?.out)?;
+        let x = x.add(&linear_named(ps, &format!("{p}self_attn.o_proj"), &o)?)?;
+        let m = rms_norm_named(ps, &format!("{p}post_attention_layernorm"), &x, t.rms_norm_eps, RmsNormKind::Gemma)?;
+        let gate = activation(&linear_named(ps, &format!("{p}mlp.gate_proj"), &m)?, t.hidden_act)?;
+        let up = linear_named(ps, &format!("{p}mlp.up_proj"), &m)?;
+        x.add(&linear_named(ps, &format!("{p}mlp.down_proj"), &gate.mul(&up)?)?)
+    }
 }
 
 /// Logits `[B, L, vocab]` from the final hidden states (tied to the embedding unless untied).

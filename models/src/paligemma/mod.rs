@@ -34,6 +34,8 @@ const INPUT: &str = "paligemma input";
 pub struct PaliGemma {
     cfg: PaliGemmaConfig,
     params: ParamStore,
+    /// Activation checkpointing per transformer block.
+    recompute: bool,
 }
 
 /// Everything [`PaliGemma::forward_trace`] computes.
@@ -102,7 +104,7 @@ impl PaliGemma {
             store.insert(canon.clone(), &params.get(orig)?)?;
             store.set_requires_grad(&canon, params.requires_grad(orig)?)?;
         }
-        Ok(PaliGemma { cfg, params: store })
+        Ok(PaliGemma { cfg, params: store, recompute: false })
     }
 
     /// Random parameters in `dtype` (seeded): matrices and embeddings N(0, 0.02²), LayerNorm
@@ -158,20 +160,32 @@ impl PaliGemma {
 
     /// Vision tower + projector: `[B, 3, S, S]` pixels → `[B, N, hidden]` image features.
     pub fn image_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        let v = siglip::forward(&self.cfg.vision, &self.params, pixel_values, None)?;
+        let v = siglip::forward(&self.cfg.vision, &self.params, pixel_values, self.recompute, None)?;
         nn::linear_named(&self.params, PROJECTOR, &v)
     }
 
     /// The whole model over a batch, keeping every intermediate the parity tests compare.
     pub fn forward_trace(&self, input: &BackboneInput) -> Result<PaliGemmaTrace> {
         let mut vision_layers = Vec::new();
-        let vision_hidden =
-            siglip::forward(&self.cfg.vision, &self.params, &input.pixel_values, Some(&mut vision_layers))?;
+        let vision_hidden = siglip::forward(
+            &self.cfg.vision,
+            &self.params,
+            &input.pixel_values,
+            self.recompute,
+            Some(&mut vision_layers),
+        )?;
         let image_features = nn::linear_named(&self.params, PROJECTOR, &vision_hidden)?;
         let (x, mask, padding) = self.merge(input, &image_features, None)?;
         let mut text_layers = Vec::new();
-        let last_hidden =
-            gemma::decoder(&self.cfg.text, &self.params, x, &mask, Some(&padding), Some(&mut text_layers))?;
+        let last_hidden = gemma::decoder(
+            &self.cfg.text,
+            &self.params,
+            x,
+            &mask,
+            Some(&padding),
+            self.recompute,
+            Some(&mut text_layers),
+        )?;
         let logits = gemma::lm_head(&self.cfg, &self.params, &last_hidden)?;
         Ok(PaliGemmaTrace { vision_layers, vision_hidden, image_features, text_layers, last_hidden, logits })
     }
@@ -295,6 +309,14 @@ impl Backbone for PaliGemma {
         group_of(name)
     }
 
+    fn set_checkpoint_activations(&mut self, on: bool) {
+        self.recompute = on;
+    }
+
+    fn checkpoint_activations(&self) -> bool {
+        self.recompute
+    }
+
     /// Appended rows sit after the prompt like suffix tokens: causal among themselves, seeing
     /// every real prompt token; positions continue `L + 1, …`.
     fn forward(&self, input: &BackboneInput, extra: Option<&Tensor>) -> Result<BackboneOutput> {
@@ -302,7 +324,7 @@ impl Backbone for PaliGemma {
         let (x, mask, padding) = self.merge(input, &feats, extra)?;
         let l = input.input_ids.shape()[1];
         let total = x.shape()[1];
-        let hidden = gemma::decoder(&self.cfg.text, &self.params, x, &mask, Some(&padding), None)?;
+        let hidden = gemma::decoder(&self.cfg.text, &self.params, x, &mask, Some(&padding), self.recompute, None)?;
         Ok(BackboneOutput { hidden, appended: l..total })
     }
 }

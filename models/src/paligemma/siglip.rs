@@ -7,7 +7,8 @@
 
 use super::config::{Activation, VisionConfig};
 use super::names::VISION;
-use vlm4vla_engine::nn::{layer_norm_named, linear, linear_named, merge_heads, split_heads};
+use std::sync::Arc;
+use vlm4vla_engine::nn::{self, layer_norm_named, linear, linear_named, merge_heads, split_heads};
 use vlm4vla_engine::{AttentionMask, Error, ParamStore, Result, Tensor};
 
 pub(crate) fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
@@ -45,6 +46,7 @@ pub(crate) fn forward(
     cfg: &VisionConfig,
     ps: &ParamStore,
     pixels: &Tensor,
+    recompute: bool,
     mut trace: Option<&mut Vec<Tensor>>,
 ) -> Result<Tensor> {
     check_pixels(cfg, pixels)?;
@@ -63,23 +65,29 @@ pub(crate) fn forward(
     let w = conv_w.reshape(&[h, c * p * p])?;
     let mut x = linear(&patches, &w, Some(&conv_b))?.add(&pos)?;
 
-    let heads = cfg.num_attention_heads;
-    let hd = cfg.head_dim();
-    let scale = (hd as f64).powf(-0.5);
+    let ctx = Arc::new((cfg.clone(), ps.clone()));
     for i in 0..cfg.num_hidden_layers {
-        let l = format!("{VISION}encoder.layers.{i}.");
-        let a = layer_norm_named(ps, &format!("{l}layer_norm1"), &x, cfg.layer_norm_eps)?;
-        let q = split_heads(&linear_named(ps, &format!("{l}self_attn.q_proj"), &a)?, heads)?;
-        let k = split_heads(&linear_named(ps, &format!("{l}self_attn.k_proj"), &a)?, heads)?;
-        let v = split_heads(&linear_named(ps, &format!("{l}self_attn.v_proj"), &a)?, heads)?;
-        let o = merge_heads(&q.attention(&k, &v, &AttentionMask::Full, None, scale)?.out)?;
-        x = x.add(&linear_named(ps, &format!("{l}self_attn.out_proj"), &o)?)?;
-        let m = layer_norm_named(ps, &format!("{l}layer_norm2"), &x, cfg.layer_norm_eps)?;
-        let m = activation(&linear_named(ps, &format!("{l}mlp.fc1"), &m)?, cfg.hidden_act)?;
-        x = x.add(&linear_named(ps, &format!("{l}mlp.fc2"), &m)?)?;
+        let c = ctx.clone();
+        x = nn::block(recompute, x, move |x| layer(&c.0, &c.1, i, x))?;
         if let Some(t) = trace.as_deref_mut() {
             t.push(x.clone());
         }
     }
     layer_norm_named(ps, &format!("{VISION}post_layernorm"), &x, cfg.layer_norm_eps)
+}
+
+/// Encoder layer `i` over `x` `[B, N, hidden]`.
+fn layer(cfg: &VisionConfig, ps: &ParamStore, i: usize, x: &Tensor) -> Result<Tensor> {
+    let heads = cfg.num_attention_heads;
+    let scale = (cfg.head_dim() as f64).powf(-0.5);
+    let l = format!("{VISION}encoder.layers.{i}.");
+    let a = layer_norm_named(ps, &format!("{l}layer_norm1"), x, cfg.layer_norm_eps)?;
+    let q = split_heads(&linear_named(ps, &format!("{l}self_attn.q_proj"), &a)?, heads)?;
+    let k = split_heads(&linear_named(ps, &format!("{l}self_attn.k_proj"), &a)?, heads)?;
+    let v = split_heads(&linear_named(ps, &format!("{l}self_attn.v_proj"), &a)?, heads)?;
+    let o = merge_heads(&q.attention(&k, &v, &AttentionMask::Full, None, scale)?.out)?;
+    let x = x.add(&linear_named(ps, &format!("{l}self_attn.out_proj"), &o)?)?;
+    let m = layer_norm_named(ps, &format!("{l}layer_norm2"), &x, cfg.layer_norm_eps)?;
+    let m = activation(&linear_named(ps, &format!("{l}mlp.fc1"), &m)?, cfg.hidden_act)?;
+    x.add(&linear_named(ps, &format!("{l}mlp.fc2"), &m)?)
 }

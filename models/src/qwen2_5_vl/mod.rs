@@ -32,6 +32,8 @@ const STORE: &str = "qwen2_5_vl parameters";
 pub struct Qwen25Vl {
     cfg: Qwen25VlConfig,
     params: ParamStore,
+    /// Activation checkpointing per transformer block.
+    recompute: bool,
 }
 
 /// Everything a parity check looks at, from one forward pass.
@@ -98,7 +100,7 @@ impl Qwen25Vl {
                 return Err(Error::tensor(STORE, extra, "unexpected tensor for this config"));
             }
         }
-        Ok(Qwen25Vl { cfg, params })
+        Ok(Qwen25Vl { cfg, params, recompute: false })
     }
 
     /// A randomly initialised model for training from scratch or benchmarks (transformers'
@@ -123,7 +125,7 @@ impl Qwen25Vl {
             };
             params.insert(name, &t)?;
         }
-        Ok(Qwen25Vl { cfg, params })
+        Ok(Qwen25Vl { cfg, params, recompute: false })
     }
 
     /// Load a checkpoint directory (`config.json` plus `model.safetensors` or the shards listed in
@@ -154,7 +156,7 @@ impl Qwen25Vl {
     /// The vision tower alone: merged image features `[Σ tokens, hidden]` for patch rows
     /// `[Σ patches, 1176]` and their grids.
     pub fn image_features(&self, pixel_values: &Tensor, grids: &[[usize; 3]]) -> Result<Tensor> {
-        Ok(vision::forward(&self.cfg.vision, &self.params, pixel_values, grids, false)?.features)
+        Ok(vision::forward(&self.cfg.vision, &self.params, pixel_values, grids, self.recompute, false)?.features)
     }
 
     /// The full forward with every intermediate a parity test compares, and the logits.
@@ -235,7 +237,7 @@ impl Qwen25Vl {
         let mut x = nn::embedding(&embed, &Tensor::from_vec(id_vec.clone(), &[b, l], embed.device())?)?;
         let (mut image_features, mut vision_blocks) = (None, Vec::new());
         if !grids.is_empty() {
-            let out = vision::forward(&cfg.vision, &self.params, &input.pixel_values, &grids, trace)?;
+            let out = vision::forward(&cfg.vision, &self.params, &input.pixel_values, &grids, self.recompute, trace)?;
             let feats = out.features.to_dtype(x.dtype())?;
             let mask = Tensor::from_vec(image_mask, &[b, l], x.device())?;
             x = x.masked_scatter(&mask, &feats)?;
@@ -276,7 +278,8 @@ impl Qwen25Vl {
         let (cos, sin) = text::mrope_tables(&cfg.text, &positions)?;
         let (cos, sin) = (cos.to_device(x.device())?, sin.to_device(x.device())?);
         let key_padding = Tensor::from_vec(key_padding, &[b, total], x.device())?;
-        let (layers, last_hidden) = text::forward(&cfg.text, &self.params, &x, &key_padding, &cos, &sin, trace)?;
+        let (layers, last_hidden) =
+            text::forward(&cfg.text, &self.params, &x, &key_padding, &cos, &sin, self.recompute, trace)?;
         Ok(Run { image_features, vision_blocks, layers, last_hidden })
     }
 }
@@ -335,6 +338,14 @@ impl Backbone for Qwen25Vl {
 
     fn group_of(&self, name: &str) -> ParamGroup {
         group_of(name)
+    }
+
+    fn set_checkpoint_activations(&mut self, on: bool) {
+        self.recompute = on;
+    }
+
+    fn checkpoint_activations(&self) -> bool {
+        self.recompute
     }
 
     fn forward(&self, input: &BackboneInput, extra: Option<&Tensor>) -> Result<BackboneOutput> {

@@ -3,7 +3,8 @@
 //! `Qwen2_5_VLRotaryEmbedding`, `Qwen2_5_VLModel.get_rope_index`).
 
 use super::config::TextConfig;
-use vlm4vla_engine::nn::{linear_named, merge_heads, rms_norm_named, split_heads};
+use std::sync::Arc;
+use vlm4vla_engine::nn::{self, linear_named, merge_heads, rms_norm_named, split_heads};
 use vlm4vla_engine::{AttentionKeys, AttentionMask, Device, Error, ParamStore, Result, RmsNormKind, Tensor};
 
 const OP: &str = "qwen2_5_vl get_rope_index";
@@ -103,7 +104,8 @@ pub fn mrope_tables(cfg: &TextConfig, positions: &[Vec<[i64; 3]>]) -> Result<(Te
 
 /// Run the decoder over embeddings `[B, L, hidden]`: causal attention with key padding
 /// (`[B, L]` u8), rope tables `[B, L, head_dim]`. Returns every layer's output and the final
-/// normed hidden state.
+/// normed hidden state; `recompute` checkpoints every layer ([`nn::block`]).
+#[allow(clippy::too_many_arguments)]
 pub fn forward(
     cfg: &TextConfig,
     params: &ParamStore,
@@ -111,34 +113,55 @@ pub fn forward(
     key_padding: &Tensor,
     cos: &Tensor,
     sin: &Tensor,
+    recompute: bool,
     keep_layers: bool,
 ) -> Result<(Vec<Tensor>, Tensor)> {
-    let (hq, hkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim());
-    let scale = (hd as f64).powf(-0.5);
     let eps = cfg.rms_norm_eps;
     let mut x = embeds.clone();
     let mut layers = Vec::new();
     let keys = AttentionKeys::new(AttentionMask::Causal, Some(key_padding))?;
+    let ctx =
+        Arc::new(LayerContext { cfg: cfg.clone(), params: params.clone(), cos: cos.clone(), sin: sin.clone(), keys });
     for i in 0..cfg.num_hidden_layers {
-        let p = |s: &str| format!("model.layers.{i}.{s}");
-        let n = rms_norm_named(params, &p("input_layernorm"), &x, eps, RmsNormKind::Plain)?;
-        // Separate projections: concatenating the weights would copy them every step.
-        let q = split_heads(&linear_named(params, &p("self_attn.q_proj"), &n)?, hq)?.rope(cos, sin)?;
-        let k = split_heads(&linear_named(params, &p("self_attn.k_proj"), &n)?, hkv)?.rope(cos, sin)?;
-        let v = split_heads(&linear_named(params, &p("self_attn.v_proj"), &n)?, hkv)?;
-        let a = merge_heads(&q.attention_with(&k, &v, &keys, scale)?.out)?;
-        x = x.add(&linear_named(params, &p("self_attn.o_proj"), &a)?)?;
-        let n = rms_norm_named(params, &p("post_attention_layernorm"), &x, eps, RmsNormKind::Plain)?;
-        let g = linear_named(params, &p("mlp.gate_proj"), &n)?.silu()?.mul(&linear_named(
-            params,
-            &p("mlp.up_proj"),
-            &n,
-        )?)?;
-        x = x.add(&linear_named(params, &p("mlp.down_proj"), &g)?)?;
+        let c = ctx.clone();
+        x = nn::block(recompute, x, move |x| c.layer(i, x))?;
         if keep_layers {
             layers.push(x.clone());
         }
     }
     let last = rms_norm_named(params, "model.norm", &x, eps, RmsNormKind::Plain)?;
     Ok((layers, last))
+}
+
+/// What every decoder layer of one forward reads besides its input.
+struct LayerContext {
+    cfg: TextConfig,
+    params: ParamStore,
+    cos: Tensor,
+    sin: Tensor,
+    keys: AttentionKeys,
+}
+
+impl LayerContext {
+    fn layer(&self, i: usize, x: &Tensor) -> Result<Tensor> {
+        let (cfg, params) = (&self.cfg, &self.params);
+        let (cos, sin) = (&self.cos, &self.sin);
+        let (hq, hkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim());
+        let scale = (hd as f64).powf(-0.5);
+        let eps = cfg.rms_norm_eps;
+        let p = |s: &str| format!("model.layers.{i}.{s}");
+        let n = rms_norm_named(params, &p("input_layernorm"), x, eps, RmsNormKind::Plain)?;
+        let q = split_heads(&linear_named(params, &p("self_attn.q_proj"), &n)?, hq)?.rope(cos, sin)?;
+        let k = split_heads(&linear_named(params, &p("self_attn.k_proj"), &n)?, hkv)?.rope(cos, sin)?;
+        let v = split_heads(&linear_named(params, &p("self_attn.v_proj"), &n)?, hkv)?;
+        let a = merge_heads(&q.attention_with(&k, &v, &self.keys, scale)?.out)?;
+        let x = x.add(&linear_named(params, &p("self_attn.o_proj"), &a)?)?;
+        let n = rms_norm_named(params, &p("post_attention_layernorm"), &x, eps, RmsNormKind::Plain)?;
+        let g = linear_named(params, &p("mlp.gate_proj"), &n)?.silu()?.mul(&linear_named(
+            params,
+            &p("mlp.up_proj"),
+            &n,
+        )?)?;
+        x.add(&linear_named(params, &p("mlp.down_proj"), &g)?)
+    }
 }

@@ -4,7 +4,8 @@
 //! patch merger whose output is put back in raster order.
 
 use super::config::VisionConfig;
-use vlm4vla_engine::nn::{linear_named, rms_norm_named};
+use std::sync::Arc;
+use vlm4vla_engine::nn::{self, linear_named, rms_norm_named};
 use vlm4vla_engine::{AttentionMask, DType, Error, ParamStore, Result, RmsNormKind, Tensor};
 
 const OP: &str = "qwen2_5_vl vision";
@@ -127,6 +128,7 @@ pub fn forward(
     params: &ParamStore,
     pixel_values: &Tensor,
     grids: &[[usize; 3]],
+    recompute: bool,
     keep_blocks: bool,
 ) -> Result<VisionOutput> {
     let patch_dim = cfg.patch_dim();
@@ -160,25 +162,11 @@ pub fn forward(
         (cos.to_dtype(DType::F32)?.to_device(x.device())?, sin.to_dtype(DType::F32)?.to_device(x.device())?);
     let windows = AttentionMask::Segments(plan.cu_window_seqlens.clone());
     let full = AttentionMask::Segments(plan.cu_seqlens.clone());
-    let heads = cfg.num_heads;
-    let hd = cfg.head_dim();
-    let scale = (hd as f64).powf(-0.5);
     let mut blocks = Vec::new();
+    let ctx = Arc::new(BlockContext { cfg: cfg.clone(), params: params.clone(), cos, sin, windows, full, n });
     for i in 0..cfg.depth {
-        let p = |s: &str| format!("visual.blocks.{i}.{s}");
-        let mask = if cfg.fullatt_block_indexes.contains(&i) { &full } else { &windows };
-        let h = rms_norm_named(params, &p("norm1"), &x, 1e-6, RmsNormKind::Plain)?;
-        let qkv = linear_named(params, &p("attn.qkv"), &h)?.reshape(&[1, n, 3, heads, hd])?;
-        let part = |j: usize| -> Result<Tensor> { qkv.narrow(2, j, 1)?.reshape(&[1, n, heads, hd]) };
-        let q = part(0)?.rope(&cos, &sin)?;
-        let k = part(1)?.rope(&cos, &sin)?;
-        let v = part(2)?;
-        let a = q.attention(&k, &v, mask, None, scale)?.out.reshape(&[n, hidden])?;
-        x = x.add(&linear_named(params, &p("attn.proj"), &a)?)?;
-        let h = rms_norm_named(params, &p("norm2"), &x, 1e-6, RmsNormKind::Plain)?;
-        let gate = linear_named(params, &p("mlp.gate_proj"), &h)?;
-        let g = gate.silu()?.mul(&linear_named(params, &p("mlp.up_proj"), &h)?)?;
-        x = x.add(&linear_named(params, &p("mlp.down_proj"), &g)?)?;
+        let c = ctx.clone();
+        x = nn::block(recompute, x, move |x| c.block(i, x))?;
         if keep_blocks {
             blocks.push(x.clone());
         }
@@ -193,4 +181,37 @@ pub fn forward(
 
 pub(crate) fn index_tensor(idx: &[usize]) -> Result<Tensor> {
     Tensor::from_vec(idx.iter().map(|&i| i as i64).collect::<Vec<_>>(), &[idx.len()], vlm4vla_engine::Device::Cpu)
+}
+
+/// What every vision block of one forward reads besides its input.
+struct BlockContext {
+    cfg: VisionConfig,
+    params: ParamStore,
+    cos: Tensor,
+    sin: Tensor,
+    windows: AttentionMask,
+    full: AttentionMask,
+    n: usize,
+}
+
+impl BlockContext {
+    fn block(&self, i: usize, x: &Tensor) -> Result<Tensor> {
+        let (cfg, params, n) = (&self.cfg, &self.params, self.n);
+        let (heads, hd, hidden) = (cfg.num_heads, cfg.head_dim(), cfg.hidden_size);
+        let scale = (hd as f64).powf(-0.5);
+        let p = |s: &str| format!("visual.blocks.{i}.{s}");
+        let mask = if cfg.fullatt_block_indexes.contains(&i) { &self.full } else { &self.windows };
+        let h = rms_norm_named(params, &p("norm1"), x, 1e-6, RmsNormKind::Plain)?;
+        let qkv = linear_named(params, &p("attn.qkv"), &h)?.reshape(&[1, n, 3, heads, hd])?;
+        let part = |j: usize| -> Result<Tensor> { qkv.narrow(2, j, 1)?.reshape(&[1, n, heads, hd]) };
+        let q = part(0)?.rope(&self.cos, &self.sin)?;
+        let k = part(1)?.rope(&self.cos, &self.sin)?;
+        let v = part(2)?;
+        let a = q.attention(&k, &v, mask, None, scale)?.out.reshape(&[n, hidden])?;
+        let x = x.add(&linear_named(params, &p("attn.proj"), &a)?)?;
+        let h = rms_norm_named(params, &p("norm2"), &x, 1e-6, RmsNormKind::Plain)?;
+        let gate = linear_named(params, &p("mlp.gate_proj"), &h)?;
+        let g = gate.silu()?.mul(&linear_named(params, &p("mlp.up_proj"), &h)?)?;
+        x.add(&linear_named(params, &p("mlp.down_proj"), &g)?)
+    }
 }

@@ -185,6 +185,12 @@ impl VlaPolicy {
         self.backbone.as_ref()
     }
 
+    /// Activation checkpointing per transformer block of the backbone (see
+    /// [`Backbone::set_checkpoint_activations`]).
+    pub fn set_checkpoint_activations(&mut self, on: bool) {
+        self.backbone.set_checkpoint_activations(on);
+    }
+
     /// The policy's own parameters (`vla.action_query`, `vla.head.*`).
     pub fn params(&self) -> &ParamStore {
         &self.params
