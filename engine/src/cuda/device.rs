@@ -4,7 +4,7 @@
 //! lookup is one atomic load, with no string built and no lock taken. Each family's source is
 //! compiled (NVRTC) and loaded on the first launch of one of its kernels.
 
-use super::matmul;
+use super::blas;
 use super::storage::Staging;
 use crate::{Device, Error, Result};
 use cudarc::driver::{result as cu, sys, CudaContext, CudaStream};
@@ -210,7 +210,7 @@ pub(crate) struct CudaDevice {
     smem_allowed: Box<[AtomicU32]>,
     /// Held while a module or function is being loaded (never on the launch path).
     loading: Mutex<()>,
-    pub(crate) blas: OnceLock<std::result::Result<matmul::Blas, String>>,
+    pub(crate) blas: OnceLock<std::result::Result<blas::Blas, String>>,
     pub(super) staging: Mutex<Option<Staging>>,
 }
 

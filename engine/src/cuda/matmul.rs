@@ -2,57 +2,26 @@
 //! TF32, so f32 results match the CPU to rounding). Transposed operands go through layout flags and
 //! leading dimensions, batches through one strided-batch offset per operand (0 for a broadcast
 //! operand); an operand whose strides fit neither (e.g. a batch broadcast on one of two batch
-//! dims) is first copied contiguous.
+//! dims) is first copied contiguous. Each GEMM runs from a cached plan (`blas.rs`).
 //!
 //! Row-major `C[m, n] = A[m, k] B[k, n]` is computed as the column-major `Cᵀ = Bᵀ Aᵀ`: cuBLASLt's
-//! "A" is our B and its "B" is our A.
+//! "A" is our B and its "B" is our A, and its D is our output seen as `n` rows by `m` columns.
+//!
+//! A bias `[n]` (the Linear layer's) is one entry per row of that D, broadcast over its columns
+//! (our rows) and over the batch: exactly what cuBLASLt's bias epilogue adds. It takes the
+//! epilogue when it is of the output's dtype, packed (stride 1) and 16-byte aligned: cuBLASLt
+//! reads the bias as a packed vector of D's type, and its alignment preferences do not cover the
+//! bias pointer, so the heuristic may pick a kernel that assumes 16 bytes (an under-aligned
+//! bias, e.g. a narrowed slice, faults with a misaligned address). Any other bias, or one whose
+//! epilogue cuBLASLt has no algorithm for, goes in as C instead: the output is first filled with
+//! the bias on every row (one strided copy, converting the dtype), and the GEMM accumulates onto
+//! it with beta = 1, rounding once as the epilogue does. That copy is a second launch, counted as
+//! a second primitive.
 
-use super::{dev_of, CudaDevice, CudaStorage};
-use crate::{backend, DType, Error, Layout, Result, Tensor};
-use cudarc::cublaslt::{result as lt, sys};
-use std::ffi::c_void;
-use std::sync::Arc;
-
-/// A cuBLASLt handle and its workspace, one per device.
-pub(crate) struct Blas {
-    handle: sys::cublasLtHandle_t,
-    workspace: CudaStorage,
-}
-// SAFETY: the handle is only used on the device's single stream, under the engine's calls, which
-// cuBLASLt allows from any thread bound to the context.
-unsafe impl Send for Blas {}
-// SAFETY: as above; cuBLASLt handles are thread safe for matmul calls.
-unsafe impl Sync for Blas {}
-
-const BLAS_NAMES: &[&str] = &["libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so"];
-
-fn blas(dev: &Arc<CudaDevice>) -> Result<&Blas> {
-    let op = "matmul";
-    dev.blas
-        .get_or_init(|| {
-            // cudarc panics when the library is missing: probe first, and catch what remains.
-            // SAFETY: loading cuBLASLt runs its initialisers, which have no preconditions.
-            if !BLAS_NAMES.iter().any(|n| unsafe { libloading::Library::new(n) }.is_ok()) {
-                return Err(format!(
-                    "cuBLASLt not found (tried {}; add its folder to LD_LIBRARY_PATH)",
-                    BLAS_NAMES.join(", ")
-                ));
-            }
-            dev.bind(op).map_err(|e| e.to_string())?;
-            let handle = std::panic::catch_unwind(lt::create_handle)
-                .map_err(|p| super::panic_message(&p))?
-                .map_err(|e| format!("cublasLtCreate: {e:?}"))?;
-            let size = if dev.arch.starts_with("sm_9") || dev.arch.starts_with("sm_1") { 32 << 20 } else { 4 << 20 };
-            let workspace = dev.alloc(op, DType::U8, size).map_err(|e| e.to_string())?;
-            Ok(Blas { handle, workspace })
-        })
-        .as_ref()
-        .map_err(|msg| Error::Cuda { op, msg: msg.clone() })
-}
-
-fn lt_err(op: &'static str, what: &'static str) -> impl Fn(lt::CublasError) -> Error {
-    move |e| Error::Cuda { op, msg: format!("{what}: {e:?}") }
-}
+use super::blas::{alignment, blas, Epilogue, GemmArgs, MatrixKey, PlanKey};
+use super::{dev_of, CudaStorage};
+use crate::{backend, counters, DType, Error, Layout, Result, Tensor};
+use cudarc::cublaslt::sys;
 
 /// One operand as cuBLASLt sees it (row-major `[rows, cols]` per batch entry).
 struct Operand {
@@ -120,73 +89,52 @@ fn operand(op: &'static str, t: &Tensor, l: &Layout, dtype: DType) -> Result<Ope
     })
 }
 
-/// The largest power of two (up to 256) dividing `p`: the alignment cuBLASLt may assume.
-fn alignment(p: u64) -> u32 {
-    if p == 0 {
-        256
-    } else {
-        (1u64 << p.trailing_zeros().min(8)) as u32
+/// Our operand `[r, c]` (per batch entry) as cuBLASLt's column-major matrix `X` with
+/// `op(X) = operandᵀ` (`[c, r]`): a row-major operand is that transpose as stored, a column-major
+/// one is read transposed.
+fn matrix_key(o: &Operand, r: usize, c: usize, batch: i32) -> MatrixKey {
+    let (rows, cols) = if o.row_major { (c, r) } else { (r, c) };
+    MatrixKey {
+        rows: rows as u64,
+        cols: cols as u64,
+        ld: o.ld,
+        batch_stride: if batch > 1 { o.batch_stride } else { 0 },
+        trans: !o.row_major,
+        align: alignment(o.ptr),
     }
 }
 
-/// RAII guards for the cuBLASLt descriptors of one call.
-struct Desc(sys::cublasLtMatmulDesc_t);
-impl Drop for Desc {
-    fn drop(&mut self) {
-        // SAFETY: created by create_matmul_desc, destroyed once.
-        let _ = unsafe { lt::destroy_matmul_desc(self.0) };
+/// The epilogue for `bias` when cuBLASLt's bias epilogue can read it in place (the output's
+/// dtype, packed, 16-byte aligned; see the module docs), with its pointer.
+fn bias_epilogue(op: &'static str, bias: &Tensor, dtype: DType) -> Result<Option<(Epilogue, u64)>> {
+    let packed = bias.elem_count() <= 1 || bias.layout().strides()[0] == 1;
+    if bias.dtype() != dtype || !packed {
+        return Ok(None);
     }
-}
-struct MatLayout(sys::cublasLtMatrixLayout_t);
-impl Drop for MatLayout {
-    fn drop(&mut self) {
-        // SAFETY: created by create_matrix_layout, destroyed once.
-        let _ = unsafe { lt::destroy_matrix_layout(self.0) };
-    }
-}
-struct Pref(sys::cublasLtMatmulPreference_t);
-impl Drop for Pref {
-    fn drop(&mut self) {
-        // SAFETY: created by create_matmul_pref, destroyed once.
-        let _ = unsafe { lt::destroy_matmul_pref(self.0) };
-    }
+    let p = super::ptr(op, bias)?;
+    let align = alignment(p);
+    Ok((align >= 16).then_some((Epilogue::Bias { align }, p)))
 }
 
-fn layout(
-    op: &'static str,
-    ty: sys::cudaDataType,
-    rows: usize,
-    cols: usize,
-    ld: i64,
-    batch: i32,
-    stride: i64,
-) -> Result<MatLayout> {
-    let l = MatLayout(lt::create_matrix_layout(ty, rows as u64, cols as u64, ld).map_err(lt_err(op, "layout"))?);
-    if batch > 1 {
-        // SAFETY: the attribute types are i32 (count) and i64 (offset) as cuBLASLt documents.
-        unsafe {
-            lt::set_matrix_layout_attribute(
-                l.0,
-                sys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
-                &batch as *const i32 as *const c_void,
-                std::mem::size_of::<i32>(),
-            )
-            .map_err(lt_err(op, "batch count"))?;
-            lt::set_matrix_layout_attribute(
-                l.0,
-                sys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
-                &stride as *const i64 as *const c_void,
-                std::mem::size_of::<i64>(),
-            )
-            .map_err(lt_err(op, "batch stride"))?;
-        }
-    }
-    Ok(l)
+/// Every one of the `rows` rows of the packed `[rows, n]` `out` set to `bias` (any layout,
+/// converted to `out`'s dtype).
+fn fill_rows(op: &'static str, bias: &Tensor, out: &CudaStorage, rows: usize, n: usize) -> Result<()> {
+    let shape = [rows, n];
+    let rows_of_bias = bias.view_with(bias.layout().broadcast_to(&shape), None);
+    super::view::convert_into(op, &rows_of_bias, out, &Layout::contiguous(&shape))
 }
 
-/// `a @ b` with `la = [batch..., m, k]`, `lb = [batch..., k, n]` (batch dims already broadcast, as
-/// views of `a` and `b`): a contiguous `[batch..., m, n]` buffer.
-pub(crate) fn matmul(a: &Tensor, la: &Layout, b: &Tensor, lb: &Layout, dtype: DType) -> Result<CudaStorage> {
+/// `a @ b (+ bias)` with `la = [batch..., m, k]`, `lb = [batch..., k, n]` (batch dims already
+/// broadcast, as views of `a` and `b`) and `bias` `[n]` added to every row: a contiguous
+/// `[batch..., m, n]` buffer.
+pub(crate) fn matmul(
+    a: &Tensor,
+    la: &Layout,
+    b: &Tensor,
+    lb: &Layout,
+    bias: Option<&Tensor>,
+    dtype: DType,
+) -> Result<CudaStorage> {
     let op = "matmul";
     let dev = dev_of(op, a)?;
     let ty = match dtype {
@@ -197,103 +145,54 @@ pub(crate) fn matmul(a: &Tensor, la: &Layout, b: &Tensor, lb: &Layout, dtype: DT
     let r = la.rank();
     let (m, k, n) = (la.shape()[r - 2], la.shape()[r - 1], lb.shape()[r - 1]);
     let nb: usize = la.shape()[..r - 2].iter().product();
+    if let Some(bias) = bias.filter(|t| t.shape() != [n]) {
+        return Err(Error::shapes_note(op, &[la.shape(), lb.shape(), bias.shape()], format!("the bias must be [{n}]")));
+    }
     let total = nb * m * n;
     if total == 0 {
         return dev.alloc(op, dtype, 0);
     }
     if k == 0 {
-        return dev.zeros(op, dtype, total);
+        return match bias {
+            Some(bias) => {
+                let out = dev.alloc(op, dtype, total)?;
+                fill_rows(op, bias, &out, nb * m, n)?;
+                Ok(out)
+            }
+            None => dev.zeros(op, dtype, total),
+        };
     }
     let batch = i32::try_from(nb).map_err(|_| Error::invalid(op, format!("{nb} batch entries is too many")))?;
     let out = dev.alloc(op, dtype, total)?;
     let (oa, ob) = (operand(op, a, la, dtype)?, operand(op, b, lb, dtype)?);
     let blas = blas(&dev)?;
-    dev.bind(op)?;
-
-    // cuBLASLt "A" = our B seen column-major: op(A) must be Bᵀ as an [n, k] matrix.
-    let (a_lt_layout, trans_a) = if ob.row_major {
-        (layout(op, ty, n, k, ob.ld, batch, ob.batch_stride)?, 0i32)
-    } else {
-        (layout(op, ty, k, n, ob.ld, batch, ob.batch_stride)?, 1i32)
+    let key = PlanKey {
+        ty,
+        compute: sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+        scale: sys::cudaDataType_t::CUDA_R_32F,
+        batch,
+        // cuBLASLt's A is our B (op(A) = Bᵀ, [n, k]), its B our A (op(B) = Aᵀ, [k, m]).
+        a: matrix_key(&ob, k, n, batch),
+        b: matrix_key(&oa, m, k, batch),
+        d_rows: n as u64,
+        d_cols: m as u64,
+        d_align: alignment(out.ptr_at(0)),
+        epilogue: Epilogue::Plain,
+        workspace: blas.workspace_bytes(),
     };
-    // cuBLASLt "B" = our A: op(B) must be Aᵀ as a [k, m] matrix.
-    let (b_lt_layout, trans_b) = if oa.row_major {
-        (layout(op, ty, k, m, oa.ld, batch, oa.batch_stride)?, 0i32)
-    } else {
-        (layout(op, ty, m, k, oa.ld, batch, oa.batch_stride)?, 1i32)
-    };
-    let d_layout = layout(op, ty, n, m, n as i64, batch, (m * n) as i64)?;
-
-    let desc = Desc(
-        lt::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, sys::cudaDataType_t::CUDA_R_32F)
-            .map_err(lt_err(op, "matmul desc"))?,
-    );
-    let pref = Pref(lt::create_matmul_pref().map_err(lt_err(op, "preference"))?);
-    let ws_bytes = blas.workspace.len() as u64;
-    let aligns = [alignment(ob.ptr), alignment(oa.ptr), alignment(out.ptr_at(0)), alignment(out.ptr_at(0))];
-    // SAFETY: every attribute value has the type cuBLASLt documents for it (i32 for the
-    // transposes, u64 for the workspace size, u32 for the alignments).
-    unsafe {
-        for (attr, v) in [
-            (sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA, trans_a),
-            (sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB, trans_b),
-        ] {
-            lt::set_matmul_desc_attribute(desc.0, attr, &v as *const i32 as *const c_void, 4)
-                .map_err(lt_err(op, "transpose flag"))?;
+    let mut args = GemmArgs { a: ob.ptr, b: oa.ptr, d: out.ptr_at(0), bias: 0, beta: 0.0 };
+    if let Some(bias) = bias {
+        if let Some((epilogue, p)) = bias_epilogue(op, bias, dtype)? {
+            if blas.gemm(op, &dev, &PlanKey { epilogue, ..key }, &GemmArgs { bias: p, ..args })? {
+                return Ok(out);
+            }
         }
-        lt::set_matmul_pref_attribute(
-            pref.0,
-            sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-            &ws_bytes as *const u64 as *const c_void,
-            8,
-        )
-        .map_err(lt_err(op, "workspace size"))?;
-        for (attr, v) in [
-            sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
-            sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-            sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-            sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
-        ]
-        .into_iter()
-        .zip(aligns)
-        {
-            lt::set_matmul_pref_attribute(pref.0, attr, &v as *const u32 as *const c_void, 4)
-                .map_err(lt_err(op, "alignment"))?;
-        }
-        let heuristic = lt::get_matmul_algo_heuristic(
-            blas.handle,
-            desc.0,
-            a_lt_layout.0,
-            b_lt_layout.0,
-            d_layout.0,
-            d_layout.0,
-            pref.0,
-        )
-        .map_err(lt_err(op, "no cuBLASLt algorithm for these operands"))?;
-        let (alpha, beta) = (1f32, 0f32);
-        let d = out.ptr_at(0);
-        // SAFETY: the layouts describe exactly the memory of the operands (views of their
-        // storages, or the contiguous copies kept alive in `oa`/`ob`), `out` holds the
-        // [batch, m, n] result, and everything runs on the device's stream.
-        lt::matmul(
-            blas.handle,
-            desc.0,
-            &alpha as *const f32 as *const c_void,
-            &beta as *const f32 as *const c_void,
-            ob.ptr as *const c_void,
-            a_lt_layout.0,
-            oa.ptr as *const c_void,
-            b_lt_layout.0,
-            d as *const c_void,
-            d_layout.0,
-            d as *mut c_void,
-            d_layout.0,
-            &heuristic.algo,
-            blas.workspace.ptr_at(0) as *mut c_void,
-            blas.workspace.len(),
-            dev.stream() as *mut _,
-        )
-        .map_err(lt_err(op, "cublasLtMatmul"))?;
+        fill_rows(op, bias, &out, nb * m, n)?;
+        counters::primitive();
+        args.beta = 1.0;
+    }
+    if !blas.gemm(op, &dev, &key, &args)? {
+        return Err(Error::Cuda { op, msg: "no cuBLASLt plan for a plain GEMM".into() });
     }
     Ok(out)
 }
@@ -308,15 +207,38 @@ impl backend::Matmul for super::Cuda {
         bias: Option<&Tensor>,
         out_shape: &[usize],
     ) -> Result<Tensor> {
-        let y = super::tensor(matmul(a, la, b, lb, a.dtype())?, out_shape);
-        match bias {
-            // The bias as a second pass (a broadcast add); the cuBLASLt bias epilogue is the
-            // next step once it can be checked on a GPU.
-            Some(bias) => {
-                let b = bias.view_with(bias.layout().broadcast_to(out_shape), None);
-                backend::Binary::binary(self, &y, &b, crate::kinds::BinaryKind::Add)
-            }
-            None => Ok(y),
-        }
+        Ok(super::tensor(matmul(a, la, b, lb, bias, a.dtype())?, out_shape))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn operand(ptr: u64, row_major: bool, ld: i64, batch_stride: i64) -> Operand {
+        Operand { ptr, row_major, ld, batch_stride, _copy: None }
+    }
+
+    /// Plan keys follow layouts and alignments, never addresses: another buffer of the same
+    /// alignment meets the same plan, a batch of one drops the batch stride, and the transpose
+    /// flag and the stored shape follow the operand's order.
+    #[test]
+    fn matrix_keys_follow_layouts_not_addresses() {
+        let x = matrix_key(&operand(0x1000, true, 16, 80), 5, 16, 1);
+        assert_eq!((x.rows, x.cols, x.ld, x.batch_stride, x.trans, x.align), (16, 5, 16, 0, false, 256));
+        assert_eq!(x, matrix_key(&operand(0x7f00, true, 16, 0), 5, 16, 1));
+        assert_ne!(x, matrix_key(&operand(0x7f10, true, 16, 0), 5, 16, 1), "a 16-byte aligned view");
+        let t = matrix_key(&operand(0x1004, false, 5, 80), 5, 16, 3);
+        assert_eq!((t.rows, t.cols, t.ld, t.batch_stride, t.trans, t.align), (5, 16, 5, 80, true, 4));
+    }
+
+    #[test]
+    fn strides_that_fit_a_gemm_layout() {
+        assert_eq!(matrix_form(5, 16, 16, 1), Some((true, 16)));
+        assert_eq!(matrix_form(5, 16, 1, 8), Some((false, 8)));
+        assert_eq!(matrix_form(5, 16, 32, 2), None);
+        assert_eq!(batch_stride(&[2, 3], &[240, 80]), Some(80));
+        assert_eq!(batch_stride(&[2, 3], &[0, 0]), Some(0));
+        assert_eq!(batch_stride(&[2, 3], &[80, 0]), None);
     }
 }

@@ -13,13 +13,14 @@
 //! kernel forgets to write show up in tests.
 //!
 //! Files: `device.rs` (the driver, contexts, loaded kernels), `storage.rs` (device memory),
-//! `launch.rs` (the one launch path and the kernels it names), `memory.rs` (the backend's memory
-//! primitives), then one file per op family, as in `cpu/`: its launchers and its
-//! `impl backend::<Family> for Cuda`.
+//! `launch.rs` (the one launch path and the kernels it names), `blas.rs` (cuBLASLt: the handle,
+//! the workspace and the cached GEMM plans), `memory.rs` (the backend's memory primitives), then
+//! one file per op family, as in `cpu/`: its launchers and its `impl backend::<Family> for Cuda`.
 
 pub(crate) mod activation;
 pub(crate) mod attention;
 pub(crate) mod binary;
+mod blas;
 mod device;
 pub(crate) mod index;
 mod launch;
