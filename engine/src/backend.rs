@@ -249,14 +249,34 @@ pub(crate) struct OptimSlot<'a> {
 /// the optimizer and opaque above the backend.
 pub(crate) type OptimCache = Option<Box<dyn std::any::Any + Send + Sync>>;
 
+/// Gradient clipping inside an optimizer step, as `torch.nn.utils.clip_grad_norm_` before it:
+/// with `norm = √sum_sq`, every gradient is multiplied by `max_norm / (norm + 1e-6)` when that
+/// is below 1 (and left as it is otherwise, a non-finite norm included). The backend reads
+/// `sum_sq` (a one-element tensor on its device, from [`Optim::sum_sq`]) where it runs: no host
+/// read, no scaled copy of a gradient.
+pub(crate) struct Clip<'a> {
+    pub sum_sq: &'a Tensor,
+    pub max_norm: f64,
+}
+
+/// The epsilon added to the norm in the clip factor (torch's).
+pub(crate) const CLIP_EPS: f64 = 1e-6;
+
 /// The optimizer step and the gradient norm (`optim.rs`).
 pub(crate) trait Optim {
-    /// Update every slot in place by `rule` (on the CPU one fused pass per tensor; on a GPU one
-    /// multi-tensor launch per dtype).
-    fn optim_step(&self, rule: &OptimRule, slots: &[OptimSlot<'_>], cache: &mut OptimCache) -> Result<()>;
-    /// `Σ x²` over every element of every tensor of `xs` (all on this backend's device),
-    /// accumulated in f64, tensor by tensor in order, and read to the host once.
-    fn sum_sq(&self, xs: &[&Tensor]) -> Result<f64>;
+    /// Update every slot in place by `rule`, the gradients clipped by `clip` if given (on the
+    /// CPU one fused pass per tensor; on a GPU one multi-tensor launch per dtype).
+    fn optim_step(
+        &self,
+        rule: &OptimRule,
+        slots: &[OptimSlot<'_>],
+        clip: Option<&Clip<'_>>,
+        cache: &mut OptimCache,
+    ) -> Result<()>;
+    /// `Σ x²` over every element of every tensor of `xs` (all on this backend's device) as a
+    /// one-element tensor `[1]` on that device, with no host read: on the CPU f64, accumulated
+    /// tensor by tensor in order; on a GPU f32. An empty `xs` gives 0.
+    fn sum_sq(&self, xs: &[&Tensor], device: Device) -> Result<Tensor>;
 }
 
 /// Memory: making, reading and overwriting a device's buffers (`tensor.rs`).

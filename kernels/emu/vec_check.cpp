@@ -263,7 +263,7 @@ static void pair_losses(int n, int misalign) {
 
 // ----- optimizer ---------------------------------------------------------------------------------------
 
-static void adamw(bool adam, bool momentum) {
+static void adamw(bool adam, bool momentum, bool clip) {
     // Three tensors: aligned, aligned with a tail, and misaligned by one element (scalar path).
     const int sizes[] = {5000, 4099, 1003}, offs[] = {0, 0, 1};
     std::vector<std::vector<float>> p(3), m(3), v(3), p0(3), m0(3), v0(3);
@@ -281,8 +281,15 @@ static void adamw(bool adam, bool momentum) {
                     adam ? v[s].data() + offs[s] : nullptr, copy[s].data() + offs[s], sizes[s]};
         starts.push_back(starts.back() + (sizes[s] + OPTIM_CHUNK - 1) / OPTIM_CHUNK);
     }
+    // Clipping by the gradients' own norm to half of it (factor about 0.5).
+    double ss = 0;
+    for (int s = 0; s < 3; ++s)
+        for (int i = offs[s]; i < sizes[s] + offs[s]; ++i) ss += (double)f(g[s][i]) * f(g[s][i]);
+    const float sum_sq = (float)ss;
     optim_ns::OptimParams op{};
     op.slots = slots.data(), op.chunk_start = starts.data(), op.n_slots = 3, op.first = 0;
+    op.clip_sum_sq = clip ? &sum_sq : nullptr, op.max_norm = (float)(0.5 * std::sqrt(ss));
+    const double factor = clip ? op.max_norm / (std::sqrt((double)sum_sq) + 1e-6) : 1.0;
     op.lr = 1e-2f, op.beta1 = 0.9f, op.beta2 = 0.999f, op.eps = 1e-8f, op.weight_decay = 0.1f;
     op.step_size = op.lr / (1 - 0.9f * 0.9f * 0.9f), op.bc2_sqrt = std::sqrt(1 - 0.999f * 0.999f * 0.999f);
     emu_launch({2, 1, 1}, {256, 1, 1}, 0, [&] {
@@ -292,7 +299,7 @@ static void adamw(bool adam, bool momentum) {
     double num = 0, den = 0, cerr = 0;
     for (int s = 0; s < 3; ++s)
         for (int i = offs[s]; i < sizes[s] + offs[s]; ++i) {
-            double w = p0[s][i], gi = f(g[s][i]);
+            double w = p0[s][i], gi = f(g[s][i]) * factor;
             if (adam) {
                 w *= 1 - op.lr * op.weight_decay;
                 const double mn = m0[s][i] + (1 - op.beta1) * (gi - m0[s][i]);
@@ -313,10 +320,38 @@ static void adamw(bool adam, bool momentum) {
             den += w * w;
             cerr = std::max(cerr, std::fabs(f(copy[s][i]) - p[s][i]) / (std::fabs(p[s][i]) + 1e-3));
         }
-    const std::string name = adam ? "adamw_fwd_bf16 3 slots (aligned, tail, misaligned)"
-                                  : (momentum ? "sgd_fwd_bf16 momentum 3 slots" : "sgd_fwd_bf16 no momentum 3 slots");
+    const std::string name = std::string(adam ? "adamw_fwd_bf16 3 slots (aligned, tail, misaligned)"
+                                              : (momentum ? "sgd_fwd_bf16 momentum 3 slots" : "sgd_fwd_bf16 no momentum 3 slots")) +
+                             (clip ? " clipped" : "");
     check(name + " state", std::sqrt(num / den), 1e-6);
     check(name + " bf16 copy (max rel)", cerr, 4e-3);
+}
+
+// The multi-tensor sum of squares: bf16 slots (aligned, tail, misaligned, empty) into per-chunk
+// partials, then the one-block total, against a float64 sum.
+static void sum_sq() {
+    const int sizes[] = {5000, 4099, 1003, 0, 9000}, offs[] = {0, 0, 1, 0, 0};
+    std::vector<std::vector<bf16>> g(5);
+    std::vector<optim_ns::OptimSlot> slots(5);
+    std::vector<i64> starts = {0};
+    double want = 0;
+    for (int s = 0; s < 5; ++s) {
+        g[s] = rnd(sizes[s] + offs[s] + 1, 3.0f);
+        for (int i = 0; i < sizes[s]; ++i) want += (double)f(g[s][i + offs[s]]) * f(g[s][i + offs[s]]);
+        slots[s] = {nullptr, g[s].data() + offs[s], nullptr, nullptr, nullptr, sizes[s]};
+        starts.push_back(starts.back() + (sizes[s] + OPTIM_CHUNK - 1) / OPTIM_CHUNK);
+    }
+    const i64 chunks = starts.back();
+    std::vector<float> partials(chunks, NAN), out(1, NAN);
+    optim_ns::OptimParams op{};
+    op.slots = slots.data(), op.chunk_start = starts.data(), op.n_slots = 5;
+    // Fewer blocks than chunks: the grid strides.
+    emu_launch({2, 1, 1}, {256, 1, 1}, 0, [&] { optim_ns::sum_sq_fwd_bf16(op, partials.data()); });
+    optim_ns::OptimParams total{};
+    total.n_slots = (int)chunks;
+    emu_launch({1, 1, 1}, {256, 1, 1}, 0, [&] { optim_ns::sum_sq_total_fwd_f32(total, partials.data(), out.data()); });
+    check("sum_sq_fwd_bf16 + sum_sq_total 5 slots (aligned, tail, misaligned, empty)", std::fabs(out[0] - want) / want,
+          1e-5);
 }
 
 int main() {
@@ -337,9 +372,12 @@ int main() {
     cross_entropy(5, 1001);
     pair_losses(1003, 0);
     pair_losses(1003, 1);
-    adamw(true, false);
-    adamw(false, true);
-    adamw(false, false);
+    for (int clip = 0; clip < 2; ++clip) {
+        adamw(true, false, clip);
+        adamw(false, true, clip);
+        adamw(false, false, clip);
+    }
+    sum_sq();
     std::printf("%s\n", failures ? "FAILED" : "all passed");
     return failures ? 1 : 0;
 }

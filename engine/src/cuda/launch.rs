@@ -212,6 +212,8 @@ kernel_sets! {
     PAIR_LOSS_BWD = bwd("loss", "pair_loss", Float);
     ADAMW = fwd("optim", "adamw", Float);
     SGD = fwd("optim", "sgd", Float);
+    SUM_SQ = fwd("optim", "sum_sq", Float);
+    SUM_SQ_TOTAL = fwd("optim", "sum_sq_total", Float);
 }
 
 /// The conversion kernel writing `dst` (`to_{dst}_fwd_{src}`, one per source dtype).
