@@ -253,6 +253,22 @@ fn gripper_accuracy_counts_valid_steps_only() {
     assert!(e.contains("gripper target -1") && e.contains("chunk step 1"), "{e}");
 }
 
+/// A token id outside the vocabulary in user input is an error naming the id: the toy backbone
+/// passes its ids unchecked to the embedding, whose CPU kernel checks every index as it gathers.
+#[test]
+fn a_bad_token_id_is_an_error_naming_it() {
+    let p = policy();
+    let mut x = input(3, 2);
+    let mut ids = x.input_ids.to_vec::<i64>().unwrap();
+    ids[5] = 4242;
+    x.input_ids = Tensor::from_vec(ids, x.input_ids.shape(), Device::Cpu).unwrap();
+    let e = p.forward(&x).unwrap_err().to_string();
+    assert!(e.contains("index_select") && e.contains("index 4242"), "{e}");
+    x.input_ids = Tensor::from_vec(vec![-3i64; 12], &[3, 4], Device::Cpu).unwrap();
+    let e = p.forward(&x).unwrap_err().to_string();
+    assert!(e.contains("index -3"), "{e}");
+}
+
 #[test]
 fn every_trainable_parameter_gets_a_gradient() {
     // With the query at zero, a one-layer backbone gives its query projection no gradient (the

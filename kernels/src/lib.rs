@@ -186,6 +186,7 @@ const REGISTRY: &[Kernel] = &[
             op("gather", Dirs::Both),
             op("scatter_add", Dirs::Fwd),
             op("masked_scatter", Dirs::Both),
+            op("mask_rank", Dirs::Fwd),
         ],
         fast_math: false,
         must_not_spill: true

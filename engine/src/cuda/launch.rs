@@ -189,6 +189,7 @@ kernel_sets! {
     SCATTER_ADD = fwd("index", "scatter_add", Float);
     MASKED_SCATTER_FWD = fwd("index", "masked_scatter", Float);
     MASKED_SCATTER_BWD = bwd("index", "masked_scatter", Float);
+    MASK_RANK = fwd("index", "mask_rank", Float);
     SOFTMAX_FWD = fwd("norm", "softmax", Float);
     SOFTMAX_BWD = bwd("norm", "softmax", Float);
     RMS_NORM_FWD = fwd("norm", "rms_norm", Float);
