@@ -370,8 +370,9 @@ impl AdamW {
 
     /// [`step`](Self::step) with the gradients clipped to a global norm of at most `max_norm`
     /// inside the update, from `norm` (theirs, [`GradNorm::of`]) as it lies on the device:
-    /// `clip_grad_norm(grads, params, max_norm)` then `step`, in one pass and with no host read.
-    /// On the CPU the result is bit for bit that of clipping first.
+    /// `clip_grad_norm(grads, params, max_norm)` then `step`, in one pass and with no host read
+    /// (when the parameters live on the norm's device; another device gets a copy of it). On the
+    /// CPU the result is bit for bit that of clipping first.
     ///
     /// ```
     /// use vlm4vla_engine::{AdamW, AdamWConfig, Device, GradNorm, Tensor};
