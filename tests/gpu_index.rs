@@ -9,7 +9,7 @@ mod gpu_common;
 use common::{arb_shape, arb_view, config, count, input};
 use gpu_common::{check, dry_run, gpu, DTYPES};
 use proptest::prelude::*;
-use vlm4vla::engine::{DType, Device, Tensor};
+use vlm4vla::engine::{counters, DType, Device, Tensor};
 
 /// Indices in `0..size`, `n` of them, repeats included, from `seed`.
 fn indices(n: usize, size: usize, seed: u64) -> Vec<i64> {
@@ -109,13 +109,35 @@ proptest! {
     }
 }
 
+/// Indices and masks stay on the device: an out-of-range index is never dereferenced (its row
+/// comes out NaN, its gradient is dropped), a mask that sets more rows than the source has
+/// gives NaN rows past the source's, and nothing is read to the host. (The CPU makes both an
+/// error.)
 #[test]
-fn out_of_range_indices_are_errors() {
+fn bad_indices_and_masks_give_nan_rows_without_a_host_read() {
     let Some(dev) = gpu().filter(|_| !dry_run()) else { return };
-    let x = Tensor::ones(&[4, 3], DType::F32, dev).unwrap();
-    let idx = Tensor::from_vec(vec![0i64, 4], &[2], dev).unwrap();
-    let e = x.index_select(0, &idx).unwrap_err().to_string();
-    assert!(e.contains("index_select") && e.contains('4'), "{e}");
+    let x = Tensor::ones(&[4, 3], DType::F32, dev).unwrap().variable();
+    let idx = Tensor::from_vec(vec![0i64, 4, -1], &[3], dev).unwrap();
+    let mask = Tensor::from_vec(vec![1u8, 0, 1, 1], &[4], dev).unwrap();
+    let src = Tensor::full(2.0, &[2, 3], DType::F32, dev).unwrap();
+    let before = counters::snapshot();
+    let y = x.index_select(0, &idx).unwrap();
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    let z = x.detach().masked_scatter(&mask, &src).unwrap();
+    let w = Tensor::where_cond(&mask.unsqueeze(1).unwrap(), &z, &x.detach()).unwrap();
+    assert_eq!(counters::snapshot().since(&before).host_reads, 0, "nothing reads the indices or masks");
+    let y = y.to_vec::<f32>().unwrap();
+    assert!(y[..3].iter().all(|&v| v == 1.0) && y[3..].iter().all(|v| v.is_nan()), "{y:?}");
+    let dx = grads.get(&x).unwrap().to_vec::<f32>().unwrap();
+    assert_eq!(dx, [1., 1., 1., 0., 0., 0., 0., 0., 0., 0., 0., 0.]);
+    let z = z.to_vec::<f32>().unwrap();
+    assert!(z[..9].iter().zip([2., 2., 2., 1., 1., 1., 2., 2., 2.]).all(|(&a, b)| a == b), "{z:?}");
+    assert!(z[9..].iter().all(|v| v.is_nan()), "{z:?}");
+    assert_eq!(w.to_vec::<f32>().unwrap()[..6], [2., 2., 2., 1., 1., 1.]);
+    // Indices on another device are an error, as on the CPU are out-of-range ones.
     let cpu_idx = Tensor::from_vec(vec![0i64], &[1], Device::Cpu).unwrap();
     assert!(x.index_select(0, &cpu_idx).is_err());
+    let cpu_x = Tensor::ones(&[4, 3], DType::F32, Device::Cpu).unwrap();
+    let e = cpu_x.index_select(0, &Tensor::from_vec(vec![0i64, 4], &[2], Device::Cpu).unwrap()).unwrap_err();
+    assert!(e.to_string().contains("index_select") && e.to_string().contains("index 4"), "{e}");
 }

@@ -10,7 +10,8 @@ use common::{arb_shape, config, count};
 use gpu_common::{gpu, on_device};
 use proptest::prelude::*;
 use vlm4vla::engine::{
-    clip_grad_norm, grad_norm, AdamW, AdamWConfig, DType, Device, GradStore, ParamStore, Sgd, SgdConfig, Tensor,
+    clip_grad_norm, counters, grad_norm, AdamW, AdamWConfig, DType, Device, GradNorm, GradStore, ParamStore, Sgd,
+    SgdConfig, Tensor,
 };
 
 fn store(shapes: &[Vec<usize>], dtype: DType, dev: Device, seed: u64) -> ParamStore {
@@ -112,4 +113,48 @@ fn clipping_and_state_round_trip() {
     reloaded.step(&g_ps, &grads(&g_ps, 1), 1e-2).unwrap();
     c_opt.step(&c_ps, &grads(&c_ps, 1), 1e-2).unwrap();
     assert_same("adamw after reload", &g_ps, &c_ps, DType::F32);
+}
+
+/// Clipping inside the fused kernel (the norm's sum of squares read from device memory) matches
+/// clip-then-step on the CPU, for AdamW and SGD, f32 and bf16, with the clip active and not; the
+/// multi-tensor sum of squares matches the CPU's and costs no host read.
+#[test]
+fn clipping_inside_the_step_matches_the_cpu() {
+    let Some(dev) = gpu() else { return };
+    let shapes = vec![vec![33usize, 65], vec![7], vec![4099], vec![1, 1]];
+    for dtype in [DType::F32, DType::BF16] {
+        for max_norm in [0.5, 1e6] {
+            for sgd in [false, true] {
+                let (g_ps, c_ps) = (store(&shapes, dtype, dev, 5), store(&shapes, dtype, Device::Cpu, 5));
+                let (gp, cp) = (g_ps.trainable_tensors(), c_ps.trainable_tensors());
+                let cfg = AdamWConfig { lr: 1e-2, ..Default::default() };
+                let scfg = SgdConfig { lr: 0.05, momentum: 0.9, weight_decay: 0.01 };
+                let (mut ga, mut ca) = (AdamW::new(cfg).unwrap(), AdamW::new(cfg).unwrap());
+                let (mut gs, mut cs) = (Sgd::new(scfg).unwrap(), Sgd::new(scfg).unwrap());
+                for step in 0..3 {
+                    let gg = grads(&g_ps, step);
+                    let mut cg = grads(&c_ps, step);
+                    let before = counters::snapshot();
+                    let norm = GradNorm::of(&gg, &gp).unwrap();
+                    if sgd {
+                        gs.step_clipped(&g_ps, &gg, 0.05, &norm, max_norm).unwrap();
+                    } else {
+                        ga.step_clipped(&g_ps, &gg, 1e-2, &norm, max_norm).unwrap();
+                    }
+                    assert_eq!(counters::snapshot().since(&before).host_reads, 0, "a clipped step reads nothing");
+                    assert!(on_device(norm.sum_sq()));
+                    let cn = clip_grad_norm(&mut cg, &cp, max_norm).unwrap();
+                    let gn = norm.read().unwrap();
+                    assert!((gn - cn).abs() <= 1e-5 * cn, "grad norm gpu {gn} cpu {cn}");
+                    if sgd {
+                        cs.step(&c_ps, &cg, 0.05).unwrap();
+                    } else {
+                        ca.step(&c_ps, &cg, 1e-2).unwrap();
+                    }
+                }
+                assert_same(if sgd { "sgd clipped" } else { "adamw clipped" }, &g_ps, &c_ps, dtype);
+            }
+        }
+    }
+    count("gpu", "step_clipped", 1);
 }

@@ -4,7 +4,8 @@
 //! formula, and bad state or arguments are errors.
 
 use vlm4vla::engine::{
-    clip_grad_norm, grad_norm, AdamW, AdamWConfig, DType, Device, GradStore, LrSchedule, Sgd, SgdConfig, Tensor,
+    clip_grad_norm, grad_norm, AdamW, AdamWConfig, DType, Device, GradNorm, GradStore, LrSchedule, Sgd, SgdConfig,
+    Tensor,
 };
 
 // ----- reference values ------------------------------------------------------------------------
@@ -561,6 +562,91 @@ fn step_errors() {
     g.insert(&p32, Tensor::ones(&[1], DType::F32, Device::Cpu).unwrap());
     let e = err_text(opt.step(&vec![("x".to_string(), p32)], &g, 1e-3));
     assert!(e.contains("x") && e.contains("precision"), "{e}");
+}
+
+/// The bits of every parameter and every optimizer state tensor.
+fn bits(params: &[(String, Tensor)], state: &[(String, Tensor)]) -> Vec<(String, Vec<u64>)> {
+    params
+        .iter()
+        .chain(state)
+        .map(|(n, t)| (n.clone(), t.to_vec::<f64>().unwrap().into_iter().map(f64::to_bits).collect()))
+        .collect()
+}
+
+/// Clipping inside the update (`step_clipped`, the norm left on the device) is bit for bit
+/// `clip_grad_norm` then `step` on the CPU: f32, bf16 (through its master) and f64 parameters;
+/// AdamW and SGD with and without momentum; the clip active (norm about 4.5 > 0.5) and not; a
+/// parameter without a gradient and one listed twice; large tensors (the parallel path).
+#[test]
+fn clipping_inside_the_step_is_clip_then_step_bit_for_bit() {
+    let big = |dt| Tensor::rand_normal(0.0, 1e-3, &[70_001], DType::F32, Device::Cpu, 9).unwrap().to_dtype(dt).unwrap();
+    let make = || {
+        let mut ps = mixed_params();
+        ps.push(("big".into(), big(DType::F32).variable()));
+        ps.push(("big16".into(), big(DType::BF16).variable()));
+        ps.push(("no_grad".into(), Tensor::ones(&[3], DType::F32, Device::Cpu).unwrap().variable()));
+        ps
+    };
+    let grads_of = |ps: &[(String, Tensor)], k: usize| {
+        let mut g = mixed_grads(&ps[..3], k);
+        for (i, (_, p)) in ps[3..5].iter().enumerate() {
+            g.insert(p, Tensor::rand_normal(0.0, 1e-3, p.shape(), p.dtype(), Device::Cpu, (7 * k + i) as u64).unwrap());
+        }
+        g
+    };
+    let handles = |ps: &[(String, Tensor)]| -> Vec<Tensor> {
+        let mut h: Vec<Tensor> = ps.iter().map(|(_, t)| t.clone()).collect();
+        h.push(ps[0].1.clone());
+        h
+    };
+    for max_norm in [0.5, 1e6] {
+        for rule in 0..3 {
+            let (fused, reference) = (make(), make());
+            let (ht, hr) = (handles(&fused), handles(&reference));
+            let sgd = |momentum| Sgd::new(SgdConfig { lr: 0.05, momentum, weight_decay: 0.01 }).unwrap();
+            let adamw = || AdamW::new(AdamWConfig { lr: 0.05, ..Default::default() }).unwrap();
+            let (mut fa, mut ra, mut fs, mut rs) =
+                (adamw(), adamw(), sgd([0.0, 0.9][rule % 2]), sgd([0.0, 0.9][rule % 2]));
+            for k in 0..4 {
+                let lr = 0.05 / (k + 1) as f64;
+                let gf = grads_of(&fused, k);
+                let mut gr = grads_of(&reference, k);
+                let norm = GradNorm::of(&gf, &ht).unwrap();
+                let want = clip_grad_norm(&mut gr, &hr, max_norm).unwrap();
+                assert_eq!(norm.read().unwrap().to_bits(), want.to_bits(), "the norm");
+                assert_eq!(want > max_norm, max_norm < 1.0, "the clip is active exactly for the small max_norm");
+                if rule == 2 {
+                    fa.step_clipped(&fused, &gf, lr, &norm, max_norm).unwrap();
+                    ra.step(&reference, &gr, lr).unwrap();
+                } else {
+                    fs.step_clipped(&fused, &gf, lr, &norm, max_norm).unwrap();
+                    rs.step(&reference, &gr, lr).unwrap();
+                }
+            }
+            let (sf, sr) = if rule == 2 {
+                (fa.state_tensors().unwrap(), ra.state_tensors().unwrap())
+            } else {
+                (fs.state_tensors().unwrap(), rs.state_tensors().unwrap())
+            };
+            assert!(!sf.is_empty());
+            let (bf, br) = (bits(&fused, &sf), bits(&reference, &sr));
+            assert_eq!(bf.len(), br.len());
+            for ((name, f), (_, r)) in bf.iter().zip(&br) {
+                let first = f.iter().zip(r).position(|(a, b)| a != b);
+                assert!(
+                    first.is_none() && f.len() == r.len(),
+                    "rule {rule}, max_norm {max_norm}: {name}[{first:?}] differs"
+                );
+            }
+        }
+    }
+    // The max norm is checked as clip_grad_norm checks it.
+    let ps = make();
+    let g = grads_of(&ps, 0);
+    let norm = GradNorm::of(&g, &handles(&ps)).unwrap();
+    let mut opt = AdamW::new(AdamWConfig::default()).unwrap();
+    assert!(opt.step_clipped(&ps, &g, 0.1, &norm, 0.0).is_err());
+    assert!(opt.step_clipped(&ps, &g, 0.1, &norm, f64::NAN).is_err());
 }
 
 /// Tensors large enough for the parallel chunked path (and chunk boundaries) against the

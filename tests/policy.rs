@@ -154,6 +154,7 @@ fn loss_matches_a_hand_computed_reference() {
     let mask_v = [1u8, 1, 1, 0, 1, 0, 0, 0, 1, 1, 1, 1];
     let mask = Tensor::from_vec(mask_v.to_vec(), &[3, CHUNK], Device::Cpu).unwrap();
     let l = p.loss(&out, &y, &mask).unwrap();
+    let v = l.values().unwrap();
 
     let arm = out.arm.to_vec::<f64>().unwrap();
     let logits = out.gripper_logits.to_vec::<f64>().unwrap();
@@ -173,12 +174,13 @@ fn loss_matches_a_hand_computed_reference() {
         correct += usize::from((z >= 0.0) == (t >= 0.5));
     }
     let (h, bce) = (h / (n as f64 * 6.0), bce / n as f64);
-    assert_eq!(l.valid_steps, n);
-    assert!((l.arm - h).abs() < 1e-6 * h.max(1e-3), "arm {} vs {h}", l.arm);
-    assert!((l.gripper - bce).abs() < 1e-6, "gripper {} vs {bce}", l.gripper);
+    assert_eq!(v.valid_steps, n);
+    assert!((v.arm - h).abs() < 1e-6 * h.max(1e-3), "arm {} vs {h}", v.arm);
+    assert!((v.gripper - bce).abs() < 1e-6, "gripper {} vs {bce}", v.gripper);
     let total = l.loss.to_scalar::<f64>().unwrap();
     assert!((total - (h + 0.3 * bce)).abs() < 1e-6, "loss {total}");
-    assert_eq!(l.gripper_accuracy, correct as f64 / n as f64);
+    assert_eq!(v.loss, total);
+    assert_eq!(v.gripper_accuracy, correct as f64 / n as f64);
 }
 
 #[test]
@@ -200,7 +202,8 @@ fn masked_steps_change_neither_loss_nor_gradients() {
     let run = |y: &Tensor| {
         let l = p.forward_loss(&x, y, &mask).unwrap();
         let grads = l.loss.backward().unwrap();
-        (l.loss.to_scalar::<f32>().unwrap(), l.arm, l.gripper, all_grads(&p, &grads))
+        let v = l.values().unwrap();
+        (l.loss.to_scalar::<f32>().unwrap(), v.arm, v.gripper, all_grads(&p, &grads))
     };
     let (a, b) = (run(&y), run(&y2));
     assert!(a.0.is_finite());
@@ -218,7 +221,8 @@ fn masked_steps_change_neither_loss_nor_gradients() {
     let none = Tensor::zeros(&[3, CHUNK], DType::U8, Device::Cpu).unwrap();
     let l = p.forward_loss(&x, &y2, &none).unwrap();
     assert_eq!(l.loss.to_scalar::<f32>().unwrap(), 0.0);
-    assert_eq!((l.valid_steps, l.gripper_accuracy), (0, 0.0));
+    let v = l.values().unwrap();
+    assert_eq!((v.valid_steps, v.gripper_accuracy), (0, 0.0));
 }
 
 #[test]
@@ -236,7 +240,7 @@ fn gripper_accuracy_counts_valid_steps_only() {
     }
     let y = Tensor::from_vec(y, &[2, 2, 7], Device::Cpu).unwrap();
     let mask = Tensor::from_vec(vec![1f32, 1., 1., 0.], &[2, 2], Device::Cpu).unwrap();
-    let l = p.loss(&out, &y, &mask).unwrap();
+    let l = p.loss(&out, &y, &mask).unwrap().values().unwrap();
     assert_eq!(l.valid_steps, 3);
     assert!((l.gripper_accuracy - 2.0 / 3.0).abs() < 1e-12);
     assert_eq!(l.arm, 0.0);
@@ -247,6 +251,22 @@ fn gripper_accuracy_counts_valid_steps_only() {
     let bad = Tensor::from_vec(bad, &[2, 2, 7], Device::Cpu).unwrap();
     let e = p.loss(&out, &bad, &mask).unwrap_err().to_string();
     assert!(e.contains("gripper target -1") && e.contains("chunk step 1"), "{e}");
+}
+
+/// A token id outside the vocabulary in user input is an error naming the id: the toy backbone
+/// passes its ids unchecked to the embedding, whose CPU kernel checks every index as it gathers.
+#[test]
+fn a_bad_token_id_is_an_error_naming_it() {
+    let p = policy();
+    let mut x = input(3, 2);
+    let mut ids = x.input_ids.to_vec::<i64>().unwrap();
+    ids[5] = 4242;
+    x.input_ids = Tensor::from_vec(ids, x.input_ids.shape(), Device::Cpu).unwrap();
+    let e = p.forward(&x).unwrap_err().to_string();
+    assert!(e.contains("index_select") && e.contains("index 4242"), "{e}");
+    x.input_ids = Tensor::from_vec(vec![-3i64; 12], &[3, 4], Device::Cpu).unwrap();
+    let e = p.forward(&x).unwrap_err().to_string();
+    assert!(e.contains("index -3"), "{e}");
 }
 
 #[test]

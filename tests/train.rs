@@ -6,7 +6,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use vlm4vla::engine::{Device, Result, SafeTensorsFile, Tensor};
+use vlm4vla::engine::{
+    clip_grad_norm, AdamW, AdamWConfig, Device, GradStore, LrSchedule, Result, SafeTensorsFile, Tensor,
+};
 use vlm4vla::models::vla::{HeadConfig, PolicyConfig, VlaPolicy};
 use vlm4vla::models::BackboneInput;
 use vlm4vla::train::checkpoint::{CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE};
@@ -296,6 +298,12 @@ fn a_nan_loss_stops_with_the_step_and_last_checkpoint() {
     let ckpt = dir.join("checkpoint-4");
     assert!(e.contains("step 5") && e.contains("NaN") && e.contains(&ckpt.display().to_string()), "{e}");
     assert!(Checkpoint::open(&ckpt).is_ok());
+    // The optimizer never ran on the diverged step: the weights are the checkpoint's, bit for bit.
+    let saved = SafeTensorsFile::open(ckpt.join(MODEL_FILE)).unwrap();
+    for (name, w) in t.policy().trainable_params() {
+        let want = saved.get_as(&name, w.shape(), Some(w.dtype())).unwrap().to_vec::<f32>().unwrap();
+        assert_eq!(w.to_vec::<f32>().unwrap(), want, "{name} moved on the diverged step");
+    }
 
     // Before any checkpoint, the message says so.
     let dir2 = out_dir("nan0");
@@ -305,6 +313,76 @@ fn a_nan_loss_stops_with_the_step_and_last_checkpoint() {
     assert!(e.contains("step 1") && e.contains("no checkpoint was written yet"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
     std::fs::remove_dir_all(&dir2).unwrap();
+}
+
+/// The trainer's step (every value of the step read back in one packed read, clipping inside
+/// AdamW) logs exactly what reading each value on its own and clipping before the step report,
+/// and leaves exactly the same weights: that step written out here on a copy of the policy, over
+/// several steps of two micro-batches with the clip active.
+#[test]
+fn the_packed_read_logs_what_separate_reads_would() {
+    let dir = out_dir("packed");
+    let steps = 4;
+    let mut cfg = config(&dir, steps);
+    cfg.run.grad_accum = 2;
+    cfg.run.log_every = 1;
+    cfg.optim.warmup_steps = 0;
+    cfg.optim.clip_grad_norm = 0.05;
+    let mut t = Trainer::new(cfg.clone(), policy(&cfg)).unwrap();
+    t.run(&mut source(None)).unwrap();
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let logged: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(logged.len(), steps);
+
+    let mut p = policy(&cfg);
+    let (groups, head) = cfg.trainable();
+    p.set_trainable(&groups, head).unwrap();
+    let params = p.trainable_params();
+    let handles: Vec<Tensor> = params.iter().map(|(_, t)| t.clone()).collect();
+    let o = &cfg.optim;
+    let mut opt =
+        AdamW::new(AdamWConfig { lr: o.lr, betas: (o.betas[0], o.betas[1]), eps: o.eps, weight_decay: o.weight_decay })
+            .unwrap();
+    let sched = LrSchedule::WarmupStableCosine {
+        warmup_steps: 0,
+        decay_start: 0,
+        total_steps: steps,
+        min_ratio: o.min_lr_ratio,
+    };
+    let mut clipped = 0;
+    for (step, m) in logged.iter().enumerate() {
+        let mut grads = GradStore::new();
+        let (mut loss, mut arm, mut gripper, mut correct, mut valid) = (0.0, 0.0, 0.0, 0.0, 0usize);
+        for i in 0..2 {
+            let b = synthetic_batch(2 * step as u64 + i, None);
+            let pl = p.forward_loss(&b.input, &b.actions, &b.mask).unwrap();
+            let v = pl.values().unwrap();
+            assert_eq!(v.loss, pl.loss.to_scalar::<f64>().unwrap());
+            pl.loss.scale(0.5).unwrap().backward_into(&mut grads).unwrap();
+            loss += v.loss / 2.0;
+            arm += v.arm / 2.0;
+            gripper += v.gripper / 2.0;
+            correct += v.gripper_accuracy * v.valid_steps as f64;
+            valid += v.valid_steps;
+        }
+        let norm = clip_grad_norm(&mut grads, &handles, o.clip_grad_norm).unwrap();
+        clipped += usize::from(norm > o.clip_grad_norm);
+        let lr = o.lr * sched.factor(step);
+        opt.step(&params, &grads, lr).unwrap();
+        let f = |k: &str| m[k].as_f64().unwrap();
+        assert_eq!(m["step"].as_u64(), Some(step as u64 + 1));
+        assert_eq!(
+            [f("loss"), f("arm"), f("gripper"), f("gripper_acc"), f("grad_norm"), f("lr")],
+            [loss, arm, gripper, correct / valid as f64, norm, lr],
+            "step {}",
+            step + 1
+        );
+    }
+    assert!(clipped > 0, "the clip never acted");
+    for ((name, a), (_, b)) in t.policy().trainable_params().iter().zip(&params) {
+        assert_eq!(a.to_vec::<f32>().unwrap(), b.to_vec::<f32>().unwrap(), "{name}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Train `steps` steps (warmup, then flat, then `decay` steps of cosine) on `src`; the run's

@@ -209,29 +209,44 @@ pub(crate) trait Loss {
     ) -> Result<Grad2>;
 }
 
-/// Joining and indexing (`ops/index.rs`); indices and masks come validated, on the host.
+/// Joining and indexing (`ops/index.rs`). Indices (i64) and masks (u8 or i64, nonzero = set)
+/// are tensors on the data's device, never read to the host: the CPU checks each index as it
+/// uses it (an error naming the op and the index); a GPU kernel skips an out-of-range index (NaN
+/// in a forward's output, nothing in a scatter).
 pub(crate) trait Index {
     fn cat(&self, ts: &[&Tensor], dim: usize, shape: &[usize]) -> Result<Tensor>;
-    fn index_select(&self, x: &Tensor, dim: usize, idx: &[usize], shape: &[usize]) -> Result<Tensor>;
+    /// `idx` is 1-D.
+    fn index_select(&self, x: &Tensor, dim: usize, idx: &Tensor, shape: &[usize]) -> Result<Tensor>;
     /// The index_select backward: `g` scatter-added into zeros of `shape` (repeats accumulate).
-    fn index_add(&self, g: &Tensor, shape: &[usize], dim: usize, idx: &[usize]) -> Result<Tensor>;
-    fn gather(&self, x: &Tensor, dim: usize, idx: &[usize], ishape: &[usize]) -> Result<Tensor>;
+    fn index_add(&self, g: &Tensor, shape: &[usize], dim: usize, idx: &Tensor) -> Result<Tensor>;
+    /// `idx` has shape `ishape`, the output's.
+    fn gather(&self, x: &Tensor, dim: usize, idx: &Tensor, ishape: &[usize]) -> Result<Tensor>;
     fn gather_backward(
         &self,
         g: &Tensor,
         shape: &[usize],
         dim: usize,
-        idx: &[usize],
+        idx: &Tensor,
         ishape: &[usize],
     ) -> Result<Tensor>;
-    fn scatter_add(&self, x: &Tensor, dim: usize, idx: &[usize], src: &Tensor, ishape: &[usize]) -> Result<Tensor>;
-    /// `x` with rows `rows` (of width `w`) replaced by `source`'s rows in order.
-    fn masked_scatter(&self, x: &Tensor, source: &Tensor, rows: &[usize], w: usize) -> Result<Tensor>;
-    /// (d x: `g` with the rows zeroed, d source: the rows taken), each only when wanted.
-    fn masked_scatter_backward(&self, g: &Tensor, rows: &[usize], w: usize, want: (bool, bool)) -> Result<Grad2>;
-    fn where_cond(&self, mask: &[bool], a: &Tensor, b: &Tensor) -> Result<Tensor>;
+    fn scatter_add(&self, x: &Tensor, dim: usize, idx: &Tensor, src: &Tensor, ishape: &[usize]) -> Result<Tensor>;
+    /// `x` (rows of width `w`) with the rows `mask` sets (one entry per row) replaced by
+    /// `source`'s rows (`[M, w]`) in order.
+    fn masked_scatter(&self, x: &Tensor, mask: &Tensor, source: &Tensor, w: usize) -> Result<Tensor>;
+    /// (d x: `g` with the set rows zeroed, d source `[m, w]`: the set rows taken), each only when
+    /// wanted.
+    fn masked_scatter_backward(
+        &self,
+        g: &Tensor,
+        mask: &Tensor,
+        m: usize,
+        w: usize,
+        want: (bool, bool),
+    ) -> Result<Grad2>;
+    /// `mask ? a : b`, the mask a view of the output's shape.
+    fn where_cond(&self, mask: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor>;
     /// `g` where the mask picks `branch`, zero elsewhere.
-    fn where_backward(&self, mask: &[bool], g: &Tensor, branch: bool) -> Result<Tensor>;
+    fn where_backward(&self, mask: &Tensor, g: &Tensor, branch: bool) -> Result<Tensor>;
 }
 
 /// Copies and conversions (`ops/view.rs`).
@@ -258,14 +273,34 @@ pub(crate) struct OptimSlot<'a> {
 /// the optimizer and opaque above the backend.
 pub(crate) type OptimCache = Option<Box<dyn std::any::Any + Send + Sync>>;
 
+/// Gradient clipping inside an optimizer step, as `torch.nn.utils.clip_grad_norm_` before it:
+/// with `norm = √sum_sq`, every gradient is multiplied by `max_norm / (norm + 1e-6)` when that
+/// is below 1 (and left as it is otherwise, a non-finite norm included). The backend reads
+/// `sum_sq` (a one-element tensor on its device, from [`Optim::sum_sq`]) where it runs: no host
+/// read, no scaled copy of a gradient.
+pub(crate) struct Clip<'a> {
+    pub sum_sq: &'a Tensor,
+    pub max_norm: f64,
+}
+
+/// The epsilon added to the norm in the clip factor (torch's).
+pub(crate) const CLIP_EPS: f64 = 1e-6;
+
 /// The optimizer step and the gradient norm (`optim.rs`).
 pub(crate) trait Optim {
-    /// Update every slot in place by `rule` (on the CPU one fused pass per tensor; on a GPU one
-    /// multi-tensor launch per dtype).
-    fn optim_step(&self, rule: &OptimRule, slots: &[OptimSlot<'_>], cache: &mut OptimCache) -> Result<()>;
-    /// `Σ x²` over every element of every tensor of `xs` (all on this backend's device),
-    /// accumulated in f64, tensor by tensor in order, and read to the host once.
-    fn sum_sq(&self, xs: &[&Tensor]) -> Result<f64>;
+    /// Update every slot in place by `rule`, the gradients clipped by `clip` if given (on the
+    /// CPU one fused pass per tensor; on a GPU one multi-tensor launch per dtype).
+    fn optim_step(
+        &self,
+        rule: &OptimRule,
+        slots: &[OptimSlot<'_>],
+        clip: Option<&Clip<'_>>,
+        cache: &mut OptimCache,
+    ) -> Result<()>;
+    /// `Σ x²` over every element of every tensor of `xs` (all on this backend's device) as a
+    /// one-element tensor `[1]` on that device, with no host read: on the CPU f64, accumulated
+    /// tensor by tensor in order; on a GPU f32. An empty `xs` gives 0.
+    fn sum_sq(&self, xs: &[&Tensor], device: Device) -> Result<Tensor>;
 }
 
 /// Memory: making, reading and overwriting a device's buffers (`tensor.rs`).

@@ -30,7 +30,11 @@ pub struct Counts {
     /// device and step count), gradient-norm reductions (one per device), zeros and uploads.
     pub primitives: u64,
     /// Reads of a tensor's elements by the host (`to_vec`, `to_scalar`, `to_cpu_storage`): a
-    /// synchronisation on a GPU.
+    /// synchronisation on a GPU. Reading host data back is not one: a CPU tensor the host filled
+    /// from its own memory (`from_vec`, `full`, a loaded file) that no primitive or in-place
+    /// write has touched since (on a GPU run, the CPU-side inputs). A tensor placed on a GPU is
+    /// device data; code that uploads host data and reads it back is counted there, so it
+    /// should keep the host copy instead.
     pub host_reads: u64,
     /// Fresh tensor buffers (op outputs, uploads, zeros).
     pub allocations: u64,

@@ -37,7 +37,7 @@ pub use error::{Error, Result};
 pub use io::{LoadOptions, SafeTensorsFile};
 pub use kinds::{AttentionMask, CmpKind, Reduction, RmsNormKind};
 pub use ops::{attention, attention_with, AttentionKeys, AttentionOutput};
-pub use optim::{clip_grad_norm, grad_norm, AdamW, AdamWConfig, LrSchedule, NamedParams, Sgd, SgdConfig};
+pub use optim::{clip_grad_norm, grad_norm, AdamW, AdamWConfig, GradNorm, LrSchedule, NamedParams, Sgd, SgdConfig};
 pub use params::ParamStore;
 pub use shape::{Dim, Layout};
 pub use storage::{CpuStorage, Storage};

@@ -31,7 +31,7 @@
 //! assert!(w.to_vec::<f32>().unwrap()[0] < 1.0);
 //! ```
 
-use crate::backend::{OptimCache, OptimSlot};
+use crate::backend::{Clip, OptimCache, OptimSlot};
 use crate::kinds::OptimRule;
 use crate::{CpuStorage, DType, Device, Error, GradStore, ParamStore, Result, Tensor};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -102,16 +102,27 @@ impl OptimState {
     }
 
     /// Update every parameter that has a gradient; `rule(t)` gives the update rule for a
-    /// parameter's `t`-th step (1-based). Every parameter is checked before any is updated; then
-    /// the parameters are stepped by their backends, one call per step count and device (the
-    /// CPU updates tensor by tensor, a GPU in one multi-tensor launch).
-    fn step<P, F>(&mut self, params: &P, grads: &GradStore, lr: f64, rule: F) -> Result<()>
+    /// parameter's `t`-th step (1-based); `clip` (a gradient norm and the max norm) clips every
+    /// gradient inside the update. Every parameter is checked before any is updated; then the
+    /// parameters are stepped by their backends, one call per step count and device (the CPU
+    /// updates tensor by tensor, a GPU in one multi-tensor launch).
+    fn step<P, F>(
+        &mut self,
+        params: &P,
+        grads: &GradStore,
+        lr: f64,
+        clip: Option<(&GradNorm, f64)>,
+        rule: F,
+    ) -> Result<()>
     where
         P: NamedParams + ?Sized,
         F: Fn(u64) -> OptimRule,
     {
         if !lr.is_finite() || lr < 0.0 {
             return Err(Error::invalid(self.kind, format!("learning rate {lr} must be finite and non-negative")));
+        }
+        if let Some((_, max_norm)) = clip {
+            check_max_norm(self.kind, max_norm)?;
         }
         let params = params.named_params();
         let mut seen = HashSet::new();
@@ -141,6 +152,8 @@ impl OptimState {
             work.push((st.step, p.device(), name, p, g));
         }
         work.sort_by_key(|w| w.0);
+        // The norm's sum of squares on each device that steps (moved there if it lives elsewhere).
+        let mut sums: Vec<(Device, Tensor)> = Vec::new();
         let mut rest = &work[..];
         while let Some(&(t, device, ..)) = rest.first() {
             let n = rest.iter().take_while(|w| w.0 == t && w.1 == device).count();
@@ -151,8 +164,20 @@ impl OptimState {
                 let st = self.params.get(name).ok_or_else(|| self.err(name, "state missing"))?;
                 slots.push(OptimSlot { name, param: p, grad: g, bufs: &st.bufs, master: st.master.as_ref() });
             }
+            let sum = match clip {
+                Some((norm, _)) => Some(match sums.iter().find(|(d, _)| *d == device) {
+                    Some((_, s)) => s.clone(),
+                    None => {
+                        let s = norm.sum_sq.to_device(device)?;
+                        sums.push((device, s.clone()));
+                        s
+                    }
+                }),
+                None => None,
+            };
+            let clip = clip.zip(sum.as_ref()).map(|((_, max_norm), sum_sq)| Clip { sum_sq, max_norm });
             crate::counters::primitive();
-            crate::backend::of(device).optim_step(&rule(t), &slots, &mut self.cache)?;
+            crate::backend::of(device).optim_step(&rule(t), &slots, clip.as_ref(), &mut self.cache)?;
         }
         Ok(())
     }
@@ -340,9 +365,42 @@ impl AdamW {
     /// `grads` (the others are skipped and keep their step count). Parameters are updated in
     /// place; they must be contiguous float tensors with gradients of their shape.
     pub fn step<P: NamedParams + ?Sized>(&mut self, params: &P, grads: &GradStore, lr: f64) -> Result<()> {
+        self.step_with(params, grads, lr, None)
+    }
+
+    /// [`step`](Self::step) with the gradients clipped to a global norm of at most `max_norm`
+    /// inside the update, from `norm` (theirs, [`GradNorm::of`]) as it lies on the device:
+    /// `clip_grad_norm(grads, params, max_norm)` then `step`, in one pass and with no host read
+    /// (when the parameters live on the norm's device; another device gets a copy of it). On the
+    /// CPU the result is bit for bit that of clipping first.
+    ///
+    /// ```
+    /// use vlm4vla_engine::{AdamW, AdamWConfig, Device, GradNorm, Tensor};
+    /// let w = Tensor::from_vec(vec![3f32, 4.], &[2], Device::Cpu).unwrap().variable();
+    /// let grads = w.sqr().unwrap().sum_all().unwrap().backward().unwrap(); // grad = [6, 8]
+    /// let norm = GradNorm::of(&grads, &[w.clone()]).unwrap();
+    /// let mut opt = AdamW::new(AdamWConfig { weight_decay: 0.0, ..Default::default() }).unwrap();
+    /// opt.step_clipped(&vec![("w".to_string(), w.clone())], &grads, 0.1, &norm, 1.0).unwrap();
+    /// assert!((norm.read().unwrap() - 10.0).abs() < 1e-6);
+    /// ```
+    pub fn step_clipped<P: NamedParams + ?Sized>(
+        &mut self,
+        params: &P,
+        grads: &GradStore,
+        lr: f64,
+        norm: &GradNorm,
+        max_norm: f64,
+    ) -> Result<()> {
+        self.step_with(params, grads, lr, Some((norm, max_norm)))
+    }
+
+    fn step_with<P>(&mut self, params: &P, grads: &GradStore, lr: f64, clip: Option<(&GradNorm, f64)>) -> Result<()>
+    where
+        P: NamedParams + ?Sized,
+    {
         let c = self.config;
         let (beta1, beta2) = c.betas;
-        self.state.step(params, grads, lr, |t| OptimRule::AdamW {
+        self.state.step(params, grads, lr, clip, |t| OptimRule::AdamW {
             decay: 1.0 - lr * c.weight_decay,
             beta1,
             beta2,
@@ -410,8 +468,28 @@ impl Sgd {
 
     /// One step with learning rate `lr` (see [`AdamW::step`] for which parameters are updated).
     pub fn step<P: NamedParams + ?Sized>(&mut self, params: &P, grads: &GradStore, lr: f64) -> Result<()> {
+        self.step_with(params, grads, lr, None)
+    }
+
+    /// [`step`](Self::step) with the gradients clipped inside the update (see
+    /// [`AdamW::step_clipped`]).
+    pub fn step_clipped<P: NamedParams + ?Sized>(
+        &mut self,
+        params: &P,
+        grads: &GradStore,
+        lr: f64,
+        norm: &GradNorm,
+        max_norm: f64,
+    ) -> Result<()> {
+        self.step_with(params, grads, lr, Some((norm, max_norm)))
+    }
+
+    fn step_with<P>(&mut self, params: &P, grads: &GradStore, lr: f64, clip: Option<(&GradNorm, f64)>) -> Result<()>
+    where
+        P: NamedParams + ?Sized,
+    {
         let c = self.config;
-        self.state.step(params, grads, lr, |t| OptimRule::Sgd {
+        self.state.step(params, grads, lr, clip, |t| OptimRule::Sgd {
             lr,
             momentum: c.momentum,
             weight_decay: c.weight_decay,
@@ -512,35 +590,80 @@ impl LrSchedule {
 
 // ----- gradient clipping ----------------------------------------------------------------------
 
-/// The global L2 norm of the gradients of `params` (accumulated in f64; parameters without a
-/// gradient, or listed twice, count once or not at all).
-pub fn grad_norm(grads: &GradStore, params: &[Tensor]) -> Result<f64> {
-    let mut seen = HashSet::new();
-    // The gradients by device, in parameter order: one reduction and one host read per device.
-    let mut groups: Vec<(Device, Vec<&Tensor>)> = Vec::new();
-    for p in params {
-        if !seen.insert(p.id()) {
-            continue;
-        }
-        if let Some(g) = grads.get(p) {
-            match groups.iter_mut().find(|(d, _)| *d == g.device()) {
-                Some((_, gs)) => gs.push(g),
-                None => groups.push((g.device(), vec![g])),
+/// The global L2 norm of a set of gradients, kept on their device as `Σ g²`: one multi-tensor
+/// reduction ([`GradNorm::of`]) with no host read, which an optimizer step can clip by where it
+/// runs ([`AdamW::step_clipped`]), and which is read to the host only when asked
+/// ([`GradNorm::read`]).
+#[derive(Clone, Debug)]
+pub struct GradNorm {
+    sum_sq: Tensor,
+}
+
+impl GradNorm {
+    /// The norm of the gradients of `params` (parameters without a gradient, or listed twice,
+    /// count once or not at all): one reduction per device, tensor by tensor in parameter order.
+    /// Sums of several devices are added on the first one (moving them there reads them).
+    pub fn of(grads: &GradStore, params: &[Tensor]) -> Result<GradNorm> {
+        let mut seen = HashSet::new();
+        // The gradients by device, in parameter order.
+        let mut groups: Vec<(Device, Vec<&Tensor>)> = Vec::new();
+        for p in params {
+            if !seen.insert(p.id()) {
+                continue;
+            }
+            if let Some(g) = grads.get(p) {
+                match groups.iter_mut().find(|(d, _)| *d == g.device()) {
+                    Some((_, gs)) => gs.push(g),
+                    None => groups.push((g.device(), vec![g])),
+                }
             }
         }
+        if groups.is_empty() {
+            groups.push((Device::Cpu, Vec::new()));
+        }
+        let mut total: Option<Tensor> = None;
+        for (device, gs) in &groups {
+            crate::counters::primitive();
+            let s = crate::backend::of(*device).sum_sq(gs, *device)?;
+            total = Some(match total {
+                None => s,
+                Some(t) => crate::no_grad(|| t.add(&s.to_dtype(t.dtype())?.to_device(t.device())?))?,
+            });
+        }
+        let sum_sq = total.ok_or_else(|| Error::invalid("grad_norm", "no device to reduce on"))?;
+        Ok(GradNorm { sum_sq })
     }
-    let mut sum = 0.0;
-    for (device, gs) in &groups {
-        crate::counters::primitive();
-        sum += crate::backend::of(*device).sum_sq(gs)?;
+
+    /// `Σ g²` as a one-element tensor `[1]` on the gradients' device: f64 on the CPU (accumulated
+    /// tensor by tensor in order), f32 on a GPU.
+    pub fn sum_sq(&self) -> &Tensor {
+        &self.sum_sq
     }
-    Ok(sum.sqrt())
+
+    /// The norm, read to the host (one host read; non-finite if a gradient is).
+    pub fn read(&self) -> Result<f64> {
+        Ok(self.sum_sq.to_scalar::<f64>()?.sqrt())
+    }
+}
+
+fn check_max_norm(op: &'static str, max_norm: f64) -> Result<()> {
+    if max_norm.is_nan() || max_norm <= 0.0 {
+        return Err(Error::invalid(op, format!("max_norm {max_norm} must be positive")));
+    }
+    Ok(())
+}
+
+/// The global L2 norm of the gradients of `params`, read to the host ([`GradNorm::of`] then
+/// [`GradNorm::read`]).
+pub fn grad_norm(grads: &GradStore, params: &[Tensor]) -> Result<f64> {
+    GradNorm::of(grads, params)?.read()
 }
 
 /// Clip the gradients of `params` to a global L2 norm of at most `max_norm`, as
 /// `torch.nn.utils.clip_grad_norm_`: when `max_norm / (norm + 1e-6) < 1` every gradient is
 /// multiplied by that ratio. Returns the norm before clipping (non-finite if a gradient is; then
-/// the step should be skipped).
+/// the step should be skipped). A training step clips inside the optimizer instead
+/// ([`AdamW::step_clipped`]): the same result with no host read and no scaled copies.
 ///
 /// ```
 /// use vlm4vla_engine::{clip_grad_norm, Device, DType, Tensor};
@@ -552,11 +675,9 @@ pub fn grad_norm(grads: &GradStore, params: &[Tensor]) -> Result<f64> {
 /// assert!((g[0] - 0.6).abs() < 1e-6 && (g[1] - 0.8).abs() < 1e-6);
 /// ```
 pub fn clip_grad_norm(grads: &mut GradStore, params: &[Tensor], max_norm: f64) -> Result<f64> {
-    if max_norm.is_nan() || max_norm <= 0.0 {
-        return Err(Error::invalid("clip_grad_norm", format!("max_norm {max_norm} must be positive")));
-    }
+    check_max_norm("clip_grad_norm", max_norm)?;
     let norm = grad_norm(grads, params)?;
-    let coef = max_norm / (norm + 1e-6);
+    let coef = max_norm / (norm + crate::backend::CLIP_EPS);
     if coef < 1.0 {
         let mut seen = HashSet::new();
         for p in params {

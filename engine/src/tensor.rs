@@ -3,7 +3,7 @@
 
 use crate::autograd::{self, Op};
 use crate::{CpuStorage, DType, Device, Error, Layout, Result, Storage, WithDType};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// A unique id per tensor handle created by an op (views get their own id).
@@ -17,9 +17,18 @@ impl TensorId {
     }
 }
 
+/// A buffer shared by a tensor and its views, and whether it is host data: a CPU buffer the
+/// host filled from its own memory (`from_vec`, `full`, a loaded file) that no primitive and no
+/// in-place write has touched since. Reading host data back waits for no device (on a GPU run such
+/// tensors are the CPU-side inputs), so it is not counted as a host read.
+struct StorageCell {
+    data: RwLock<Storage>,
+    host_data: AtomicBool,
+}
+
 pub(crate) struct TensorInner {
     id: TensorId,
-    storage: Arc<RwLock<Storage>>,
+    storage: Arc<StorageCell>,
     layout: Layout,
     dtype: DType,
     device: Device,
@@ -57,20 +66,27 @@ impl Tensor {
     /// A new tensor over fresh storage; `op` is kept only when an input tracks gradients.
     pub(crate) fn from_storage(storage: Storage, shape: &[usize], op: Option<Op>) -> Tensor {
         crate::counters::allocation();
+        let (dtype, device) = (storage.dtype(), storage.device());
+        let storage = Arc::new(StorageCell { data: RwLock::new(storage), host_data: AtomicBool::new(false) });
         let layout = Layout::contiguous(shape);
-        Self::from_parts(Arc::new(RwLock::new(storage)), layout, op)
+        Tensor(Arc::new(TensorInner { id: TensorId::new(), storage, layout, dtype, device, op, is_variable: false }))
     }
 
     pub(crate) fn from_cpu(storage: CpuStorage, shape: &[usize], op: Option<Op>) -> Tensor {
         Self::from_storage(Storage::Cpu(storage), shape, op)
     }
 
-    fn from_parts(storage: Arc<RwLock<Storage>>, layout: Layout, op: Option<Op>) -> Tensor {
-        let (dtype, device) = {
-            let s = storage.read().unwrap_or_else(|e| e.into_inner());
-            (s.dtype(), s.device())
-        };
-        Tensor(Arc::new(TensorInner { id: TensorId::new(), storage, layout, dtype, device, op, is_variable: false }))
+    /// Host data (see [`StorageCell`]) placed on `device`: on the CPU the tensor is the host
+    /// data itself; elsewhere an upload.
+    fn from_host(storage: CpuStorage, shape: &[usize], device: Device) -> Result<Tensor> {
+        let t = Tensor::from_cpu(storage, shape, None);
+        t.0.storage.host_data.store(true, Ordering::Relaxed);
+        t.to_device(device)
+    }
+
+    /// Whether this tensor is host data (see [`StorageCell`]).
+    fn is_host_data(&self) -> bool {
+        self.0.storage.host_data.load(Ordering::Relaxed)
     }
 
     /// A view of this tensor's storage with another layout.
@@ -94,7 +110,7 @@ impl Tensor {
                 format!("{} elements for shape {shape:?} ({n} elements)", data.len()),
             ));
         }
-        Tensor::from_cpu(CpuStorage::from_vec(data), shape, None).to_device(device)
+        Tensor::from_host(CpuStorage::from_vec(data), shape, device)
     }
 
     pub fn from_slice<T: WithDType>(data: &[T], shape: &[usize], device: Device) -> Result<Tensor> {
@@ -119,7 +135,7 @@ impl Tensor {
             DType::F32 => CpuStorage::F32(vec![value as f32; n]),
             DType::F64 => CpuStorage::F64(vec![value; n]),
         };
-        Tensor::from_cpu(s, shape, None).to_device(device)
+        Tensor::from_host(s, shape, device)
     }
 
     pub fn zeros(shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
@@ -231,11 +247,13 @@ impl Tensor {
     }
 
     pub(crate) fn read_storage(&self) -> RwLockReadGuard<'_, Storage> {
-        self.0.storage.read().unwrap_or_else(|e| e.into_inner())
+        self.0.storage.data.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The storage for writing in place: from here on it is no longer host data.
     pub(crate) fn write_storage(&self) -> RwLockWriteGuard<'_, Storage> {
-        self.0.storage.write().unwrap_or_else(|e| e.into_inner())
+        self.0.storage.host_data.store(false, Ordering::Relaxed);
+        self.0.storage.data.write().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn same_storage(&self, other: &Tensor) -> bool {
@@ -274,10 +292,18 @@ impl Tensor {
 
     // ----- data out -----------------------------------------------------------------------
 
+    /// Count a host read of this tensor, unless it is host data (its elements are already on
+    /// the host: nothing waits for a device).
+    fn count_host_read(&self) {
+        if !self.is_host_data() {
+            crate::counters::host_read();
+        }
+    }
+
     /// All elements in row-major order, converted to `T`.
     pub fn to_vec<T: WithDType>(&self) -> Result<Vec<T>> {
         let mut out = Vec::new();
-        crate::counters::host_read();
+        self.count_host_read();
         crate::backend::of(self.device()).with_host(self, &mut |s, l| out = s.gather_as::<T>(l))?;
         Ok(out)
     }
@@ -293,7 +319,7 @@ impl Tensor {
     /// A contiguous CPU copy of the elements (same dtype).
     pub fn to_cpu_storage(&self) -> Result<CpuStorage> {
         let mut out = None;
-        crate::counters::host_read();
+        self.count_host_read();
         crate::backend::of(self.device()).with_host(self, &mut |s, l| out = Some(s.gather(l)))?;
         out.ok_or_else(|| Error::invalid("to_cpu_storage", "the backend gave no host copy"))
     }

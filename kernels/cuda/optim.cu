@@ -1,5 +1,6 @@
 // optim.cu: fused multi-tensor optimizer steps, AdamW and SGD with momentum, one launch for
-// every parameter tensor.
+// every parameter tensor, with gradient clipping in the same pass; and the multi-tensor sum of
+// squares the clipping reads (the global gradient norm), without a host round trip.
 //
 // Tensors are described by a device-resident table of `OptimSlot`s (pointers and sizes, written
 // once by the launcher when the optimizer is built, so the addresses stay fixed and the step can
@@ -13,6 +14,12 @@
 //   lr / (1 - b1^t) and bc2_sqrt = sqrt(1 - b2^t) computed on the host.
 // sgd (torch.optim.SGD, dampening 0, no Nesterov): d = g + wd p; buf = first ? d : mu buf + d;
 //   p -= lr buf; without momentum (buf null) p -= lr d.
+// Clipping (clip_sum_sq not null): every gradient element is first multiplied by
+//   c = max_norm / (sqrt(*clip_sum_sq) + 1e-6) when c < 1 (as torch's clip_grad_norm_; a
+//   non-finite norm leaves the gradients as they are), read from device memory by every block.
+// sum_sq fwd: partials[c] = sum of g^2 over chunk c of the slot table (the gradients `g` and
+//   sizes `n`; the other slot fields unused), fp32, overwritten. sum_sq_total fwd: one block,
+//   out[0] = the sum of partials[0 .. n_slots) in a fixed order (deterministic), overwritten.
 // Everything is updated in place (p, m, v, buf, copy); gradients are read only. Each chunk takes
 // 4 elements per thread per step (16-byte fp32 / 8-byte bf16 accesses) when its tensor's pointers
 // are aligned for it (checked in the kernel, so any table works), else one at a time.
@@ -33,7 +40,8 @@ static_assert(sizeof(OptimSlot) == 48, "OptimSlot layout");
 struct OptimParams {
     const OptimSlot* slots;
     const i64* chunk_start;
-    int n_slots;
+    const float* clip_sum_sq;  // the gradients' sum of squares to clip by, or null
+    int n_slots;  // sum_sq_total: the number of partials
     int first;  // sgd: first step (buf = d)
     float lr;
     float beta1;  // sgd: momentum
@@ -42,9 +50,16 @@ struct OptimParams {
     float weight_decay;
     float step_size;
     float bc2_sqrt;
-    int pad;
+    float max_norm;
 };
-static_assert(sizeof(OptimParams) == 56, "OptimParams layout");
+static_assert(sizeof(OptimParams) == 64, "OptimParams layout");
+
+// The factor every gradient is multiplied by: max_norm / (norm + 1e-6) below 1, else 1.
+__device__ __forceinline__ float clip_factor(const OptimParams& p) {
+    if (!p.clip_sum_sq) return 1.0f;
+    const float c = p.max_norm / (sqrtf(*p.clip_sum_sq) + 1e-6f);
+    return c < 1.0f ? c : 1.0f;
+}
 
 // The slot owning chunk c: the last s with chunk_start[s] <= c.
 __device__ __forceinline__ int slot_of(const OptimParams& p, i64 c) {
@@ -101,6 +116,7 @@ __device__ __forceinline__ bool aligned_to(const void* p, u64 a) { return (reint
 // one element at a time. Both paths compute the same function.
 template <typename T, bool ADAM> __device__ void optim_step(const OptimParams p) {
     const i64 chunks = p.chunk_start[p.n_slots];
+    const float clip = clip_factor(p);
     for (i64 c = blockIdx.x; c < chunks; c += gridDim.x) {
         const int s = slot_of(p, c);
         const OptimSlot slot = p.slots[s];
@@ -120,10 +136,10 @@ template <typename T, bool ADAM> __device__ void optim_step(const OptimParams p)
                 float4 v = ADAM ? *reinterpret_cast<const float4*>(slot.v + j) : make_float4(0, 0, 0, 0);
                 const Quad<T> gq = load4(g + j);
                 const bool has_m = slot.m != nullptr;
-                w.x = optim_one<ADAM>(p, w.x, to_f32(gq.v[0]), has_m, m.x, v.x);
-                w.y = optim_one<ADAM>(p, w.y, to_f32(gq.v[1]), has_m, m.y, v.y);
-                w.z = optim_one<ADAM>(p, w.z, to_f32(gq.v[2]), has_m, m.z, v.z);
-                w.w = optim_one<ADAM>(p, w.w, to_f32(gq.v[3]), has_m, m.w, v.w);
+                w.x = optim_one<ADAM>(p, w.x, to_f32(gq.v[0]) * clip, has_m, m.x, v.x);
+                w.y = optim_one<ADAM>(p, w.y, to_f32(gq.v[1]) * clip, has_m, m.y, v.y);
+                w.z = optim_one<ADAM>(p, w.z, to_f32(gq.v[2]) * clip, has_m, m.z, v.z);
+                w.w = optim_one<ADAM>(p, w.w, to_f32(gq.v[3]) * clip, has_m, m.w, v.w);
                 *reinterpret_cast<float4*>(slot.p + j) = w;
                 if (slot.m) *reinterpret_cast<float4*>(slot.m + j) = m;
                 if (ADAM) *reinterpret_cast<float4*>(slot.v + j) = v;
@@ -140,7 +156,7 @@ template <typename T, bool ADAM> __device__ void optim_step(const OptimParams p)
         }
         for (; i < end; i += blockDim.x) {
             float m = slot.m ? slot.m[i] : 0.0f, v = ADAM ? slot.v[i] : 0.0f;
-            const float w = optim_one<ADAM>(p, slot.p[i], load(g, i), slot.m != nullptr, m, v);
+            const float w = optim_one<ADAM>(p, slot.p[i], load(g, i) * clip, slot.m != nullptr, m, v);
             if (slot.m) slot.m[i] = m;
             if (ADAM) slot.v[i] = v;
             slot.p[i] = w;
@@ -149,9 +165,42 @@ template <typename T, bool ADAM> __device__ void optim_step(const OptimParams p)
     }
 }
 
+// One block per chunk (grid-stride): the chunk's sum of squares in fp32.
+template <typename T> __device__ void sum_sq_chunks(const OptimParams p, float* __restrict__ partials) {
+    __shared__ float scratch[WARP];
+    const i64 chunks = p.chunk_start[p.n_slots];
+    for (i64 c = blockIdx.x; c < chunks; c += gridDim.x) {
+        const int s = slot_of(p, c);
+        const OptimSlot slot = p.slots[s];
+        const T* g = static_cast<const T*>(slot.g);
+        const i64 start = (c - p.chunk_start[s]) * OPTIM_CHUNK;
+        const i64 end = min(start + (i64)OPTIM_CHUNK, slot.n);
+        float acc = 0.0f;
+        for (i64 i = start + threadIdx.x; i < end; i += blockDim.x) {
+            const float x = load(g, i);
+            acc += x * x;
+        }
+        acc = block_sum(acc, scratch);
+        if (threadIdx.x == 0) partials[c] = acc;
+    }
+}
+
+// One block: the partials summed in a fixed order (per thread strided, then the block tree).
+__device__ void sum_sq_total(const OptimParams p, const float* __restrict__ partials, float* __restrict__ out) {
+    __shared__ float scratch[WARP];
+    float acc = 0.0f;
+    for (int i = threadIdx.x; i < p.n_slots; i += blockDim.x) acc += partials[i];
+    acc = block_sum(acc, scratch);
+    if (threadIdx.x == 0) out[0] = acc;
+}
+
 #define OPTIM_KERNEL extern "C" __global__ void __launch_bounds__(EW_THREADS)
 #define OPTIM(dtype, T)                                                                     \
     OPTIM_KERNEL adamw_fwd_##dtype(const OptimParams p) { optim_step<T, true>(p); }         \
-    OPTIM_KERNEL sgd_fwd_##dtype(const OptimParams p) { optim_step<T, false>(p); }
+    OPTIM_KERNEL sgd_fwd_##dtype(const OptimParams p) { optim_step<T, false>(p); }          \
+    OPTIM_KERNEL sum_sq_fwd_##dtype(const OptimParams p, float* partials) { sum_sq_chunks<T>(p, partials); } \
+    OPTIM_KERNEL sum_sq_total_fwd_##dtype(const OptimParams p, const float* partials, float* out) { \
+        sum_sq_total(p, partials, out);                                                     \
+    }
 OPTIM(f32, float)
 OPTIM(bf16, bf16)

@@ -5,7 +5,7 @@ No GPU or CUDA install needed.
     python3 kernels/emu/run.py [flash|vec] [case-name-filter]
 
 flash: flash_attention.cu (its inline-PTX section swapped for ptx_emu.h) by flash_check.cpp;
-vec: the vectorised norm / activation / rope kernels and the loss / optim kernels by vec_check.cpp
+vec: the vectorised norm / activation / rope kernels and the loss / optim / index kernels by vec_check.cpp
 (each family in its own namespace). Both by default. Slow by design (every CUDA thread is a
 std::thread): a minute or two each on 2 cores.
 """
@@ -30,7 +30,7 @@ def translation_unit() -> str:
     return '#include "cuda_emu.h"\n' + common + "\n" + src
 
 
-VEC_FAMILIES = ["norm", "activation", "rope", "loss", "optim"]
+VEC_FAMILIES = ["norm", "activation", "rope", "loss", "optim", "index"]
 
 
 def vec_translation_unit() -> str:

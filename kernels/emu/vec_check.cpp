@@ -1,6 +1,7 @@
 // vec_check.cpp: runs the 16-byte vectorised kernels (norm.cu's *_rows / *_wide, activation.cu's
 // *_vec, rope.cu's rope_vec) under cuda_emu.h against the simple kernels of the same files, and
-// the rewritten loss.cu / optim.cu kernels against float64 references, on odd sizes (rows not a
+// the rewritten loss.cu / optim.cu kernels and index.cu's device-side masks and indices against
+// float64 references, on odd sizes (rows not a
 // multiple of a block, grids smaller than the rows, misaligned tensors that must take the scalar
 // path). Built and run by run.py.
 #include "vec_tu.h"
@@ -263,7 +264,7 @@ static void pair_losses(int n, int misalign) {
 
 // ----- optimizer ---------------------------------------------------------------------------------------
 
-static void adamw(bool adam, bool momentum) {
+static void adamw(bool adam, bool momentum, bool clip) {
     // Three tensors: aligned, aligned with a tail, and misaligned by one element (scalar path).
     const int sizes[] = {5000, 4099, 1003}, offs[] = {0, 0, 1};
     std::vector<std::vector<float>> p(3), m(3), v(3), p0(3), m0(3), v0(3);
@@ -281,8 +282,15 @@ static void adamw(bool adam, bool momentum) {
                     adam ? v[s].data() + offs[s] : nullptr, copy[s].data() + offs[s], sizes[s]};
         starts.push_back(starts.back() + (sizes[s] + OPTIM_CHUNK - 1) / OPTIM_CHUNK);
     }
+    // Clipping by the gradients' own norm to half of it (factor about 0.5).
+    double ss = 0;
+    for (int s = 0; s < 3; ++s)
+        for (int i = offs[s]; i < sizes[s] + offs[s]; ++i) ss += (double)f(g[s][i]) * f(g[s][i]);
+    const float sum_sq = (float)ss;
     optim_ns::OptimParams op{};
     op.slots = slots.data(), op.chunk_start = starts.data(), op.n_slots = 3, op.first = 0;
+    op.clip_sum_sq = clip ? &sum_sq : nullptr, op.max_norm = (float)(0.5 * std::sqrt(ss));
+    const double factor = clip ? op.max_norm / (std::sqrt((double)sum_sq) + 1e-6) : 1.0;
     op.lr = 1e-2f, op.beta1 = 0.9f, op.beta2 = 0.999f, op.eps = 1e-8f, op.weight_decay = 0.1f;
     op.step_size = op.lr / (1 - 0.9f * 0.9f * 0.9f), op.bc2_sqrt = std::sqrt(1 - 0.999f * 0.999f * 0.999f);
     emu_launch({2, 1, 1}, {256, 1, 1}, 0, [&] {
@@ -292,7 +300,7 @@ static void adamw(bool adam, bool momentum) {
     double num = 0, den = 0, cerr = 0;
     for (int s = 0; s < 3; ++s)
         for (int i = offs[s]; i < sizes[s] + offs[s]; ++i) {
-            double w = p0[s][i], gi = f(g[s][i]);
+            double w = p0[s][i], gi = f(g[s][i]) * factor;
             if (adam) {
                 w *= 1 - op.lr * op.weight_decay;
                 const double mn = m0[s][i] + (1 - op.beta1) * (gi - m0[s][i]);
@@ -313,10 +321,115 @@ static void adamw(bool adam, bool momentum) {
             den += w * w;
             cerr = std::max(cerr, std::fabs(f(copy[s][i]) - p[s][i]) / (std::fabs(p[s][i]) + 1e-3));
         }
-    const std::string name = adam ? "adamw_fwd_bf16 3 slots (aligned, tail, misaligned)"
-                                  : (momentum ? "sgd_fwd_bf16 momentum 3 slots" : "sgd_fwd_bf16 no momentum 3 slots");
+    const std::string name = std::string(adam ? "adamw_fwd_bf16 3 slots (aligned, tail, misaligned)"
+                                              : (momentum ? "sgd_fwd_bf16 momentum 3 slots" : "sgd_fwd_bf16 no momentum 3 slots")) +
+                             (clip ? " clipped" : "");
     check(name + " state", std::sqrt(num / den), 1e-6);
     check(name + " bf16 copy (max rel)", cerr, 4e-3);
+}
+
+// The multi-tensor sum of squares: bf16 slots (aligned, tail, misaligned, empty) into per-chunk
+// partials, then the one-block total, against a float64 sum.
+static void sum_sq() {
+    const int sizes[] = {5000, 4099, 1003, 0, 9000}, offs[] = {0, 0, 1, 0, 0};
+    std::vector<std::vector<bf16>> g(5);
+    std::vector<optim_ns::OptimSlot> slots(5);
+    std::vector<i64> starts = {0};
+    double want = 0;
+    for (int s = 0; s < 5; ++s) {
+        g[s] = rnd(sizes[s] + offs[s] + 1, 3.0f);
+        for (int i = 0; i < sizes[s]; ++i) want += (double)f(g[s][i + offs[s]]) * f(g[s][i + offs[s]]);
+        slots[s] = {nullptr, g[s].data() + offs[s], nullptr, nullptr, nullptr, sizes[s]};
+        starts.push_back(starts.back() + (sizes[s] + OPTIM_CHUNK - 1) / OPTIM_CHUNK);
+    }
+    const i64 chunks = starts.back();
+    std::vector<float> partials(chunks, NAN), out(1, NAN);
+    optim_ns::OptimParams op{};
+    op.slots = slots.data(), op.chunk_start = starts.data(), op.n_slots = 5;
+    // Fewer blocks than chunks: the grid strides.
+    emu_launch({2, 1, 1}, {256, 1, 1}, 0, [&] { optim_ns::sum_sq_fwd_bf16(op, partials.data()); });
+    optim_ns::OptimParams total{};
+    total.n_slots = (int)chunks;
+    emu_launch({1, 1, 1}, {256, 1, 1}, 0, [&] { optim_ns::sum_sq_total_fwd_f32(total, partials.data(), out.data()); });
+    check("sum_sq_fwd_bf16 + sum_sq_total 5 slots (aligned, tail, misaligned, empty)", std::fabs(out[0] - want) / want,
+          1e-5);
+}
+
+// ----- indexing ----------------------------------------------------------------------------------
+
+// mask_rank over more rows than one block scans per tile, then masked_scatter forward and backward
+// (f32, rows of width w) against a host reference; `m` source rows, fewer than the set rows when
+// `short_source` (the set rows past the m-th come out NaN and pass no gradient).
+static void masked_scatter(int rows, int w, bool short_source) {
+    std::bernoulli_distribution coin(0.4);
+    std::vector<unsigned char> mask(rows);
+    int set = 0;
+    for (auto& x : mask) set += (x = coin(rng) ? (unsigned char)(1 + rng() % 3) : 0) != 0;
+    const int m = short_source ? set / 2 : set;
+    std::vector<i64> rank(rows + 1, -7);
+    index_ns::IndexParams rp{};
+    rp.n = rows;
+    emu_launch({1, 1, 1}, {256, 1, 1}, 0, [&] { index_ns::mask_rank_fwd_f32(rp, mask.data(), rank.data()); });
+    double rank_err = rank[rows] == set ? 0 : 1;
+    for (int r = 0, k = 0; r < rows; k += mask[r] != 0, ++r) rank_err += rank[r] != k;
+    const std::string name = "masked_scatter rows " + std::to_string(rows) + " w " + std::to_string(w) +
+                             (short_source ? " short source" : "");
+    check(name + " mask_rank", rank_err, 0.5);
+
+    const size_t n = (size_t)rows * w;
+    std::vector<float> x(n), src((size_t)m * w), g(n), out(n, NAN), ddst(n, NAN), dsrc((size_t)m * w, 0.0f);
+    for (auto& v : x) v = randn();
+    for (auto& v : src) v = randn();
+    for (auto& v : g) v = randn();
+    index_ns::IndexParams p{};
+    p.src_len = m, p.inner = w, p.n = (i64)n;
+    emu_launch({3, 1, 1}, {256, 1, 1}, 0, [&] {
+        index_ns::masked_scatter_fwd_f32(p, x.data(), mask.data(), rank.data(), src.data(), out.data());
+    });
+    emu_launch({3, 1, 1}, {256, 1, 1}, 0, [&] {
+        index_ns::masked_scatter_bwd_f32(p, g.data(), mask.data(), rank.data(), ddst.data(), dsrc.data());
+    });
+    double fwd = 0, bwd = 0;
+    std::vector<float> want_dsrc((size_t)m * w, 0.0f);
+    for (int r = 0, k = 0; r < rows; ++r) {
+        for (int c = 0; c < w; ++c) {
+            const size_t e = (size_t)r * w + c;
+            if (!mask[r]) {
+                fwd += out[e] != x[e];
+                bwd += ddst[e] != g[e];
+            } else {
+                fwd += k < m ? out[e] != src[(size_t)k * w + c] : !std::isnan(out[e]);
+                bwd += ddst[e] != 0.0f;
+                if (k < m) want_dsrc[(size_t)k * w + c] = g[e];
+            }
+        }
+        k += mask[r] != 0;
+    }
+    for (size_t i = 0; i < want_dsrc.size(); ++i) bwd += dsrc[i] != want_dsrc[i];
+    check(name + " fwd (mismatches)", fwd, 0.5);
+    check(name + " bwd (mismatches)", bwd, 0.5);
+}
+
+// index_select forward with an out-of-range and a negative index: those rows come out NaN, the
+// others exact; its backward drops them.
+static void index_select_bad_ids() {
+    const int len = 5, inner = 3;
+    std::vector<float> src(len * inner), out(4 * inner, 0.0f), g(4 * inner, 1.0f), dsrc(len * inner, 0.0f);
+    for (auto& v : src) v = randn();
+    std::vector<i64> idx = {4, 5, -1, 0};
+    index_ns::IndexParams p{};
+    p.outer = 1, p.src_len = len, p.idx_len = 4, p.inner = inner, p.n = 4 * inner;
+    emu_launch({1, 1, 1}, {256, 1, 1}, 0, [&] { index_ns::index_select_fwd_f32(p, src.data(), idx.data(), out.data()); });
+    emu_launch({1, 1, 1}, {256, 1, 1}, 0, [&] { index_ns::index_select_bwd_f32(p, g.data(), idx.data(), dsrc.data()); });
+    double bad = 0;
+    for (int i = 0; i < inner; ++i) {
+        bad += out[i] != src[4 * inner + i];
+        bad += !std::isnan(out[inner + i]) + !std::isnan(out[2 * inner + i]);
+        bad += out[3 * inner + i] != src[i];
+        bad += dsrc[i] != 1.0f || dsrc[4 * inner + i] != 1.0f;
+        for (int r = 1; r < 4; ++r) bad += dsrc[r * inner + i] != 0.0f;
+    }
+    check("index_select out-of-range ids: NaN rows, dropped gradients (mismatches)", bad, 0.5);
 }
 
 int main() {
@@ -337,9 +450,16 @@ int main() {
     cross_entropy(5, 1001);
     pair_losses(1003, 0);
     pair_losses(1003, 1);
-    adamw(true, false);
-    adamw(false, true);
-    adamw(false, false);
+    for (int clip = 0; clip < 2; ++clip) {
+        adamw(true, false, clip);
+        adamw(false, true, clip);
+        adamw(false, false, clip);
+    }
+    sum_sq();
+    masked_scatter(700, 7, false);
+    masked_scatter(1000, 3, true);
+    masked_scatter(37, 64, false);
+    index_select_bad_ids();
     std::printf("%s\n", failures ? "FAILED" : "all passed");
     return failures ? 1 : 0;
 }

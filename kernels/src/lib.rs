@@ -186,6 +186,7 @@ const REGISTRY: &[Kernel] = &[
             op("gather", Dirs::Both),
             op("scatter_add", Dirs::Fwd),
             op("masked_scatter", Dirs::Both),
+            op("mask_rank", Dirs::Fwd),
         ],
         fast_math: false,
         must_not_spill: true
@@ -232,7 +233,12 @@ const REGISTRY: &[Kernel] = &[
         fast_math: false,
         must_not_spill: true
     ),
-    family!("optim", [op("adamw", Dirs::Fwd), op("sgd", Dirs::Fwd)], fast_math: false, must_not_spill: true),
+    family!(
+        "optim",
+        [op("adamw", Dirs::Fwd), op("sgd", Dirs::Fwd), op("sum_sq", Dirs::Fwd), op("sum_sq_total", Dirs::Fwd)],
+        fast_math: false,
+        must_not_spill: true
+    ),
     // Tensor-core flash attention, bf16 only, one op per head-dim tile (see flash.rs for the
     // launch geometry): `_fwd` is the forward, `_bwd` dK/dV, `flash_attention_dq_*_bwd` dQ,
     // `flash_attention_delta_bwd` the rowsum(dO * O) preprocessing and `flash_attention_long_*_fwd`

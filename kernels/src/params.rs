@@ -175,13 +175,15 @@ pub struct OptimSlot {
     pub n: i64,
 }
 
-/// `optim.cu`: `slots` and `chunk_start` are device pointers to the tables. For SGD `beta1` is
-/// the momentum.
+/// `optim.cu`: `slots` and `chunk_start` are device pointers to the tables; `clip_sum_sq` the
+/// device address of the gradients' sum of squares to clip by (0: no clipping). For SGD `beta1`
+/// is the momentum; for `sum_sq_total` `n_slots` is the number of partial sums.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OptimParams {
     pub slots: u64,
     pub chunk_start: u64,
+    pub clip_sum_sq: u64,
     pub n_slots: i32,
     pub first: i32,
     pub lr: f32,
@@ -191,7 +193,7 @@ pub struct OptimParams {
     pub weight_decay: f32,
     pub step_size: f32,
     pub bc2_sqrt: f32,
-    pub pad: i32,
+    pub max_norm: f32,
 }
 
 /// A params struct a kernel takes by value as its first argument.

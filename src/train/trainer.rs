@@ -5,7 +5,7 @@ use super::config::TrainConfig;
 use super::plot::loss_curve_png;
 use super::signal;
 use crate::engine::io::{save, write_atomic, SafeTensorsFile};
-use crate::engine::{clip_grad_norm, AdamW, AdamWConfig, Error, GradStore, LoadOptions, LrSchedule, Result, Tensor};
+use crate::engine::{AdamW, AdamWConfig, Error, GradNorm, GradStore, LoadOptions, LrSchedule, Result, Tensor};
 use crate::models::vla::VlaPolicy;
 use crate::models::BackboneInput;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -417,35 +417,49 @@ impl Trainer {
     }
 
     /// One optimizer step over `micro` (gradients accumulated over the micro-batches, each
-    /// weighted 1 / len), at learning rate `lr`.
+    /// weighted 1 / len), at learning rate `lr`, the gradients clipped inside the optimizer.
+    ///
+    /// Everything the step reports stays on the device until one packed host read: every
+    /// micro-batch's loss, parts and gripper count, and the gradient norm's sum of squares. A
+    /// non-finite loss or gradient norm ends the run before the optimizer touches anything.
     fn train_step(&mut self, micro: &[Batch], lr: f64) -> Result<StepMetrics> {
         let next = self.step + 1;
         let params = self.policy.trainable_params();
         let tensors: Vec<Tensor> = params.iter().map(|(_, t)| t.clone()).collect();
         let mut grads = GradStore::new();
         let k = micro.len() as f64;
-        let (mut loss, mut arm, mut gripper, mut correct, mut valid) = (0.0, 0.0, 0.0, 0.0, 0usize);
+        let mut parts = Vec::with_capacity(micro.len());
         for b in micro {
             let pl = self.policy.forward_loss_with_state(&b.input, b.state.as_ref(), &b.actions, &b.mask)?;
-            let value = pl.loss.to_scalar::<f64>()?;
-            if !value.is_finite() {
+            pl.loss.scale(1.0 / k)?.backward_into(&mut grads)?;
+            parts.push(pl);
+        }
+        let norm = GradNorm::of(&grads, &tensors)?;
+        // The one host read of the step, in the norm's dtype (f64 on the CPU: every value exact).
+        let dtype = norm.sum_sq().dtype();
+        let mut packed = parts.iter().map(|pl| pl.stats()?.to_dtype(dtype)).collect::<Result<Vec<_>>>()?;
+        packed.push(norm.sum_sq().clone());
+        let values = Tensor::cat(&packed.iter().collect::<Vec<_>>(), 0)?.to_vec::<f64>()?;
+        let (mut loss, mut arm, mut gripper, mut correct, mut valid) = (0.0, 0.0, 0.0, 0.0, 0usize);
+        for ((pl, b), stats) in parts.iter().zip(micro).zip(values.chunks(4)) {
+            let v = pl.values_from(stats)?;
+            if !v.loss.is_finite() {
                 return Err(
-                    self.diverged(next, format!("the loss is {value} (arm {}, gripper {})", pl.arm, pl.gripper))
+                    self.diverged(next, format!("the loss is {} (arm {}, gripper {})", v.loss, v.arm, v.gripper))
                 );
             }
-            pl.loss.scale(1.0 / k)?.backward_into(&mut grads)?;
-            loss += value / k;
-            arm += pl.arm / k;
-            gripper += pl.gripper / k;
-            correct += pl.gripper_accuracy * pl.valid_steps as f64;
-            valid += pl.valid_steps;
+            loss += v.loss / k;
+            arm += v.arm / k;
+            gripper += v.gripper / k;
+            correct += v.gripper_accuracy * v.valid_steps as f64;
+            valid += v.valid_steps;
             self.samples += b.len() as u64;
         }
-        let grad_norm = clip_grad_norm(&mut grads, &tensors, self.config.optim.clip_grad_norm)?;
+        let grad_norm = values[values.len() - 1].sqrt();
         if !grad_norm.is_finite() {
             return Err(self.diverged(next, format!("the gradient norm is {grad_norm} (loss {loss})")));
         }
-        self.optimizer.step(&params, &grads, lr)?;
+        self.optimizer.step_clipped(&params, &grads, lr, &norm, self.config.optim.clip_grad_norm)?;
         self.step = next;
         Ok(StepMetrics {
             step: next,

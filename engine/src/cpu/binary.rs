@@ -36,8 +36,8 @@ impl backend::Binary for Cpu {
     }
 
     fn cmp(&self, a: &Tensor, b: &Tensor, kind: CmpKind) -> Result<Tensor> {
-        let av: Vec<f64> = a.to_vec()?;
-        let bv: Vec<f64> = b.to_vec()?;
+        let av: Vec<f64> = super::host_vec(a)?;
+        let bv: Vec<f64> = super::host_vec(b)?;
         let mask: Vec<u8> = av
             .iter()
             .zip(&bv)

@@ -3,15 +3,39 @@
 //! element type, so token ids and masks move exactly; the accumulating kernels (index_add,
 //! scatter_add) are generic over the compute floats.
 //!
-//! Shapes are split around the indexed dim as `[outer, d, inner]` (see `split_at_dim`); indices
-//! arrive already validated as `usize` in `0..d`.
+//! Shapes are split around the indexed dim as `[outer, d, inner]` (see `split_at_dim`). Index and
+//! mask tensors are read from their own storage here (the backend's memory, not a host read), and
+//! every index is checked against `0..d` before it is used: an error naming the op and the index.
 
-use super::{out, out_storage, Cpu, Reads};
+use super::{host_vec, out, out_storage, Cpu, Reads};
 use crate::dtype::Float;
 use crate::shape::contiguous_strides;
 use crate::shape::split_at_dim;
-use crate::{backend, CpuStorage, DType, Layout, Result, Tensor, WithDType};
+use crate::{backend, CpuStorage, DType, Error, Layout, Result, Tensor, WithDType};
 use std::borrow::Cow;
+
+/// The indices of `idx` (row-major) as `usize`s in `0..size`; an index outside is an error.
+fn indices(op: &'static str, idx: &Tensor, dim: usize, size: usize) -> Result<Vec<usize>> {
+    host_vec::<i64>(idx)?
+        .into_iter()
+        .map(|i| {
+            usize::try_from(i)
+                .ok()
+                .filter(|&u| u < size)
+                .ok_or_else(|| Error::invalid(op, format!("index {i} is out of range for dim {dim} of size {size}")))
+        })
+        .collect()
+}
+
+/// A mask (u8 or i64, any layout) as booleans, row-major.
+fn mask_of(mask: &Tensor) -> Result<Vec<bool>> {
+    Ok(host_vec::<i64>(mask)?.into_iter().map(|m| m != 0).collect())
+}
+
+/// The rows a mask sets, in order.
+fn set_rows(mask: &Tensor) -> Result<Vec<usize>> {
+    Ok(mask_of(mask)?.into_iter().enumerate().filter_map(|(i, m)| m.then_some(i)).collect())
+}
 
 impl backend::Index for Cpu {
     fn cat(&self, ts: &[&Tensor], dim: usize, shape: &[usize]) -> Result<Tensor> {
@@ -23,23 +47,26 @@ impl backend::Index for Cpu {
         Ok(out_storage(cat(&parts, first.dtype(), outer, &widths)?, shape))
     }
 
-    fn index_select(&self, x: &Tensor, dim: usize, idx: &[usize], shape: &[usize]) -> Result<Tensor> {
+    fn index_select(&self, x: &Tensor, dim: usize, idx: &Tensor, shape: &[usize]) -> Result<Tensor> {
+        let idx = indices("index_select", idx, dim, x.shape()[dim])?;
         let r = Reads::new(&[x]);
         let (s, l) = r.get(0)?;
-        Ok(out_storage(index_select(s, l, x.dtype(), split_at_dim(x.shape(), dim), idx)?, shape))
+        Ok(out_storage(index_select(s, l, x.dtype(), split_at_dim(x.shape(), dim), &idx)?, shape))
     }
 
-    fn index_add(&self, g: &Tensor, shape: &[usize], dim: usize, idx: &[usize]) -> Result<Tensor> {
+    fn index_add(&self, g: &Tensor, shape: &[usize], dim: usize, idx: &Tensor) -> Result<Tensor> {
+        let idx = indices("index_select", idx, dim, shape[dim])?;
         let split = split_at_dim(shape, dim);
         let r = Reads::new(&[g]);
-        let v = crate::float_map!(r.floats(0)?, g => index_add(&g, split, idx));
+        let v = crate::float_map!(r.floats(0)?, g => index_add(&g, split, &idx));
         Ok(out(v, g.dtype(), shape))
     }
 
-    fn gather(&self, x: &Tensor, dim: usize, idx: &[usize], ishape: &[usize]) -> Result<Tensor> {
+    fn gather(&self, x: &Tensor, dim: usize, idx: &Tensor, ishape: &[usize]) -> Result<Tensor> {
+        let idx = indices("gather", idx, dim, x.shape()[dim])?;
         let r = Reads::new(&[x]);
         let (s, l) = r.get(0)?;
-        Ok(out_storage(gather(s, l, x.dtype(), idx, ishape, dim)?, ishape))
+        Ok(out_storage(gather(s, l, x.dtype(), &idx, ishape, dim)?, ishape))
     }
 
     fn gather_backward(
@@ -47,54 +74,71 @@ impl backend::Index for Cpu {
         g: &Tensor,
         shape: &[usize],
         dim: usize,
-        idx: &[usize],
+        idx: &Tensor,
         ishape: &[usize],
     ) -> Result<Tensor> {
+        let idx = indices("gather", idx, dim, shape[dim])?;
         let r = Reads::new(&[g]);
-        let v = crate::float_map!(r.floats(0)?, g => gather_backward(&g, shape, idx, ishape, dim));
+        let v = crate::float_map!(r.floats(0)?, g => gather_backward(&g, shape, &idx, ishape, dim));
         Ok(out(v, g.dtype(), shape))
     }
 
-    fn scatter_add(&self, x: &Tensor, dim: usize, idx: &[usize], src: &Tensor, ishape: &[usize]) -> Result<Tensor> {
+    fn scatter_add(&self, x: &Tensor, dim: usize, idx: &Tensor, src: &Tensor, ishape: &[usize]) -> Result<Tensor> {
+        let idx = indices("scatter_add", idx, dim, x.shape()[dim])?;
         let r = Reads::new(&[x, src]);
         let v = crate::float_zip!(
             "scatter_add",
             (r.floats(0)?, r.floats(1)?),
-            (a, s) => scatter_add(&a, x.shape(), &s, idx, ishape, dim)
+            (a, s) => scatter_add(&a, x.shape(), &s, &idx, ishape, dim)
         )?;
         Ok(out(v, x.dtype(), x.shape()))
     }
 
-    fn masked_scatter(&self, x: &Tensor, source: &Tensor, rows: &[usize], w: usize) -> Result<Tensor> {
+    fn masked_scatter(&self, x: &Tensor, mask: &Tensor, source: &Tensor, w: usize) -> Result<Tensor> {
+        let rows = set_rows(mask)?;
+        if source.shape()[0] != rows.len() {
+            return Err(Error::shapes_note(
+                "masked_scatter",
+                &[x.shape(), source.shape()],
+                format!("the mask sets {} rows but source has {} rows", rows.len(), source.shape()[0]),
+            ));
+        }
         let r = Reads::new(&[x, source]);
-        Ok(out_storage(masked_scatter(r.get(0)?, r.get(1)?, x.dtype(), rows, w)?, x.shape()))
+        Ok(out_storage(masked_scatter(r.get(0)?, r.get(1)?, x.dtype(), &rows, w)?, x.shape()))
     }
 
     fn masked_scatter_backward(
         &self,
         g: &Tensor,
-        rows: &[usize],
+        mask: &Tensor,
+        m: usize,
         w: usize,
         (want_x, want_source): (bool, bool),
     ) -> Result<backend::Grad2> {
+        let rows = set_rows(mask)?;
+        if rows.len() != m {
+            return Err(Error::invalid("masked_scatter", format!("the mask sets {} rows, not {m}", rows.len())));
+        }
         let r = Reads::new(&[g]);
         let (s, l) = r.get(0)?;
-        let dx = want_x.then(|| zero_rows(s, l, g.dtype(), rows, w).map(|d| out_storage(d, g.shape()))).transpose()?;
+        let dx = want_x.then(|| zero_rows(s, l, g.dtype(), &rows, w).map(|d| out_storage(d, g.shape()))).transpose()?;
         let ds = want_source
-            .then(|| take_rows(s, l, g.dtype(), rows, w).map(|d| out_storage(d, &[rows.len(), w])))
+            .then(|| take_rows(s, l, g.dtype(), &rows, w).map(|d| out_storage(d, &[rows.len(), w])))
             .transpose()?;
         Ok((dx, ds))
     }
 
-    fn where_cond(&self, mask: &[bool], a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    fn where_cond(&self, mask: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let mask = mask_of(mask)?;
         let r = Reads::new(&[a, b]);
-        Ok(out_storage(where_cond(mask, r.get(0)?, r.get(1)?, a.dtype())?, a.shape()))
+        Ok(out_storage(where_cond(&mask, r.get(0)?, r.get(1)?, a.dtype())?, a.shape()))
     }
 
-    fn where_backward(&self, mask: &[bool], g: &Tensor, branch: bool) -> Result<Tensor> {
+    fn where_backward(&self, mask: &Tensor, g: &Tensor, branch: bool) -> Result<Tensor> {
+        let mask = mask_of(mask)?;
         let r = Reads::new(&[g]);
         let (s, l) = r.get(0)?;
-        Ok(out_storage(where_backward(mask, s, l, g.dtype(), branch)?, g.shape()))
+        Ok(out_storage(where_backward(&mask, s, l, g.dtype(), branch)?, g.shape()))
     }
 }
 

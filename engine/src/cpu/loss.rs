@@ -60,7 +60,7 @@ impl backend::Loss for Cpu {
         ignore_index: i64,
         scale: f64,
     ) -> Result<Tensor> {
-        let t = targets.to_vec::<i64>()?;
+        let t = super::host_vec::<i64>(targets)?;
         let c = logits.shape()[1];
         let r = Reads::new(&[logits, stats, g]);
         let v = crate::float_zip!(
@@ -82,6 +82,15 @@ impl backend::Loss for Cpu {
         let r = Reads::new(&[pred, target]);
         let (p, t) = (r.floats(0)?, r.floats(1)?);
         let op = kind.name();
+        if kind == PairKind::BceWithLogits {
+            let bad = match &t {
+                Floats::F32(v) => v.iter().position(|x| !(0.0..=1.0).contains(x)).map(|i| (i, v[i] as f64)),
+                Floats::F64(v) => v.iter().position(|x| !(0.0..=1.0).contains(x)).map(|i| (i, v[i])),
+            };
+            if let Some((i, v)) = bad {
+                return Err(Error::invalid(op, format!("target {v} at flat index {i} is outside [0, 1]")));
+            }
+        }
         let (v, shape): (FloatVec, &[usize]) = match reduction {
             Reduction::None => (crate::float_zip!(op, (p, t), (a, b) => pair_forward(kind, &a, &b))?, pred.shape()),
             Reduction::Sum | Reduction::Mean => {

@@ -33,7 +33,8 @@ impl backend::Memory for Cpu {
             .layout()
             .contiguous_range()
             .ok_or_else(|| Error::invalid("assign", "destination must be contiguous"))?;
-        let data = src.to_dtype(dst.dtype())?.to_cpu_storage()?;
+        let src = src.to_dtype(dst.dtype())?;
+        let data = if src.device().is_cpu() { super::host_storage(&src)? } else { src.to_cpu_storage()? };
         let mut guard = dst.write_storage();
         #[allow(irrefutable_let_patterns)] // a CUDA arm exists with the `cuda` feature
         let Storage::Cpu(d) = &mut *guard

@@ -53,6 +53,21 @@ impl<'a> Reads<'a> {
     }
 }
 
+/// `t`'s elements, contiguous, in its dtype: the backend reading its own memory (no host read:
+/// on a GPU this is a kernel's input, not a download).
+pub(crate) fn host_storage(t: &Tensor) -> Result<CpuStorage> {
+    let r = Reads::new(&[t]);
+    let (s, l) = r.get(0)?;
+    Ok(s.gather(l))
+}
+
+/// `t`'s elements converted to `T`, row-major (see [`host_storage`]).
+pub(crate) fn host_vec<T: WithDType>(t: &Tensor) -> Result<Vec<T>> {
+    let r = Reads::new(&[t]);
+    let (s, l) = r.get(0)?;
+    Ok(s.gather_as::<T>(l))
+}
+
 /// A fresh graph-less CPU tensor holding `v` stored as `dtype`.
 pub(crate) fn out(v: FloatVec, dtype: DType, shape: &[usize]) -> Tensor {
     Tensor::from_cpu(v.into_storage(dtype), shape, None)

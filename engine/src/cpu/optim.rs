@@ -3,13 +3,16 @@
 //! rounded low-precision copy is written in the same pass, chunk by chunk while the chunk is hot.
 //!
 //! The update rules follow PyTorch's single-tensor implementations operation for operation (same
-//! order of rounding), so f64 results match `torch.optim` to the last few ulps.
+//! order of rounding), so f64 results match `torch.optim` to the last few ulps. Gradient clipping
+//! happens in the same pass: each gradient element is multiplied by the clip factor as it is read,
+//! in the gradient's precision (and rounded to a bf16/f16 gradient's dtype), exactly as scaling the
+//! gradient tensor before the step would.
 
 use super::{Cpu, Floats, Reads};
-use crate::backend::{self, OptimCache, OptimSlot};
+use crate::backend::{self, Clip, OptimCache, OptimSlot, CLIP_EPS};
 use crate::dtype::Float;
 use crate::kinds::OptimRule;
-use crate::{CpuStorage, Error, Result, Storage, Tensor, WithDType};
+use crate::{CpuStorage, DType, Device, Error, Result, Storage, Tensor, WithDType};
 use half::{bf16, f16};
 use rayon::prelude::*;
 use std::borrow::Cow;
@@ -53,9 +56,16 @@ impl LowChunk<'_> {
     }
 }
 
-/// An elementwise update rule applied to matching chunks of the parameter, its gradient and the
+/// An elementwise update rule applied to matching chunks of the parameter, its gradient (each
+/// element multiplied by `clip` first, when given) and the optimizer's buffers, writing the
 /// updated chunk of `p` into `low` as well when given. All slices have `p.len()` elements.
-fn fused_update<T: Float>(p: &mut [T], g: &[T], bufs: &mut [&mut [T]], low: LowCopy<'_>, rule: &OptimRule) {
+fn fused_update<T: Float>(
+    p: &mut [T],
+    (g, clip): (&[T], Option<T>),
+    bufs: &mut [&mut [T]],
+    low: LowCopy<'_>,
+    rule: &OptimRule,
+) {
     let n = p.len();
     debug_assert!(g.len() == n && bufs.iter().all(|b| b.len() == n) && !matches!(low.len(), Some(l) if l != n));
     let mut buf_chunks: Vec<std::slice::ChunksMut<'_, T>> = bufs.iter_mut().map(|b| b.chunks_mut(CHUNK)).collect();
@@ -74,7 +84,7 @@ fn fused_update<T: Float>(p: &mut [T], g: &[T], bufs: &mut [&mut [T]], low: LowC
         })
         .collect();
     let run = |(pc, gc, mut bc, mut lc): (&mut [T], &[T], Vec<&mut [T]>, LowChunk<'_>)| {
-        apply(rule, pc, gc, &mut bc);
+        apply(rule, pc, gc, clip, &mut bc);
         lc.write(pc);
     };
     if n >= PAR_MIN {
@@ -84,10 +94,14 @@ fn fused_update<T: Float>(p: &mut [T], g: &[T], bufs: &mut [&mut [T]], low: LowC
     }
 }
 
-/// Decoupled-weight-decay Adam for one step of one tensor, as `torch.optim.AdamW` (single-tensor
-/// path): `p *= 1 - lr·wd; m = lerp(m, g, 1 - β1); v = β2·v + (1 - β2)·g²;
-/// The update of one chunk: `p`, `g` and the buffers' chunks of one length.
-fn apply<T: Float>(rule: &OptimRule, p: &mut [T], g: &[T], bufs: &mut [&mut [T]]) {
+/// The update of one chunk: `p`, `g` (times `clip`, when given) and the buffers' chunks of one
+/// length. AdamW as `torch.optim.AdamW` (single-tensor path): `p *= 1 - lr·wd;
+/// m = lerp(m, g, 1 - β1); v = β2·v + (1 - β2)·g²; p -= step_size·m / (√v / bc2 + eps)`.
+fn apply<T: Float>(rule: &OptimRule, p: &mut [T], g: &[T], clip: Option<T>, bufs: &mut [&mut [T]]) {
+    let clipped = |g: T| match clip {
+        Some(c) => g * c,
+        None => g,
+    };
     match *rule {
         OptimRule::AdamW { decay, beta1, beta2, eps, step_size, bias_correction2_sqrt } => {
             let [m, v] = bufs else { return };
@@ -97,6 +111,7 @@ fn apply<T: Float>(rule: &OptimRule, p: &mut [T], g: &[T], bufs: &mut [&mut [T]]
             let (beta2, eps, step_size, bc2) = (T::c(beta2), T::c(eps), T::c(step_size), T::c(bias_correction2_sqrt));
             let lerp_low = beta1 > 0.5;
             for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                let g = clipped(g);
                 let decayed = *p * decay;
                 // torch's lerp: start + w·(end − start) for |w| < 0.5, else end − (end − start)·(1 − w).
                 *m = if lerp_low { *m + w * (g - *m) } else { g - (g - *m) * (T::ONE - w) };
@@ -113,6 +128,7 @@ fn apply<T: Float>(rule: &OptimRule, p: &mut [T], g: &[T], bufs: &mut [&mut [T]]
             match bufs {
                 [buf] => {
                     for ((p, &g), b) in p.iter_mut().zip(g).zip(buf.iter_mut()) {
+                        let g = clipped(g);
                         let d = if with_wd { g + wd * *p } else { g };
                         *b = if first { d } else { *b * mu + d };
                         *p += neg_lr * *b;
@@ -120,6 +136,7 @@ fn apply<T: Float>(rule: &OptimRule, p: &mut [T], g: &[T], bufs: &mut [&mut [T]]
                 }
                 _ => {
                     for (p, &g) in p.iter_mut().zip(g) {
+                        let g = clipped(g);
                         let d = if with_wd { g + wd * *p } else { g };
                         *p += neg_lr * d;
                     }
@@ -138,18 +155,52 @@ fn sum_sq<T: Float>(x: &[T]) -> f64 {
     }
 }
 
-fn as_f32<'a>(g: &'a Floats<'_>) -> Cow<'a, [f32]> {
-    match g {
-        Floats::F32(v) => Cow::Borrowed(&v[..]),
-        Floats::F64(v) => Cow::Owned(v.iter().map(|&x| x as f32).collect()),
+/// `x` rounded to a bf16/f16 gradient's dtype (as storing it there would), else unchanged.
+fn round_to(dtype: DType, x: f32) -> f32 {
+    match dtype {
+        DType::BF16 => bf16::from_f32(x).to_f32(),
+        DType::F16 => f16::from_f32(x).to_f32(),
+        _ => x,
     }
 }
 
-fn as_f64<'a>(g: &'a Floats<'_>) -> Cow<'a, [f64]> {
+/// A gradient (of dtype `dtype`, read as `g`) for an f32 update, with the clip factor the update
+/// pass still has to apply. A contiguous f32 gradient is borrowed and clipped in the pass; a
+/// gradient that had to be converted is clipped during the conversion, in its own precision and
+/// rounded to its dtype, exactly as clipping the gradient tensor first would.
+fn grad_f32<'a>(g: Floats<'a>, dtype: DType, clip: Option<f64>) -> (Cow<'a, [f32]>, Option<f32>) {
     match g {
-        Floats::F64(v) => Cow::Borrowed(&v[..]),
-        Floats::F32(v) => Cow::Owned(v.iter().map(|&x| x as f64).collect()),
+        Floats::F32(v) if dtype == DType::F32 => (v, clip.map(|c| c as f32)),
+        Floats::F32(mut v) => {
+            if let Some(c) = clip.map(|c| c as f32) {
+                v.to_mut().iter_mut().for_each(|x| *x = round_to(dtype, *x * c));
+            }
+            (v, None)
+        }
+        Floats::F64(v) => (Cow::Owned(v.iter().map(|&x| clip.map_or(x, |c| x * c) as f32).collect()), None),
     }
+}
+
+/// A gradient for an f64 update (see [`grad_f32`]).
+fn grad_f64<'a>(g: Floats<'a>, dtype: DType, clip: Option<f64>) -> (Cow<'a, [f64]>, Option<f64>) {
+    match g {
+        Floats::F64(v) => (v, clip),
+        Floats::F32(v) => {
+            let c = clip.map(|c| c as f32);
+            (Cow::Owned(v.iter().map(|&x| c.map_or(x, |c| round_to(dtype, x * c)) as f64).collect()), None)
+        }
+    }
+}
+
+/// The factor the gradients are multiplied by (None: left as they are), from `Σ g²` on the CPU,
+/// in f64 as `clip_grad_norm` computes it.
+fn clip_factor(clip: &Clip<'_>) -> Result<Option<f64>> {
+    let sum = super::host_vec::<f64>(clip.sum_sq)?;
+    let &[sum] = &sum[..] else {
+        return Err(Error::shapes_note("optimizer step", &[clip.sum_sq.shape()], "the clip norm must be one element"));
+    };
+    let coef = clip.max_norm / (sum.sqrt() + CLIP_EPS);
+    Ok((coef < 1.0).then_some(coef))
 }
 
 /// The elements of CPU buffers held under write guards, as `T` slices.
@@ -164,21 +215,21 @@ fn slices<'a, T: WithDType>(guards: &'a mut [RwLockWriteGuard<'_, Storage>]) -> 
         .collect()
 }
 
-/// One fused update of `slot.param` in place.
-fn step_one(rule: &OptimRule, slot: &OptimSlot<'_>) -> Result<()> {
+/// One fused update of `slot.param` in place, its gradient multiplied by `clip` if given.
+fn step_one(rule: &OptimRule, slot: &OptimSlot<'_>, clip: Option<f64>) -> Result<()> {
     let OptimSlot { name, param: p, grad: g, bufs, master } = *slot;
     let err = |msg: String| Error::tensor("optimizer step", name, msg);
     let range = p.layout().contiguous_range().ok_or_else(|| err("parameter must be contiguous".into()))?;
     // A gradient sharing the parameter's storage is copied first (we hold its write lock below).
     let g_copy;
     let g = if g.same_storage(p) {
-        g_copy = Tensor::from_cpu(g.to_cpu_storage()?, g.shape(), None);
+        g_copy = Tensor::from_cpu(super::host_storage(g)?, g.shape(), None);
         &g_copy
     } else {
         g
     };
     let reads = Reads::new(&[g]);
-    let gf = reads.floats(0)?;
+    let (gf, g_dtype) = (reads.floats(0)?, g.dtype());
     let mut buf_guards: Vec<_> = bufs.iter().map(|b| b.write_storage()).collect();
     let mut master_guard = master.map(|m| m.write_storage());
     let mut guard = p.write_storage();
@@ -194,16 +245,20 @@ fn step_one(rule: &OptimRule, slot: &OptimSlot<'_>) -> Result<()> {
     };
     match (ps, master) {
         (CpuStorage::F64(v), None) => {
-            fused_update(&mut v[range], &as_f64(&gf), &mut slices::<f64>(&mut buf_guards)?, LowCopy::None, rule)
+            let (g, c) = grad_f64(gf, g_dtype, clip);
+            fused_update(&mut v[range], (&g, c), &mut slices::<f64>(&mut buf_guards)?, LowCopy::None, rule)
         }
         (CpuStorage::F32(v), None) => {
-            fused_update(&mut v[range], &as_f32(&gf), &mut slices::<f32>(&mut buf_guards)?, LowCopy::None, rule)
+            let (g, c) = grad_f32(gf, g_dtype, clip);
+            fused_update(&mut v[range], (&g, c), &mut slices::<f32>(&mut buf_guards)?, LowCopy::None, rule)
         }
         (CpuStorage::BF16(v), Some(m)) => {
-            fused_update(m, &as_f32(&gf), &mut slices::<f32>(&mut buf_guards)?, LowCopy::Bf16(&mut v[range]), rule)
+            let (g, c) = grad_f32(gf, g_dtype, clip);
+            fused_update(m, (&g, c), &mut slices::<f32>(&mut buf_guards)?, LowCopy::Bf16(&mut v[range]), rule)
         }
         (CpuStorage::F16(v), Some(m)) => {
-            fused_update(m, &as_f32(&gf), &mut slices::<f32>(&mut buf_guards)?, LowCopy::F16(&mut v[range]), rule)
+            let (g, c) = grad_f32(gf, g_dtype, clip);
+            fused_update(m, (&g, c), &mut slices::<f32>(&mut buf_guards)?, LowCopy::F16(&mut v[range]), rule)
         }
         (ps, _) => {
             return Err(err(format!("no update for a {} parameter with this state", ps.dtype())));
@@ -213,13 +268,18 @@ fn step_one(rule: &OptimRule, slot: &OptimSlot<'_>) -> Result<()> {
 }
 
 impl backend::Optim for Cpu {
-    fn optim_step(&self, rule: &OptimRule, slots: &[OptimSlot<'_>], _cache: &mut OptimCache) -> Result<()> {
-        slots.iter().try_for_each(|s| step_one(rule, s))
+    fn optim_step(
+        &self,
+        rule: &OptimRule,
+        slots: &[OptimSlot<'_>],
+        clip: Option<&Clip<'_>>,
+        _cache: &mut OptimCache,
+    ) -> Result<()> {
+        let clip = clip.map(clip_factor).transpose()?.flatten();
+        slots.iter().try_for_each(|s| step_one(rule, s, clip))
     }
 
-    fn sum_sq(&self, xs: &[&Tensor]) -> Result<f64> {
-        // The sum reaches the host: counted as the one read it is on a GPU.
-        crate::counters::host_read();
+    fn sum_sq(&self, xs: &[&Tensor], _device: Device) -> Result<Tensor> {
         let r = Reads::new(xs);
         let mut total = 0.0;
         for i in 0..xs.len() {
@@ -228,6 +288,6 @@ impl backend::Optim for Cpu {
                 Floats::F64(v) => sum_sq(&v),
             };
         }
-        Ok(total)
+        Ok(super::out_storage(CpuStorage::F64(vec![total]), &[1]))
     }
 }

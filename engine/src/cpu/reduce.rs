@@ -51,7 +51,7 @@ impl backend::Reduce for Cpu {
         dim: usize,
         _is_max: bool,
     ) -> Result<Tensor> {
-        let indices = indices.to_vec::<i64>()?;
+        let indices = super::host_vec::<i64>(indices)?;
         let r = Reads::new(&[g]);
         let v = crate::float_map!(r.floats(0)?, v => select_backward(&v, &indices, shape, dim));
         Ok(out(v, g.dtype(), shape))

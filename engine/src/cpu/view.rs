@@ -1,6 +1,6 @@
 //! CPU copies and conversions: strided gathers into contiguous buffers, and writes into views.
 
-use super::{copy_into_view, out_storage, Cpu, Reads};
+use super::{copy_into_view, host_storage, out_storage, Cpu, Reads};
 use crate::{backend, DType, Error, Layout, Result, Storage, Tensor};
 
 impl backend::View for Cpu {
@@ -12,7 +12,7 @@ impl backend::View for Cpu {
 
     fn pad_into(&self, x: &Tensor, full: &[usize], dim: usize, start: usize) -> Result<Tensor> {
         let out = Tensor::zeros(full, x.dtype(), x.device())?;
-        let src = x.to_cpu_storage()?;
+        let src = host_storage(x)?;
         {
             let mut dst = out.write_storage();
             #[allow(irrefutable_let_patterns)] // a CUDA arm exists with the `cuda` feature

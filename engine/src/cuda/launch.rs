@@ -189,6 +189,7 @@ kernel_sets! {
     SCATTER_ADD = fwd("index", "scatter_add", Float);
     MASKED_SCATTER_FWD = fwd("index", "masked_scatter", Float);
     MASKED_SCATTER_BWD = bwd("index", "masked_scatter", Float);
+    MASK_RANK = fwd("index", "mask_rank", Float);
     SOFTMAX_FWD = fwd("norm", "softmax", Float);
     SOFTMAX_BWD = bwd("norm", "softmax", Float);
     RMS_NORM_FWD = fwd("norm", "rms_norm", Float);
@@ -212,6 +213,8 @@ kernel_sets! {
     PAIR_LOSS_BWD = bwd("loss", "pair_loss", Float);
     ADAMW = fwd("optim", "adamw", Float);
     SGD = fwd("optim", "sgd", Float);
+    SUM_SQ = fwd("optim", "sum_sq", Float);
+    SUM_SQ_TOTAL = fwd("optim", "sum_sq_total", Float);
 }
 
 /// The conversion kernel writing `dst` (`to_{dst}_fwd_{src}`, one per source dtype).

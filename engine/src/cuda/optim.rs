@@ -1,14 +1,16 @@
 //! CUDA launcher of `optim.cu`: the fused AdamW / SGD step of many parameter tensors in one
-//! launch per device and dtype. Each tensor is a slot of a device-resident table (fp32 master or
-//! parameter, gradient, fp32 moments, and the bf16 copy written in the same pass); the table is
-//! kept between steps and rewritten only when an address or size in it changes.
+//! launch per device and dtype, clipping the gradients by a sum of squares it reads on the
+//! device, and the multi-tensor sum of squares itself (the gradient norm: one launch per dtype
+//! and one that adds the partial sums). Each tensor is a slot of a device-resident table (fp32
+//! master or parameter, gradient, fp32 moments, and the bf16 copy written in the same pass); the
+//! tables are kept between steps and rewritten only when an address or size in them changes.
 
-use super::launch::{ADAMW, SGD};
-use super::{contig, dev_of, ptr, Cuda, CudaDevice, CudaStorage, Geometry};
-use crate::backend::{self, OptimCache, OptimSlot as Slot};
+use super::launch::{ADAMW, SGD, SUM_SQ, SUM_SQ_TOTAL};
+use super::{contig, dev_of, ptr, tensor, Cuda, CudaDevice, CudaStorage, Geometry};
+use crate::backend::{self, Clip, OptimCache, OptimSlot as Slot};
 use crate::kinds::OptimRule;
-use crate::{DType, Error, Result, Tensor};
-use std::sync::Arc;
+use crate::{DType, Device, Error, Result, Tensor};
+use std::sync::{Arc, Mutex};
 use vlm4vla_kernels::params::{OptimParams, OptimSlot, EW_THREADS, OPTIM_CHUNK};
 
 /// The device tables of one launch (slots, then cumulative chunk counts), as last written.
@@ -42,6 +44,46 @@ struct StepTables {
     tables: Vec<Table>,
 }
 
+impl StepTables {
+    fn at(&mut self, k: usize) -> &mut Table {
+        while self.tables.len() <= k {
+            self.tables.push(Table::default());
+        }
+        &mut self.tables[k]
+    }
+}
+
+/// The slot table of `slots` (each slot's words, then the n_slots + 1 cumulative chunk counts)
+/// and the number of chunks.
+fn slot_table(slots: &[OptimSlot]) -> (Vec<i64>, usize) {
+    let words = std::mem::size_of::<OptimSlot>() / 8;
+    let mut host: Vec<i64> = Vec::with_capacity(slots.len() * (words + 1) + 1);
+    let mut starts: Vec<i64> = vec![0];
+    for s in slots {
+        host.extend([s.p as i64, s.g as i64, s.m as i64, s.v as i64, s.copy as i64, s.n]);
+        starts.push(starts[starts.len() - 1] + (s.n as usize).div_ceil(OPTIM_CHUNK) as i64);
+    }
+    let chunks = starts[starts.len() - 1] as usize;
+    host.extend(starts);
+    (host, chunks)
+}
+
+/// Point `p` at the table of `n_slots` slots synced to `table` on `dev`.
+fn place_table(
+    p: &mut OptimParams,
+    dev: &Arc<CudaDevice>,
+    op: &'static str,
+    table: &mut Table,
+    host: Vec<i64>,
+    n_slots: usize,
+) -> Result<()> {
+    let base = table.sync(dev, op, host)?;
+    p.slots = base;
+    p.chunk_start = base + (n_slots * std::mem::size_of::<OptimSlot>()) as u64;
+    p.n_slots = n_slots as i32;
+    Ok(())
+}
+
 /// Update every tensor of `slots` in place with `kernel` (`adamw` or `sgd`) and the
 /// hyper-parameters of this step in `p` (its table fields are filled in here): one launch per
 /// device and dtype, f32 parameters by `{kernel}_fwd_f32`, bf16 ones (with a master) by
@@ -63,10 +105,7 @@ fn step(kernel: &'static str, slots: &[Slot<'_>], p: OptimParams, tables: &mut S
         }
     }
     for (k, ((_, dtype), group)) in groups.into_iter().enumerate() {
-        if tables.tables.len() <= k {
-            tables.tables.push(Table::default());
-        }
-        launch(op, set.at(op, dtype)?, &group, p, &mut tables.tables[k])?;
+        launch(op, set.at(op, dtype)?, &group, p, tables.at(k))?;
     }
     Ok(())
 }
@@ -82,9 +121,7 @@ fn launch(
     let dev = dev_of(op, group[0].param)?;
     // Gradients in the parameter's dtype, alive until the launch is queued.
     let mut grads = Vec::with_capacity(group.len());
-    let words = std::mem::size_of::<OptimSlot>() / 8;
-    let mut host: Vec<i64> = Vec::with_capacity(group.len() * (words + 1) + 1);
-    let mut starts: Vec<i64> = vec![0];
+    let mut slots = Vec::with_capacity(group.len());
     for s in group {
         let n = s.param.elem_count();
         let (target, copy) = match (s.param.dtype(), s.master) {
@@ -107,22 +144,18 @@ fn launch(
             copy,
             n: n as i64,
         };
-        host.extend([slot.p as i64, slot.g as i64, slot.m as i64, slot.v as i64, slot.copy as i64, slot.n]);
-        starts.push(starts[starts.len() - 1] + n.div_ceil(OPTIM_CHUNK) as i64);
+        slots.push(slot);
         grads.push(g);
     }
-    let chunks = starts[starts.len() - 1] as usize;
-    host.extend(starts);
-    let base = table.sync(&dev, op, host)?;
-    p.slots = base;
-    p.chunk_start = base + (group.len() * std::mem::size_of::<OptimSlot>()) as u64;
-    p.n_slots = group.len() as i32;
+    let (host, chunks) = slot_table(&slots);
+    place_table(&mut p, &dev, op, table, host, group.len())?;
     let geometry = Geometry::new([chunks.clamp(1, 65535) as u32, 1, 1], EW_THREADS);
     // SAFETY: {adamw,sgd}_fwd_{dtype}(p): the table holds an OptimSlot (five device pointers and
     // a length, 48 bytes) per tensor followed by the n_slots + 1 cumulative chunk counts, and
     // stays allocated in `table`; every pointer in a slot addresses n elements (f32 target and
     // buffers, gradient and copy in the kernel's dtype) that live until the kernel has run
-    // (frees are stream-ordered).
+    // (frees are stream-ordered); `clip_sum_sq`, when set, addresses one f32 on this device
+    // that the caller keeps alive.
     unsafe { dev.launch(op, kernel, geometry, p, []) }?;
     drop(grads);
     Ok(())
@@ -158,28 +191,103 @@ fn kernel_params(rule: &OptimRule) -> (&'static str, OptimParams) {
     }
 }
 
+/// The tables of the sum-of-squares launches (launch k uses table k), kept between calls like
+/// the optimizer's.
+static SUM_SQ_TABLES: Mutex<StepTables> = Mutex::new(StepTables { tables: Vec::new() });
+
+/// `Σ x²` of every tensor of `xs` (on one device) into a fresh f32 `[1]` on `device`: per dtype
+/// one launch writing a partial sum per chunk, then one block adding the partials in order.
+fn sum_sq(xs: &[&Tensor], device: Device) -> Result<CudaStorage> {
+    let op = "grad_norm";
+    let Device::Cuda(ordinal) = device else {
+        return Err(Error::invalid(op, format!("the CUDA backend cannot reduce on {device}")));
+    };
+    let dev = super::device::device(ordinal)?;
+    // Contiguous f32 / bf16 copies where needed, alive until the launches are queued.
+    let mut held = Vec::new();
+    let mut groups: Vec<(DType, Vec<OptimSlot>)> = Vec::new();
+    for x in xs {
+        let x = match x.dtype() {
+            DType::F32 | DType::BF16 => contig(x)?,
+            _ => contig(&x.to_dtype(DType::F32)?)?,
+        };
+        if dev_of(op, &x)?.ordinal != ordinal {
+            return Err(Error::DeviceMismatch { op, a: device, b: x.device() });
+        }
+        let slot = OptimSlot { g: ptr(op, &x)?, n: x.elem_count() as i64, ..Default::default() };
+        match groups.iter_mut().find(|(d, _)| *d == x.dtype()) {
+            Some((_, g)) => g.push(slot),
+            None => groups.push((x.dtype(), vec![slot])),
+        }
+        held.push(x);
+    }
+    let tables: Vec<(DType, Vec<i64>, usize, usize)> = groups
+        .into_iter()
+        .map(|(dtype, slots)| {
+            let (host, chunks) = slot_table(&slots);
+            (dtype, host, chunks, slots.len())
+        })
+        .collect();
+    let total: usize = tables.iter().map(|t| t.2).sum();
+    let out = dev.zeros(op, DType::F32, 1)?;
+    if total == 0 {
+        return Ok(out);
+    }
+    let partials = dev.alloc(op, DType::F32, total)?;
+    let mut cache = SUM_SQ_TABLES.lock().unwrap_or_else(|e| e.into_inner());
+    let mut offset = 0;
+    for (k, (dtype, host, chunks, n_slots)) in tables.into_iter().enumerate() {
+        let mut p = OptimParams::default();
+        place_table(&mut p, &dev, op, cache.at(k), host, n_slots)?;
+        let geometry = Geometry::new([chunks.clamp(1, 65535) as u32, 1, 1], EW_THREADS);
+        // SAFETY: sum_sq_fwd_{dtype}(p, partials): the table holds n_slots OptimSlots whose `g`
+        // addresses `n` elements of the kernel's dtype (alive in `held`) and the cumulative chunk
+        // counts; `partials + offset` has room for this table's `chunks` partial sums.
+        unsafe { dev.launch(op, SUM_SQ.at(op, dtype)?, geometry, p, [partials.ptr_at(offset)]) }?;
+        offset += chunks;
+    }
+    let p = OptimParams { n_slots: total as i32, ..Default::default() };
+    // SAFETY: sum_sq_total_fwd_f32(p, partials, out): one block reads the n_slots = `total` f32
+    // partials and writes out[0].
+    unsafe {
+        dev.launch(
+            op,
+            SUM_SQ_TOTAL.at(op, DType::F32)?,
+            Geometry::new([1, 1, 1], EW_THREADS),
+            p,
+            [partials.ptr_at(0), out.ptr_at(0)],
+        )
+    }?;
+    drop(held);
+    Ok(out)
+}
+
 impl backend::Optim for Cuda {
-    fn optim_step(&self, rule: &OptimRule, slots: &[Slot<'_>], cache: &mut OptimCache) -> Result<()> {
+    fn optim_step(
+        &self,
+        rule: &OptimRule,
+        slots: &[Slot<'_>],
+        clip: Option<&Clip<'_>>,
+        cache: &mut OptimCache,
+    ) -> Result<()> {
         let tables = cache.get_or_insert_with(|| Box::new(StepTables::default()));
         let tables = tables
             .downcast_mut::<StepTables>()
             .ok_or_else(|| Error::invalid("optimizer", "the optimizer's launch tables belong to another backend"))?;
-        let (kernel, hyper) = kernel_params(rule);
+        let (kernel, mut hyper) = kernel_params(rule);
+        // The sum of squares as one contiguous f32 on the device, alive until the launches are queued.
+        let sum = clip.map(|c| contig(&c.sum_sq.to_dtype(DType::F32)?)).transpose()?;
+        if let (Some(c), Some(s)) = (clip, &sum) {
+            if s.elem_count() != 1 {
+                return Err(Error::shapes_note("optimizer step", &[s.shape()], "the clip norm must be one element"));
+            }
+            hyper.clip_sum_sq = ptr(kernel, s)?;
+            hyper.max_norm = c.max_norm as f32;
+        }
         step(kernel, slots, hyper, tables)
     }
 
-    fn sum_sq(&self, xs: &[&Tensor]) -> Result<f64> {
-        if xs.is_empty() {
-            return Ok(0.0);
-        }
-        // One f32 sum per tensor on the device, gathered and read back once.
-        let parts = crate::no_grad(|| -> Result<Tensor> {
-            let sums = xs
-                .iter()
-                .map(|x| x.detach().to_dtype(DType::F32)?.sqr()?.sum_all()?.reshape(&[1]))
-                .collect::<Result<Vec<_>>>()?;
-            Tensor::cat(&sums.iter().collect::<Vec<_>>(), 0)
-        })?;
-        Ok(parts.to_vec::<f32>()?.iter().map(|&s| s as f64).sum())
+    fn sum_sq(&self, xs: &[&Tensor], device: Device) -> Result<Tensor> {
+        Ok(tensor(sum_sq(xs, device)?, &[1]))
     }
 }

@@ -79,17 +79,19 @@ pub(crate) fn cmp(a: &Tensor, b: &Tensor, kind: CmpKind) -> Result<CudaStorage> 
     Ok(out)
 }
 
-/// `mask ? a : b` elementwise; `mask` is the host mask (already broadcast, row-major), `a` and
-/// `b` views of the output shape.
-pub(crate) fn where_cond(mask: &[bool], a: &Tensor, b: &Tensor) -> Result<CudaStorage> {
+/// `mask ? a : b` elementwise; `mask` is a contiguous u8 tensor of the output shape on the
+/// device, `a` and `b` views of that shape.
+pub(crate) fn where_cond(mask: &Tensor, a: &Tensor, b: &Tensor) -> Result<CudaStorage> {
     let op = "where_cond";
     let dev = dev_of(op, a)?;
-    let m = dev.upload(op, &crate::CpuStorage::U8(mask.iter().map(|&x| x as u8).collect()))?;
+    if mask.dtype() != DType::U8 || !mask.is_contiguous() || mask.shape() != a.shape() {
+        return Err(Error::invalid(op, "the mask must be a contiguous u8 tensor of the output's shape"));
+    }
     let out = dev.alloc(op, a.dtype(), a.elem_count())?;
     let mut p = strided_params(op, a.shape(), [a.layout(), b.layout()])?;
     p.a_offset = 0;
     p.b_offset = 0;
-    let ptrs = [m.ptr_at(0), ptr(op, a)?, ptr(op, b)?, out.ptr_at(0)];
+    let ptrs = [ptr(op, mask)?, ptr(op, a)?, ptr(op, b)?, out.ptr_at(0)];
     let kernel = WHERE_COND.at(op, a.dtype())?;
     let n = p.n as usize;
     // SAFETY: where_cond_fwd(p, mask, a, b, out): mask and out hold n elements; a and b are views

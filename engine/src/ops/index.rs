@@ -7,6 +7,12 @@
 //! masked_scatter and where_cond split it by the mask. stack, split and chunk are compositions
 //! of unsqueeze, cat and narrow and record no op of their own. Index tensors are i64; masks are
 //! u8 or i64 (nonzero = set).
+//!
+//! Indices and masks stay on the data's device: no op reads them to the host. The CPU checks
+//! every index as it uses it (an out-of-range index is an error naming the op and the index); a
+//! GPU kernel never dereferences an out-of-range index (the forward writes NaN there, a scatter
+//! drops it), so bad ids show up as NaN downstream instead of stalling every step to be checked.
+//! Ids are validated where they are made, on the host, before they are uploaded.
 
 use crate::autograd::{BackwardOp, Grads, Op};
 use crate::{shape, DType, Dim, Error, Result, Tensor};
@@ -21,69 +27,54 @@ pub(crate) enum IndexOp {
     IndexSelect {
         arg: Tensor,
         dim: usize,
-        indices: Vec<usize>,
+        indices: Tensor,
     },
+    /// `indices` has the output's shape.
     Gather {
         arg: Tensor,
         dim: usize,
-        indices: Vec<usize>,
-        index_shape: Vec<usize>,
+        indices: Tensor,
     },
     /// `src` is already narrowed to the index shape.
     ScatterAdd {
         arg: Tensor,
         src: Tensor,
         dim: usize,
-        indices: Vec<usize>,
+        indices: Tensor,
     },
-    /// `rows`: the flattened row numbers the mask sets, in order.
+    /// `mask`: one entry per row of `arg` (all dims but the last).
     MaskedScatter {
         arg: Tensor,
         source: Tensor,
-        rows: Vec<usize>,
+        mask: Tensor,
     },
     /// The mask and both branches are broadcast to the output shape.
     WhereCond {
-        mask: Vec<bool>,
+        mask: Tensor,
         on_true: Tensor,
         on_false: Tensor,
     },
 }
 
-/// Indices as validated `usize`s in `0..size` (the size of `dim` of the indexed tensor).
-fn read_indices(
-    op: &'static str,
-    indices: &Tensor,
-    dim: usize,
-    size: usize,
-    device: crate::Device,
-) -> Result<Vec<usize>> {
+/// Indices must be i64 on the indexed tensor's device (their values are checked where they are
+/// used: see the module docs).
+fn check_indices(op: &'static str, indices: &Tensor, device: crate::Device) -> Result<()> {
     if indices.dtype() != DType::I64 {
         return Err(Error::dtype(op, indices.dtype(), "indices must be i64"));
     }
     if indices.device() != device {
         return Err(Error::DeviceMismatch { op, a: device, b: indices.device() });
     }
-    indices
-        .to_vec::<i64>()?
-        .into_iter()
-        .map(|i| {
-            usize::try_from(i)
-                .ok()
-                .filter(|&u| u < size)
-                .ok_or_else(|| Error::invalid(op, format!("index {i} is out of range for dim {dim} of size {size}")))
-        })
-        .collect()
+    Ok(())
 }
 
-/// A u8 or i64 mask as booleans (nonzero = set), row-major.
-fn read_mask(op: &'static str, mask: &Tensor, device: crate::Device) -> Result<Vec<bool>> {
+/// A mask must be u8 or i64 (nonzero = set) on the data's device.
+fn check_mask(op: &'static str, mask: &Tensor, device: crate::Device) -> Result<()> {
     if mask.device() != device {
         return Err(Error::DeviceMismatch { op, a: device, b: mask.device() });
     }
     match mask.dtype() {
-        DType::U8 => Ok(mask.to_vec::<u8>()?.into_iter().map(|m| m != 0).collect()),
-        DType::I64 => Ok(mask.to_vec::<i64>()?.into_iter().map(|m| m != 0).collect()),
+        DType::U8 | DType::I64 => Ok(()),
         other => Err(Error::dtype(op, other, "a mask must be u8 or i64")),
     }
 }
@@ -180,7 +171,8 @@ impl Tensor {
 
     /// Select entries of `dim` by i64 `indices` (1-D, repeats allowed):
     /// `[a, n, b]` with `k` indices → `[a, k, b]`. An embedding lookup is
-    /// `table.index_select(0, &ids)`. Indices out of `0..n` are an error.
+    /// `table.index_select(0, &ids)`. Indices out of `0..n` are an error on the CPU and NaN
+    /// rows on a GPU (see the module docs).
     ///
     /// ```
     /// use vlm4vla_engine::{Device, Tensor};
@@ -195,11 +187,13 @@ impl Tensor {
         if indices.rank() != 1 {
             return Err(Error::shapes_note(op, &[self.shape(), indices.shape()], "indices must be 1-D"));
         }
-        let idx = read_indices(op, indices, d, self.shape()[d], self.device())?;
+        check_indices(op, indices, self.device())?;
         let mut shape = self.shape().to_vec();
-        shape[d] = idx.len();
-        let out = self.backend().index_select(self, d, &idx, &shape)?;
-        Ok(out.recorded(&[self], || Op::Index(IndexOp::IndexSelect { arg: self.clone(), dim: d, indices: idx })))
+        shape[d] = indices.shape()[0];
+        let out = self.backend().index_select(self, d, indices, &shape)?;
+        Ok(out.recorded(&[self], || {
+            Op::Index(IndexOp::IndexSelect { arg: self.clone(), dim: d, indices: indices.clone() })
+        }))
     }
 
     /// `torch.gather`: `out[i][j][k] = self[i][indices[i][j][k]][k]` for `dim = 1`. `indices` is
@@ -216,11 +210,9 @@ impl Tensor {
                 format!("indices must have the input's rank and be no larger on dims other than {d}"),
             ));
         }
-        let idx = read_indices(op, indices, d, self.shape()[d], self.device())?;
-        let out = self.backend().gather(self, d, &idx, ishape)?;
-        Ok(out.recorded(&[self], || {
-            Op::Index(IndexOp::Gather { arg: self.clone(), dim: d, indices: idx, index_shape: ishape.to_vec() })
-        }))
+        check_indices(op, indices, self.device())?;
+        let out = self.backend().gather(self, d, indices, ishape)?;
+        Ok(out.recorded(&[self], || Op::Index(IndexOp::Gather { arg: self.clone(), dim: d, indices: indices.clone() })))
     }
 
     /// `torch.scatter_add` out of place: a copy of `self` with `src[p]` added at
@@ -244,22 +236,23 @@ impl Tensor {
                 format!("indices must be no larger than src, and than the input on dims other than {d}"),
             ));
         }
-        let idx = read_indices(op, indices, d, self.shape()[d], self.device())?;
+        check_indices(op, indices, self.device())?;
         // Only the part of `src` the indices cover takes part (and gets a gradient).
         let mut part = src.clone();
         for (i, &n) in ishape.iter().enumerate() {
             part = part.narrow(i, 0, n)?;
         }
-        let out = self.backend().scatter_add(self, d, &idx, &part, ishape)?;
+        let out = self.backend().scatter_add(self, d, indices, &part, ishape)?;
         Ok(out.recorded(&[self, &part], || {
-            Op::Index(IndexOp::ScatterAdd { arg: self.clone(), src: part.clone(), dim: d, indices: idx })
+            Op::Index(IndexOp::ScatterAdd { arg: self.clone(), src: part.clone(), dim: d, indices: indices.clone() })
         }))
     }
 
     /// Replace rows of `self` (`[..., N, D]`, rows = all dims but the last, flattened) where
     /// `mask` (u8 or i64 of shape `[..., N]`, nonzero = set) is set, in row-major order, by the
     /// consecutive rows of `source` (`[M, D]`, `M` = the number of set rows). This is how image
-    /// features enter a token sequence.
+    /// features enter a token sequence. The mask stays on the device: the CPU checks that it
+    /// sets `M` rows (an error otherwise); on a GPU, set rows past the `M`-th come out NaN.
     ///
     /// ```
     /// use vlm4vla_engine::{Device, Tensor};
@@ -282,21 +275,13 @@ impl Tensor {
                 "the mask must have the input's shape without its last dim",
             ));
         }
-        let rows: Vec<usize> =
-            read_mask(op, mask, self.device())?.into_iter().enumerate().filter_map(|(i, m)| m.then_some(i)).collect();
+        check_mask(op, mask, self.device())?;
         if source.rank() != 2 || source.shape()[1] != w {
             return Err(Error::shapes_note(op, &[self.shape(), source.shape()], format!("source must be [rows, {w}]")));
         }
-        if source.shape()[0] != rows.len() {
-            return Err(Error::shapes_note(
-                op,
-                &[self.shape(), source.shape()],
-                format!("the mask sets {} rows but source has {} rows", rows.len(), source.shape()[0]),
-            ));
-        }
-        let out = self.backend().masked_scatter(self, source, &rows, w)?;
+        let out = self.backend().masked_scatter(self, mask, source, w)?;
         Ok(out.recorded(&[self, source], || {
-            Op::Index(IndexOp::MaskedScatter { arg: self.clone(), source: source.clone(), rows })
+            Op::Index(IndexOp::MaskedScatter { arg: self.clone(), source: source.clone(), mask: mask.clone() })
         }))
     }
 
@@ -319,7 +304,8 @@ impl Tensor {
             .map_err(|_| {
                 Error::shapes_note(op, &[mask.shape(), on_true.shape(), on_false.shape()], "cannot broadcast")
             })?;
-        let keep = read_mask(op, &mask.broadcast_as(&shape)?, on_true.device())?;
+        check_mask(op, mask, on_true.device())?;
+        let keep = mask.broadcast_as(&shape)?;
         let (a, b) = (on_true.broadcast_as(&shape)?, on_false.broadcast_as(&shape)?);
         let out = a.backend().where_cond(&keep, &a, &b)?;
         Ok(out.recorded(&[&a, &b], || {
@@ -371,11 +357,11 @@ impl BackwardOp for IndexOp {
                 // Scatter-add the selected rows back: repeated indices accumulate.
                 grads.add(arg, arg.backend().index_add(grad, arg.shape(), *dim, indices)?)
             }
-            IndexOp::Gather { arg, dim, indices, index_shape } => {
+            IndexOp::Gather { arg, dim, indices } => {
                 if !arg.tracks_grad() {
                     return Ok(());
                 }
-                grads.add(arg, arg.backend().gather_backward(grad, arg.shape(), *dim, indices, index_shape)?)
+                grads.add(arg, arg.backend().gather_backward(grad, arg.shape(), *dim, indices, indices.shape())?)
             }
             IndexOp::ScatterAdd { arg, src, dim, indices } => {
                 // d(self) is the identity; d(src) gathers the gradient at the scatter targets.
@@ -387,11 +373,11 @@ impl BackwardOp for IndexOp {
                 }
                 Ok(())
             }
-            IndexOp::MaskedScatter { arg, source, rows } => {
+            IndexOp::MaskedScatter { arg, source, mask } => {
                 // Overwritten rows pass no gradient to the input; they carry the source's.
                 let w = arg.shape().last().copied().unwrap_or(1);
                 let want = (arg.tracks_grad(), source.tracks_grad());
-                let (da, ds) = arg.backend().masked_scatter_backward(grad, rows, w, want)?;
+                let (da, ds) = arg.backend().masked_scatter_backward(grad, mask, source.shape()[0], w, want)?;
                 if let Some(da) = da {
                     grads.add(arg, da)?;
                 }

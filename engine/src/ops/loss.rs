@@ -134,11 +134,15 @@ fn check_pair(kind: PairKind, pred: &Tensor, target: &Tensor) -> Result<()> {
             return Err(Error::invalid(op, format!("delta must be positive and finite, got {delta}")));
         }
     }
-    if kind == PairKind::BceWithLogits {
-        let bad = target.to_vec::<f64>()?.into_iter().enumerate().find(|(_, v)| !(0.0..=1.0).contains(v));
-        if let Some((i, v)) = bad {
-            return Err(Error::invalid(op, format!("target {v} at flat index {i} is outside [0, 1]")));
-        }
+    Ok(())
+}
+
+/// The composite twins' check that bce targets lie in `[0, 1]` (a host read; the fused op's CPU
+/// primitive checks as it computes).
+fn check_bce_targets(target: &Tensor) -> Result<()> {
+    let bad = target.to_vec::<f64>()?.into_iter().enumerate().find(|(_, v)| !(0.0..=1.0).contains(v));
+    if let Some((i, v)) = bad {
+        return Err(Error::invalid("bce_with_logits", format!("target {v} at flat index {i} is outside [0, 1]")));
     }
     Ok(())
 }
@@ -165,8 +169,10 @@ pub fn huber(pred: &Tensor, target: &Tensor, delta: f64, reduction: Reduction) -
 
 /// Binary cross-entropy on logits with PyTorch's semantics, computed stably as
 /// `max(x, 0) − x·t + log(1 + exp(−|x|))`; `logits` and `targets` share one shape and the
-/// targets must lie in `[0, 1]` (soft labels allowed; anything else is an error). Targets are
-/// normally constants; if one tracks a gradient it receives `−x` (times the incoming gradient).
+/// targets must lie in `[0, 1]` (soft labels allowed; anything else is an error on the CPU, which
+/// checks as it computes; a GPU computes the formula for any target, as torch does, rather than
+/// wait for the device to report one). Targets are normally constants; if one tracks a gradient
+/// it receives `−x` (times the incoming gradient).
 ///
 /// ```
 /// use vlm4vla_engine::{ops::{bce_with_logits, Reduction}, Device, Tensor};
@@ -235,6 +241,7 @@ pub fn huber_composite(pred: &Tensor, target: &Tensor, delta: f64, reduction: Re
 /// [`bce_with_logits`] from primitive ops: `relu(x) − x·t + log(1 + exp(−|x|))`.
 pub fn bce_with_logits_composite(logits: &Tensor, targets: &Tensor, reduction: Reduction) -> Result<Tensor> {
     check_pair(PairKind::BceWithLogits, logits, targets)?;
+    check_bce_targets(targets)?;
     let softplus = logits.abs()?.neg()?.softplus()?;
     let losses = logits.relu()?.sub(&logits.mul(targets)?)?.add(&softplus)?;
     reduce_composite(losses, reduction, logits.elem_count())

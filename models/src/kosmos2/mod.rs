@@ -210,18 +210,16 @@ impl Kosmos2 {
                 ),
             });
         }
-        let attn = text::mask_u8("attention_mask", &input.attention_mask, b, l)?;
+        // The batch's own mask, host data: attention resolves the padding on the host.
+        let attn = text::mask_u8("attention_mask", &input.attention_mask, b, l)?.to_vec::<u8>()?;
         let img_mask = text::mask_u8("image_embeds_position_mask", &input.token_type, b, l)?;
         let vis = clip::forward(&self.cfg.vision, &self.params, &input.pixel_values, self.recompute)?;
         let image = connector::forward(&self.cfg, &self.params, &vis.features)?;
         let h = text::embed(&self.cfg.text, &self.params, ids, &img_mask, &image, extra)?;
-        let key_padding = match extra {
-            Some(x) => {
-                let ones = Tensor::ones(&[b, x.shape()[1]], DType::U8, attn.device())?;
-                Tensor::cat(&[&attn, &ones], 1)?
-            }
-            None => attn,
-        };
+        let q = extra.map_or(0, |x| x.shape()[1]);
+        let padding: Vec<u8> =
+            attn.chunks(l.max(1)).flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(1, q))).collect();
+        let key_padding = Tensor::from_vec(padding, &[b, l + q], Device::Cpu)?;
         let (layers, last) = text::decode(&self.cfg.text, &self.params, h, &key_padding, self.recompute)?;
         Ok((vis.layers, image, layers, last))
     }

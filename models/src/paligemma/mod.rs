@@ -287,7 +287,8 @@ impl PaliGemma {
                 .collect();
             total += q;
         }
-        let padding = Tensor::from_vec(padding, &[b, total], x.device())?;
+        // Host data: attention resolves the padding on the host, so it is never uploaded.
+        let padding = Tensor::from_vec(padding, &[b, total], Device::Cpu)?;
         Ok((x, AttentionMask::PrefixLm(prefix), padding))
     }
 }

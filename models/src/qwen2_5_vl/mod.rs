@@ -277,7 +277,8 @@ impl Qwen25Vl {
         }
         let (cos, sin) = text::mrope_tables(&cfg.text, &positions)?;
         let (cos, sin) = (cos.to_device(x.device())?, sin.to_device(x.device())?);
-        let key_padding = Tensor::from_vec(key_padding, &[b, total], x.device())?;
+        // Host data: attention resolves the padding on the host, so it is never uploaded.
+        let key_padding = Tensor::from_vec(key_padding, &[b, total], Device::Cpu)?;
         let (layers, last_hidden) =
             text::forward(&cfg.text, &self.params, &x, &key_padding, &cos, &sin, self.recompute, trace)?;
         Ok(Run { image_features, vision_blocks, layers, last_hidden })

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::Path;
 use vlm4vla_engine::ops::{bce_with_logits, huber, Reduction};
-use vlm4vla_engine::{nn, DType, Device, Error, ParamStore, Result, SafeTensorsFile, Tensor};
+use vlm4vla_engine::{nn, CmpKind, DType, Device, Error, ParamStore, Result, SafeTensorsFile, Tensor};
 
 /// The name of the action-query parameter, `[latent, hidden]`.
 pub const ACTION_QUERY: &str = "vla.action_query";
@@ -108,20 +108,62 @@ fn invalid(msg: impl Into<String>) -> Error {
     Error::Invalid { op: "vla policy", msg: msg.into() }
 }
 
-/// The loss of one batch and its parts.
+/// The loss of one batch and its parts, on the device: reading them is left to the caller, who
+/// can read them with other values in one host read ([`PolicyLoss::stats`]) or alone
+/// ([`PolicyLoss::values`]).
 #[derive(Clone, Debug)]
 pub struct PolicyLoss {
     /// `arm + ratio · gripper`, a differentiable scalar.
     pub loss: Tensor,
-    /// The Huber term (mean over valid steps and the 6 arm dims).
-    pub arm: f64,
-    /// The BCE term before weighting (mean over valid steps).
-    pub gripper: f64,
-    /// Fraction of valid steps whose gripper state (logit ≥ 0 ⇔ target ≥ 0.5) is right; 0 when
-    /// no step is valid.
-    pub gripper_accuracy: f64,
+    /// The Huber term (mean over valid steps and the 6 arm dims), a scalar.
+    pub arm: Tensor,
+    /// The BCE term before weighting (mean over valid steps), a scalar.
+    pub gripper: Tensor,
+    /// How many valid steps have the right gripper state (logit ≥ 0 ⇔ target ≥ 0.5): a scalar
+    /// count, f32 (f64 for an f64 model).
+    pub gripper_correct: Tensor,
     /// How many chunk steps the mask marked valid.
     pub valid_steps: usize,
+}
+
+/// The values of a [`PolicyLoss`] on the host.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LossValues {
+    pub loss: f64,
+    pub arm: f64,
+    pub gripper: f64,
+    /// Fraction of valid steps whose gripper state is right; 0 when no step is valid.
+    pub gripper_accuracy: f64,
+    pub valid_steps: usize,
+}
+
+impl PolicyLoss {
+    /// `[loss, arm, gripper, gripper_correct]` as one detached `[4]` tensor on the device, in
+    /// the dtype of `gripper_correct` (every value exact in it), for a caller that reads it with
+    /// other values.
+    pub fn stats(&self) -> Result<Tensor> {
+        let dtype = self.gripper_correct.dtype();
+        let parts = [&self.loss, &self.arm, &self.gripper, &self.gripper_correct]
+            .iter()
+            .map(|t| t.detach().to_dtype(dtype)?.reshape(&[1]))
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0)
+    }
+
+    /// The values from [`stats`](Self::stats) read back.
+    pub fn values_from(&self, stats: &[f64]) -> Result<LossValues> {
+        let &[loss, arm, gripper, correct] = stats else {
+            return Err(invalid(format!("expected the 4 loss stats, got {}", stats.len())));
+        };
+        let n = self.valid_steps;
+        let gripper_accuracy = if n == 0 { 0.0 } else { correct / n as f64 };
+        Ok(LossValues { loss, arm, gripper, gripper_accuracy, valid_steps: n })
+    }
+
+    /// The values, read to the host in one read.
+    pub fn values(&self) -> Result<LossValues> {
+        self.values_from(&self.stats()?.to_vec::<f64>()?)
+    }
 }
 
 /// A backbone turned into a VLA policy.
@@ -351,6 +393,10 @@ impl VlaPolicy {
     /// {0, 1}) where `mask [B, chunk]` (any dtype, nonzero = valid) marks the chunk steps inside
     /// the episode. Values at masked steps are ignored entirely (they may be anything, NaN
     /// included). A gripper target outside [0, 1] at a valid step is an error naming it.
+    ///
+    /// `actions` and `mask` are the batch's host data (made on the CPU by the data pipeline):
+    /// the mask and the gripper targets are checked there, where reading them waits for no
+    /// device; the loss, its parts and the accuracy stay on the model's device.
     pub fn loss(&self, out: &HeadOutput, actions: &Tensor, mask: &Tensor) -> Result<PolicyLoss> {
         let (b, chunk) = (out.gripper_logits.dim(0)?, self.config.chunk);
         if actions.shape() != [b, chunk, ACTION_DIMS] || mask.shape() != [b, chunk] {
@@ -364,10 +410,9 @@ impl VlaPolicy {
         let device = out.arm.device();
         let valid: Vec<u8> = mask.to_vec::<f64>()?.into_iter().map(|m| u8::from(m != 0.0)).collect();
         let n = valid.iter().filter(|&&v| v == 1).count();
-        let actions = actions.detach().to_dtype(dtype)?;
-        let grip_targets = actions.narrow(2, ARM_DIMS, 1)?.reshape(&[b, chunk])?;
-        let grip_values = grip_targets.to_vec::<f64>()?;
-        for (i, (&t, &v)) in grip_values.iter().zip(&valid).enumerate() {
+        let host_actions = actions.to_vec::<f64>()?;
+        for (i, &v) in valid.iter().enumerate() {
+            let t = host_actions[i * ACTION_DIMS + ARM_DIMS];
             if v == 1 && !(0.0..=1.0).contains(&t) {
                 return Err(invalid(format!(
                     "gripper target {t} at batch row {} chunk step {} is not in [0, 1] (0 = closed, 1 = open)",
@@ -376,7 +421,9 @@ impl VlaPolicy {
                 )));
             }
         }
-        let keep = Tensor::from_vec(valid.clone(), &[b, chunk], device)?;
+        let actions = actions.detach().to_dtype(dtype)?.to_device(device)?;
+        let grip_targets = actions.narrow(2, ARM_DIMS, 1)?.reshape(&[b, chunk])?;
+        let keep = Tensor::from_vec(valid, &[b, chunk], device)?;
         let keep_f = keep.to_dtype(dtype)?;
         let zero = Tensor::zeros(&[1], dtype, device)?;
         let denom = n.max(1) as f64;
@@ -393,16 +440,15 @@ impl VlaPolicy {
             .scale(1.0 / denom)?;
         let loss = arm.add(&gripper.scale(self.config.gripper_loss_ratio)?)?;
 
-        let logits = out.gripper_logits.to_vec::<f64>()?;
-        let correct =
-            (0..b * chunk).filter(|&i| valid[i] == 1 && (logits[i] >= 0.0) == (grip_values[i] >= 0.5)).count();
-        Ok(PolicyLoss {
-            loss,
-            arm: arm.to_scalar::<f64>()?,
-            gripper: gripper.to_scalar::<f64>()?,
-            gripper_accuracy: if n == 0 { 0.0 } else { correct as f64 / n as f64 },
-            valid_steps: n,
-        })
+        // Right where the predicted state (logit ≥ 0: open) is the target's (≥ 0.5: open),
+        // counted over the valid steps in a dtype that holds the count exactly.
+        let count = if dtype == DType::F64 { DType::F64 } else { DType::F32 };
+        let right = vlm4vla_engine::no_grad(|| {
+            out.gripper_logits.detach().cmp_scalar(0.0, CmpKind::Ge)?.eq(&grip_targets.cmp_scalar(0.5, CmpKind::Ge)?)
+        })?;
+        let keep_c = if count == dtype { keep_f.clone() } else { keep.to_dtype(count)? };
+        let gripper_correct = right.to_dtype(count)?.mul(&keep_c)?.sum_all()?;
+        Ok(PolicyLoss { loss, arm, gripper, gripper_correct, valid_steps: n })
     }
 
     /// [`forward`](Self::forward) then [`loss`](Self::loss).
