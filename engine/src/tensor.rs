@@ -2,9 +2,10 @@
 //! autograd record.
 
 use crate::autograd::{self, Op};
+use crate::storage::SharedStorage;
 use crate::{CpuStorage, DType, Device, Error, Layout, Result, Storage, WithDType};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLockReadGuard, RwLockWriteGuard};
 
 /// A unique id per tensor handle created by an op (views get their own id).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -19,7 +20,7 @@ impl TensorId {
 
 pub(crate) struct TensorInner {
     id: TensorId,
-    storage: Arc<RwLock<Storage>>,
+    storage: Arc<SharedStorage>,
     layout: Layout,
     dtype: DType,
     device: Device,
@@ -58,16 +59,16 @@ impl Tensor {
     pub(crate) fn from_storage(storage: Storage, shape: &[usize], op: Option<Op>) -> Tensor {
         crate::counters::allocation();
         let layout = Layout::contiguous(shape);
-        Self::from_parts(Arc::new(RwLock::new(storage)), layout, op)
+        Self::from_parts(Arc::new(SharedStorage::new(storage)), layout, op)
     }
 
     pub(crate) fn from_cpu(storage: CpuStorage, shape: &[usize], op: Option<Op>) -> Tensor {
         Self::from_storage(Storage::Cpu(storage), shape, op)
     }
 
-    fn from_parts(storage: Arc<RwLock<Storage>>, layout: Layout, op: Option<Op>) -> Tensor {
+    fn from_parts(storage: Arc<SharedStorage>, layout: Layout, op: Option<Op>) -> Tensor {
         let (dtype, device) = {
-            let s = storage.read().unwrap_or_else(|e| e.into_inner());
+            let s = storage.read();
             (s.dtype(), s.device())
         };
         Tensor(Arc::new(TensorInner { id: TensorId::new(), storage, layout, dtype, device, op, is_variable: false }))
@@ -231,11 +232,11 @@ impl Tensor {
     }
 
     pub(crate) fn read_storage(&self) -> RwLockReadGuard<'_, Storage> {
-        self.0.storage.read().unwrap_or_else(|e| e.into_inner())
+        self.0.storage.read()
     }
 
     pub(crate) fn write_storage(&self) -> RwLockWriteGuard<'_, Storage> {
-        self.0.storage.write().unwrap_or_else(|e| e.into_inner())
+        self.0.storage.write()
     }
 
     pub(crate) fn same_storage(&self, other: &Tensor) -> bool {
