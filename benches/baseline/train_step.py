@@ -320,7 +320,9 @@ def main():
         optimizer.zero_grad(set_to_none=True)
         return value
 
-    for _ in range(args.warmup):
+    # torch.compile may recompile on the first calls (guards on requires_grad, the optimizer's
+    # state): one more warm-up step there.
+    for _ in range(args.warmup + (1 if args.mode == "compile" else 0)):
         loss = step()
     sync()
     if cuda:
