@@ -459,8 +459,10 @@ fn parent() -> Result<()> {
         rows.push(row);
     }
     let _ = std::fs::remove_dir_all(&tmp);
-    let mut knobs: Vec<String> =
-        std::env::vars().filter(|(k, _)| k.starts_with("BENCH_")).map(|(k, v)| format!("{k}={v}")).collect();
+    let mut knobs: Vec<String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("BENCH_") || k == "RAYON_NUM_THREADS")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     knobs.sort();
     let features = if cfg!(feature = "cuda") { " --features cuda" } else { "" };
     let command = format!("{} cargo bench{features} --bench step", knobs.join(" "));
