@@ -13,8 +13,24 @@
 //! assert_eq!(used.host_reads, 1);
 //! assert!(used.primitives >= 2 && used.allocations >= 2);
 //! ```
+//!
+//! Memory is counted globally (over every thread and device): the bytes of tensor storage alive
+//! now and the most alive at once since [`reset_peak_bytes`]. A step benchmark reads the bytes
+//! its forward saves for the backward from the live count before and after the forward.
+//!
+//! ```
+//! use vlm4vla_engine::{counters, Device, DType, Tensor};
+//! let before = counters::memory().live_bytes;
+//! let x = Tensor::zeros(&[256], DType::F32, Device::Cpu).unwrap();
+//! let view = x.reshape(&[16, 16]).unwrap();
+//! assert_eq!(counters::memory().live_bytes, before + 1024);
+//! drop((x, view));
+//! assert_eq!(counters::memory().live_bytes, before);
+//! assert!(counters::memory().peak_bytes >= before + 1024);
+//! ```
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 thread_local! {
     static PRIMITIVES: Cell<u64> = const { Cell::new(0) };
@@ -85,4 +101,38 @@ pub(crate) fn allocation() {
 /// Count `n` floating-point operations (see [`Counts::flops`]).
 pub(crate) fn flops(n: u64) {
     FLOPS.with(|c| c.set(c.get() + n));
+}
+
+static LIVE_BYTES: AtomicU64 = AtomicU64::new(0);
+static PEAK_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// Tensor storage bytes, over every thread and device (CPU and GPU buffers alike; views share
+/// their storage's bytes, which count once).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Memory {
+    /// Bytes of the tensor storages alive now.
+    pub live_bytes: u64,
+    /// The most bytes alive at once since the process started or the last [`reset_peak_bytes`].
+    pub peak_bytes: u64,
+}
+
+/// The storage bytes alive now and their peak.
+pub fn memory() -> Memory {
+    Memory { live_bytes: LIVE_BYTES.load(Ordering::Relaxed), peak_bytes: PEAK_BYTES.load(Ordering::Relaxed) }
+}
+
+/// Start a new peak from the bytes alive now (e.g. before the step a benchmark measures).
+pub fn reset_peak_bytes() {
+    PEAK_BYTES.store(LIVE_BYTES.load(Ordering::Relaxed), Ordering::Relaxed);
+}
+
+/// A tensor storage of `bytes` was created.
+pub(crate) fn storage_created(bytes: u64) {
+    let live = LIVE_BYTES.fetch_add(bytes, Ordering::Relaxed) + bytes;
+    PEAK_BYTES.fetch_max(live, Ordering::Relaxed);
+}
+
+/// A tensor storage of `bytes` was dropped.
+pub(crate) fn storage_dropped(bytes: u64) {
+    LIVE_BYTES.fetch_sub(bytes, Ordering::Relaxed);
 }

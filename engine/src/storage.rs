@@ -3,6 +3,7 @@
 
 use crate::{DType, Error, Layout, Result, WithDType};
 use half::{bf16, f16};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// A CPU buffer of one dtype.
 #[derive(Clone, Debug)]
@@ -212,5 +213,57 @@ impl Storage {
             #[cfg(feature = "cuda")]
             Storage::Cuda(s) => crate::Device::Cuda(s.ordinal()),
         }
+    }
+
+    /// Elements held.
+    pub fn len(&self) -> usize {
+        match self {
+            Storage::Cpu(s) => s.len(),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes held.
+    pub fn size_in_bytes(&self) -> usize {
+        self.len() * self.dtype().size_in_bytes()
+    }
+}
+
+/// The storage tensors share (views included), behind its lock. Its bytes count in
+/// [`crate::counters::memory`] from creation until the last tensor over it drops.
+pub(crate) struct SharedStorage {
+    lock: RwLock<Storage>,
+    bytes: u64,
+    /// Whether the buffer is host data: a CPU buffer the host filled from its own memory
+    /// (`from_vec`, `full`, a loaded file) that no primitive and no in-place write has touched
+    /// since. Reading host data back waits for no device (on a GPU run such tensors are the
+    /// CPU-side inputs), so it is not counted as a host read.
+    pub(crate) host_data: std::sync::atomic::AtomicBool,
+}
+
+impl SharedStorage {
+    pub(crate) fn new(storage: Storage) -> SharedStorage {
+        let bytes = storage.size_in_bytes() as u64;
+        crate::counters::storage_created(bytes);
+        SharedStorage { lock: RwLock::new(storage), bytes, host_data: std::sync::atomic::AtomicBool::new(false) }
+    }
+
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Storage> {
+        self.lock.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Storage> {
+        self.lock.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for SharedStorage {
+    fn drop(&mut self) {
+        crate::counters::storage_dropped(self.bytes);
     }
 }

@@ -2,9 +2,10 @@
 //! autograd record.
 
 use crate::autograd::{self, Op};
+use crate::storage::SharedStorage;
 use crate::{CpuStorage, DType, Device, Error, Layout, Result, Storage, WithDType};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLockReadGuard, RwLockWriteGuard};
 
 /// A unique id per tensor handle created by an op (views get their own id).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -17,18 +18,9 @@ impl TensorId {
     }
 }
 
-/// A buffer shared by a tensor and its views, and whether it is host data: a CPU buffer the
-/// host filled from its own memory (`from_vec`, `full`, a loaded file) that no primitive and no
-/// in-place write has touched since. Reading host data back waits for no device (on a GPU run such
-/// tensors are the CPU-side inputs), so it is not counted as a host read.
-struct StorageCell {
-    data: RwLock<Storage>,
-    host_data: AtomicBool,
-}
-
 pub(crate) struct TensorInner {
     id: TensorId,
-    storage: Arc<StorageCell>,
+    storage: Arc<SharedStorage>,
     layout: Layout,
     dtype: DType,
     device: Device,
@@ -66,27 +58,33 @@ impl Tensor {
     /// A new tensor over fresh storage; `op` is kept only when an input tracks gradients.
     pub(crate) fn from_storage(storage: Storage, shape: &[usize], op: Option<Op>) -> Tensor {
         crate::counters::allocation();
-        let (dtype, device) = (storage.dtype(), storage.device());
-        let storage = Arc::new(StorageCell { data: RwLock::new(storage), host_data: AtomicBool::new(false) });
         let layout = Layout::contiguous(shape);
-        Tensor(Arc::new(TensorInner { id: TensorId::new(), storage, layout, dtype, device, op, is_variable: false }))
+        Self::from_parts(Arc::new(SharedStorage::new(storage)), layout, op)
     }
 
     pub(crate) fn from_cpu(storage: CpuStorage, shape: &[usize], op: Option<Op>) -> Tensor {
         Self::from_storage(Storage::Cpu(storage), shape, op)
     }
 
-    /// Host data (see [`StorageCell`]) placed on `device`: on the CPU the tensor is the host
+    /// Host data (see [`SharedStorage::host_data`]) placed on `device`: on the CPU the tensor is the host
     /// data itself; elsewhere an upload.
     fn from_host(storage: CpuStorage, shape: &[usize], device: Device) -> Result<Tensor> {
         let t = Tensor::from_cpu(storage, shape, None);
-        t.0.storage.host_data.store(true, Ordering::Relaxed);
+        t.0.storage.host_data.store(true, std::sync::atomic::Ordering::Relaxed);
         t.to_device(device)
     }
 
-    /// Whether this tensor is host data (see [`StorageCell`]).
+    /// Whether this tensor is host data (see [`SharedStorage::host_data`]).
     fn is_host_data(&self) -> bool {
-        self.0.storage.host_data.load(Ordering::Relaxed)
+        self.0.storage.host_data.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn from_parts(storage: Arc<SharedStorage>, layout: Layout, op: Option<Op>) -> Tensor {
+        let (dtype, device) = {
+            let s = storage.read();
+            (s.dtype(), s.device())
+        };
+        Tensor(Arc::new(TensorInner { id: TensorId::new(), storage, layout, dtype, device, op, is_variable: false }))
     }
 
     /// A view of this tensor's storage with another layout.
@@ -247,13 +245,13 @@ impl Tensor {
     }
 
     pub(crate) fn read_storage(&self) -> RwLockReadGuard<'_, Storage> {
-        self.0.storage.data.read().unwrap_or_else(|e| e.into_inner())
+        self.0.storage.read()
     }
 
     /// The storage for writing in place: from here on it is no longer host data.
     pub(crate) fn write_storage(&self) -> RwLockWriteGuard<'_, Storage> {
-        self.0.storage.host_data.store(false, Ordering::Relaxed);
-        self.0.storage.data.write().unwrap_or_else(|e| e.into_inner())
+        self.0.storage.host_data.store(false, std::sync::atomic::Ordering::Relaxed);
+        self.0.storage.write()
     }
 
     pub(crate) fn same_storage(&self, other: &Tensor) -> bool {

@@ -132,6 +132,53 @@ pub fn sm_count(ordinal: usize) -> Result<usize> {
     Ok(n.max(1) as usize)
 }
 
+/// The memory pool of a GPU: bytes its allocations use now and their high-water mark.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolMemory {
+    /// Bytes of live allocations (the driver's `CU_MEMPOOL_ATTR_USED_MEM_CURRENT`).
+    pub used_bytes: u64,
+    /// The most bytes in use at once since the device started or the last [`reset_pool_peak`]
+    /// (`CU_MEMPOOL_ATTR_USED_MEM_HIGH`). Frees count when the stream reaches them.
+    pub peak_bytes: u64,
+}
+
+/// The default memory pool's use on `cuda:ordinal` (the pool every engine buffer comes from).
+pub fn pool_memory(ordinal: usize) -> Result<PoolMemory> {
+    let d = device(ordinal)?;
+    d.bind("pool_memory")?;
+    let attr = |a: sys::CUmemPool_attribute| -> Result<u64> {
+        let mut v: u64 = 0;
+        // SAFETY: the device handle belongs to the bound context; both attributes are u64s.
+        unsafe {
+            let pool = cu::device::get_default_mem_pool(d.ctx.cu_device()).map_err(drv("pool_memory"))?;
+            cu::mem_pool::get_attribute(pool, a, &mut v as *mut u64 as *mut c_void).map_err(drv("pool_memory"))?;
+        }
+        Ok(v)
+    };
+    Ok(PoolMemory {
+        used_bytes: attr(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?,
+        peak_bytes: attr(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH)?,
+    })
+}
+
+/// Restart `cuda:ordinal`'s pool high-water mark from the bytes in use now (call after
+/// [`synchronize`], so frees already queued are counted).
+pub fn reset_pool_peak(ordinal: usize) -> Result<()> {
+    let d = device(ordinal)?;
+    d.bind("reset_pool_peak")?;
+    let mut zero: u64 = 0;
+    // SAFETY: as in `pool_memory`; the driver only accepts 0 for this attribute, which resets it.
+    unsafe {
+        let pool = cu::device::get_default_mem_pool(d.ctx.cu_device()).map_err(drv("reset_pool_peak"))?;
+        cu::mem_pool::set_attribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+            &mut zero as *mut u64 as *mut c_void,
+        )
+        .map_err(drv("reset_pool_peak"))
+    }
+}
+
 /// Times work queued on a device's stream with a pair of CUDA events:
 /// `let t = EventTimer::start(0)?; ...; let ms = t.stop()?;` (stop synchronises on the end event).
 pub struct EventTimer {

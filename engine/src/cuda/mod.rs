@@ -37,8 +37,9 @@ pub(crate) mod view;
 
 pub(crate) use device::{device, flash_long_min_lq, panic_message, CudaDevice};
 pub use device::{
-    device_count, device_info, driver_available, fast_kernels, is_available, poison_enabled, set_fast_kernels,
-    set_flash_long_min_lq, set_poison, sm_count, synchronize, EventTimer,
+    device_count, device_info, driver_available, fast_kernels, is_available, poison_enabled, pool_memory,
+    reset_pool_peak, set_fast_kernels, set_flash_long_min_lq, set_poison, sm_count, synchronize, EventTimer,
+    PoolMemory,
 };
 pub(crate) use launch::Geometry;
 pub use storage::{copy, CudaStorage};
