@@ -9,8 +9,8 @@
 //! `BENCH_MIN_STEPS` / `BENCH_MIN_SECONDS` / `BENCH_WARMUP` (the timing rule of every block).
 //!
 //! The step is the trainer's (`src/train/trainer.rs`, `Trainer::train_step` for one micro-batch):
-//! `trainable_params`, `forward_loss_with_state`, the loss read on the host, `backward_into` a
-//! fresh `GradStore`, `clip_grad_norm`, `AdamW::step`; every backbone parameter and the head train.
+//! `trainable_params`, `forward_loss_with_state`, `backward_into` a fresh `GradStore`,
+//! `GradNorm::of`, one packed host read (the loss parts and the norm), `AdamW::step_clipped`; every backbone parameter and the head train.
 //!
 //! Method: every measurement block is a fresh process, so peak memory is per case: ours is this
 //! binary re-run as a child (`BENCH_STEP_CHILD=<case>`), PyTorch is

@@ -47,4 +47,20 @@ fn a_training_step_returns_every_byte_it_allocates() {
     assert!(m.peak_bytes >= live + saved, "peak {} below live {live} + saved {saved}", m.peak_bytes);
     let param_bytes: u64 = handles.iter().map(|t| 4 * t.elem_count() as u64).sum();
     assert!(live >= 3 * param_bytes, "live {live} below parameters and two AdamW moments ({param_bytes} each)");
+
+    // Activation checkpointing per block: the forward keeps each block's output only, so the
+    // bytes it leaves for the backward shrink (each block's inside is recomputed there), and the
+    // step still gives every byte back. (Here, in the same test: the counts are process-wide.)
+    let pali = PaliGemmaConfig::tiny();
+    let layers = pali.vision.num_hidden_layers + pali.text.num_hidden_layers;
+    let mut policy = policy;
+    policy.set_checkpoint_activations(true);
+    let live = counters::memory().live_bytes;
+    let loss = policy.forward_loss(&input, &actions, &mask).unwrap();
+    let kept = counters::memory().live_bytes - live;
+    let grads = loss.loss.backward().unwrap();
+    drop((loss, grads));
+    assert_eq!(counters::memory().live_bytes, live, "a checkpointed step leaves storage behind");
+    println!("saved for the backward: {saved} bytes plain, {kept} with checkpointing ({layers} blocks)");
+    assert!(kept * 2 < saved, "checkpointing kept {kept} bytes of {saved}");
 }

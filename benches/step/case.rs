@@ -7,7 +7,7 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 use std::path::Path;
 use vlm4vla::engine::{
-    clip_grad_norm, counters, io, AdamW, AdamWConfig, DType, Device, Error, GradStore, ParamStore, Result, Tensor,
+    counters, io, AdamW, AdamWConfig, DType, Device, Error, GradNorm, GradStore, ParamStore, Result, Tensor,
 };
 use vlm4vla::models::kosmos2::{Kosmos2, Kosmos2Config, Kosmos2Processor};
 use vlm4vla::models::paligemma::{PaliGemma, PaliGemmaConfig, PaliGemmaProcessor};
@@ -243,6 +243,8 @@ impl Case {
             .then(|| Tensor::rand_normal(0.0, 1.0, &[self.batch, sd], DType::F32, dev, seed + 2))
             .transpose()?;
         let mut policy = VlaPolicy::new(backbone, self.policy.clone(), seed + 1)?;
+        // BENCH_CHECKPOINT=1: activation checkpointing per block (`run.checkpoint_activations`).
+        policy.set_checkpoint_activations(std::env::var("BENCH_CHECKPOINT").is_ok_and(|v| v == "1"));
         let groups = [ParamGroup::Vision, ParamGroup::Connector, ParamGroup::LanguageModel, ParamGroup::Embeddings];
         policy.set_trainable(&groups, true)?;
         let o = &self.optim;
@@ -311,17 +313,23 @@ impl Run {
         let live = counters::memory().live_bytes as i64;
         let pl = self.policy.forward_loss_with_state(&self.input, self.state.as_ref(), &self.actions, &self.mask)?;
         let saved = counters::memory().live_bytes as i64 - live;
-        let loss = pl.loss.to_scalar::<f64>()?;
+        pl.loss.scale(1.0)?.backward_into(&mut grads)?;
+        // As the trainer: the norm stays on the device, one packed host read (the loss parts
+        // and the norm's sum of squares), the clip inside the optimizer.
+        let norm = GradNorm::of(&grads, &tensors)?;
+        let dtype = norm.sum_sq().dtype();
+        let packed = [pl.stats()?.to_dtype(dtype)?, norm.sum_sq().clone()];
+        let values = Tensor::cat(&packed.iter().collect::<Vec<_>>(), 0)?.to_vec::<f64>()?;
+        let loss = pl.values_from(&values[..values.len() - 1])?.loss;
+        drop(pl);
         if !loss.is_finite() {
             return Err(invalid(format!("the loss is {loss}")));
         }
-        pl.loss.scale(1.0)?.backward_into(&mut grads)?;
-        drop(pl);
-        let norm = clip_grad_norm(&mut grads, &tensors, self.clip)?;
-        if !norm.is_finite() {
-            return Err(invalid(format!("the gradient norm is {norm}")));
+        let grad_norm = values[values.len() - 1].sqrt();
+        if !grad_norm.is_finite() {
+            return Err(invalid(format!("the gradient norm is {grad_norm}")));
         }
-        self.optimizer.step(&params, &grads, self.lr)?;
+        self.optimizer.step_clipped(&params, &grads, self.lr, &norm, self.clip)?;
         Ok(Measured { loss, saved_activation_bytes: saved })
     }
 
