@@ -139,33 +139,42 @@ impl BatchSource for CountingSource {
     }
 }
 
+/// The tests' head: chunks of `CHUNK` steps, a small MLP.
+fn policy_config() -> PolicyConfig {
+    PolicyConfig {
+        chunk: CHUNK,
+        head: HeadConfig { trunk_hidden: None, trunk_out: 16, branch_hidden: vec![16, 8] },
+        ..Default::default()
+    }
+}
+
+/// `input` with targets: arm deltas in [-0.4, 0.4], the gripper open (1), the last chunk step of
+/// row 0 past the episode's end.
+fn batch(input: &BackboneInput) -> Batch {
+    let b = input.input_ids.shape()[0];
+    let actions: Vec<f32> =
+        (0..b * CHUNK * 7).map(|i| if i % 7 == 6 { 1.0 } else { (i % 5) as f32 * 0.2 - 0.4 }).collect();
+    let mask: Vec<u8> = (0..b * CHUNK).map(|i| u8::from(i != CHUNK - 1)).collect();
+    Batch {
+        input: input.clone(),
+        actions: Tensor::from_vec(actions, &[b, CHUNK, 7], Device::Cpu).unwrap(),
+        mask: Tensor::from_vec(mask, &[b, CHUNK], Device::Cpu).unwrap(),
+        state: None,
+    }
+}
+
 /// The counts of the trainer's second optimizer step (the optimizer's state exists, as in every
 /// step of a run).
 fn step_counts(name: &str, backbone: Box<dyn Backbone>, input: &BackboneInput) -> Counts {
     let dir = std::env::temp_dir().join(format!("vlm4vla-counters-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut cfg = TrainConfig::new(name, &dir, 2);
-    cfg.policy = PolicyConfig {
-        chunk: CHUNK,
-        head: HeadConfig { trunk_hidden: None, trunk_out: 16, branch_hidden: vec![16, 8] },
-        ..Default::default()
-    };
+    cfg.policy = policy_config();
     cfg.optim.lr = 1e-3;
     cfg.run.grad_accum = GRAD_ACCUM;
     cfg.run.progress = false;
     let policy = VlaPolicy::new(backbone, cfg.policy.clone(), 7).unwrap();
-    let b = input.input_ids.shape()[0];
-    // Arm deltas in [-0.4, 0.4], the gripper open (1), the last chunk step of row 0 past the
-    // episode's end.
-    let actions: Vec<f32> =
-        (0..b * CHUNK * 7).map(|i| if i % 7 == 6 { 1.0 } else { (i % 5) as f32 * 0.2 - 0.4 }).collect();
-    let mask: Vec<u8> = (0..b * CHUNK).map(|i| u8::from(i != CHUNK - 1)).collect();
-    let batch = Batch {
-        input: input.clone(),
-        actions: Tensor::from_vec(actions, &[b, CHUNK, 7], Device::Cpu).unwrap(),
-        mask: Tensor::from_vec(mask, &[b, CHUNK], Device::Cpu).unwrap(),
-        state: None,
-    };
+    let batch = batch(input);
     let mut source = CountingSource { batch, handed: 0, start: None, steps: Vec::new() };
     let mut trainer = Trainer::new(cfg, policy).unwrap();
     trainer.run(&mut source).unwrap();
@@ -215,19 +224,10 @@ fn checkpointed_blocks_give_the_same_gradients() {
             let mut backbone = (fam.model)(0);
             backbone.set_checkpoint_activations(recompute);
             assert_eq!(backbone.checkpoint_activations(), recompute);
-            let cfg = PolicyConfig {
-                chunk: CHUNK,
-                head: HeadConfig { trunk_hidden: None, trunk_out: 16, branch_hidden: vec![16, 8] },
-                ..Default::default()
-            };
-            let policy = VlaPolicy::new(backbone, cfg, 7).unwrap();
-            let b = fam.input.input_ids.shape()[0];
-            let actions: Vec<f32> =
-                (0..b * CHUNK * 7).map(|i| if i % 7 == 6 { 1.0 } else { (i % 5) as f32 * 0.2 - 0.4 }).collect();
-            let actions = Tensor::from_vec(actions, &[b, CHUNK, 7], Device::Cpu).unwrap();
-            let mask = Tensor::ones(&[b, CHUNK], DType::U8, Device::Cpu).unwrap();
+            let policy = VlaPolicy::new(backbone, policy_config(), 7).unwrap();
+            let batch = batch(&fam.input);
             let before = counters::snapshot();
-            let loss = policy.forward_loss(&fam.input, &actions, &mask).unwrap();
+            let loss = policy.forward_loss(&batch.input, &batch.actions, &batch.mask).unwrap();
             let grads = loss.loss.backward().unwrap();
             let used = counters::snapshot().since(&before);
             let loss = loss.loss.to_vec::<f32>().unwrap();

@@ -6,15 +6,14 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 use std::path::Path;
-use vlm4vla::engine::{
-    counters, io, AdamW, AdamWConfig, DType, Device, Error, GradNorm, GradStore, ParamStore, Result, Tensor,
-};
+use vlm4vla::engine::{counters, io, AdamW, DType, Device, Error, GradNorm, GradStore, ParamStore, Result, Tensor};
 use vlm4vla::models::kosmos2::{Kosmos2, Kosmos2Config, Kosmos2Processor};
 use vlm4vla::models::paligemma::{PaliGemma, PaliGemmaConfig, PaliGemmaProcessor};
 use vlm4vla::models::qwen2_5_vl::{self as qwen, ChatTokens, ProcessedImage, Qwen25Vl, Qwen25VlConfig};
 use vlm4vla::models::registry::ModelConfig;
 use vlm4vla::models::vla::{PolicyConfig, VlaPolicy, ACTION_DIMS};
 use vlm4vla::models::{Backbone, BackboneInput, ParamGroup};
+use vlm4vla::train::{read_step, OptimConfig};
 
 fn invalid(msg: impl Into<String>) -> Error {
     Error::invalid("step bench", msg)
@@ -33,17 +32,6 @@ pub fn slug(s: &str) -> String {
     out.trim_matches('-').to_string()
 }
 
-/// AdamW and the gradient clip, as `[optim]` of a training config.
-#[derive(Clone, Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Optim {
-    pub lr: f64,
-    pub betas: [f64; 2],
-    pub eps: f64,
-    pub weight_decay: f64,
-    pub clip_grad_norm: f64,
-}
-
 /// One row of the case file.
 #[derive(Clone, Debug)]
 pub struct Case {
@@ -57,7 +45,8 @@ pub struct Case {
     pub gpu_only: bool,
     pub config: Value,
     pub policy: PolicyConfig,
-    pub optim: Optim,
+    /// `[optim]` of a training config (the keys it leaves out take their defaults).
+    pub optim: OptimConfig,
 }
 
 fn field<'a>(v: &'a Value, case: &str, key: &str) -> Result<&'a Value> {
@@ -248,12 +237,7 @@ impl Case {
         let groups = [ParamGroup::Vision, ParamGroup::Connector, ParamGroup::LanguageModel, ParamGroup::Embeddings];
         policy.set_trainable(&groups, true)?;
         let o = &self.optim;
-        let optimizer = AdamW::new(AdamWConfig {
-            lr: o.lr,
-            betas: (o.betas[0], o.betas[1]),
-            eps: o.eps,
-            weight_decay: o.weight_decay,
-        })?;
+        let optimizer = AdamW::new(o.adamw())?;
         Ok(Run { policy, optimizer, input, actions, mask, state, lr: o.lr, clip: o.clip_grad_norm })
     }
 
@@ -315,17 +299,14 @@ impl Run {
         let saved = counters::memory().live_bytes as i64 - live;
         pl.loss.scale(1.0)?.backward_into(&mut grads)?;
         // As the trainer: the norm stays on the device, one packed host read (the loss parts
-        // and the norm's sum of squares), the clip inside the optimizer.
+        // and the norm), the clip inside the optimizer.
         let norm = GradNorm::of(&grads, &tensors)?;
-        let dtype = norm.sum_sq().dtype();
-        let packed = [pl.stats()?.to_dtype(dtype)?, norm.sum_sq().clone()];
-        let values = Tensor::cat(&packed.iter().collect::<Vec<_>>(), 0)?.to_vec::<f64>()?;
-        let loss = pl.values_from(&values[..values.len() - 1])?.loss;
+        let (values, grad_norm) = read_step(std::slice::from_ref(&pl), &norm)?;
+        let loss = values[0].loss;
         drop(pl);
         if !loss.is_finite() {
             return Err(invalid(format!("the loss is {loss}")));
         }
-        let grad_norm = values[values.len() - 1].sqrt();
         if !grad_norm.is_finite() {
             return Err(invalid(format!("the gradient norm is {grad_norm}")));
         }

@@ -39,7 +39,7 @@
 //! Every table rejects unknown keys (the error names the key and lists the allowed ones), and
 //! [`TrainConfig::validate`] names the field of any invalid value.
 
-use crate::engine::{Error, Result};
+use crate::engine::{AdamWConfig, Error, Result};
 use crate::models::vla::PolicyConfig;
 use crate::models::ParamGroup;
 use serde::{Deserialize, Serialize};
@@ -94,6 +94,18 @@ pub struct OptimConfig {
     pub decay_steps: Option<usize>,
     /// Global gradient-norm clip.
     pub clip_grad_norm: f64,
+}
+
+impl OptimConfig {
+    /// The AdamW hyperparameters of this table.
+    pub fn adamw(&self) -> AdamWConfig {
+        AdamWConfig {
+            lr: self.lr,
+            betas: (self.betas[0], self.betas[1]),
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+        }
+    }
 }
 
 impl Default for OptimConfig {

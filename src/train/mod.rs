@@ -30,4 +30,4 @@ pub mod trainer;
 
 pub use checkpoint::Checkpoint;
 pub use config::{OptimConfig, RunConfig, TrainConfig, TrainModule};
-pub use trainer::{Batch, BatchSource, EvalFn, ReplaySource, RunSummary, StepMetrics, Trainer};
+pub use trainer::{read_step, Batch, BatchSource, EvalFn, ReplaySource, RunSummary, StepMetrics, Trainer};

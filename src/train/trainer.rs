@@ -5,8 +5,8 @@ use super::config::TrainConfig;
 use super::plot::loss_curve_png;
 use super::signal;
 use crate::engine::io::{save, write_atomic, SafeTensorsFile};
-use crate::engine::{AdamW, AdamWConfig, Error, GradNorm, GradStore, LoadOptions, LrSchedule, Result, Tensor};
-use crate::models::vla::VlaPolicy;
+use crate::engine::{AdamW, Error, GradNorm, GradStore, LoadOptions, LrSchedule, Result, Tensor};
+use crate::models::vla::{LossValues, PolicyLoss, VlaPolicy};
 use crate::models::BackboneInput;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::SeedableRng;
@@ -16,6 +16,19 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+
+/// The one host read of an optimizer step: the values of every micro-batch's loss
+/// ([`PolicyLoss::stats`]) and the gradient norm, read together in the norm's dtype (f64 on the
+/// CPU: every value exact).
+pub fn read_step(parts: &[PolicyLoss], norm: &GradNorm) -> Result<(Vec<LossValues>, f64)> {
+    let dtype = norm.sum_sq().dtype();
+    let mut packed = parts.iter().map(|pl| pl.stats()?.to_dtype(dtype)).collect::<Result<Vec<_>>>()?;
+    packed.push(norm.sum_sq().clone());
+    let values = Tensor::cat(&packed.iter().collect::<Vec<_>>(), 0)?.to_vec::<f64>()?;
+    let (stats, sum_sq) = values.split_at(values.len() - 1);
+    let losses = parts.iter().zip(stats.chunks(4)).map(|(pl, s)| pl.values_from(s)).collect::<Result<Vec<_>>>()?;
+    Ok((losses, sum_sq[0].sqrt()))
+}
 
 /// The metrics log in the output directory, one JSON object per line.
 pub const METRICS_FILE: &str = "metrics.jsonl";
@@ -219,13 +232,7 @@ impl Trainer {
         }
         let (groups, head) = config.trainable();
         policy.set_trainable(&groups, head)?;
-        let o = &config.optim;
-        let optimizer = AdamW::new(AdamWConfig {
-            lr: o.lr,
-            betas: (o.betas[0], o.betas[1]),
-            eps: o.eps,
-            weight_decay: o.weight_decay,
-        })?;
+        let optimizer = AdamW::new(config.optim.adamw())?;
         let out = &config.output_dir;
         std::fs::create_dir_all(out).map_err(|e| Error::io(format!("creating {}", out.display()), e))?;
         Ok(Trainer {
@@ -435,14 +442,9 @@ impl Trainer {
             parts.push(pl);
         }
         let norm = GradNorm::of(&grads, &tensors)?;
-        // The one host read of the step, in the norm's dtype (f64 on the CPU: every value exact).
-        let dtype = norm.sum_sq().dtype();
-        let mut packed = parts.iter().map(|pl| pl.stats()?.to_dtype(dtype)).collect::<Result<Vec<_>>>()?;
-        packed.push(norm.sum_sq().clone());
-        let values = Tensor::cat(&packed.iter().collect::<Vec<_>>(), 0)?.to_vec::<f64>()?;
+        let (values, grad_norm) = read_step(&parts, &norm)?;
         let (mut loss, mut arm, mut gripper, mut correct, mut valid) = (0.0, 0.0, 0.0, 0.0, 0usize);
-        for ((pl, b), stats) in parts.iter().zip(micro).zip(values.chunks(4)) {
-            let v = pl.values_from(stats)?;
+        for (v, b) in values.into_iter().zip(micro) {
             if !v.loss.is_finite() {
                 return Err(
                     self.diverged(next, format!("the loss is {} (arm {}, gripper {})", v.loss, v.arm, v.gripper))
@@ -455,7 +457,6 @@ impl Trainer {
             valid += v.valid_steps;
             self.samples += b.len() as u64;
         }
-        let grad_norm = values[values.len() - 1].sqrt();
         if !grad_norm.is_finite() {
             return Err(self.diverged(next, format!("the gradient norm is {grad_norm} (loss {loss})")));
         }

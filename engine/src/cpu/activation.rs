@@ -98,13 +98,7 @@ fn forward<T: Float>(kind: GateKind, x: &[T], f: usize) -> Vec<T> {
     let simd = super::has_avx2();
     super::par_rows(&mut out, f, |r, o| {
         let (gate, up) = x[r * 2 * f..(r + 1) * 2 * f].split_at(f);
-        #[cfg(target_arch = "x86_64")]
-        if simd {
-            // SAFETY: `has_avx2` checked the CPU for the features the function is compiled with.
-            return unsafe { forward_row_avx2(kind, o, gate, up) };
-        }
-        let _ = simd;
-        forward_row(kind, o, gate, up)
+        super::dispatch_avx2!(simd, forward_row_avx2, forward_row(kind, o, gate, up))
     });
     out
 }
@@ -118,13 +112,7 @@ fn backward<T: Float>(kind: GateKind, x: &[T], g: &[T], f: usize) -> Vec<T> {
         let (gate, up) = x[r * 2 * f..(r + 1) * 2 * f].split_at(f);
         let g = &g[r * f..(r + 1) * f];
         let (dgate, dup) = d.split_at_mut(f);
-        #[cfg(target_arch = "x86_64")]
-        if simd {
-            // SAFETY: as in `forward`.
-            return unsafe { backward_row_avx2(kind, dgate, dup, gate, up, g) };
-        }
-        let _ = simd;
-        backward_row(kind, dgate, dup, gate, up, g)
+        super::dispatch_avx2!(simd, backward_row_avx2, backward_row(kind, dgate, dup, gate, up, g))
     });
     dx
 }

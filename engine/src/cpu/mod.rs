@@ -207,3 +207,24 @@ pub(crate) fn has_avx2() -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
+
+/// `$avx2(args)` (the `#[target_feature(enable = "avx2,fma")]` copy of `$plain`) where `$simd`
+/// (from [`has_avx2`]) holds, else `$plain(args)`.
+macro_rules! dispatch_avx2 {
+    ($simd:expr, $avx2:ident, $plain:ident($($arg:expr),* $(,)?)) => {{
+        #[cfg(target_arch = "x86_64")]
+        let out = if $simd {
+            // SAFETY: `has_avx2` checked the CPU for the features `$avx2` is compiled with.
+            unsafe { $avx2($($arg),*) }
+        } else {
+            $plain($($arg),*)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let out = {
+            let _ = $simd;
+            $plain($($arg),*)
+        };
+        out
+    }};
+}
+pub(crate) use dispatch_avx2;

@@ -211,13 +211,7 @@ pub(crate) fn forward<T: Float>(kind: UnaryKind, x: &[T]) -> Vec<T> {
     let simd = super::has_avx2();
     build(x.len(), |o, start| {
         let x = &x[start..start + o.len()];
-        #[cfg(target_arch = "x86_64")]
-        if simd {
-            // SAFETY: `super::has_avx2` checked the CPU for the features the function is compiled with.
-            return unsafe { forward_avx2(kind, o, x) };
-        }
-        let _ = simd;
-        forward_loop(kind, o, x)
+        super::dispatch_avx2!(simd, forward_avx2, forward_loop(kind, o, x))
     })
 }
 
@@ -226,13 +220,7 @@ pub(crate) fn backward<T: Float>(kind: UnaryKind, x: &[T], y: &[T], g: &[T]) -> 
     build(x.len(), |o, start| {
         let r = start..start + o.len();
         let (x, y, g) = (&x[r.clone()], &y[r.clone()], &g[r]);
-        #[cfg(target_arch = "x86_64")]
-        if simd {
-            // SAFETY: as in `forward`.
-            return unsafe { backward_avx2(kind, o, x, y, g) };
-        }
-        let _ = simd;
-        backward_loop(kind, o, x, y, g)
+        super::dispatch_avx2!(simd, backward_avx2, backward_loop(kind, o, x, y, g))
     })
 }
 
