@@ -112,6 +112,35 @@ impl Layout {
         self.is_contiguous().then(|| self.offset..self.offset + self.elem_count())
     }
 
+    /// The same elements in the same order as runs: `(outer, len, stride)` where each offset of
+    /// `outer` starts a run of `len` elements `stride` apart. Adjacent dims that step through memory
+    /// as one are merged first (size-1 dims dropped), so a run is as long as the layout allows
+    /// (a whole row of a permuted view with a contiguous last dim, for example).
+    pub fn runs(&self) -> (Layout, usize, usize) {
+        let mut shape: Vec<usize> = Vec::with_capacity(self.rank());
+        let mut strides: Vec<usize> = Vec::with_capacity(self.rank());
+        for (&d, &st) in self.shape.iter().zip(&self.strides) {
+            if d == 1 {
+                continue;
+            }
+            match (shape.last_mut(), strides.last_mut()) {
+                (Some(pd), Some(ps)) if *ps == st * d => {
+                    *pd *= d;
+                    *ps = st;
+                }
+                _ => {
+                    shape.push(d);
+                    strides.push(st);
+                }
+            }
+        }
+        let (len, stride) = match (shape.pop(), strides.pop()) {
+            (Some(d), Some(st)) => (d, st),
+            _ => (usize::from(self.elem_count() > 0), 1),
+        };
+        (Layout { shape, strides, offset: self.offset }, len, stride)
+    }
+
     /// Storage offsets of every element in row-major order.
     pub fn offsets(&self) -> StridedOffsets<'_> {
         StridedOffsets::new(self)

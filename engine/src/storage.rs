@@ -124,13 +124,33 @@ fn gather_convert<S: WithDType, T: WithDType>(v: &[S], layout: &Layout) -> Vec<T
             return bytemuck::cast_slice::<S, T>(&v[r]).to_vec();
         }
         let src: &[T] = bytemuck::cast_slice(v);
-        return layout.offsets().map(|o| src[o]).collect();
+        return gather_runs(src, layout, |x| x);
     }
     let conv = |x: S| -> T { convert::<S, T>(x) };
     match layout.contiguous_range() {
         Some(r) => v[r].iter().map(|&x| conv(x)).collect(),
-        None => layout.offsets().map(|o| conv(v[o])).collect(),
+        None => gather_runs(v, layout, conv),
     }
+}
+
+/// The elements of a strided `layout` of `v`, converted by `conv`, run by run ([`Layout::runs`]).
+fn gather_runs<S: Copy, T: Clone>(v: &[S], layout: &Layout, conv: impl Fn(S) -> T) -> Vec<T> {
+    let mut out = Vec::with_capacity(layout.elem_count());
+    if layout.elem_count() == 0 {
+        return out;
+    }
+    let (outer, len, stride) = layout.runs();
+    for o in outer.offsets() {
+        if stride == 1 {
+            out.extend(v[o..o + len].iter().map(|&x| conv(x)));
+        } else if stride == 0 {
+            let x = conv(v[o]);
+            out.extend(std::iter::repeat_n(x, len));
+        } else {
+            out.extend(v[o..].iter().step_by(stride).take(len).map(|&x| conv(x)));
+        }
+    }
+    out
 }
 
 /// Element conversion with the fast paths that matter (half ↔ f32) and f64 as the pivot otherwise.

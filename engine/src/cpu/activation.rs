@@ -2,7 +2,7 @@
 //! rows of `act(gate) · up` (`F` wide); the backward writes the whole `2F`-wide gradient row in
 //! the same pass.
 
-use super::{out, Cpu, Reads};
+use super::{out, vmath, Cpu, Reads};
 use crate::dtype::Float;
 use crate::kinds::GateKind;
 use crate::{backend, Result, Tensor};
@@ -98,6 +98,11 @@ fn forward<T: Float>(kind: GateKind, x: &[T], f: usize) -> Vec<T> {
     let simd = super::has_avx2();
     super::par_rows(&mut out, f, |r, o| {
         let (gate, up) = x[r * 2 * f..(r + 1) * 2 * f].split_at(f);
+        if let (Some(gf), Some(uf)) = (vmath::f32s(gate), vmath::f32s(up)) {
+            let of = vmath::f32s_mut(o).expect("same dtype as x");
+            // SAFETY: `f32s` returned Some only with AVX-512 available; the rows are `f` long.
+            return unsafe { vmath::gate_forward(kind, of, gf, uf) };
+        }
         super::dispatch_avx2!(simd, forward_row_avx2, forward_row(kind, o, gate, up))
     });
     out
@@ -112,6 +117,11 @@ fn backward<T: Float>(kind: GateKind, x: &[T], g: &[T], f: usize) -> Vec<T> {
         let (gate, up) = x[r * 2 * f..(r + 1) * 2 * f].split_at(f);
         let g = &g[r * f..(r + 1) * f];
         let (dgate, dup) = d.split_at_mut(f);
+        if let (Some(xf), Some(uf), Some(gf)) = (vmath::f32s(gate), vmath::f32s(up), vmath::f32s(g)) {
+            let (dg, du) = (vmath::f32s_mut(dgate).expect("same dtype"), vmath::f32s_mut(dup).expect("same dtype"));
+            // SAFETY: as in `forward`.
+            return unsafe { vmath::gate_backward(kind, dg, du, xf, uf, gf) };
+        }
         super::dispatch_avx2!(simd, backward_row_avx2, backward_row(kind, dgate, dup, gate, up, g))
     });
     dx

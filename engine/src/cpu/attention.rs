@@ -6,7 +6,7 @@
 //! with one GEMM, applies the mask and a stable softmax per row, and multiplies by V with a second
 //! GEMM. Outputs are written seq-first (`[B, L, H, X]`), the layout the op returns.
 
-use super::{floats, out, Cpu, FloatVec, Floats, Reads};
+use super::{floats, out, sgemm, vmath, Cpu, FloatVec, Floats, Reads};
 use crate::backend::{self, BackendState};
 use crate::dtype::Float;
 use crate::kinds::{AttentionMask, AttnDims, KeyMask};
@@ -97,7 +97,7 @@ const PAR_MIN_FLOPS: usize = 1 << 16;
 /// `dst[m×n] (row stride dst_rs) = (accumulate ? dst : 0) + beta · a[m×k] · b[k×n]`, with `a` and `b`
 /// given by row and column strides.
 #[allow(clippy::too_many_arguments)]
-fn gemm<T: Float>(
+fn gemm<T: Float + 'static>(
     (m, n, k): (usize, usize, usize),
     dst: &mut [T],
     dst_rs: usize,
@@ -121,6 +121,22 @@ fn gemm<T: Float>(
     }
     assert!(last(m, k, a_rs, a_cs) < a.len(), "attention gemm: lhs out of bounds");
     assert!(last(k, n, b_rs, b_cs) < b.len(), "attention gemm: rhs out of bounds");
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && sgemm::available() {
+        // SAFETY: as below; `T` is f32, so the casts are identities.
+        unsafe {
+            sgemm::sgemm(
+                (m, n, k),
+                sgemm::Mat { ptr: a.as_ptr().cast(), rs: a_rs, cs: a_cs },
+                sgemm::Mat { ptr: b.as_ptr().cast(), rs: b_rs, cs: b_cs },
+                dst.as_mut_ptr().cast(),
+                dst_rs,
+                accumulate,
+                beta.to_f64() as f32,
+                false,
+            );
+        }
+        return;
+    }
     // SAFETY: the asserts above check that the last element each stride pattern touches lies
     // inside its slice (strides are non-negative, so every other element does too); `dst` is
     // borrowed exclusively.
@@ -147,6 +163,21 @@ fn gemm<T: Float>(
             gemm::Parallelism::None,
         );
     }
+}
+
+/// `row[i] = e^(row[i] − shift)`, returning the sum (sixteen lanes at a time on AVX-512).
+fn exp_shift<T: Float>(row: &mut [T], shift: T) -> T {
+    if let Some(r) = vmath::f32s_mut(row) {
+        // SAFETY: `f32s_mut` returned Some only with AVX-512 available.
+        let sum = unsafe { vmath::exp_shift(r, shift.to_f64() as f32) };
+        return T::from_f64(sum as f64);
+    }
+    let mut sum = T::ZERO;
+    for x in row.iter_mut() {
+        *x = (*x - shift).exp();
+        sum += *x;
+    }
+    sum
 }
 
 /// The union `[lo, hi)` of the key ranges of rows `i0..i1` of batch row `b` (empty ranges skipped).
@@ -236,11 +267,7 @@ fn forward<T: Float>(q: &[T], k: &[T], v: &[T], dims: &AttnDims, keys: &KeyMask,
                     row.fill(T::ZERO);
                     continue;
                 }
-                let mut sum = T::ZERO;
-                for x in row.iter_mut() {
-                    *x = (*x - max).exp();
-                    sum += *x;
-                }
+                let sum = exp_shift(row, max);
                 let inv = T::ONE / sum;
                 row.iter_mut().for_each(|x| *x *= inv);
                 l[i0 + r] = max + sum.ln();
@@ -304,7 +331,7 @@ fn backward<T: Float>(
                 if l == T::NEG_INFINITY {
                     row.fill(T::ZERO);
                 } else {
-                    row.iter_mut().for_each(|x| *x = (*x - l).exp());
+                    exp_shift(row, l);
                 }
             }
             // dV += Pᵀ dO

@@ -13,8 +13,10 @@ pub(crate) mod norm;
 pub(crate) mod optim;
 pub(crate) mod reduce;
 pub(crate) mod rope;
+pub(crate) mod sgemm;
 pub(crate) mod unary;
 pub(crate) mod view;
+pub(crate) mod vmath;
 
 use crate::{CpuStorage, DType, Error, Layout, Result, Storage, Tensor, WithDType};
 use std::borrow::Cow;

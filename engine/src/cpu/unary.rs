@@ -1,8 +1,8 @@
 //! CPU kernels for elementwise unary ops and their derivatives.
 
-use super::{out, Cpu, Reads};
+use super::{out, vmath, Cpu, Reads};
 use crate::dtype::Float;
-use crate::kinds::UnaryKind;
+use crate::kinds::{GateKind, UnaryKind};
 use crate::{backend, Result, Tensor};
 use rayon::prelude::*;
 
@@ -207,10 +207,24 @@ unsafe fn backward_avx2<T: Float>(kind: UnaryKind, o: &mut [T], x: &[T], y: &[T]
     backward_loop(kind, o, x, y, g)
 }
 
+/// The gated-activation kind computing the same function as `kind`, for the AVX-512 path.
+fn as_gate(kind: UnaryKind) -> Option<GateKind> {
+    match kind {
+        UnaryKind::GeluTanh => Some(GateKind::GeluTanh),
+        UnaryKind::Silu => Some(GateKind::Silu),
+        _ => None,
+    }
+}
+
 pub(crate) fn forward<T: Float>(kind: UnaryKind, x: &[T]) -> Vec<T> {
     let simd = super::has_avx2();
     build(x.len(), |o, start| {
         let x = &x[start..start + o.len()];
+        if let (Some(gk), Some(xf)) = (as_gate(kind), vmath::f32s(x)) {
+            let of = vmath::f32s_mut(o).expect("same dtype as x");
+            // SAFETY: `f32s` returned Some only with AVX-512 available; the slices have one length.
+            return unsafe { vmath::act_map(gk, of, xf, None) };
+        }
         super::dispatch_avx2!(simd, forward_avx2, forward_loop(kind, o, x))
     })
 }
@@ -220,6 +234,11 @@ pub(crate) fn backward<T: Float>(kind: UnaryKind, x: &[T], y: &[T], g: &[T]) -> 
     build(x.len(), |o, start| {
         let r = start..start + o.len();
         let (x, y, g) = (&x[r.clone()], &y[r.clone()], &g[r]);
+        if let (Some(gk), Some(xf), Some(gf)) = (as_gate(kind), vmath::f32s(x), vmath::f32s(g)) {
+            let of = vmath::f32s_mut(o).expect("same dtype as x");
+            // SAFETY: as in `forward`.
+            return unsafe { vmath::act_map(gk, of, xf, Some(gf)) };
+        }
         super::dispatch_avx2!(simd, backward_avx2, backward_loop(kind, o, x, y, g))
     })
 }
