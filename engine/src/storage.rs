@@ -134,7 +134,7 @@ fn gather_convert<S: WithDType, T: WithDType>(v: &[S], layout: &Layout) -> Vec<T
 }
 
 /// The elements of a strided `layout` of `v`, converted by `conv`, run by run ([`Layout::runs`]).
-fn gather_runs<S: Copy, T: Clone>(v: &[S], layout: &Layout, conv: impl Fn(S) -> T) -> Vec<T> {
+pub(crate) fn gather_runs<S: Copy, T: Clone>(v: &[S], layout: &Layout, conv: impl Fn(S) -> T) -> Vec<T> {
     let mut out = Vec::with_capacity(layout.elem_count());
     if layout.elem_count() == 0 {
         return out;

@@ -147,7 +147,7 @@ fn elems<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<Cow<'a, [T]>
     let v = s.as_slice::<T>()?;
     Ok(match l.contiguous_range() {
         Some(r) => Cow::Borrowed(&v[r]),
-        None => Cow::Owned(l.offsets().map(|o| v[o]).collect()),
+        None => Cow::Owned(crate::storage::gather_runs(v, l, |x| x)),
     })
 }
 

@@ -96,7 +96,7 @@ pub(crate) fn floats<'a>(s: &'a CpuStorage, l: &Layout) -> Floats<'a> {
     fn borrow<'a, T: WithDType + Clone>(v: &'a [T], l: &Layout) -> Cow<'a, [T]> {
         match l.contiguous_range() {
             Some(r) => Cow::Borrowed(&v[r]),
-            None => Cow::Owned(l.offsets().map(|o| v[o]).collect()),
+            None => Cow::Owned(crate::storage::gather_runs(v, l, |x| x)),
         }
     }
     match s {
