@@ -94,13 +94,15 @@ fn families() -> Vec<Family> {
     ]
 }
 
-/// Measured on the CPU (2026-12-06): primitive calls per step and per decoder layer (its forward,
-/// backward and optimizer update, for two micro-batches), host reads per step and per decoder
-/// layer. The one read is the trainer's packed read of the step's losses, gripper counts and
-/// gradient norm; nothing else in the step waits for the device.
-const QWEN_BUDGET: (u64, u64, u64, u64) = (916, 104, 1, 0);
-const PALI_BUDGET: (u64, u64, u64, u64) = (623, 95, 1, 0);
-const KOSMOS_BUDGET: (u64, u64, u64, u64) = (717, 104, 1, 0);
+/// Measured on the CPU: primitive calls per step and per decoder layer (its forward, backward and
+/// optimizer update, for two micro-batches), host reads per step and per decoder layer. The one
+/// read is the trainer's packed read of the step's losses, gripper counts and gradient norm;
+/// nothing else in the step waits for the device. With q|k|v and gate|up as one projection each
+/// (fused projections) the step went from 916 / 104 per layer (Qwen2.5-VL), 623 / 95 (PaliGemma)
+/// and 717 / 104 (Kosmos-2) to the budgets below.
+const QWEN_BUDGET: (u64, u64, u64, u64) = (774, 81, 1, 0);
+const PALI_BUDGET: (u64, u64, u64, u64) = (573, 78, 1, 0);
+const KOSMOS_BUDGET: (u64, u64, u64, u64) = (683, 96, 1, 0);
 
 /// Micro-batches per optimizer step.
 const GRAD_ACCUM: usize = 2;

@@ -214,11 +214,11 @@ fn parity_fixtures_pass_on_the_gpu_in_f32() {
                 t.iter().filter(|(k, _)| k.starts_with("grad.")).map(|(_, g)| common::sq_norm(g)).sum::<f64>().sqrt();
             let mut worst = 0f64;
             let mut n = 0;
-            let params = model.backbone().params();
+            let bb = model.backbone();
+            let by_name = bb.fused().split_grads(bb.params(), &grads).unwrap();
             for (key, r) in t.iter().filter(|(k, _)| k.starts_with("grad.")) {
                 let name = (fam.canon)(&key["grad.".len()..]);
-                let p = params.get(&name).unwrap_or_else(|e| panic!("{what}: {e}"));
-                let g = grads.get(&p).unwrap_or_else(|| panic!("{what}: no gradient for {name}"));
+                let g = by_name.get(&name).unwrap_or_else(|| panic!("{what}: no gradient for {name}"));
                 assert!(on_device(g), "{what}: gradient of {name} on {}", g.device());
                 let (a, b) = (g.to_vec::<f64>().unwrap(), r.to_vec::<f64>().unwrap());
                 let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f64, f64::max) / global;

@@ -10,7 +10,7 @@ use common::{assert_close, Nd};
 use std::path::PathBuf;
 use vlm4vla::engine::{DType, Device, ParamStore, SafeTensorsFile, Tensor};
 use vlm4vla::models::paligemma::{
-    canonical_name, num_params, param_shapes, preprocess, PaliGemma, PaliGemmaConfig, PaliGemmaProcessor,
+    canonical_name, fused_layout, num_params, param_shapes, preprocess, PaliGemma, PaliGemmaConfig, PaliGemmaProcessor,
 };
 use vlm4vla::models::{Backbone, BackboneInput};
 
@@ -71,9 +71,9 @@ fn check_case(file: &str) {
     assert!((our_loss - ref_loss).abs() <= 1e-4 * (1.0 + ref_loss.abs()), "{file}: loss {our_loss} vs {ref_loss}");
     let grads = loss.backward().unwrap();
 
-    let ps = model.params();
+    let by_name = model.fused().split_grads(model.params(), &grads).unwrap();
     let grad_names: Vec<&str> = case.names().into_iter().filter(|n| n.starts_with("grad.")).collect();
-    assert_eq!(grad_names.len(), ps.len(), "{file}: one reference gradient per parameter");
+    assert_eq!(grad_names.len(), param_shapes(model.config()).len(), "{file}: one reference gradient per parameter");
     let mut global = 0.0;
     for g in &grad_names {
         let r = case.get(g, Some(DType::F64)).unwrap().to_vec::<f64>().unwrap();
@@ -83,8 +83,8 @@ fn check_case(file: &str) {
     let mut worst_grad = (String::new(), 0.0f64);
     for g in &grad_names {
         let name = canonical_name(&g["grad.".len()..]);
-        let p = ps.get(&name).unwrap_or_else(|e| panic!("{file}: {e}"));
-        let ours = grads.get(&p).unwrap_or_else(|| panic!("{file}: no gradient for {name}")).to_vec::<f64>().unwrap();
+        let ours =
+            by_name.get(&name).unwrap_or_else(|| panic!("{file}: no gradient for {name}")).to_vec::<f64>().unwrap();
         let r = case.get(g, Some(DType::F64)).unwrap().to_vec::<f64>().unwrap();
         assert_eq!(ours.len(), r.len(), "{file}: gradient size of {name}");
         let err = ours.iter().zip(&r).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max) / global;
@@ -256,11 +256,12 @@ fn every_trainable_parameter_gets_a_gradient() {
     let loss = trace.last_hidden.sum_all().unwrap().add(&trace.logits.mul(&probe).unwrap().sum_all().unwrap()).unwrap();
     let grads = loss.backward().unwrap();
     let elapsed = t0.elapsed();
-    for (name, p) in model.params().trainable() {
-        let g = grads.get(&p).unwrap_or_else(|| panic!("no gradient for {name}"));
+    let by_name = model.fused().split_grads(model.params(), &grads).unwrap();
+    for (name, _) in model.fused().split(&model.params().trainable()).unwrap() {
+        let g = by_name.get(&name).unwrap_or_else(|| panic!("no gradient for {name}"));
         assert!(g.to_vec::<f32>().unwrap().iter().any(|&x| x != 0.0), "zero gradient for {name}");
     }
-    assert_eq!(model.params().trainable().len(), param_shapes(model.config()).len());
+    assert_eq!(by_name.len(), param_shapes(model.config()).len());
     println!("tiny forward + backward on 2 images: {elapsed:?}");
     assert!(elapsed.as_secs_f64() < 2.0, "tiny forward+backward took {elapsed:?}");
 }
@@ -306,7 +307,7 @@ fn bad_inputs_are_errors_naming_the_culprit() {
     let good = PaliGemma::random(cfg.clone(), 1, DType::F32).unwrap();
     let store = |skip: &str, replace: Option<(&str, Tensor)>| {
         let mut s = ParamStore::new();
-        for (n, t) in good.params().iter() {
+        for (n, t) in &good.checkpoint_params().unwrap() {
             if n == skip {
                 continue;
             }
@@ -399,7 +400,8 @@ fn groups_and_freezing() {
     assert_eq!(model.group_of("language_model.model.embed_tokens.weight"), ParamGroup::Embeddings);
     assert_eq!(model.group_of("language_model.model.layers.1.mlp.up_proj.weight"), ParamGroup::LanguageModel);
     let frozen = model.params_mut().freeze_prefix("vision_tower.");
-    assert_eq!(frozen, param_shapes(model.config()).iter().filter(|(n, _)| n.starts_with("vision_tower.")).count());
+    let held = fused_layout(model.config()).fused_shapes(&param_shapes(model.config()));
+    assert_eq!(frozen, held.iter().filter(|(n, _)| n.starts_with("vision_tower.")).count());
     let input = tiny_batch(&model, 3);
     let grads = model.forward(&input, None).unwrap().hidden.sum_all().unwrap().backward().unwrap();
     for (name, t) in model.params().iter() {

@@ -88,10 +88,11 @@ fn parity_case(name: &str, dtype: DType) {
     let global: f64 = t.iter().filter(|(k, _)| k.starts_with("grad.")).map(|(_, g)| sq_norm(g)).sum::<f64>().sqrt();
     let mut worst_grad = 0f64;
     let mut n = 0;
-    for (pname, p) in model.params().iter() {
+    let by_name = model.fused().split_grads(model.params(), &grads).unwrap();
+    for (pname, _) in model.checkpoint_params().unwrap() {
         let reference =
             t.get(&format!("grad.{pname}")).unwrap_or_else(|| panic!("{name}: no reference grad for {pname}"));
-        let ours = grads.get(p).unwrap_or_else(|| panic!("{name}: no gradient for {pname}"));
+        let ours = by_name.get(&pname).unwrap_or_else(|| panic!("{name}: no gradient for {pname}"));
         assert_eq!(ours.shape(), reference.shape(), "{pname}");
         let a = ours.to_vec::<f64>().unwrap();
         let b = reference.to_vec::<f64>().unwrap();
@@ -240,8 +241,9 @@ fn every_trainable_parameter_gets_a_gradient() {
     eprintln!("qwen2_5_vl tiny forward + backward, 2 images (56×56, 56×112): {:?}", start.elapsed());
     let trainable = model.params().trainable();
     assert_eq!(trainable.len(), model.params().len());
-    for (name, p) in trainable {
-        let g = grads.get(&p).unwrap_or_else(|| panic!("no gradient for {name}"));
+    let by_name = model.fused().split_grads(model.params(), &grads).unwrap();
+    for (name, _) in model.fused().split(&trainable).unwrap() {
+        let g = by_name.get(&name).unwrap_or_else(|| panic!("no gradient for {name}"));
         // A key bias shifts every score of a query equally, so softmax removes it: its gradient
         // is zero in exact arithmetic (transformers' is rounding noise).
         if name.ends_with("self_attn.k_proj.bias") {

@@ -293,7 +293,7 @@ fn one_step(p: &VlaPolicy) {
 }
 
 fn snapshot(p: &VlaPolicy) -> Vec<(String, Vec<f32>)> {
-    p.named_params().iter().map(|(n, t)| (n.clone(), t.to_vec::<f32>().unwrap())).collect()
+    p.named_params().unwrap().iter().map(|(n, t)| (n.clone(), t.to_vec::<f32>().unwrap())).collect()
 }
 
 #[test]
@@ -334,7 +334,7 @@ fn weights_round_trip_and_unknown_names_are_named() {
     std::fs::create_dir_all(&dir).unwrap();
     let a = policy();
     one_step(&a);
-    let named = a.named_params();
+    let named = a.named_params().unwrap();
     let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let path = dir.join("w.safetensors");
     vlm4vla::engine::io::save(&path, &refs, None).unwrap();

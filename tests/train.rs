@@ -277,10 +277,10 @@ fn head_only_training_leaves_the_backbone_untouched() {
     cfg.train_modules = vec![TrainModule::Head];
     let p = policy(&cfg);
     let before: Vec<(String, Vec<f32>)> =
-        p.named_params().iter().map(|(n, t)| (n.clone(), t.to_vec::<f32>().unwrap())).collect();
+        p.named_params().unwrap().iter().map(|(n, t)| (n.clone(), t.to_vec::<f32>().unwrap())).collect();
     let mut t = Trainer::new(cfg, p).unwrap();
     t.run(&mut source(None)).unwrap();
-    let after = t.policy().named_params();
+    let after = t.policy().named_params().unwrap();
     for ((name, a), (_, b)) in before.iter().zip(&after) {
         let b = b.to_vec::<f32>().unwrap();
         assert_eq!(!name.starts_with("vla."), a == &b, "{name}");

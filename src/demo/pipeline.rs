@@ -197,14 +197,16 @@ pub fn build_policy(cfg: &TrainConfig, image_size: usize) -> Result<(VlaPolicy, 
 /// sine/cosine code of each patch's column and row (so "where" is available from step 0).
 pub fn demo_init(backbone: &mut PaliGemma, seed: u64) -> Result<()> {
     use crate::models::paligemma::param_shapes;
+    use crate::models::Backbone;
     let cfg = backbone.config().clone();
     let pos_name = "vision_tower.vision_model.embeddings.position_embedding.weight";
+    let fused = backbone.fused().clone();
     let store = backbone.params_mut();
     for (i, (name, shape)) in param_shapes(&cfg).into_iter().enumerate() {
         if shape.len() < 2 {
             continue;
         }
-        let t = store.get(&name)?;
+        let t = fused.get(store, &name)?;
         let new = if name == pos_name {
             let grid = cfg.vision.grid();
             let (n, d) = (shape[0], shape[1]);
@@ -1001,7 +1003,7 @@ impl LoadedPolicy {
         let file = crate::engine::io::SafeTensorsFile::open(ckpt.model_path())?;
         let saved: std::collections::BTreeSet<String> = file.names().iter().map(|n| n.to_string()).collect();
         let expected: std::collections::BTreeSet<String> =
-            policy.trainable_params().into_iter().map(|(n, _)| n).collect();
+            policy.checkpoint_tensors(&policy.trainable_params())?.into_iter().map(|(n, _)| n).collect();
         if saved != expected {
             let missing: Vec<&String> = expected.difference(&saved).take(3).collect();
             let extra: Vec<&String> = saved.difference(&expected).take(3).collect();

@@ -1,8 +1,10 @@
 //! Checkpoints: one directory per save, `<output_dir>/checkpoint-<step>/`, holding
 //!
 //! - `model.safetensors`: the trainable parameters by checkpoint name (backbone names as in the
-//!   backbone's own files, `vla.*` for the action queries and head);
-//! - `optimizer.safetensors`: the AdamW state ([`AdamW::state_tensors`](crate::engine::AdamW));
+//!   backbone's own files, a fused projection as its parts, `vla.*` for the action queries and
+//!   head; see `VlaPolicy::checkpoint_tensors`);
+//! - `optimizer.safetensors`: the AdamW state ([`AdamW::state_tensors`](crate::engine::AdamW)),
+//!   under the same checkpoint names (a fused projection's state split like its weights);
 //! - `config.toml`: the full [`TrainConfig`];
 //! - `trainer_state.json`: [`TrainerState`] (step, samples seen, RNG state, data position, and
 //!   the caller's `extra` value, e.g. the action normaliser's statistics).

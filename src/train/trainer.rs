@@ -263,7 +263,8 @@ impl Trainer {
         let file = SafeTensorsFile::open(ckpt.model_path())?;
         let mut saved: Vec<&str> = file.names();
         saved.sort_unstable();
-        let mut expected: Vec<&str> = trainable.iter().map(|(n, _)| n.as_str()).collect();
+        let on_disk = t.policy.checkpoint_tensors(&trainable)?;
+        let mut expected: Vec<&str> = on_disk.iter().map(|(n, _)| n.as_str()).collect();
         expected.sort_unstable();
         if saved != expected {
             let missing: Vec<&&str> = expected.iter().filter(|n| !saved.contains(n)).take(3).collect();
@@ -278,6 +279,7 @@ impl Trainer {
         }
         t.policy.load_weights(ckpt.model_path())?;
         let state = SafeTensorsFile::open(ckpt.optimizer_path())?.load(&LoadOptions::default())?;
+        let state = t.policy.backbone().fused().merge_state(state)?;
         t.optimizer.load_state(&trainable, &state)?;
         let s = ckpt.state;
         t.step = s.step;
@@ -498,8 +500,8 @@ impl Trainer {
             losses: self.losses.clone(),
         };
         let config = self.config.to_toml()?;
-        let trainable = self.policy.trainable_params();
-        let opt_state = self.optimizer.state_tensors()?;
+        let trainable = self.policy.checkpoint_tensors(&self.policy.trainable_params())?;
+        let opt_state = self.policy.backbone().fused().split_state(&self.optimizer.state_tensors()?)?;
         let dir = checkpoint::write_dir(&self.config.output_dir, self.step, |tmp| {
             let refs: Vec<(&str, &Tensor)> = trainable.iter().map(|(n, t)| (n.as_str(), t)).collect();
             save(tmp.join(checkpoint::MODEL_FILE), &refs, None)?;

@@ -1,5 +1,6 @@
 //! The contract between a vision-language backbone and the VLA policy.
 
+use super::fused::FusedLayout;
 use vlm4vla_engine::{ParamStore, Result, Tensor};
 
 /// A batch prepared by a family's processor.
@@ -58,8 +59,20 @@ pub trait Backbone: Send + Sync {
     fn family(&self) -> &'static str;
     /// Width of the language model's hidden states (and of the appended embeddings).
     fn hidden_size(&self) -> usize;
-    /// The parameters, keyed by their on-disk checkpoint names.
+    /// The parameters, keyed by their on-disk checkpoint names, except the fused projections,
+    /// held under the names of [`fused`](Self::fused).
     fn params(&self) -> &ParamStore;
+    /// Which parameters are fused projections and the checkpoint tensors each one holds (none
+    /// by default); what turns [`params`](Self::params) back into checkpoint names.
+    fn fused(&self) -> &FusedLayout {
+        FusedLayout::none()
+    }
+    /// The parameters by checkpoint name, in order: [`params`](Self::params) with every fused
+    /// projection split into detached row views of its parts.
+    fn checkpoint_params(&self) -> Result<Vec<(String, Tensor)>> {
+        let named: Vec<(String, Tensor)> = self.params().iter().map(|(n, t)| (n.to_string(), t.clone())).collect();
+        self.fused().split(&named)
+    }
     /// Which group a parameter name belongs to.
     fn group_of(&self, name: &str) -> ParamGroup;
     /// Activation checkpointing per transformer block (`engine::nn::block`): when on, every

@@ -1,8 +1,10 @@
 //! What the families share: the `Backbone` trait the VLA policy drives, checkpoint resolution
-//! and loading, image preprocessing (Pillow-exact resizes, normalisation) and tokenization.
+//! and loading, fused projections (merged on load, split back to checkpoint names), image
+//! preprocessing (Pillow-exact resizes, normalisation) and tokenization.
 
 pub mod backbone;
 pub mod checkpoint;
 pub mod config;
+pub mod fused;
 pub mod image;
 pub mod tokenizer;

@@ -5,8 +5,9 @@
 
 use super::config::VisionConfig;
 use super::names::VISION;
+use crate::common::fused;
 use std::sync::Arc;
-use vlm4vla_engine::nn::{self, layer_norm_named, linear, linear_named, merge_heads, split_heads};
+use vlm4vla_engine::nn::{self, layer_norm_named, linear, linear_named, merge_heads};
 use vlm4vla_engine::{AttentionMask, Error, ParamStore, Result, Tensor};
 
 /// What the tower produces: every encoder layer's output (`[B, 1 + N, hidden]`) and the
@@ -81,9 +82,8 @@ fn layer(cfg: &VisionConfig, ps: &ParamStore, i: usize, x: &Tensor) -> Result<Te
     let heads = cfg.num_attention_heads;
     let l = format!("{VISION}.encoder.layers.{i}");
     let h = layer_norm_named(ps, &format!("{l}.layer_norm1"), x, eps)?;
-    let q = split_heads(&linear_named(ps, &format!("{l}.self_attn.q_proj"), &h)?, heads)?;
-    let k = split_heads(&linear_named(ps, &format!("{l}.self_attn.k_proj"), &h)?, heads)?;
-    let v = split_heads(&linear_named(ps, &format!("{l}.self_attn.v_proj"), &h)?, heads)?;
+    let qkv = linear_named(ps, &format!("{l}.self_attn.qkv_proj"), &h)?;
+    let [q, k, v] = fused::split_heads(&qkv, [heads; 3], cfg.head_dim())?;
     let a = merge_heads(&q.attention(&k, &v, &AttentionMask::Full, None, scale)?.out)?;
     let x = x.add(&linear_named(ps, &format!("{l}.self_attn.out_proj"), &a)?)?;
     let h = layer_norm_named(ps, &format!("{l}.layer_norm2"), &x, eps)?;

@@ -1,10 +1,12 @@
 //! The image-to-text connector (`image_to_text_projection.*`), mirroring
 //! `Kosmos2ImageToTextProjection` in transformers 5.24.0 `models/kosmos2/modeling_kosmos2.py`:
 //! `dense` to the text width, then the learned latent queries attend (`x_attn`, no mask, no
-//! inner LayerNorm, biases on q/k/v/out) over the dense features **and themselves**.
+//! inner LayerNorm, biases on q/k/v/out) over the dense features **and themselves**; k|v read the
+//! same rows and run as one fused projection (`x_attn.kv_proj`).
 
 use super::config::Kosmos2Config;
 use super::names::CONNECTOR;
+use crate::common::fused;
 use vlm4vla_engine::nn::{linear_named, merge_heads, split_heads};
 use vlm4vla_engine::{AttentionMask, ParamStore, Result, Tensor};
 
@@ -16,8 +18,8 @@ pub(crate) fn forward(cfg: &Kosmos2Config, ps: &ParamStore, features: &Tensor) -
     let latent = ps.get(&format!("{CONNECTOR}.latent_query"))?.unsqueeze(0)?.broadcast_as(&[b, q_num, d])?;
     let kv = Tensor::cat(&[&h, &latent], 1)?;
     let q = split_heads(&linear_named(ps, &format!("{CONNECTOR}.x_attn.q_proj"), &latent)?, heads)?;
-    let k = split_heads(&linear_named(ps, &format!("{CONNECTOR}.x_attn.k_proj"), &kv)?, heads)?;
-    let v = split_heads(&linear_named(ps, &format!("{CONNECTOR}.x_attn.v_proj"), &kv)?, heads)?;
+    let kv = linear_named(ps, &format!("{CONNECTOR}.x_attn.kv_proj"), &kv)?;
+    let [k, v] = fused::split_heads(&kv, [heads; 2], cfg.text.head_dim())?;
     let scale = (cfg.text.head_dim() as f64).powf(-0.5);
     let a = merge_heads(&q.attention(&k, &v, &AttentionMask::Full, None, scale)?.out)?;
     linear_named(ps, &format!("{CONNECTOR}.x_attn.out_proj"), &a)

@@ -23,10 +23,11 @@ pub mod processor;
 mod text;
 
 pub use config::{Activation, Kosmos2Config, TextConfig, VisionConfig};
-pub use names::{group_of, num_params, param_shapes};
+pub use names::{fused_layout, group_of, num_params, param_shapes};
 pub use processor::Kosmos2Processor;
 
 use crate::common::backbone::{Backbone, BackboneInput, BackboneOutput, ParamGroup};
+use crate::common::fused::FusedLayout;
 use names::{EMBED, LM_HEAD};
 use std::collections::HashSet;
 use std::path::Path;
@@ -49,11 +50,13 @@ pub struct Kosmos2Trace {
     pub logits: Tensor,
 }
 
-/// The Kosmos-2 model: a config and its parameters by on-disk name.
+/// The Kosmos-2 model: a config and its parameters by on-disk name, the projections of
+/// [`names::FUSED`] merged.
 #[derive(Clone)]
 pub struct Kosmos2 {
     cfg: Kosmos2Config,
     params: ParamStore,
+    fused: FusedLayout,
     /// Activation checkpointing per transformer block.
     recompute: bool,
 }
@@ -68,10 +71,12 @@ impl Kosmos2 {
     /// Build from named parameters. Every name of [`param_shapes`] must be present with exactly
     /// that shape, and no other name may be (a `text_model.lm_head.weight` in a tied checkpoint
     /// is dropped: it equals the embeddings). All parameters must share one float dtype.
-    /// `requires_grad` flags are kept.
+    /// `requires_grad` flags are kept. The projections of [`names::FUSED`] are merged (a store
+    /// that holds them fused already, as [`params`](Backbone::params) does, is taken as it is).
     pub fn from_params(cfg: Kosmos2Config, params: ParamStore) -> Result<Kosmos2> {
         cfg.validate().map_err(|msg| Error::Invalid { op: "Kosmos2::from_params", msg })?;
-        let shapes = param_shapes(&cfg);
+        let fused = fused_layout(&cfg);
+        let shapes = fused.expected_shapes(param_shapes(&cfg), params.names().iter().map(String::as_str));
         let expected: HashSet<&str> = shapes.iter().map(|(n, _)| n.as_str()).collect();
         for name in params.names() {
             let tied_copy = cfg.tie_word_embeddings && name == LM_HEAD;
@@ -110,7 +115,8 @@ impl Kosmos2 {
             store.insert(name.clone(), &t)?;
             store.set_requires_grad(name, params.requires_grad(name)?)?;
         }
-        Ok(Kosmos2 { cfg, params: store, recompute: false })
+        let params = fused.merge(store)?;
+        Ok(Kosmos2 { cfg, params, fused, recompute: false })
     }
 
     /// A randomly initialised model (seeded, reproducible): Linear and embedding weights
@@ -146,7 +152,7 @@ impl Kosmos2 {
             };
             ps.insert(name, &t)?;
         }
-        Ok(Kosmos2 { cfg, params: ps, recompute: false })
+        Self::from_params(cfg, ps)
     }
 
     /// Load a checkpoint directory (`config.json` + `model.safetensors`, or the shards listed by
@@ -240,6 +246,10 @@ impl Backbone for Kosmos2 {
 
     fn group_of(&self, name: &str) -> ParamGroup {
         group_of(name)
+    }
+
+    fn fused(&self) -> &FusedLayout {
+        &self.fused
     }
 
     fn set_checkpoint_activations(&mut self, on: bool) {

@@ -2,6 +2,7 @@
 //! validation, random init and the registry all read [`param_shapes`].
 
 use super::config::Kosmos2Config;
+use crate::common::fused::{FusedLayout, Fusion};
 use crate::ParamGroup;
 
 /// The CLIP vision tower.
@@ -82,6 +83,20 @@ pub fn param_shapes(cfg: &Kosmos2Config) -> Vec<(String, Vec<usize>)> {
         add(LM_HEAD.to_string(), &[t.vocab_size, d]);
     }
     out
+}
+
+/// The fused projections (see [`crate::common::fused`]): q|k|v (with biases) as
+/// `self_attn.qkv_proj` in every CLIP encoder layer and every text decoder layer. In the
+/// connector's `x_attn` the latent queries make q while k and v read the dense features followed
+/// by the queries, so only k|v share an input: `x_attn.kv_proj`. No MLP here is gated.
+pub const FUSED: &[Fusion] = &[
+    Fusion { fused: "self_attn.qkv_proj", parts: &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"] },
+    Fusion { fused: "x_attn.kv_proj", parts: &["x_attn.k_proj", "x_attn.v_proj"] },
+];
+
+/// [`FUSED`] applied to [`param_shapes`].
+pub fn fused_layout(cfg: &Kosmos2Config) -> FusedLayout {
+    FusedLayout::new(FUSED, &param_shapes(cfg)).expect("the Kosmos-2 fusion table fits its own tensor list")
 }
 
 /// Total number of parameters of `cfg` (1,664,485,376 for `kosmos-2-patch14-224`).

@@ -7,8 +7,9 @@
 
 use super::config::{Kosmos2Config, TextConfig};
 use super::names::{EMBED, LM_HEAD, TEXT};
+use crate::common::fused;
 use std::sync::Arc;
-use vlm4vla_engine::nn::{self, embedding, layer_norm_named, linear, linear_named, merge_heads, split_heads};
+use vlm4vla_engine::nn::{self, embedding, layer_norm_named, linear, linear_named, merge_heads};
 use vlm4vla_engine::{AttentionKeys, AttentionMask, DType, Device, Error, ParamStore, Result, Tensor};
 
 /// Position ids per row, `[B, L + extra]` row-major: `cumsum(ids != pad) · (ids != pad) + pad`
@@ -142,9 +143,8 @@ fn layer(cfg: &TextConfig, ps: &ParamStore, keys: &AttentionKeys, i: usize, x: &
     let scale = (cfg.head_dim() as f64).powf(-0.5);
     let l = format!("{TEXT}.layers.{i}");
     let a = layer_norm_named(ps, &format!("{l}.self_attn_layer_norm"), x, eps)?;
-    let q = split_heads(&linear_named(ps, &format!("{l}.self_attn.q_proj"), &a)?, heads)?;
-    let k = split_heads(&linear_named(ps, &format!("{l}.self_attn.k_proj"), &a)?, heads)?;
-    let v = split_heads(&linear_named(ps, &format!("{l}.self_attn.v_proj"), &a)?, heads)?;
+    let qkv = linear_named(ps, &format!("{l}.self_attn.qkv_proj"), &a)?;
+    let [q, k, v] = fused::split_heads(&qkv, [heads; 3], cfg.head_dim())?;
     let o = merge_heads(&q.attention_with(&k, &v, keys, scale)?.out)?;
     let o = layer_norm_named(ps, &format!("{l}.self_attn.inner_attn_ln"), &o, eps)?;
     let x = x.add(&linear_named(ps, &format!("{l}.self_attn.out_proj"), &o)?)?;

@@ -7,11 +7,12 @@
 //! positions 1-based), a tanh-GeGLU MLP and no biases; a final RMSNorm; `lm_head` is tied to the
 //! embedding unless the config says otherwise.
 
-use super::config::{PaliGemmaConfig, TextConfig};
+use super::config::{Activation, PaliGemmaConfig, TextConfig};
 use super::names::{EMBED, LM_HEAD, TEXT};
 use super::siglip::activation;
+use crate::common::fused;
 use std::sync::Arc;
-use vlm4vla_engine::nn::{self, embedding, linear, linear_named, merge_heads, rms_norm_named, split_heads};
+use vlm4vla_engine::nn::{self, embedding, linear, linear_named, merge_heads, rms_norm_named};
 use vlm4vla_engine::{AttentionKeys, AttentionMask, DType, Device, Error, ParamStore, Result, RmsNormKind, Tensor};
 
 /// `sqrt(hidden)` rounded to `dtype`, as `embed_scale.to(weight.dtype)` does.
@@ -117,17 +118,26 @@ impl LayerContext {
         let scale = (hd as f64).powf(-0.5);
         let p = format!("{TEXT}layers.{i}.");
         let a = rms_norm_named(ps, &format!("{p}input_layernorm"), x, t.rms_norm_eps, RmsNormKind::Gemma)?;
-        let q = split_heads(&linear_named(ps, &format!("{p}self_attn.q_proj"), &a)?, hq)?;
-        let k = split_heads(&linear_named(ps, &format!("{p}self_attn.k_proj"), &a)?, hkv)?;
-        let v = split_heads(&linear_named(ps, &format!("{p}self_attn.v_proj"), &a)?, hkv)?;
+        let qkv = linear_named(ps, &format!("{p}self_attn.qkv_proj"), &a)?;
+        let [q, k, v] = fused::split_heads(&qkv, [hq, hkv, hkv], hd)?;
         let (q, k) = (q.rope(&self.cos, &self.sin)?, k.rope(&self.cos, &self.sin)?);
         let o = merge_heads(&q.attention_with(&k, &v, &self.keys, scale)?.out)?;
-        let x = x.add(&linear_named(ps, &format!("{p}self_attn.o_proj"), &o)?)?;
-        let m = rms_norm_named(ps, &format!("{p}post_attention_layernorm"), &x, t.rms_norm_eps, RmsNormKind::Gemma)?;
-        let gate = activation(&linear_named(ps, &format!("{p}mlp.gate_proj"), &m)?, t.hidden_act)?;
-        let up = linear_named(ps, &format!("{p}mlp.up_proj"), &m)?;
-        x.add(&linear_named(ps, &format!("{p}mlp.down_proj"), &gate.mul(&up)?)?)
+        let o = linear_named(ps, &format!("{p}self_attn.o_proj"), &o)?;
+        let w = ps.get(&format!("{p}post_attention_layernorm.weight"))?;
+        let (x, m) = o.rms_norm_residual(x, Some(&w), t.rms_norm_eps, RmsNormKind::Gemma)?;
+        let h = gated(&linear_named(ps, &format!("{p}mlp.gate_up_proj"), &m)?, t.hidden_act)?;
+        x.add(&linear_named(ps, &format!("{p}mlp.down_proj"), &h)?)
     }
+}
+
+/// The gated MLP activation on a merged `gate|up` projection `[..., 2F]`: `act(gate) · up`, the
+/// engine's fused GeGLU for the tanh GELU Gemma uses, the composite for the other activations.
+fn gated(gate_up: &Tensor, act: Activation) -> Result<Tensor> {
+    if act == Activation::GeluTanh {
+        return gate_up.geglu();
+    }
+    let f = gate_up.shape().last().copied().unwrap_or(0) / 2;
+    activation(&gate_up.narrow(-1, 0, f)?, act)?.mul(&gate_up.narrow(-1, f, f)?)
 }
 
 /// Logits `[B, L, vocab]` from the final hidden states (tied to the embedding unless untied).

@@ -17,10 +17,11 @@ mod processor;
 mod siglip;
 
 pub use config::{Activation, PaliGemmaConfig, TextConfig, VisionConfig, NEWLINE_TOKEN};
-pub use names::{canonical_name, group_of, num_params, param_shapes};
+pub use names::{canonical_name, fused_layout, group_of, num_params, param_shapes};
 pub use processor::{preprocess, PaliGemmaProcessor, PromptTokens};
 
 use crate::common::backbone::{Backbone, BackboneInput, BackboneOutput, ParamGroup};
+use crate::common::fused::FusedLayout;
 use names::{EMBED, LM_HEAD, PROJECTOR};
 use std::collections::HashMap;
 use std::path::Path;
@@ -29,11 +30,13 @@ use vlm4vla_engine::{nn, AttentionMask, DType, Device, Error, ParamStore, Result
 const PARAMS: &str = "paligemma parameters";
 const INPUT: &str = "paligemma input";
 
-/// A PaliGemma model: its config and its parameters by hub name.
+/// A PaliGemma model: its config and its parameters by hub name, the projections of
+/// [`names::FUSED`] merged.
 #[derive(Clone, Debug)]
 pub struct PaliGemma {
     cfg: PaliGemmaConfig,
     params: ParamStore,
+    fused: FusedLayout,
     /// Activation checkpointing per transformer block.
     recompute: bool,
 }
@@ -59,10 +62,15 @@ impl PaliGemma {
     /// Build from parameters named by any accepted spelling (see [`canonical_name`]). Every
     /// tensor of [`param_shapes`] must be present with its shape, nothing else may be, and all
     /// must share one float dtype; errors name the tensor with expected and found shapes.
-    /// `requires_grad` flags are kept; storage is shared, not copied.
+    /// `requires_grad` flags are kept; storage is shared, not copied, except that the
+    /// projections of [`names::FUSED`] are merged (a store that holds them fused already, as
+    /// [`params`](Backbone::params) does, is taken as it is).
     pub fn from_params(cfg: PaliGemmaConfig, params: ParamStore) -> Result<Self> {
         cfg.validate()?;
-        let expected: HashMap<String, Vec<usize>> = param_shapes(&cfg).into_iter().collect();
+        let fused = fused_layout(&cfg);
+        let canonical: Vec<String> = params.names().iter().map(|n| canonical_name(n)).collect();
+        let shapes = fused.expected_shapes(param_shapes(&cfg), canonical.iter().map(String::as_str));
+        let expected: HashMap<String, Vec<usize>> = shapes.iter().cloned().collect();
         let mut found: HashMap<String, String> = HashMap::new();
         let mut dtype: Option<(DType, String)> = None;
         for (name, t) in params.iter() {
@@ -97,14 +105,15 @@ impl PaliGemma {
             }
         }
         let mut store = ParamStore::new();
-        for (canon, shape) in param_shapes(&cfg) {
+        for (canon, shape) in shapes {
             let Some(orig) = found.get(&canon) else {
                 return Err(Error::tensor(PARAMS, &canon, format!("missing (expected shape {shape:?})")));
             };
             store.insert(canon.clone(), &params.get(orig)?)?;
             store.set_requires_grad(&canon, params.requires_grad(orig)?)?;
         }
-        Ok(PaliGemma { cfg, params: store, recompute: false })
+        let params = fused.merge(store)?;
+        Ok(PaliGemma { cfg, params, fused, recompute: false })
     }
 
     /// Random parameters in `dtype` (seeded): matrices and embeddings N(0, 0.02²), LayerNorm
@@ -308,6 +317,10 @@ impl Backbone for PaliGemma {
 
     fn group_of(&self, name: &str) -> ParamGroup {
         group_of(name)
+    }
+
+    fn fused(&self) -> &FusedLayout {
+        &self.fused
     }
 
     fn set_checkpoint_activations(&mut self, on: bool) {

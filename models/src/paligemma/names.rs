@@ -3,6 +3,7 @@
 //! spellings we accept when loading.
 
 use super::config::PaliGemmaConfig;
+use crate::common::fused::{FusedLayout, Fusion};
 use crate::ParamGroup;
 
 /// Prefix of the vision tower as the hub files spell it.
@@ -93,6 +94,19 @@ pub fn param_shapes(cfg: &PaliGemmaConfig) -> Vec<(String, Vec<usize>)> {
         add(format!("{LM_HEAD}.weight"), vec![t.vocab_size, h]);
     }
     out
+}
+
+/// The fused projections (see [`crate::common::fused`]): q|k|v as `self_attn.qkv_proj` in every
+/// SigLIP encoder layer (with biases) and every Gemma decoder layer, and gate|up as
+/// `mlp.gate_up_proj` in every Gemma layer (SigLIP's MLP is not gated).
+pub const FUSED: &[Fusion] = &[
+    Fusion { fused: "self_attn.qkv_proj", parts: &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"] },
+    Fusion { fused: "mlp.gate_up_proj", parts: &["mlp.gate_proj", "mlp.up_proj"] },
+];
+
+/// [`FUSED`] applied to [`param_shapes`] (hub names).
+pub fn fused_layout(cfg: &PaliGemmaConfig) -> FusedLayout {
+    FusedLayout::new(FUSED, &param_shapes(cfg)).expect("the PaliGemma fusion table fits its own tensor list")
 }
 
 /// Total parameter count of a checkpoint with this config (no allocation).

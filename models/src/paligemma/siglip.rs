@@ -7,8 +7,9 @@
 
 use super::config::{Activation, VisionConfig};
 use super::names::VISION;
+use crate::common::fused;
 use std::sync::Arc;
-use vlm4vla_engine::nn::{self, layer_norm_named, linear, linear_named, merge_heads, split_heads};
+use vlm4vla_engine::nn::{self, layer_norm_named, linear, linear_named, merge_heads};
 use vlm4vla_engine::{AttentionMask, Error, ParamStore, Result, Tensor};
 
 pub(crate) fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
@@ -82,9 +83,8 @@ fn layer(cfg: &VisionConfig, ps: &ParamStore, i: usize, x: &Tensor) -> Result<Te
     let scale = (cfg.head_dim() as f64).powf(-0.5);
     let l = format!("{VISION}encoder.layers.{i}.");
     let a = layer_norm_named(ps, &format!("{l}layer_norm1"), x, cfg.layer_norm_eps)?;
-    let q = split_heads(&linear_named(ps, &format!("{l}self_attn.q_proj"), &a)?, heads)?;
-    let k = split_heads(&linear_named(ps, &format!("{l}self_attn.k_proj"), &a)?, heads)?;
-    let v = split_heads(&linear_named(ps, &format!("{l}self_attn.v_proj"), &a)?, heads)?;
+    let qkv = linear_named(ps, &format!("{l}self_attn.qkv_proj"), &a)?;
+    let [q, k, v] = fused::split_heads(&qkv, [heads; 3], cfg.head_dim())?;
     let o = merge_heads(&q.attention(&k, &v, &AttentionMask::Full, None, scale)?.out)?;
     let x = x.add(&linear_named(ps, &format!("{l}self_attn.out_proj"), &o)?)?;
     let m = layer_norm_named(ps, &format!("{l}layer_norm2"), &x, cfg.layer_norm_eps)?;

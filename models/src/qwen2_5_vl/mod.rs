@@ -18,9 +18,10 @@ pub mod text;
 pub mod vision;
 
 pub use config::{Qwen25VlConfig, TextConfig, VisionConfig};
-pub use names::{group_of, hub_name, num_params, param_shapes};
+pub use names::{fused_layout, group_of, hub_name, num_params, param_shapes};
 pub use processor::{chat_layout, collate, preprocess, smart_resize, ChatTokens, ProcessedImage, PromptLayout};
 
+use crate::common::fused::FusedLayout;
 use crate::{Backbone, BackboneInput, BackboneOutput, ParamGroup};
 use std::collections::HashMap;
 use std::path::Path;
@@ -28,10 +29,12 @@ use vlm4vla_engine::{nn, DType, Device, Error, ParamStore, Result, Tensor};
 
 const STORE: &str = "qwen2_5_vl parameters";
 
-/// A Qwen2.5-VL model: its config and its parameters by hub name.
+/// A Qwen2.5-VL model: its config and its parameters by hub name, the projections of
+/// [`names::FUSED`] merged.
 pub struct Qwen25Vl {
     cfg: Qwen25VlConfig,
     params: ParamStore,
+    fused: FusedLayout,
     /// Activation checkpointing per transformer block.
     recompute: bool,
 }
@@ -55,11 +58,13 @@ impl Qwen25Vl {
     /// Wrap loaded parameters. Every tensor of [`param_shapes`] must be present with its shape;
     /// other tensors are an error. transformers 5.x in-memory names are accepted too, and a
     /// stored `lm_head.weight` of a tied config is dropped (the embeddings are used, as
-    /// transformers does).
+    /// transformers does). The projections of [`names::FUSED`] are merged (a store that holds
+    /// them fused already, as [`params`](Backbone::params) does, is taken as it is).
     pub fn from_params(cfg: Qwen25VlConfig, params: ParamStore) -> Result<Self> {
         cfg.validate().map_err(|m| Error::file("qwen2_5_vl config", m))?;
         let params = canonicalize(&cfg, params)?;
-        let expected = param_shapes(&cfg);
+        let fused = fused_layout(&cfg);
+        let expected = fused.expected_shapes(param_shapes(&cfg), params.names().iter().map(String::as_str));
         let mut dtype: Option<(DType, String)> = None;
         for (name, shape) in &expected {
             if !params.contains(name) {
@@ -100,7 +105,8 @@ impl Qwen25Vl {
                 return Err(Error::tensor(STORE, extra, "unexpected tensor for this config"));
             }
         }
-        Ok(Qwen25Vl { cfg, params, recompute: false })
+        let params = fused.merge(params)?;
+        Ok(Qwen25Vl { cfg, params, fused, recompute: false })
     }
 
     /// A randomly initialised model for training from scratch or benchmarks (transformers'
@@ -125,7 +131,7 @@ impl Qwen25Vl {
             };
             params.insert(name, &t)?;
         }
-        Ok(Qwen25Vl { cfg, params, recompute: false })
+        Self::from_params(cfg, params)
     }
 
     /// Load a checkpoint directory (`config.json` plus `model.safetensors` or the shards listed in
@@ -339,6 +345,10 @@ impl Backbone for Qwen25Vl {
 
     fn group_of(&self, name: &str) -> ParamGroup {
         group_of(name)
+    }
+
+    fn fused(&self) -> &FusedLayout {
+        &self.fused
     }
 
     fn set_checkpoint_activations(&mut self, on: bool) {

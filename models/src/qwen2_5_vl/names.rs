@@ -2,6 +2,7 @@
 //! once: loading, validation, random init and the registry all read [`param_shapes`].
 
 use super::config::Qwen25VlConfig;
+use crate::common::fused::{FusedLayout, Fusion};
 use crate::ParamGroup;
 
 /// The untied output layer (absent from tied checkpoints, dropped when a tied one stores it).
@@ -65,6 +66,20 @@ pub fn param_shapes(cfg: &Qwen25VlConfig) -> Vec<(String, Vec<usize>)> {
         push(LM_HEAD.into(), vec![t.vocab_size, h]);
     }
     out
+}
+
+/// The fused projections (see [`crate::common::fused`]): in every decoder layer q|k|v (with
+/// their biases) as `self_attn.qkv_proj`, and gate|up as `mlp.gate_up_proj` in every decoder
+/// layer and vision block (with biases there). The vision tower's `attn.qkv` is fused on disk
+/// already.
+pub const FUSED: &[Fusion] = &[
+    Fusion { fused: "self_attn.qkv_proj", parts: &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"] },
+    Fusion { fused: "mlp.gate_up_proj", parts: &["mlp.gate_proj", "mlp.up_proj"] },
+];
+
+/// [`FUSED`] applied to [`param_shapes`].
+pub fn fused_layout(cfg: &Qwen25VlConfig) -> FusedLayout {
+    FusedLayout::new(FUSED, &param_shapes(cfg)).expect("the Qwen2.5-VL fusion table fits its own tensor list")
 }
 
 /// Total parameter count of a config, from [`param_shapes`] (no allocation of tensors).

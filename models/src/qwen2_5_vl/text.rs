@@ -3,8 +3,9 @@
 //! `Qwen2_5_VLRotaryEmbedding`, `Qwen2_5_VLModel.get_rope_index`).
 
 use super::config::TextConfig;
+use crate::common::fused;
 use std::sync::Arc;
-use vlm4vla_engine::nn::{self, linear_named, merge_heads, rms_norm_named, split_heads};
+use vlm4vla_engine::nn::{self, linear_named, merge_heads, rms_norm_named};
 use vlm4vla_engine::{AttentionKeys, AttentionMask, Device, Error, ParamStore, Result, RmsNormKind, Tensor};
 
 const OP: &str = "qwen2_5_vl get_rope_index";
@@ -151,17 +152,14 @@ impl LayerContext {
         let eps = cfg.rms_norm_eps;
         let p = |s: &str| format!("model.layers.{i}.{s}");
         let n = rms_norm_named(params, &p("input_layernorm"), x, eps, RmsNormKind::Plain)?;
-        let q = split_heads(&linear_named(params, &p("self_attn.q_proj"), &n)?, hq)?.rope(cos, sin)?;
-        let k = split_heads(&linear_named(params, &p("self_attn.k_proj"), &n)?, hkv)?.rope(cos, sin)?;
-        let v = split_heads(&linear_named(params, &p("self_attn.v_proj"), &n)?, hkv)?;
+        let qkv = linear_named(params, &p("self_attn.qkv_proj"), &n)?;
+        let [q, k, v] = fused::split_heads(&qkv, [hq, hkv, hkv], hd)?;
+        let (q, k) = (q.rope(cos, sin)?, k.rope(cos, sin)?);
         let a = merge_heads(&q.attention_with(&k, &v, &self.keys, scale)?.out)?;
-        let x = x.add(&linear_named(params, &p("self_attn.o_proj"), &a)?)?;
-        let n = rms_norm_named(params, &p("post_attention_layernorm"), &x, eps, RmsNormKind::Plain)?;
-        let g = linear_named(params, &p("mlp.gate_proj"), &n)?.silu()?.mul(&linear_named(
-            params,
-            &p("mlp.up_proj"),
-            &n,
-        )?)?;
+        let o = linear_named(params, &p("self_attn.o_proj"), &a)?;
+        let w = params.get(&p("post_attention_layernorm.weight"))?;
+        let (x, n) = o.rms_norm_residual(x, Some(&w), eps, RmsNormKind::Plain)?;
+        let g = linear_named(params, &p("mlp.gate_up_proj"), &n)?.swiglu()?;
         x.add(&linear_named(params, &p("mlp.down_proj"), &g)?)
     }
 }

@@ -4,6 +4,7 @@
 //! patch merger whose output is put back in raster order.
 
 use super::config::VisionConfig;
+use crate::common::fused;
 use std::sync::Arc;
 use vlm4vla_engine::nn::{self, linear_named, rms_norm_named};
 use vlm4vla_engine::{AttentionMask, DType, Error, ParamStore, Result, RmsNormKind, Tensor};
@@ -202,16 +203,13 @@ impl BlockContext {
         let p = |s: &str| format!("visual.blocks.{i}.{s}");
         let mask = if cfg.fullatt_block_indexes.contains(&i) { &self.full } else { &self.windows };
         let h = rms_norm_named(params, &p("norm1"), x, 1e-6, RmsNormKind::Plain)?;
-        let qkv = linear_named(params, &p("attn.qkv"), &h)?.reshape(&[1, n, 3, heads, hd])?;
-        let part = |j: usize| -> Result<Tensor> { qkv.narrow(2, j, 1)?.reshape(&[1, n, heads, hd]) };
-        let q = part(0)?.rope(&self.cos, &self.sin)?;
-        let k = part(1)?.rope(&self.cos, &self.sin)?;
-        let v = part(2)?;
+        let qkv = linear_named(params, &p("attn.qkv"), &h)?.reshape(&[1, n, 3 * hidden])?;
+        let [q, k, v] = fused::split_heads(&qkv, [heads; 3], hd)?;
+        let (q, k) = (q.rope(&self.cos, &self.sin)?, k.rope(&self.cos, &self.sin)?);
         let a = q.attention(&k, &v, mask, None, scale)?.out.reshape(&[n, hidden])?;
-        let x = x.add(&linear_named(params, &p("attn.proj"), &a)?)?;
-        let h = rms_norm_named(params, &p("norm2"), &x, 1e-6, RmsNormKind::Plain)?;
-        let gate = linear_named(params, &p("mlp.gate_proj"), &h)?;
-        let g = gate.silu()?.mul(&linear_named(params, &p("mlp.up_proj"), &h)?)?;
+        let o = linear_named(params, &p("attn.proj"), &a)?;
+        let (x, h) = o.rms_norm_residual(x, Some(&params.get(&p("norm2.weight"))?), 1e-6, RmsNormKind::Plain)?;
+        let g = linear_named(params, &p("mlp.gate_up_proj"), &h)?.swiglu()?;
         x.add(&linear_named(params, &p("mlp.down_proj"), &g)?)
     }
 }

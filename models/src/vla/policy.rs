@@ -283,9 +283,19 @@ impl VlaPolicy {
         out
     }
 
-    /// Every parameter, backbone first, by checkpoint name.
-    pub fn named_params(&self) -> Vec<(String, Tensor)> {
-        self.backbone.params().iter().chain(self.params.iter()).map(|(n, t)| (n.to_string(), t.clone())).collect()
+    /// Every parameter, backbone first, by checkpoint name: the backbone's fused projections
+    /// split into row views under their checkpoint tensors' names (see [`Backbone::fused`]).
+    pub fn named_params(&self) -> Result<Vec<(String, Tensor)>> {
+        let all: Vec<(String, Tensor)> =
+            self.backbone.params().iter().chain(self.params.iter()).map(|(n, t)| (n.to_string(), t.clone())).collect();
+        self.checkpoint_tensors(&all)
+    }
+
+    /// `named` (parameters as [`trainable_params`](Self::trainable_params) names them, or
+    /// anything shaped like them, e.g. their gradients) under checkpoint names, as files are
+    /// written: every fused backbone projection split into detached row views of its parts.
+    pub fn checkpoint_tensors(&self, named: &[(String, Tensor)]) -> Result<Vec<(String, Tensor)>> {
+        self.backbone.fused().split(named)
     }
 
     /// Element counts: (all, trainable).
@@ -296,20 +306,21 @@ impl VlaPolicy {
     }
 
     /// Overwrite parameters with the tensors of a safetensors file (names as in
-    /// [`named_params`](Self::named_params); a file may hold any subset, e.g. the trainable
-    /// weights of a checkpoint). Returns how many were loaded. A name the policy does not have,
-    /// or a shape that differs, is an error naming the tensor and the file; nothing is changed
-    /// then.
+    /// [`named_params`](Self::named_params), i.e. checkpoint names; a file may hold any subset,
+    /// e.g. the trainable weights of a checkpoint, and a part of a fused projection lands in its
+    /// rows). Returns how many were loaded. A name the policy does not have, or a shape that
+    /// differs, is an error naming the tensor and the file; nothing is changed then.
     pub fn load_weights(&self, path: impl AsRef<Path>) -> Result<usize> {
         let path = path.as_ref();
         let file = SafeTensorsFile::open(path)?;
+        let fused = self.backbone.fused();
         let mut pending = Vec::new();
         for name in file.names() {
             let store = if name.starts_with(POLICY_PREFIX) { &self.params } else { self.backbone.params() };
-            if !store.contains(name) {
+            if !store.contains(name) && fused.slot(name).is_none() {
                 return Err(Error::tensor(path, name, "the policy has no parameter with this name"));
             }
-            let dst = store.get(name)?;
+            let dst = fused.get(store, name)?;
             let src = file.get_as(name, dst.shape(), Some(dst.dtype()))?;
             pending.push((dst, src));
         }
