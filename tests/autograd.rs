@@ -149,3 +149,54 @@ fn reaching_an_op_without_backward_is_an_error() {
     let err = a.lse.sum_all().unwrap().add(&a.out.sum_all().unwrap()).unwrap().backward().unwrap_err().to_string();
     assert!(err.contains("attention_lse") && err.contains("no backward rule"), "{err}");
 }
+
+/// Narrow views of one tensor: their gradients are joined by one `cat` when they tile it (the
+/// q|k|v views of a fused projection), padded and summed when they overlap, leave gaps or cut
+/// along different dims; every case equals the gradient computed by hand.
+#[test]
+fn narrow_view_gradients_join_into_their_base() {
+    let base = x(&[2, 3, 10], 7).variable();
+    let w = x(&[2, 3, 10], 8);
+    // Weighted sum of views (each view's gradient is the matching slice of `w`), so the base's
+    // gradient is `w` summed over every view covering an element.
+    let run = |views: &[(usize, usize, usize)]| -> Vec<f64> {
+        let mut loss: Option<Tensor> = None;
+        for &(dim, start, len) in views {
+            let v = base.narrow(dim, start, len).unwrap();
+            let term = v.mul(&w.narrow(dim, start, len).unwrap()).unwrap().sum_all().unwrap();
+            loss = Some(match loss {
+                Some(l) => l.add(&term).unwrap(),
+                None => term,
+            });
+        }
+        let g = loss.unwrap().backward().unwrap();
+        g.get(&base).unwrap().to_vec::<f64>().unwrap()
+    };
+    let wv = w.to_vec::<f64>().unwrap();
+    let want = |views: &[(usize, usize, usize)]| -> Vec<f64> {
+        let mut g = vec![0.0; 60];
+        for (i, gi) in g.iter_mut().enumerate() {
+            let idx = [i / 30, (i / 10) % 3, i % 10];
+            for &(dim, start, len) in views {
+                if idx[dim] >= start && idx[dim] < start + len {
+                    *gi += wv[i];
+                }
+            }
+        }
+        g
+    };
+    for views in [
+        vec![(2, 0, 6), (2, 6, 2), (2, 8, 2)], // tiles the last dim, like q|k|v
+        vec![(2, 8, 2), (2, 0, 6), (2, 6, 2)], // the same, recorded out of order
+        vec![(2, 0, 6), (2, 4, 6)],            // overlapping
+        vec![(2, 0, 3), (2, 5, 2)],            // with gaps
+        vec![(1, 0, 2), (2, 3, 4), (1, 2, 1)], // along two dims
+        vec![(0, 1, 1)],                       // a single view
+    ] {
+        let got = run(&views);
+        let w = want(&views);
+        for (a, b) in got.iter().zip(&w) {
+            assert!((a - b).abs() < 1e-12, "views {views:?}: {a} vs {b}");
+        }
+    }
+}

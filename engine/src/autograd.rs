@@ -100,9 +100,89 @@ pub(crate) fn record(inputs: &[&Tensor], op: impl FnOnce() -> Op) -> Option<Op> 
 /// Gradients being accumulated during one backward walk.
 pub(crate) struct Grads {
     map: HashMap<TensorId, Tensor>,
+    /// Gradients of narrow views not yet added into their base's: joined when the base's gradient
+    /// is taken, by one `cat` when they tile the base along one dim (the q|k|v views of one fused
+    /// projection), else padded and added one by one.
+    pieces: HashMap<TensorId, Pieces>,
+}
+
+/// Narrow-view gradients of one tensor (see [`Grads::add_narrow`]).
+struct Pieces {
+    shape: Vec<usize>,
+    dim: usize,
+    parts: Vec<(usize, Tensor)>,
+}
+
+impl Pieces {
+    /// The base-shaped gradient the pieces add up to.
+    fn join(mut self) -> Result<Tensor> {
+        self.parts.sort_by_key(|(start, _)| *start);
+        let mut end = 0;
+        let tiles = self.parts.iter().all(|(start, g)| {
+            let ok = *start == end;
+            end += g.shape()[self.dim];
+            ok
+        }) && end == self.shape[self.dim];
+        if tiles {
+            let parts: Vec<&Tensor> = self.parts.iter().map(|(_, g)| g).collect();
+            return Tensor::cat(&parts, self.dim);
+        }
+        let mut sum: Option<Tensor> = None;
+        for (start, g) in &self.parts {
+            let full = g.pad_into(&self.shape, self.dim, *start)?;
+            sum = Some(match sum {
+                Some(s) => s.add(&full)?,
+                None => full,
+            });
+        }
+        sum.ok_or_else(|| Error::invalid("backward", "no narrow gradients to join"))
+    }
 }
 
 impl Grads {
+    fn new() -> Self {
+        Grads { map: HashMap::new(), pieces: HashMap::new() }
+    }
+
+    /// Add the gradient `grad` of the view `t.narrow(dim, start, len)` to `t`'s gradient.
+    pub(crate) fn add_narrow(&mut self, t: &Tensor, grad: Tensor, dim: usize, start: usize) -> Result<()> {
+        if !t.tracks_grad() {
+            return Ok(());
+        }
+        if let Some(p) = self.pieces.get_mut(&t.id()) {
+            if p.dim == dim {
+                p.parts.push((start, grad));
+                return Ok(());
+            }
+            let joined = self.pieces.remove(&t.id()).map(Pieces::join).transpose()?;
+            if let Some(j) = joined {
+                self.add_by_id(t.id(), j)?;
+            }
+        }
+        self.pieces.insert(t.id(), Pieces { shape: t.shape().to_vec(), dim, parts: vec![(start, grad)] });
+        Ok(())
+    }
+
+    /// The whole gradient of `id` (pending narrow pieces joined in), removed from the walk.
+    fn take(&mut self, id: TensorId) -> Result<Option<Tensor>> {
+        if let Some(p) = self.pieces.remove(&id) {
+            let j = p.join()?;
+            self.add_by_id(id, j)?;
+        }
+        Ok(self.map.remove(&id))
+    }
+
+    /// Every gradient, pending pieces joined.
+    fn finish(mut self) -> Result<HashMap<TensorId, Tensor>> {
+        let ids: Vec<TensorId> = self.pieces.keys().copied().collect();
+        for id in ids {
+            if let Some(g) = self.take(id)? {
+                self.map.insert(id, g);
+            }
+        }
+        Ok(self.map)
+    }
+
     /// Add `grad` to the gradient of `t` (ignored if `t` does not track gradients). The first
     /// gradient is moved in; later ones are added.
     pub(crate) fn add(&mut self, t: &Tensor, grad: Tensor) -> Result<()> {
@@ -258,18 +338,18 @@ pub(crate) fn backward_with_seed(root: &Tensor, seed: Tensor, store: &mut GradSt
         return Err(Error::invalid("backward", format!("tensor {:?} does not require a gradient", root.shape())));
     }
     let order = topo_sort(root);
-    let mut grads = Grads { map: HashMap::new() };
+    let mut grads = Grads::new();
     grads.add(root, seed)?;
-    crate::no_grad(|| -> Result<()> {
+    let map = crate::no_grad(|| -> Result<HashMap<TensorId, Tensor>> {
         for node in order.iter().rev() {
             let Some(op) = node.op() else { continue };
             // Intermediate gradients are released as soon as they have been propagated.
-            let Some(grad) = grads.map.remove(&node.id()) else { continue };
+            let Some(grad) = grads.take(node.id())? else { continue };
             op.as_backward().backward(node, &grad, &mut grads)?;
         }
-        Ok(())
+        grads.finish()
     })?;
-    let mut out = GradStore { map: grads.map };
+    let mut out = GradStore { map };
     std::mem::swap(&mut out, store);
     store.accumulate(out)
 }

@@ -232,7 +232,7 @@ impl BackwardOp for ViewOp {
                 }
                 grads.add(arg, grad.permute(&inv)?.contiguous()?)
             }
-            ViewOp::Narrow { arg, dim, start } => grads.add(arg, grad.pad_into(arg.shape(), *dim, *start)?),
+            ViewOp::Narrow { arg, dim, start } => grads.add_narrow(arg, grad.clone(), *dim, *start),
             ViewOp::Broadcast { arg } => grads.add(arg, grad.sum_to_shape(arg.shape())?),
             ViewOp::Contiguous { arg } => grads.add(arg, grad.clone()),
             ViewOp::ToDType { arg } => grads.add(arg, grad.to_dtype(arg.dtype())?),
