@@ -203,6 +203,11 @@ def kosmos_tokenizer(lines):
         vocab_size=260, special_tokens=["<s>", "<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False
     )
     tok.train_from_iterator(lines, trainer)
+    # The trainer's log-probabilities differ in the last bits from run to run (summation order) and
+    # ties come out in any order: rounded, and ties sorted by piece, the file is the same every time.
+    vocab = json.loads(tok.to_str())["model"]["vocab"]
+    specials, pieces = vocab[:4], sorted(((p, round(s, 6)) for p, s in vocab[4:]), key=lambda ps: (-ps[1], ps[0]))
+    tok.model = models.Unigram([tuple(x) for x in specials] + pieces, unk_id=3, byte_fallback=False)
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ["<s>", "<pad>", "</s>", "<unk>"]])
     tok.add_special_tokens([AddedToken("<mask>", special=True, normalized=False, lstrip=True)])
     # As Kosmos2Processor adds them: plain added tokens that swallow the space before them.
@@ -502,18 +507,22 @@ def processed(family, processor, image, instruction):
     return dict(inputs)
 
 
-def reference(family, model, inputs):
-    """Last hidden state (after the final norm) and logits in f32 from the stored weights."""
-    f32 = model.to(torch.float32)
+def reference(family, out_dir, inputs):
+    """Last hidden state (after the final norm) in f32 from the stored bf16 weights. The model is
+    loaded in f32 (not cast after loading a bf16 one: that would leave buffers computed at load
+    time, such as Kosmos-2's sinusoidal position table, rounded to bf16)."""
+    from transformers import AutoModelForImageTextToText
+
+    f32 = AutoModelForImageTextToText.from_pretrained(out_dir, attn_implementation="eager", dtype=torch.float32)
+    f32.eval()
     with torch.no_grad():
         out = f32(**inputs, output_hidden_states=True, return_dict=True)
-    hidden = (out.hidden_states if family != "kosmos2" else out.hidden_states)[-1]
-    logits = out.logits
+    hidden, logits = out.hidden_states[-1], out.logits
     embed = f32.get_input_embeddings().weight
     # The last hidden state is after the final norm: the tied output layer reproduces the logits.
     assert torch.allclose(hidden @ embed.T, logits, atol=1e-4, rtol=1e-4), family
     assert torch.isfinite(hidden).all() and torch.isfinite(logits).all()
-    return hidden, logits
+    return hidden
 
 
 def make(family, out_root, lines, image, instruction, seed):
@@ -551,7 +560,7 @@ def make(family, out_root, lines, image, instruction, seed):
     with torch.no_grad():
         out = model(**inputs)
     assert torch.isfinite(out.logits.float()).all(), family
-    hidden, logits = reference(family, model, inputs)
+    hidden = reference(family, out_dir, inputs)
 
     tensors = {k: v.contiguous() for k, v in inputs.items() if isinstance(v, torch.Tensor)}
     tensors["last_hidden"] = hidden.contiguous()
