@@ -17,10 +17,14 @@ checkpoint directory that transformers itself loads with `AutoModelForImageTextT
   `tokenizers` library on the robot-instruction corpus below.
 - preprocessor_config.json / processor_config.json / chat_template.jinja as the family's processor
   saves them (Qwen: min/max pixels sized for 56×56 images).
-- reference.safetensors: the processed inputs of one (image, instruction) pair (the image: the
-  first frame of `<out>/lerobot`, when that dataset exists, else a fixed synthetic image) and the
-  last hidden state (after the final norm) and logits transformers computes for them in f32 from
-  the stored bf16 weights.
+- reference.safetensors: the processed inputs of one (image, instruction) pair (the first frame
+  of `<out>/lerobot` and its task, when that dataset exists, else a fixed synthetic image) and the
+  last hidden state (after the final norm) transformers computes for them in f32 from the stored
+  bf16 weights (tests/tiny_checkpoints.rs compares ours to it).
+
+Sizes: 56×56 images (Qwen: one 4×4 patch grid, 4 merged tokens; PaliGemma: 16 image tokens;
+Kosmos-2: 64 latent queries, the processor's default), hidden sizes 32 (vision) and 64 (text),
+2 layers each. The files are byte-stable from run to run.
 
 Every step is checked here: the checkpoint and processor reload with the Auto classes, the Auto
 tokenizer encodes like the raw `tokenizers` file (what our Rust wrapper reads), and one forward
