@@ -93,3 +93,20 @@ fn bad_dims_are_errors() {
     assert!(x.max(-3).is_err());
     assert!(Tensor::zeros(&[2, 0], DType::F32, Device::Cpu).unwrap().max(1).is_err());
 }
+
+/// A leading-dim sum large enough for the threaded path (a bias gradient's shape) adds each
+/// column's rows in order: equal, bit for bit, to the sequential sum.
+#[test]
+fn large_leading_dim_sum_equals_the_sequential_sum() {
+    let (rows, cols) = (300, 700);
+    let v: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 1013) as f32 / 97.0 - 5.0).collect();
+    let x = Tensor::from_vec(v.clone(), &[rows, cols], Device::Cpu).unwrap();
+    let got = x.sum_keepdim(0).unwrap().to_vec::<f32>().unwrap();
+    for c in 0..cols {
+        let mut want = 0.0f32;
+        for r in 0..rows {
+            want += v[r * cols + c];
+        }
+        assert_eq!(got[c].to_bits(), want.to_bits(), "column {c}");
+    }
+}

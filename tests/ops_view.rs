@@ -157,3 +157,26 @@ fn seeded_random_constructors_are_reproducible_and_distributed() {
         vec![1., 1.25, 1.5, 1.75]
     );
 }
+
+/// A permuted view large enough for the threaded gather copies every element to its place.
+#[test]
+fn large_permuted_copy_is_exact() {
+    let (a, b, c) = (40, 60, 70);
+    let v: Vec<f32> = (0..a * b * c).map(|i| i as f32).collect();
+    let x = Tensor::from_vec(v, &[a, b, c], Device::Cpu).unwrap();
+    let y = x.permute(&[2, 0, 1]).unwrap().contiguous().unwrap().to_vec::<f32>().unwrap();
+    for k in 0..c {
+        for i in 0..a {
+            for j in 0..b {
+                assert_eq!(y[(k * a + i) * b + j], ((i * b + j) * c + k) as f32);
+            }
+        }
+    }
+    // A broadcast (stride-0) operand and a narrowed one go through the same runs.
+    let row = Tensor::from_vec((0..c).map(|i| i as f32).collect::<Vec<_>>(), &[1, c], Device::Cpu).unwrap();
+    let wide = row.broadcast_as(&[a * b, c]).unwrap().contiguous().unwrap().to_vec::<f32>().unwrap();
+    assert!(wide.chunks(c).all(|r| r.iter().enumerate().all(|(i, &v)| v == i as f32)));
+    let nar = x.narrow(2, 5, 30).unwrap().contiguous().unwrap().to_vec::<f32>().unwrap();
+    assert_eq!(nar[0], 5.0);
+    assert_eq!(nar[30], (c + 5) as f32);
+}

@@ -133,25 +133,47 @@ fn gather_convert<S: WithDType, T: WithDType>(v: &[S], layout: &Layout) -> Vec<T
     }
 }
 
-/// The elements of a strided `layout` of `v`, converted by `conv`, run by run ([`Layout::runs`]).
-pub(crate) fn gather_runs<S: Copy, T: Clone>(v: &[S], layout: &Layout, conv: impl Fn(S) -> T) -> Vec<T> {
-    let mut out = Vec::with_capacity(layout.elem_count());
-    if layout.elem_count() == 0 {
-        return out;
+/// The elements of a strided `layout` of `v`, converted by `conv`, run by run ([`Layout::runs`]);
+/// large layouts are copied by rayon's threads, a block of runs each.
+pub(crate) fn gather_runs<S: Copy + Sync, T: bytemuck::Pod + Send>(
+    v: &[S],
+    layout: &Layout,
+    conv: impl Fn(S) -> T + Sync,
+) -> Vec<T> {
+    let n = layout.elem_count();
+    if n == 0 {
+        return Vec::new();
     }
     let (outer, len, stride) = layout.runs();
-    for o in outer.offsets() {
+    let copy = |o: usize, dst: &mut [T]| {
         if stride == 1 {
-            out.extend(v[o..o + len].iter().map(|&x| conv(x)));
+            dst.iter_mut().zip(&v[o..o + len]).for_each(|(d, &x)| *d = conv(x));
         } else if stride == 0 {
-            let x = conv(v[o]);
-            out.extend(std::iter::repeat_n(x, len));
+            dst.fill(conv(v[o]));
         } else {
-            out.extend(v[o..].iter().step_by(stride).take(len).map(|&x| conv(x)));
+            dst.iter_mut().zip(v[o..].iter().step_by(stride)).for_each(|(d, &x)| *d = conv(x));
+        }
+    };
+    let mut out = vec![T::zeroed(); n];
+    if n >= PAR_GATHER_MIN && len > 0 {
+        use rayon::prelude::*;
+        let starts: Vec<usize> = outer.offsets().collect();
+        let per_task = (PAR_GATHER_MIN / 4).div_ceil(len).max(1);
+        out.par_chunks_mut(per_task * len).zip(starts.par_chunks(per_task)).for_each(|(dst, starts)| {
+            for (d, &o) in dst.chunks_mut(len).zip(starts) {
+                copy(o, d);
+            }
+        });
+    } else {
+        for (d, o) in out.chunks_mut(len.max(1)).zip(outer.offsets()) {
+            copy(o, d);
         }
     }
     out
 }
+
+/// Elements from which a strided gather runs on several threads.
+const PAR_GATHER_MIN: usize = 1 << 17;
 
 /// Element conversion with the fast paths that matter (half ↔ f32) and f64 as the pivot otherwise.
 #[inline]

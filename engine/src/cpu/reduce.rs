@@ -10,12 +10,13 @@ impl backend::Reduce for Cpu {
         let mut shape = x.shape().to_vec();
         let r = Reads::new(&[x]);
         let v = crate::float_map!(r.floats(0)?, v => {
-            let mut cur = v.into_owned();
+            // The first reduction reads the input in place (no copy of it).
+            let mut cur = v;
             for &d in dims {
-                cur = sum_dim(&cur, &shape, d);
+                cur = std::borrow::Cow::Owned(sum_dim(&cur, &shape, d));
                 shape[d] = 1;
             }
-            cur
+            cur.into_owned()
         });
         Ok(out(v, x.dtype(), out_shape))
     }
@@ -68,6 +69,19 @@ impl backend::Reduce for Cpu {
 fn sum_dim<T: Float>(x: &[T], shape: &[usize], dim: usize) -> Vec<T> {
     let (outer, d, inner) = crate::shape::split_at_dim(shape, dim);
     let mut out = vec![T::ZERO; outer * inner];
+    if outer == 1 && d * inner >= 1 << 17 && inner >= 64 {
+        // A leading-dim sum (a bias gradient): column blocks on rayon's threads.
+        use rayon::prelude::*;
+        let block = inner.div_ceil(rayon::current_num_threads() * 4).next_multiple_of(16);
+        out.par_chunks_mut(block).enumerate().for_each(|(b, dst)| {
+            let c0 = b * block;
+            for k in 0..d {
+                let src = &x[k * inner + c0..k * inner + c0 + dst.len()];
+                dst.iter_mut().zip(src).for_each(|(a, &v)| *a += v);
+            }
+        });
+        return out;
+    }
     for o in 0..outer {
         let dst = &mut out[o * inner..(o + 1) * inner];
         for k in 0..d {
