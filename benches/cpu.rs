@@ -141,11 +141,35 @@ fn gelu_rows(rows: usize, width: usize) -> Result<Vec<Row>> {
     ])
 }
 
+/// The Linear shapes of the `pg-4x4` training step (`benches/step`): rows × in → out, as the
+/// forward `x·Wᵀ`, the input gradient `G·W` and the weight gradient `Gᵀ·X` run them. The same
+/// shapes through NumPy (OpenBLAS) and PyTorch (MKL): `benches/baseline/gemm.py`.
+const LINEAR_SHAPES: [(usize, usize, usize); 6] =
+    [(648, 512, 640), (648, 512, 4096), (648, 2048, 512), (512, 256, 768), (512, 256, 1024), (512, 1024, 256)];
+
+fn linear_rows(runs: usize) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for (m, k, n) in LINEAR_SHAPES {
+        let x = randn(&[m, k], 1)?;
+        let w = randn(&[n, k], 2)?;
+        let g = randn(&[m, n], 3)?;
+        let gflops = |s: f64| format!("{:.1} GFLOP/s", 2.0 * (m * n * k) as f64 / s / 1e9);
+        let fwd = median_secs(runs, || x.linear(&w, None).map(|_| ()))?;
+        let dx = median_secs(runs, || g.matmul(&w).map(|_| ()))?;
+        let dw = median_secs(runs, || g.t()?.matmul(&x).map(|_| ()))?;
+        for (what, s) in [("linear x·Wᵀ", fwd), ("linear dX = G·W", dx), ("linear dW = Gᵀ·X", dw)] {
+            rows.push(Row { what: what.into(), shape: format!("{m} rows, {k} → {n}"), ms: s * 1e3, rate: gflops(s) });
+        }
+    }
+    Ok(rows)
+}
+
 fn main() -> Result<()> {
     // Other processes skew CPU timings badly on a 2-core machine: record the load we ran under.
     let load =
         std::fs::read_to_string("/proc/loadavg").ok().and_then(|s| s.split_whitespace().next().map(String::from));
     let mut rows = Vec::new();
+    rows.extend(linear_rows(9)?);
     for n in [512, 1024, 2048] {
         rows.push(matmul_row(n, n, n, if n == 2048 { 3 } else { 5 })?);
     }
