@@ -409,15 +409,9 @@ mod tests {
 
     /// Reference: the naive triple loop in f64.
     fn naive(
-        m: usize,
-        n: usize,
-        k: usize,
-        a: &[f32],
-        ars: usize,
-        acs: usize,
-        b: &[f32],
-        brs: usize,
-        bcs: usize,
+        (m, n, k): (usize, usize, usize),
+        (a, ars, acs): (&[f32], usize, usize),
+        (b, brs, bcs): (&[f32], usize, usize),
     ) -> Vec<f64> {
         let mut c = vec![0.0f64; m * n];
         for i in 0..m {
@@ -448,7 +442,7 @@ mod tests {
                 let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
                 let (ars, acs) = if ta { (1, m) } else { (k, 1) };
                 let (brs, bcs) = if tb { (1, k) } else { (n, 1) };
-                let want = naive(m, n, k, &a, ars, acs, &b, brs, bcs);
+                let want = naive((m, n, k), (&a, ars, acs), (&b, brs, bcs));
                 for (acc, par) in [(false, false), (true, true)] {
                     let init: Vec<f32> = (0..m * n).map(|_| rnd()).collect();
                     let mut c = if acc { init.clone() } else { vec![f32::NAN; m * n] };
