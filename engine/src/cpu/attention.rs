@@ -97,7 +97,7 @@ const PAR_MIN_FLOPS: usize = 1 << 16;
 /// `dst[m×n] (row stride dst_rs) = (accumulate ? dst : 0) + beta · a[m×k] · b[k×n]`, with `a` and `b`
 /// given by row and column strides.
 #[allow(clippy::too_many_arguments)]
-fn gemm<T: Float + 'static>(
+fn gemm<T: Float>(
     (m, n, k): (usize, usize, usize),
     dst: &mut [T],
     dst_rs: usize,
@@ -121,7 +121,7 @@ fn gemm<T: Float + 'static>(
     }
     assert!(last(m, k, a_rs, a_cs) < a.len(), "attention gemm: lhs out of bounds");
     assert!(last(k, n, b_rs, b_cs) < b.len(), "attention gemm: rhs out of bounds");
-    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && sgemm::available() {
+    if T::DTYPE == crate::DType::F32 && sgemm::available() {
         // SAFETY: as below; `T` is f32, so the casts are identities.
         unsafe {
             sgemm::sgemm(

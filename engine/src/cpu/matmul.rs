@@ -1,4 +1,5 @@
-//! CPU matmul on the `gemm` crate. f32 and f64 natively; bf16/f16 are converted to f32.
+//! CPU matmul: f32 on our AVX-512 GEMM (`sgemm.rs`) where the CPU has it, else and for f64 on the
+//! `gemm` crate; bf16/f16 are converted to f32.
 
 use super::{out_storage, sgemm, Cpu, Reads};
 use crate::{backend, CpuStorage, DType, Layout, Result, Tensor};
@@ -56,12 +57,12 @@ fn matmul(
     }
 }
 
-fn batched<T: crate::dtype::Float + 'static>(x: &[T], la: &Layout, y: &[T], lb: &Layout, bias: Option<&[T]>) -> Vec<T> {
+fn batched<T: crate::dtype::Float>(x: &[T], la: &Layout, y: &[T], lb: &Layout, bias: Option<&[T]>) -> Vec<T> {
     let r = la.rank();
     let (m, k, n) = (la.shape()[r - 2], la.shape()[r - 1], lb.shape()[r - 1]);
     let batch_shape = &la.shape()[..r - 2];
     let nb: usize = batch_shape.iter().product();
-    let use_sgemm = std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && sgemm::available();
+    let use_sgemm = T::DTYPE == DType::F32 && sgemm::available();
     if use_sgemm && m > 0 && n > 0 && k > 0 {
         return batched_sgemm(x, la, y, lb, bias, (m, n, k));
     }
