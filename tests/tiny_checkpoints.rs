@@ -162,9 +162,12 @@ fn kosmos2_tiny_checkpoint() {
 
 // ----- bad processor files: errors name the file and the field or token -----------------------
 
+/// A file name and what to do to its JSON (`None` from the closure deletes the file).
+type Edit<'a> = (&'a str, &'a dyn Fn(&mut serde_json::Value) -> Option<()>);
+
 /// A copy of `family`'s config, tokenizer and processor files (no weights) in a fresh directory,
 /// with `edit` applied to the JSON of each file it names (`None` deletes the file).
-fn edited(family: &str, tag: &str, edits: &[(&str, &dyn Fn(&mut serde_json::Value) -> Option<()>)]) -> PathBuf {
+fn edited(family: &str, tag: &str, edits: &[Edit]) -> PathBuf {
     let src = tiny(family);
     let dir = std::env::temp_dir().join(format!("vlm4vla-proc-{family}-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -226,7 +229,7 @@ fn assert_mentions(err: String, parts: &[&str]) {
     }
 }
 
-fn qwen_err(tag: &str, edits: &[(&str, &dyn Fn(&mut serde_json::Value) -> Option<()>)]) -> String {
+fn qwen_err(tag: &str, edits: &[Edit]) -> String {
     let dir = edited("qwen2_5_vl", tag, edits);
     let cfg = vlm4vla::models::qwen2_5_vl::Qwen25VlConfig::from_file(dir.join("config.json")).unwrap();
     let tok = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
@@ -235,7 +238,7 @@ fn qwen_err(tag: &str, edits: &[(&str, &dyn Fn(&mut serde_json::Value) -> Option
     err
 }
 
-fn paligemma_err(tag: &str, edits: &[(&str, &dyn Fn(&mut serde_json::Value) -> Option<()>)]) -> String {
+fn paligemma_err(tag: &str, edits: &[Edit]) -> String {
     let dir = edited("paligemma", tag, edits);
     let cfg = vlm4vla::models::paligemma::PaliGemmaConfig::from_file(dir.join("config.json")).unwrap();
     let tok = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
@@ -244,7 +247,7 @@ fn paligemma_err(tag: &str, edits: &[(&str, &dyn Fn(&mut serde_json::Value) -> O
     err
 }
 
-fn kosmos2_err(tag: &str, edits: &[(&str, &dyn Fn(&mut serde_json::Value) -> Option<()>)]) -> String {
+fn kosmos2_err(tag: &str, edits: &[Edit]) -> String {
     let dir = edited("kosmos2", tag, edits);
     let cfg = vlm4vla::models::kosmos2::Kosmos2Config::from_file(dir.join("config.json")).unwrap();
     let tok = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
