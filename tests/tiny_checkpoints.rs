@@ -2,9 +2,10 @@
 //! `tools/tiny_checkpoints/make.py` with transformers) load the way a real checkpoint does:
 //! resolved as a directory, `config.json` parsed and dispatched on `model_type`, the bf16
 //! `model.safetensors` loaded by tensor name into the family's model, `tokenizer.json` read by our
-//! tokenizer wrapper; the family's processor lays out the first frame of the tiny LeRobot dataset
-//! (`tests/fixtures/tiny/lerobot/`, written by `vlm4vla collect`) and its task exactly as
-//! transformers' processor did, and one backbone forward matches transformers' last hidden state.
+//! tokenizer wrapper; the family's processor, built by `from_checkpoint` from the checkpoint's own
+//! `preprocessor_config.json` / `processor_config.json` / `tokenizer_config.json` and tokenizer,
+//! lays out the first frame of the tiny LeRobot dataset (`tests/fixtures/tiny/lerobot/`, written
+//! by `vlm4vla collect`) and its task exactly as transformers' processor did, and one backbone forward matches transformers' last hidden state.
 //!
 //! Tolerance: `|ours − ref| ≤ 1e-5 + 1e-5·|ref|`, as the parity tests (both sides compute in f32
 //! from the same bf16 weights).
@@ -335,4 +336,32 @@ fn kosmos2_processor_errors_name_file_and_field() {
     assert_mentions(e, &["tokenizer.json", "<nope>"]);
     let e = kosmos2_err("boi", &[("tokenizer.json", &drop_token("<image>"))]);
     assert_mentions(e, &["tokenizer.json", "<image>"]);
+}
+
+#[test]
+fn processors_read_token_objects_and_resize_to_the_model_size() {
+    // Hub tokenizer_config.json files often spell a special token as an AddedToken object.
+    let pad = serde_json::json!({"content": "<pad>", "lstrip": false, "normalized": false, "special": true});
+    let dir = edited("paligemma", "object", &[("tokenizer_config.json", &set("pad_token", pad))]);
+    let cfg = vlm4vla::models::paligemma::PaliGemmaConfig::from_file(dir.join("config.json")).unwrap();
+    let tok = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    let p = PaliGemmaProcessor::from_checkpoint(&dir, &cfg, &tok).unwrap();
+    assert_eq!(p.pad_token_id, tok.require_id("<pad>").unwrap());
+    std::fs::remove_dir_all(&dir).unwrap();
+    let odd = RgbImage::from_raw((0..70 * 42 * 3).map(|i| (i % 251) as u8).collect(), 70, 42, 3).unwrap();
+    let img = p.resize(&odd).unwrap();
+    assert_eq!((img.width, img.height), (56, 56));
+
+    let (dir, tok, _) = open("kosmos2", ModelType::Kosmos2);
+    let cfg = vlm4vla::models::kosmos2::Kosmos2Config::from_file(dir.join("config.json")).unwrap();
+    let img = Kosmos2Processor::from_checkpoint(&dir, &cfg, &tok).unwrap().resize(&odd).unwrap();
+    assert_eq!((img.width, img.height), (56, 56));
+
+    let (dir, tok, _) = open("qwen2_5_vl", ModelType::Qwen2_5Vl);
+    let cfg = vlm4vla::models::qwen2_5_vl::Qwen25VlConfig::from_file(dir.join("config.json")).unwrap();
+    let p = Qwen25VlProcessor::from_checkpoint(&dir, &cfg, &tok).unwrap();
+    // smart_resize: 42×70 rounds to 56×56 (multiples of 28 within [3136, 12544] pixels).
+    let image = p.image(&odd).unwrap();
+    assert_eq!(image.grid_thw, [1, 4, 4]);
+    assert_eq!(image.pixel_values.shape(), [16, 3 * 2 * 14 * 14]);
 }
