@@ -1,6 +1,7 @@
-//! The Kosmos-2 processor: image normalisation (`CLIPImageProcessor` after resizing, which is
-//! done elsewhere) and the prompt layout of `Kosmos2Processor` in transformers 5.24.0
+//! The Kosmos-2 processor: `CLIPImageProcessor`'s resize, centre crop and normalisation, and the
+//! prompt layout of `Kosmos2Processor` in transformers 5.24.0
 //! (`models/kosmos2/processing_kosmos2.py`), with left-padded batch collation.
+//! [`Kosmos2Processor::from_checkpoint`] reads a checkpoint's own processor files and tokenizer.
 
 use super::config::Kosmos2Config;
 use crate::common::backbone::BackboneInput;

@@ -1,8 +1,9 @@
-//! PaliGemma's processor for images already at the model size and already-tokenized prompts,
-//! mirroring transformers 5.24.0 `SiglipImageProcessor` (rescale 1/255, normalise with mean 0.5
-//! and std 0.5, channels first) and `PaliGemmaProcessor`'s token layout
-//! `[image]×N, bos, prompt…, "\n"` (token type 0) + optional `suffix…, eos` (token type 1),
-//! with batches LEFT-padded.
+//! PaliGemma's processor, mirroring transformers 5.24.0 `SiglipImageProcessor` (rescale 1/255,
+//! normalise with mean 0.5 and std 0.5, channels first) and `PaliGemmaProcessor`'s token layout
+//! `[image]×N, bos, prompt…, "\n"` (token type 0) + optional `suffix…, eos` (token type 1), with
+//! batches LEFT-padded. Prompts come already tokenized and images at the model size (see
+//! [`PaliGemmaProcessor::resize`]); [`PaliGemmaProcessor::from_checkpoint`] reads a checkpoint's
+//! own `preprocessor_config.json` and tokenizer.
 
 use super::config::{PaliGemmaConfig, NEWLINE_TOKEN};
 use crate::common::backbone::BackboneInput;

@@ -3,7 +3,10 @@
 //! are already multiples of 28, the chat-template token layout with the expanded `<|image_pad|>`
 //! run, and left-padded batch collation.
 //!
-//! Resizing is not done here: use [`smart_resize`] for the target size and the shared resampler.
+//! The free functions use the real checkpoints' settings and take images already resized;
+//! [`Qwen25VlProcessor::from_checkpoint`] reads a checkpoint's own `preprocessor_config.json`
+//! (`min_pixels` / `max_pixels`, normalisation) and tokenizer, and also resizes with
+//! [`smart_resize`] and the shared Pillow-exact resampler.
 
 use super::config::Qwen25VlConfig;
 use crate::common::image::RgbImage;
