@@ -7,4 +7,5 @@ pub mod checkpoint;
 pub mod config;
 pub mod fused;
 pub mod image;
+pub mod processor_files;
 pub mod tokenizer;

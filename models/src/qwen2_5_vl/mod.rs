@@ -19,7 +19,10 @@ pub mod vision;
 
 pub use config::{Qwen25VlConfig, TextConfig, VisionConfig};
 pub use names::{fused_layout, group_of, hub_name, num_params, param_shapes};
-pub use processor::{chat_layout, collate, preprocess, smart_resize, ChatTokens, ProcessedImage, PromptLayout};
+pub use processor::{
+    chat_layout, collate, patchify, preprocess, smart_resize, ChatTokens, ProcessedImage, PromptLayout,
+    Qwen25VlProcessor,
+};
 
 use crate::common::fused::FusedLayout;
 use crate::{Backbone, BackboneInput, BackboneOutput, ParamGroup};

@@ -3,10 +3,17 @@
 //! are already multiples of 28, the chat-template token layout with the expanded `<|image_pad|>`
 //! run, and left-padded batch collation.
 //!
-//! Resizing is not done here: use [`smart_resize`] for the target size and the shared resampler.
+//! The free functions use the real checkpoints' settings and take images already resized;
+//! [`Qwen25VlProcessor::from_checkpoint`] reads a checkpoint's own `preprocessor_config.json`
+//! (`min_pixels` / `max_pixels`, normalisation) and tokenizer, and also resizes with
+//! [`smart_resize`] and the shared Pillow-exact resampler.
 
 use super::config::Qwen25VlConfig;
+use crate::common::image::RgbImage;
+use crate::common::processor_files::{check_config_id, single_token_id, PixelNormalization, ProcessorFiles, Resample};
+use crate::common::tokenizer::Tokenizer;
 use crate::BackboneInput;
+use std::path::Path;
 use vlm4vla_engine::{Device, Error, Result, Tensor};
 
 const OP: &str = "qwen2_5_vl preprocess";
@@ -34,6 +41,18 @@ pub struct ProcessedImage {
 /// of `patch · merge` = 28): `((x·(1/255)) − mean) / std` in f32 as transformers' PIL backend
 /// computes it, then rows laid out `(c, t, py, px)` with the still frame duplicated in time.
 pub fn preprocess(rgb: &[u8], height: usize, width: usize, cfg: &Qwen25VlConfig) -> Result<ProcessedImage> {
+    let clip = PixelNormalization::new(CLIP_MEAN.map(|x| x as f32), CLIP_STD.map(|x| x as f32));
+    patchify(rgb, height, width, cfg, &clip)
+}
+
+/// [`preprocess`] with the checkpoint's own rescale factor, mean and std.
+pub fn patchify(
+    rgb: &[u8],
+    height: usize,
+    width: usize,
+    cfg: &Qwen25VlConfig,
+    normalization: &PixelNormalization,
+) -> Result<ProcessedImage> {
     cfg.validate().map_err(|msg| Error::Invalid { op: OP, msg })?;
     let v = &cfg.vision;
     let (p, m, tp) = (v.patch_size, v.spatial_merge_size, v.temporal_patch_size);
@@ -67,12 +86,7 @@ pub fn preprocess(rgb: &[u8], height: usize, width: usize, cfg: &Qwen25VlConfig)
             msg: format!("image sides {height}×{width} must be multiples of {factor}; resize first (see smart_resize)"),
         });
     }
-    let mean: Vec<f32> = CLIP_MEAN.iter().map(|&x| x as f32).collect();
-    let std: Vec<f32> = CLIP_STD.iter().map(|&x| x as f32).collect();
-    let norm = |y: usize, x: usize, c: usize| -> f32 {
-        let v = ((rgb[(y * width + x) * 3 + c] as f64) * (1.0 / 255.0)) as f32;
-        (v - mean[c]) / std[c]
-    };
+    let norm = |y: usize, x: usize, c: usize| -> f32 { normalization.apply(rgb[(y * width + x) * 3 + c], c) };
     let (gh, gw) = (height / p, width / p);
     let row = 3 * tp * p * p;
     let mut out = Vec::with_capacity(gh * gw * row);
@@ -96,6 +110,9 @@ pub fn preprocess(rgb: &[u8], height: usize, width: usize, cfg: &Qwen25VlConfig)
     }
     Ok(ProcessedImage { pixel_values: Tensor::from_vec(out, &[gh * gw, row], Device::Cpu)?, grid_thw: [1, gh, gw] })
 }
+
+/// The system message the chat template inserts when none is given.
+pub const DEFAULT_SYSTEM_MESSAGE: &str = "You are a helpful assistant.";
 
 /// The special and template token ids of the chat layout.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,6 +148,26 @@ impl ChatTokens {
             vision_end: 151653,
             image_pad: 151655,
         }
+    }
+
+    /// The ids of the chat template's tokens in `tok`: the special tokens by name (`pad` spelled
+    /// `pad_token`, e.g. `<|endoftext|>`), the role names, `"\n"` and the default system message
+    /// encoded as the template's text. Errors name the tokenizer file and the missing token.
+    pub fn from_tokenizer(tok: &Tokenizer, pad_token: &str) -> Result<Self> {
+        let enc = |t: &str| tok.encode(t, false);
+        Ok(ChatTokens {
+            im_start: tok.require_id("<|im_start|>")?,
+            im_end: tok.require_id("<|im_end|>")?,
+            pad: tok.require_id(pad_token)?,
+            newline: single_token_id(tok, "\n")?,
+            system: enc("system")?,
+            default_system: enc(DEFAULT_SYSTEM_MESSAGE)?,
+            user: enc("user")?,
+            assistant: enc("assistant")?,
+            vision_start: tok.require_id("<|vision_start|>")?,
+            vision_end: tok.require_id("<|vision_end|>")?,
+            image_pad: tok.require_id("<|image_pad|>")?,
+        })
     }
 
     /// The tiny model's ids (`Qwen25VlConfig::tiny()`, vocabulary 128; the fixture generator uses
@@ -225,4 +262,118 @@ pub fn collate(samples: &[(PromptLayout, Vec<ProcessedImage>)], pad_id: i64) -> 
         attention_mask: Tensor::from_vec(mask, &[b, len], Device::Cpu)?,
         token_type: Tensor::from_vec(types, &[b, len], Device::Cpu)?,
     })
+}
+
+/// The class defaults of `Qwen2VLImageProcessor` (`size` when the file has none).
+const DEFAULT_MIN_PIXELS: usize = 56 * 56;
+const DEFAULT_MAX_PIXELS: usize = 28 * 28 * 1280;
+
+/// Qwen2.5-VL's processor as a checkpoint's files define it (transformers 5.25
+/// `Qwen2VLImageProcessorPil` + `Qwen2_5_VLProcessor`): `smart_resize` between `min_pixels` and
+/// `max_pixels`, the checkpoint's normalisation, the chat layout with the tokenizer's ids.
+#[derive(Clone, Debug)]
+pub struct Qwen25VlProcessor {
+    pub chat: ChatTokens,
+    pub normalization: PixelNormalization,
+    /// `do_resize`: resize with `smart_resize` (else the sides must already be multiples of 28).
+    pub do_resize: bool,
+    pub resample: Resample,
+    /// `size.shortest_edge` (or the older top-level `min_pixels`, which wins).
+    pub min_pixels: usize,
+    /// `size.longest_edge` (or the older top-level `max_pixels`, which wins).
+    pub max_pixels: usize,
+    cfg: Qwen25VlConfig,
+}
+
+impl Qwen25VlProcessor {
+    /// The processor of the checkpoint in `dir`: `preprocessor_config.json` (or the
+    /// `image_processor` of `processor_config.json`) for the image settings, whose
+    /// `patch_size` / `temporal_patch_size` / `merge_size` must agree with `cfg`;
+    /// `tokenizer_config.json`'s `pad_token`; every token id from `tok`, where the image and vision
+    /// tokens must agree with `cfg`. Errors name the file and the field or token.
+    ///
+    /// ```no_run
+    /// use std::path::Path;
+    /// use vlm4vla_models::common::tokenizer::Tokenizer;
+    /// use vlm4vla_models::qwen2_5_vl::{Qwen25VlConfig, Qwen25VlProcessor};
+    /// let dir = Path::new("Qwen2.5-VL-3B-Instruct");
+    /// let cfg = Qwen25VlConfig::from_file(dir.join("config.json")).unwrap();
+    /// let tok = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    /// let p = Qwen25VlProcessor::from_checkpoint(dir, &cfg, &tok).unwrap();
+    /// ```
+    pub fn from_checkpoint(dir: &Path, cfg: &Qwen25VlConfig, tok: &Tokenizer) -> Result<Self> {
+        cfg.validate().map_err(|msg| Error::file(dir.join("config.json"), msg))?;
+        let files = ProcessorFiles::read(dir)?;
+        let f = &files.image.file;
+        let v = &cfg.vision;
+        for (field, ours, default) in [
+            ("patch_size", v.patch_size, 14),
+            ("temporal_patch_size", v.temporal_patch_size, 2),
+            ("merge_size", v.spatial_merge_size, 2),
+        ] {
+            let value = f.usize(field)?.unwrap_or(default);
+            if value != ours {
+                return Err(f.error(field, format!("{value} does not match the model's {ours} (config.json)")));
+            }
+        }
+        let min_pixels = match f.usize("min_pixels")? {
+            Some(n) => n,
+            None => f.usize("size.shortest_edge")?.unwrap_or(DEFAULT_MIN_PIXELS),
+        };
+        let max_pixels = match f.usize("max_pixels")? {
+            Some(n) => n,
+            None => f.usize("size.longest_edge")?.unwrap_or(DEFAULT_MAX_PIXELS),
+        };
+        if min_pixels == 0 || min_pixels > max_pixels {
+            return Err(f.error(
+                "size",
+                format!("min_pixels {min_pixels} must be positive and at most max_pixels {max_pixels}"),
+            ));
+        }
+        let chat = ChatTokens::from_tokenizer(tok, &files.special_token("pad_token", "<|endoftext|>")?)?;
+        check_config_id(tok, "<|image_pad|>", chat.image_pad, "image_token_id", cfg.image_token_id)?;
+        check_config_id(
+            tok,
+            "<|vision_start|>",
+            chat.vision_start,
+            "vision_start_token_id",
+            cfg.vision_start_token_id,
+        )?;
+        check_config_id(tok, "<|vision_end|>", chat.vision_end, "vision_end_token_id", cfg.vision_end_token_id)?;
+        Ok(Qwen25VlProcessor {
+            chat,
+            normalization: files.image.normalization,
+            do_resize: files.image.do_resize,
+            resample: files.image.resample,
+            min_pixels,
+            max_pixels,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// The `(height, width)` an image of `height × width` is resized to.
+    pub fn target_size(&self, height: usize, width: usize) -> Result<(usize, usize)> {
+        if !self.do_resize {
+            return Ok((height, width));
+        }
+        let factor = self.cfg.vision.patch_size * self.cfg.vision.spatial_merge_size;
+        smart_resize(height, width, factor, self.min_pixels, self.max_pixels)
+    }
+
+    /// Resize (see [`target_size`](Self::target_size)), normalise and patchify one image.
+    pub fn image(&self, img: &RgbImage) -> Result<ProcessedImage> {
+        let (h, w) = self.target_size(img.height, img.width)?;
+        let resized = if (h, w) == (img.height, img.width) { img.clone() } else { self.resample.resize(img, w, h)? };
+        patchify(&resized.data, h, w, &self.cfg, &self.normalization)
+    }
+
+    /// The chat layout of one sample (see [`chat_layout`]).
+    pub fn prompt(&self, prompt_ids: &[i64], image_grids: &[[usize; 3]]) -> PromptLayout {
+        chat_layout(&self.chat, prompt_ids, image_grids, &self.cfg)
+    }
+
+    /// Left-pad samples into one batch with the tokenizer's pad id (see [`collate`]).
+    pub fn collate(&self, samples: &[(PromptLayout, Vec<ProcessedImage>)]) -> Result<BackboneInput> {
+        collate(samples, self.chat.pad)
+    }
 }
