@@ -135,7 +135,7 @@ fn gather_convert<S: WithDType, T: WithDType>(v: &[S], layout: &Layout) -> Vec<T
 
 /// The elements of a strided `layout` of `v`, converted by `conv`, run by run ([`Layout::runs`]);
 /// large layouts are copied by rayon's threads, a block of runs each.
-pub(crate) fn gather_runs<S: Copy + Sync, T: bytemuck::Pod + Send>(
+pub(crate) fn gather_runs<S: Copy + Sync, T: Copy + Send>(
     v: &[S],
     layout: &Layout,
     conv: impl Fn(S) -> T + Sync,
@@ -144,31 +144,37 @@ pub(crate) fn gather_runs<S: Copy + Sync, T: bytemuck::Pod + Send>(
     if n == 0 {
         return Vec::new();
     }
+    // n > 0, so every run is at least one element long.
     let (outer, len, stride) = layout.runs();
-    let copy = |o: usize, dst: &mut [T]| {
+    let copy = |o: usize, dst: &mut [std::mem::MaybeUninit<T>]| {
         if stride == 1 {
-            dst.iter_mut().zip(&v[o..o + len]).for_each(|(d, &x)| *d = conv(x));
+            dst.iter_mut().zip(&v[o..o + len]).for_each(|(d, &x)| _ = d.write(conv(x)));
         } else if stride == 0 {
-            dst.fill(conv(v[o]));
+            let x = conv(v[o]);
+            dst.iter_mut().for_each(|d| _ = d.write(x));
         } else {
-            dst.iter_mut().zip(v[o..].iter().step_by(stride)).for_each(|(d, &x)| *d = conv(x));
+            dst.iter_mut().zip(v[o..].iter().step_by(stride)).for_each(|(d, &x)| _ = d.write(conv(x)));
         }
     };
-    let mut out = vec![T::zeroed(); n];
-    if n >= PAR_GATHER_MIN && len > 0 {
+    let mut out = Vec::with_capacity(n);
+    let dst = &mut out.spare_capacity_mut()[..n];
+    if n >= PAR_GATHER_MIN {
         use rayon::prelude::*;
         let starts: Vec<usize> = outer.offsets().collect();
-        let per_task = (PAR_GATHER_MIN / 4).div_ceil(len).max(1);
-        out.par_chunks_mut(per_task * len).zip(starts.par_chunks(per_task)).for_each(|(dst, starts)| {
+        let per_task = (PAR_GATHER_MIN / 4).div_ceil(len);
+        dst.par_chunks_mut(per_task * len).zip(starts.par_chunks(per_task)).for_each(|(dst, starts)| {
             for (d, &o) in dst.chunks_mut(len).zip(starts) {
                 copy(o, d);
             }
         });
     } else {
-        for (d, o) in out.chunks_mut(len.max(1)).zip(outer.offsets()) {
+        for (d, o) in dst.chunks_mut(len).zip(outer.offsets()) {
             copy(o, d);
         }
     }
+    // SAFETY: the runs tile the layout's `n` elements in order, so every slot of `dst` (the
+    // first `n` of the capacity) was written above.
+    unsafe { out.set_len(n) };
     out
 }
 

@@ -144,11 +144,7 @@ impl backend::Index for Cpu {
 
 /// A tensor's elements as a contiguous `[T]`, borrowed when the layout is already contiguous.
 fn elems<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<Cow<'a, [T]>> {
-    let v = s.as_slice::<T>()?;
-    Ok(match l.contiguous_range() {
-        Some(r) => Cow::Borrowed(&v[r]),
-        None => Cow::Owned(crate::storage::gather_runs(v, l, |x| x)),
-    })
+    Ok(super::borrow(s.as_slice::<T>()?, l))
 }
 
 /// Run `$body` (a `Vec<$T>`) with `$T` bound to the element type of `$dtype`; wrap it as storage.

@@ -92,13 +92,15 @@ pub(crate) enum FloatVec {
     F64(Vec<f64>),
 }
 
-pub(crate) fn floats<'a>(s: &'a CpuStorage, l: &Layout) -> Floats<'a> {
-    fn borrow<'a, T: WithDType + Clone>(v: &'a [T], l: &Layout) -> Cow<'a, [T]> {
-        match l.contiguous_range() {
-            Some(r) => Cow::Borrowed(&v[r]),
-            None => Cow::Owned(crate::storage::gather_runs(v, l, |x| x)),
-        }
+/// The elements of layout `l` over `v`, contiguous: borrowed when `l` already is, else gathered.
+pub(crate) fn borrow<'a, T: WithDType>(v: &'a [T], l: &Layout) -> Cow<'a, [T]> {
+    match l.contiguous_range() {
+        Some(r) => Cow::Borrowed(&v[r]),
+        None => Cow::Owned(crate::storage::gather_runs(v, l, |x| x)),
     }
+}
+
+pub(crate) fn floats<'a>(s: &'a CpuStorage, l: &Layout) -> Floats<'a> {
     match s {
         CpuStorage::F32(v) => Floats::F32(borrow(v, l)),
         CpuStorage::F64(v) => Floats::F64(borrow(v, l)),
