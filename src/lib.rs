@@ -10,4 +10,5 @@ pub use vlm4vla_models as models;
 pub mod data;
 pub mod demo;
 pub mod env;
+pub mod finetune;
 pub mod train;

@@ -156,3 +156,27 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn mean_std_maps_a_band_of_sigmas_to_the_unit_range() {
+    // Arm dims 0 and 1, then the gripper.
+    let s = ActionStats {
+        min: vec![-9.0, -9.0, -1.0],
+        max: vec![9.0, 9.0, 1.0],
+        mean: vec![1.0, -2.0, 0.0],
+        std: vec![0.5, 2.0, 1.0],
+        q01: vec![-9.0, -9.0, -1.0],
+        q99: vec![9.0, 9.0, 1.0],
+    };
+    let n = ActionNormalizer::from_stats(NormalizationMode::MeanStd { sigmas: 2.0 }, &s).unwrap();
+    // mean + 1 std is half the band; mean − 2 std its low end; beyond saturates.
+    let y = n.normalize_arm(&[1.5, -6.0, 3.0, 100.0]).unwrap();
+    for (a, b) in y.iter().zip([0.5, -1.0, 1.0, 1.0]) {
+        assert!((a - b).abs() < 1e-6, "{y:?}");
+    }
+    let back = n.denormalize_arm(&[0.5, -1.0]).unwrap();
+    assert!((back[0] - 1.5).abs() < 1e-6 && (back[1] + 6.0).abs() < 1e-6, "{back:?}");
+    for bad in [0.0, -1.0, f32::NAN] {
+        assert!(ActionNormalizer::from_stats(NormalizationMode::MeanStd { sigmas: bad }, &s).is_err(), "{bad}");
+    }
+}

@@ -6,7 +6,7 @@ use crate::common::backbone::{Backbone, ParamGroup};
 use crate::{kosmos2, paligemma, qwen2_5_vl};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use vlm4vla_engine::{DType, Error, Result, SafeTensorsFile};
+use vlm4vla_engine::{DType, Device, Error, Result, SafeTensorsFile};
 
 /// A parsed config of any family.
 #[derive(Clone, Debug)]
@@ -287,4 +287,20 @@ pub fn group_digits(n: usize) -> String {
         out.push(c);
     }
     out
+}
+
+/// A copy of `backbone` (built from `config`) with every parameter on `device`, fused projections
+/// kept fused; the CPU copy can be dropped afterwards.
+pub fn backbone_to_device(config: &ModelConfig, backbone: &dyn Backbone, device: Device) -> Result<Box<dyn Backbone>> {
+    let mut moved = vlm4vla_engine::ParamStore::new();
+    for (name, t) in backbone.params().iter() {
+        moved.insert(name.to_string(), &t.to_device(device)?)?;
+    }
+    let mut out: Box<dyn Backbone> = match config {
+        ModelConfig::Qwen25Vl(c) => Box::new(qwen2_5_vl::Qwen25Vl::from_params(c.clone(), moved)?),
+        ModelConfig::PaliGemma(c) => Box::new(paligemma::PaliGemma::from_params(c.clone(), moved)?),
+        ModelConfig::Kosmos2(c) => Box::new(kosmos2::Kosmos2::from_params(c.clone(), moved)?),
+    };
+    out.set_checkpoint_activations(backbone.checkpoint_activations());
+    Ok(out)
 }

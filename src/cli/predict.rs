@@ -4,28 +4,33 @@ use std::path::PathBuf;
 use vlm4vla::demo::LoadedPolicy;
 
 /// The long help of the subcommand.
-pub const LONG_ABOUT: &str = "Load a checkpoint, read an RGB PNG at the policy's image size and an \
-instruction, and print the predicted action chunk as JSON: {\"chunk\": [[dx, dy, dz, droll, \
-dpitch, dyaw, gripper], ...]} with the gripper +1 (open) or -1 (closed).";
+pub const LONG_ABOUT: &str = "Load a checkpoint, read an RGB image and an instruction, and print the \
+predicted action chunk as JSON: {\"chunk\": [[a0, ..., a5, gripper], ...]} in raw action units. \
+A fine-tuned checkpoint takes a PNG of any size (the backbone's processor \
+resizes it) and, when it was trained with a state input, --state in raw units. A tabletop \
+checkpoint takes a PNG at the policy's image size; its gripper is +1 (open) or -1 (closed).";
 
 #[derive(clap::Args, Debug)]
 pub struct PredictArgs {
     /// Checkpoint directory (or a run's output directory).
     #[arg(long)]
     checkpoint: PathBuf,
-    /// PNG image, square, at the policy's image size.
+    /// The camera image (tabletop checkpoints: a square PNG at the policy's image size).
     #[arg(long)]
     image: PathBuf,
     /// The instruction, e.g. "pick up the red block".
     #[arg(long)]
     instruction: String,
-    /// The robot's proprioceptive state, 7 comma-separated numbers `x,y,z,0,0,0,g` (positions in
-    /// [0, 1], g = +1 open / -1 closed); required by policies trained with `policy.state_dim`.
+    /// The robot's state, comma-separated (tabletop: 7 numbers `x,y,z,0,0,0,g`, positions in
+    /// [0, 1], g = +1 open / -1 closed); required by policies trained with a state input.
     #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
     state: Option<Vec<f32>>,
 }
 
 pub fn run(a: &PredictArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if vlm4vla::finetune::is_finetune_checkpoint(&a.checkpoint) {
+        return run_finetuned(a);
+    }
     let p = LoadedPolicy::open(&a.checkpoint)?;
     let bytes = std::fs::read(&a.image).map_err(|e| format!("{}: cannot read: {e}", a.image.display()))?;
     let img = vlm4vla::data::decode_png(&bytes).map_err(|e| format!("{}: not a PNG image: {e}", a.image.display()))?;
@@ -54,5 +59,14 @@ pub fn run(a: &PredictArgs) -> Result<(), Box<dyn std::error::Error>> {
     let states = state.as_ref().map(std::slice::from_ref);
     let chunk = p.predict(&[img.data.as_slice()], &[a.instruction.as_str()], states)?.remove(0);
     println!("{}", serde_json::json!({ "instruction": a.instruction, "chunk": chunk }));
+    Ok(())
+}
+
+fn run_finetuned(a: &PredictArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let p = vlm4vla::finetune::FinetunedPolicy::open(&a.checkpoint)?;
+    let img = vlm4vla::models::common::image::RgbImage::load(&a.image)?;
+    let states = a.state.clone().map(|s| vec![s]);
+    let chunk = p.predict(&[vec![img]], &[a.instruction.as_str()], states.as_deref())?.remove(0);
+    println!("{}", serde_json::json!({ "instruction": a.instruction, "step": p.step, "chunk": chunk }));
     Ok(())
 }

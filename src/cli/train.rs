@@ -2,12 +2,22 @@
 
 use std::path::PathBuf;
 use vlm4vla::demo::{train, PipelineConfig};
+use vlm4vla::finetune::{self, FinetuneConfig};
 
 /// The long help of the subcommand.
-pub const LONG_ABOUT: &str = "Train a policy on a dataset written by `vlm4vla collect`. The TOML config has \
-a top-level `dataset = \"DIR\"` and the training tables (backbone, output_dir, seed, train_modules, \
-[policy], [optim], [run]); unknown keys are errors. `vlm4vla demo` writes a complete example to \
-<out>/train.toml. Ctrl-C writes a checkpoint and stops; --resume continues from it.";
+pub const LONG_ABOUT: &str = "Train a policy from a TOML config; unknown keys are errors.
+
+A config with a [data] table fine-tunes a backbone on a LeRobot v3 dataset: `backbone` is a \
+built-in name (`vlm4vla info --model NAME`), a Hugging Face checkpoint directory or a hub id in the \
+local cache; `dtype` (f32, bf16), `device` (cpu, cuda:N); [data] names the dataset, cameras, state \
+and action keys, the normalisation and the prompt; [policy], [optim], [run] as below. Examples: \
+configs/*.toml.
+
+A config with a top-level `dataset = \"DIR\"` trains the tabletop pipeline on a dataset written by \
+`vlm4vla collect` (`vlm4vla demo` writes a complete example to <out>/train.toml).
+
+Both take backbone, output_dir, seed, train_modules, train_llm_last_layers, [policy], [optim], \
+[run]. Ctrl-C writes a checkpoint and stops; --resume continues from it.";
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
@@ -17,10 +27,35 @@ pub struct TrainArgs {
     /// Continue from a checkpoint directory (or a run's output directory).
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Write the run here instead of the config's `output_dir`.
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
 }
 
 pub fn run(a: &TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let cfg = PipelineConfig::from_file(&a.config)?;
+    let text = std::fs::read_to_string(&a.config).map_err(|e| format!("{}: cannot read: {e}", a.config.display()))?;
+    if FinetuneConfig::is_finetune_toml(&text) {
+        let mut cfg = FinetuneConfig::from_toml_str(&text, &a.config)?;
+        if let Some(d) = &a.output_dir {
+            cfg.train.output_dir = d.clone();
+        }
+        vlm4vla::train::signal::install_sigint_handler();
+        let out = finetune::train(&cfg, a.resume.as_deref())?;
+        println!(
+            "{} after {} steps: loss {:.4} → {:.4} in {:.1} s; checkpoint {}",
+            if out.stopped { "stopped" } else { "done" },
+            out.steps,
+            out.first_loss,
+            out.last_loss,
+            out.seconds,
+            out.checkpoint.display()
+        );
+        return Ok(());
+    }
+    let mut cfg = PipelineConfig::from_toml_str(&text, &a.config)?;
+    if let Some(d) = &a.output_dir {
+        cfg.train.output_dir = d.clone();
+    }
     vlm4vla::train::signal::install_sigint_handler();
     let out = train(&cfg, a.resume.as_deref())?;
     println!(

@@ -286,6 +286,22 @@ pub struct Qwen25VlProcessor {
 }
 
 impl Qwen25VlProcessor {
+    /// The processor of the real checkpoints' files (`Qwen2.5-VL-*-Instruct`: OpenAI CLIP
+    /// normalisation, bicubic, [`MIN_PIXELS`]..[`MAX_PIXELS`]) for `cfg` with the ids `chat`, for
+    /// a built-in config that comes without files. Use [`from_checkpoint`](Self::from_checkpoint)
+    /// for a checkpoint's own files.
+    pub fn new(cfg: &Qwen25VlConfig, chat: ChatTokens) -> Self {
+        Qwen25VlProcessor {
+            chat,
+            normalization: PixelNormalization::new(CLIP_MEAN.map(|x| x as f32), CLIP_STD.map(|x| x as f32)),
+            do_resize: true,
+            resample: Resample::Bicubic,
+            min_pixels: MIN_PIXELS,
+            max_pixels: MAX_PIXELS,
+            cfg: cfg.clone(),
+        }
+    }
+
     /// The processor of the checkpoint in `dir`: `preprocessor_config.json` (or the
     /// `image_processor` of `processor_config.json`) for the image settings, whose
     /// `patch_size` / `temporal_patch_size` / `merge_size` must agree with `cfg`;

@@ -6,7 +6,10 @@
 //!   setting, `clip = 0.65`);
 //! - [`NormalizationMode::MinMax`]: `2 (x - min) / (max - min) - 1` from the dataset statistics;
 //! - [`NormalizationMode::Percentile`]: the same with the 1st and 99th percentiles, clipped to
-//!   [-1, 1] (values outside the central 98% saturate).
+//!   [-1, 1] (values outside the central 98% saturate);
+//! - [`NormalizationMode::MeanStd`]: the z-score divided by `sigmas`, clipped to [-1, 1]: the
+//!   same map with bounds `mean ± sigmas · std` (LeRobot's `MEAN_STD` is `sigmas = 1`; the head's
+//!   tanh cannot reach past ±1, so a wider band keeps the tails reachable).
 //!
 //! In the statistics modes a dimension whose range is below `eps` (a constant dimension) maps to
 //! 0 and de-normalises to its mean. De-normalisation is the exact inverse on the unclipped range.
@@ -38,6 +41,8 @@ pub enum NormalizationMode {
     MinMax,
     /// Per-dimension 1st/99th percentiles from the dataset statistics.
     Percentile,
+    /// Per-dimension `mean ± sigmas · std` from the dataset statistics.
+    MeanStd { sigmas: f32 },
 }
 
 /// Per-dimension statistics of the action feature (all vectors of the action length, gripper
@@ -167,6 +172,13 @@ impl ActionNormalizer {
             NormalizationMode::FixedBounds { .. } => (Vec::new(), Vec::new()),
             NormalizationMode::MinMax => (stats.min[..arm].to_vec(), stats.max[..arm].to_vec()),
             NormalizationMode::Percentile => (stats.q01[..arm].to_vec(), stats.q99[..arm].to_vec()),
+            NormalizationMode::MeanStd { sigmas } => {
+                if !(sigmas.is_finite() && sigmas > 0.0) {
+                    return Err(Error::Invalid { op, msg: format!("mean_std: sigmas must be > 0, got {sigmas}") });
+                }
+                let band = |sign: f32| (0..arm).map(|d| stats.mean[d] + sign * sigmas * stats.std[d]).collect();
+                (band(-1.0), band(1.0))
+            }
         };
         let (gl, gh) = (stats.min[arm], stats.max[arm]);
         let (gripper_low, gripper_high) = if gh > gl { (gl, gh) } else { (-1.0, 1.0) };
