@@ -173,3 +173,20 @@ fn config_errors_name_the_key() {
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
+
+#[test]
+fn every_example_config_parses() {
+    let mut n = 0;
+    for e in std::fs::read_dir(root().join("configs")).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_some_and(|x| x == "toml") {
+            let cfg = vlm4vla::finetune::FinetuneConfig::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+            vlm4vla::finetune::ModelSource::resolve(&cfg.train.backbone)
+                .map(|_| ())
+                .or_else(|e| if path.to_string_lossy().contains("paper") { Ok(()) } else { Err(e) })
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            n += 1;
+        }
+    }
+    assert_eq!(n, 6, "three tiny and three paper configs");
+}
