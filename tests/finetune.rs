@@ -159,7 +159,7 @@ fn config_errors_name_the_key() {
         (("device = \"cpu\"", "device = \"tpu\""), "device"),
         (("normalization = \"q01_q99\"", "normalization = \"zscore\""), "normalization"),
         (("cameras = [\"observation.image\"]", "cameras = [\"observation.images.wrist\"]"), "observation.images.wrist"),
-        (("action_key = \"action\"", "action_key = \"actions\""), "action_key"),
+        (("action_key = \"action\"", "action_key = \"actions\""), "missing feature `actions`"),
         (("prompt = \"What action should the robot take to {instruction}?\"", "prompt = \"Go\""), "prompt"),
         (("workers = 2", "workers = 2\nbogus = 1"), "bogus"),
     ] {
@@ -189,4 +189,58 @@ fn every_example_config_parses() {
         }
     }
     assert_eq!(n, 6, "three tiny and three paper configs");
+}
+
+/// Two cameras of different sizes (56² and a 24×32 wrist view): every family trains on both
+/// (Qwen2.5-VL as two images in the chat, PaliGemma and Kosmos-2 tiled into one frame), predicts
+/// from two --image files, and refuses one.
+#[test]
+fn two_cameras_enter_every_family() {
+    let main = tmp("cam-main.png");
+    let wrist = tmp("cam-wrist.png");
+    std::fs::write(&main, vlm4vla::data::encode_png(&[90u8; 56 * 56 * 3], 56, 56).unwrap()).unwrap();
+    std::fs::write(&wrist, vlm4vla::data::encode_png(&[30u8; 24 * 32 * 3], 32, 24).unwrap()).unwrap();
+    for fam in FAMILIES {
+        let (dir, cfg) = with_config(&format!("2cam-{fam}"), |t| {
+            t.replace("tests/fixtures/tiny/paligemma", &format!("tests/fixtures/tiny/{fam}"))
+                .replace("tests/fixtures/tiny/lerobot", "tests/fixtures/tiny/lerobot_2cam")
+                .replace(
+                    "cameras = [\"observation.image\"]",
+                    "cameras = [\"observation.image\", \"observation.images.wrist\"]",
+                )
+                .replace("steps = 30", "steps = 6")
+                .replace("checkpoint_every = 15", "checkpoint_every = 0")
+        });
+        let run = dir.join("run");
+        ok(&["train", "--config", cfg.to_str().unwrap(), "--output-dir", run.to_str().unwrap()]);
+        assert_eq!(losses(&run).len(), 6, "{fam}");
+        let base = [
+            "predict",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--instruction",
+            "lift the ball",
+            "--state",
+            "0,0,0,0,0,0,1",
+        ];
+        let mut two = base.to_vec();
+        two.extend(["--image", main.to_str().unwrap(), "--image", wrist.to_str().unwrap()]);
+        let v: serde_json::Value = serde_json::from_str(ok(&two).trim()).unwrap();
+        assert_eq!(v["chunk"].as_array().unwrap().len(), 4, "{fam}");
+        let mut one = base.to_vec();
+        one.extend(["--image", main.to_str().unwrap()]);
+        let err = fails(&one);
+        assert!(err.contains("observation.images.wrist"), "{fam}: {err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+    let (dir, cfg) = with_config("2cam-default", |t| {
+        t.replace("tests/fixtures/tiny/lerobot", "tests/fixtures/tiny/lerobot_2cam")
+            .replace("cameras = [\"observation.image\"]\n", "")
+    });
+    // Without `cameras`, the dataset's `observation.image` is read (the writer's default key).
+    ok(&["train", "--config", cfg.to_str().unwrap(), "--output-dir", dir.join("run").to_str().unwrap()]);
+    std::fs::remove_dir_all(dir).unwrap();
+    for f in [main, wrist] {
+        std::fs::remove_file(f).unwrap();
+    }
 }

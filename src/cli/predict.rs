@@ -15,9 +15,10 @@ pub struct PredictArgs {
     /// Checkpoint directory (or a run's output directory).
     #[arg(long)]
     checkpoint: PathBuf,
-    /// The camera image (tabletop checkpoints: a square PNG at the policy's image size).
-    #[arg(long)]
-    image: PathBuf,
+    /// The camera image (tabletop checkpoints: a square PNG at the policy's image size). A
+    /// policy trained on several cameras takes one --image per camera, in `data.cameras` order.
+    #[arg(long, required = true)]
+    image: Vec<PathBuf>,
     /// The instruction, e.g. "pick up the red block".
     #[arg(long)]
     instruction: String,
@@ -32,13 +33,16 @@ pub fn run(a: &PredictArgs) -> Result<(), Box<dyn std::error::Error>> {
         return run_finetuned(a);
     }
     let p = LoadedPolicy::open(&a.checkpoint)?;
-    let bytes = std::fs::read(&a.image).map_err(|e| format!("{}: cannot read: {e}", a.image.display()))?;
-    let img = vlm4vla::data::decode_png(&bytes).map_err(|e| format!("{}: not a PNG image: {e}", a.image.display()))?;
+    let [image] = a.image.as_slice() else {
+        return Err(format!("a tabletop policy takes one --image, got {}", a.image.len()).into());
+    };
+    let bytes = std::fs::read(image).map_err(|e| format!("{}: cannot read: {e}", image.display()))?;
+    let img = vlm4vla::data::decode_png(&bytes).map_err(|e| format!("{}: not a PNG image: {e}", image.display()))?;
     let s = p.image_size();
     if (img.width, img.height) != (s, s) {
         return Err(format!(
             "{}: image is {}×{} pixels, the policy takes {s}×{s}",
-            a.image.display(),
+            image.display(),
             img.width,
             img.height
         )
@@ -64,9 +68,17 @@ pub fn run(a: &PredictArgs) -> Result<(), Box<dyn std::error::Error>> {
 
 fn run_finetuned(a: &PredictArgs) -> Result<(), Box<dyn std::error::Error>> {
     let p = vlm4vla::finetune::FinetunedPolicy::open(&a.checkpoint)?;
-    let img = vlm4vla::models::common::image::RgbImage::load(&a.image)?;
+    let cameras = p.config.data.cameras.len().max(1);
+    if a.image.len() != cameras {
+        return Err(format!(
+            "the policy reads {cameras} camera(s) ({}); give one --image per camera, in that order",
+            p.config.data.cameras.join(", ")
+        )
+        .into());
+    }
+    let frames = a.image.iter().map(vlm4vla::models::common::image::RgbImage::load).collect::<Result<Vec<_>, _>>()?;
     let states = a.state.clone().map(|s| vec![s]);
-    let chunk = p.predict(&[vec![img]], &[a.instruction.as_str()], states.as_deref())?.remove(0);
+    let chunk = p.predict(&[frames], &[a.instruction.as_str()], states.as_deref())?.remove(0);
     println!("{}", serde_json::json!({ "instruction": a.instruction, "step": p.step, "chunk": chunk }));
     Ok(())
 }

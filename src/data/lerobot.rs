@@ -105,16 +105,15 @@ pub struct LeRobotDataset {
     info: Value,
     fps: f64,
     robot_type: Option<String>,
-    image_key: String,
-    height: usize,
-    width: usize,
+    /// The image features read, in the order asked for.
+    cameras: Vec<Camera>,
+    state_key: Option<String>,
+    action_key: String,
     state_dim: usize,
     action_dim: usize,
     tasks: Vec<String>,
     episodes: Vec<Episode>,
     stats: DatasetStats,
-    png: Vec<u8>,
-    png_ends: Vec<usize>,
     states: Vec<f32>,
     actions: Vec<f32>,
     /// Steps of the `action_plan` feature (0: the dataset has none).
@@ -125,6 +124,42 @@ pub struct LeRobotDataset {
     frame_index: Vec<i64>,
     episode_of: Vec<u32>,
     task_index: Vec<u32>,
+}
+
+/// One image feature: its frames' encoded bytes, back to back.
+#[derive(Debug)]
+struct Camera {
+    key: String,
+    height: usize,
+    width: usize,
+    png: Vec<u8>,
+    png_ends: Vec<usize>,
+}
+
+impl Camera {
+    fn bytes(&self, i: usize) -> Option<&[u8]> {
+        let end = *self.png_ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.png_ends[i - 1] };
+        Some(&self.png[start..end])
+    }
+}
+
+/// Which features [`LeRobotDataset::open_with`] reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatasetKeys {
+    /// Image features, in order; empty: `observation.image`, else the only image feature (an
+    /// error naming them when there are several).
+    pub cameras: Vec<String>,
+    /// The state feature (`observation.state`); None reads no state (width 0).
+    pub state: Option<String>,
+    /// The action feature (`action`).
+    pub action: String,
+}
+
+impl Default for DatasetKeys {
+    fn default() -> Self {
+        DatasetKeys { cameras: Vec::new(), state: Some(STATE_KEY.into()), action: ACTION_KEY.into() }
+    }
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -155,6 +190,13 @@ impl LeRobotDataset {
     /// fault: a missing directory or meta file, malformed `info.json`, a missing column, frames
     /// whose image size or action length disagrees with `info.json`, inconsistent indices.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(dir, &DatasetKeys::default())
+    }
+
+    /// [`open`](Self::open) reading the features `keys` names: any number of cameras by key, the
+    /// state and action features by key. Errors name the key and list the dataset's features of
+    /// that kind.
+    pub fn open_with(dir: impl AsRef<Path>, keys: &DatasetKeys) -> Result<Self> {
         let root = dir.as_ref().to_path_buf();
         if !root.is_dir() {
             return Err(Error::file(&root, "no such dataset directory"));
@@ -194,14 +236,18 @@ impl LeRobotDataset {
             .get("features")
             .and_then(Value::as_object)
             .ok_or_else(|| bad_info("missing object `features`".into()))?;
-        let image_key = if features.contains_key(IMAGE_KEY) {
-            IMAGE_KEY.to_string()
+        let mut image_features: Vec<&String> =
+            features.keys().filter(|k| dtype_of(features, k) == Some("image")).collect();
+        image_features.sort();
+        let listed = |v: &[&String]| v.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+        let camera_keys: Vec<String> = if !keys.cameras.is_empty() {
+            keys.cameras.clone()
+        } else if features.contains_key(IMAGE_KEY) {
+            vec![IMAGE_KEY.to_string()]
         } else {
-            let mut keys: Vec<&String> = features.keys().filter(|k| dtype_of(features, k) == Some("image")).collect();
-            keys.sort();
-            match keys.first() {
-                Some(k) => k.to_string(),
-                None => {
+            match image_features.as_slice() {
+                [one] => vec![one.to_string()],
+                [] => {
                     let video = features.keys().find(|k| dtype_of(features, k) == Some("video"));
                     return Err(bad_info(match video {
                         Some(v) => {
@@ -210,24 +256,47 @@ impl LeRobotDataset {
                         None => format!("features: missing feature `{IMAGE_KEY}` (no feature has dtype \"image\")"),
                     }));
                 }
+                many => {
+                    return Err(bad_info(format!(
+                        "the dataset has several image features ({}); choose the cameras by key",
+                        listed(many)
+                    )))
+                }
             }
         };
-        if dtype_of(features, &image_key) != Some("image") {
-            return Err(bad_info(format!("feature `{image_key}`: dtype must be \"image\"")));
+        let mut cameras = Vec::with_capacity(camera_keys.len());
+        for key in camera_keys {
+            match dtype_of(features, &key) {
+                Some("image") => {}
+                Some("video") => {
+                    return Err(bad_info(format!("feature `{key}` is stored as video, which is not supported yet")))
+                }
+                Some(other) => return Err(bad_info(format!("feature `{key}`: dtype {other:?} is not \"image\""))),
+                None => {
+                    return Err(bad_info(format!(
+                        "no feature `{key}` (image features: {})",
+                        if image_features.is_empty() { "none".to_string() } else { listed(&image_features) }
+                    )))
+                }
+            }
+            let (height, width) = match shape_of(&info_path, features, &key)?.as_slice() {
+                [h, w, 3] => (*h, *w),
+                [3, h, w] => (*h, *w),
+                s => return Err(bad_info(format!("feature `{key}`: shape {s:?} is not [height, width, 3]"))),
+            };
+            cameras.push(Camera { key, height, width, png: Vec::new(), png_ends: Vec::new() });
         }
-        let (height, width) = match shape_of(&info_path, features, &image_key)?.as_slice() {
-            [h, w, 3] => (*h, *w),
-            [3, h, w] => (*h, *w),
-            s => return Err(bad_info(format!("feature `{image_key}`: shape {s:?} is not [height, width, 3]"))),
-        };
         let vec_dim = |key: &str| -> Result<usize> {
             match shape_of(&info_path, features, key)?.as_slice() {
                 [n] => Ok(*n),
                 s => Err(bad_info(format!("feature `{key}`: shape {s:?} is not [n]"))),
             }
         };
-        let state_dim = vec_dim(STATE_KEY)?;
-        let action_dim = vec_dim(ACTION_KEY)?;
+        let state_dim = match &keys.state {
+            Some(k) => vec_dim(k)?,
+            None => 0,
+        };
+        let action_dim = vec_dim(&keys.action)?;
         let plan_steps = match (features.contains_key(PLAN_KEY), features.contains_key(PLAN_STEPS_KEY)) {
             (false, false) => 0,
             (true, true) => {
@@ -259,16 +328,14 @@ impl LeRobotDataset {
             info: info.clone(),
             fps,
             robot_type,
-            image_key,
-            height,
-            width,
+            cameras,
+            state_key: keys.state.clone(),
+            action_key: keys.action.clone(),
             state_dim,
             action_dim,
             tasks,
             episodes,
             stats,
-            png: Vec::new(),
-            png_ends: Vec::new(),
             states: Vec::new(),
             actions: Vec::new(),
             plan_steps,
@@ -287,7 +354,9 @@ impl LeRobotDataset {
         }
         ds.check_frames(total_frames)?;
         let stats = &ds.stats;
-        for (key, dim) in [(ACTION_KEY, action_dim), (STATE_KEY, state_dim)] {
+        let stat_keys =
+            std::iter::once((keys.action.as_str(), action_dim)).chain(keys.state.as_deref().map(|k| (k, state_dim)));
+        for (key, dim) in stat_keys {
             match stats.get(key) {
                 None => return Err(Error::file(&stats_path, format!("missing statistics for feature `{key}`"))),
                 Some(s) if s.min.len() != dim => {
@@ -304,33 +373,40 @@ impl LeRobotDataset {
 
     fn read_data_file(&mut self, path: &Path) -> Result<()> {
         let (schema, batches) = read_parquet(path)?;
-        let image_key = self.image_key.clone();
-        let mut names = vec![image_key.as_str(), STATE_KEY, ACTION_KEY];
+        let camera_keys: Vec<String> = self.cameras.iter().map(|c| c.key.clone()).collect();
+        let (state_key, action_key) = (self.state_key.clone(), self.action_key.clone());
+        let mut names: Vec<&str> = camera_keys.iter().map(String::as_str).collect();
+        names.extend(state_key.as_deref());
+        names.push(&action_key);
         if self.plan_steps > 0 {
             names.extend([PLAN_KEY, PLAN_STEPS_KEY]);
         }
         names.extend(FRAME_COLUMNS);
         require_columns(path, &schema, &names)?;
         for b in &batches {
-            let first = self.png_ends.len();
-            image_bytes(path, &image_key, column(path, b, &image_key)?, &mut self.png, &mut self.png_ends)?;
-            for row in first..self.png_ends.len() {
-                let start = if row == 0 { 0 } else { self.png_ends[row - 1] };
-                let bytes = &self.png[start..self.png_ends[row]];
-                let (w, h) = png_size(bytes)
-                    .map_err(|m| Error::file(path, format!("column `{image_key}`: frame {row}: {m}")))?;
-                if (w, h) != (self.width, self.height) {
-                    return Err(Error::file(
-                        path,
-                        format!(
-                            "column `{image_key}`: frame {row} is {w}x{h} but meta/info.json gives {}x{} (width x height)",
-                            self.width, self.height
-                        ),
-                    ));
+            let first = self.timestamps.len();
+            for cam in &mut self.cameras {
+                let key = &cam.key;
+                image_bytes(path, key, column(path, b, key)?, &mut cam.png, &mut cam.png_ends)?;
+                for row in first..cam.png_ends.len() {
+                    let bytes = cam.bytes(row).unwrap_or_default();
+                    let (w, h) =
+                        png_size(bytes).map_err(|m| Error::file(path, format!("column `{key}`: frame {row}: {m}")))?;
+                    if (w, h) != (cam.width, cam.height) {
+                        return Err(Error::file(
+                            path,
+                            format!(
+                                "column `{key}`: frame {row} is {w}x{h} but meta/info.json gives {}x{} (width x height)",
+                                cam.width, cam.height
+                            ),
+                        ));
+                    }
                 }
             }
-            self.states.extend(f32_rows(path, STATE_KEY, column(path, b, STATE_KEY)?, self.state_dim)?);
-            self.actions.extend(f32_rows(path, ACTION_KEY, column(path, b, ACTION_KEY)?, self.action_dim)?);
+            if let Some(k) = &state_key {
+                self.states.extend(f32_rows(path, k, column(path, b, k)?, self.state_dim)?);
+            }
+            self.actions.extend(f32_rows(path, &action_key, column(path, b, &action_key)?, self.action_dim)?);
             if self.plan_steps > 0 {
                 let width = self.plan_steps * self.action_dim;
                 self.plans.extend(f32_rows(path, PLAN_KEY, column(path, b, PLAN_KEY)?, width)?);
@@ -391,7 +467,13 @@ impl LeRobotDataset {
     }
 
     fn check_frames(&self, total_frames: usize) -> Result<()> {
-        let n = self.png_ends.len();
+        let n = self.len();
+        if let Some(c) = self.cameras.iter().find(|c| c.png_ends.len() != n) {
+            return Err(Error::file(
+                self.root.join("data"),
+                format!("column `{}` holds {} frames, the data files {n}", c.key, c.png_ends.len()),
+            ));
+        }
         let last = self.episodes.last().map(|e| e.to).unwrap_or(0);
         if n != total_frames || n != last {
             return Err(Error::file(
@@ -404,11 +486,11 @@ impl LeRobotDataset {
 
     /// Number of frames.
     pub fn len(&self) -> usize {
-        self.png_ends.len()
+        self.timestamps.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.png_ends.is_empty()
+        self.timestamps.is_empty()
     }
 
     pub fn root(&self) -> &Path {
@@ -428,14 +510,33 @@ impl LeRobotDataset {
         self.robot_type.as_deref()
     }
 
-    /// The image feature read (`observation.image` unless the dataset has none).
+    /// The first image feature read (`observation.image` unless the dataset has none).
     pub fn image_key(&self) -> &str {
-        &self.image_key
+        &self.cameras[0].key
     }
 
-    /// `(height, width)` of every frame.
+    /// `(height, width)` of every frame of the first camera.
     pub fn image_size(&self) -> (usize, usize) {
-        (self.height, self.width)
+        self.camera_size(0)
+    }
+
+    /// The image features read, in order.
+    pub fn camera_keys(&self) -> Vec<&str> {
+        self.cameras.iter().map(|c| c.key.as_str()).collect()
+    }
+
+    /// `(height, width)` of camera `c`'s frames.
+    pub fn camera_size(&self, c: usize) -> (usize, usize) {
+        self.cameras.get(c).map_or((0, 0), |c| (c.height, c.width))
+    }
+
+    /// The state feature read, if any.
+    pub fn state_key(&self) -> Option<&str> {
+        self.state_key.as_deref()
+    }
+
+    pub fn action_key(&self) -> &str {
+        &self.action_key
     }
 
     pub fn state_dim(&self) -> usize {
@@ -465,7 +566,7 @@ impl LeRobotDataset {
     /// [`ActionNormalizer::from_stats`]: crate::models::vla::ActionNormalizer::from_stats
     pub fn action_stats(&self) -> ActionStats {
         let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
-        let s = &self.stats[ACTION_KEY];
+        let s = &self.stats[&self.action_key];
         ActionStats {
             min: f(&s.min),
             max: f(&s.max),
@@ -481,11 +582,9 @@ impl LeRobotDataset {
         self.episode_of.get(i).map(|&e| &self.episodes[e as usize])
     }
 
-    /// The encoded PNG of frame `i`.
+    /// The encoded PNG of frame `i` of the first camera.
     pub fn png(&self, i: usize) -> Option<&[u8]> {
-        let end = *self.png_ends.get(i)?;
-        let start = if i == 0 { 0 } else { self.png_ends[i - 1] };
-        Some(&self.png[start..end])
+        self.cameras[0].bytes(i)
     }
 
     pub fn state(&self, i: usize) -> Option<&[f32]> {
@@ -588,19 +687,28 @@ impl LeRobotDataset {
         })
     }
 
-    /// Decode frame `i` to RGB, checking its size against `info.json`.
+    /// Decode frame `i` of the first camera to RGB, checking its size against `info.json`.
     pub fn decode_image(&self, i: usize) -> Result<RgbImage> {
-        self.check_index("LeRobotDataset::decode_image", i)?;
-        let bytes = self.png(i).unwrap_or_default();
+        self.decode_camera(i, 0)
+    }
+
+    /// Decode frame `i` of camera `c` (in [`camera_keys`](Self::camera_keys) order).
+    pub fn decode_camera(&self, i: usize, c: usize) -> Result<RgbImage> {
+        self.check_index("LeRobotDataset::decode_camera", i)?;
+        let cam = self.cameras.get(c).ok_or_else(|| Error::Invalid {
+            op: "LeRobotDataset::decode_camera",
+            msg: format!("camera {c} out of range: {} cameras are read", self.cameras.len()),
+        })?;
+        let bytes = cam.bytes(i).unwrap_or_default();
         let where_ = || self.root.join("data");
-        let img = decode_png(bytes)
-            .map_err(|m| Error::file(where_(), format!("column `{}`: frame {i}: {m}", self.image_key)))?;
-        if (img.width, img.height) != (self.width, self.height) {
+        let img =
+            decode_png(bytes).map_err(|m| Error::file(where_(), format!("column `{}`: frame {i}: {m}", cam.key)))?;
+        if (img.width, img.height) != (cam.width, cam.height) {
             return Err(Error::file(
                 where_(),
                 format!(
                     "column `{}`: frame {i} decodes to {}x{}, info.json gives {}x{}",
-                    self.image_key, img.width, img.height, self.width, self.height
+                    cam.key, img.width, img.height, cam.width, cam.height
                 ),
             ));
         }

@@ -80,10 +80,8 @@ pub struct Batch {
     pub next_position: LoaderPosition,
     /// Global frame indices of the samples.
     pub indices: Vec<usize>,
-    pub height: usize,
-    pub width: usize,
-    /// `[B, height, width, 3]` RGB bytes (after augmentation).
-    pub images: Vec<u8>,
+    /// One entry per camera the dataset reads, in its order.
+    pub cameras: Vec<CameraImages>,
     pub state_dim: usize,
     /// `[B, state_dim]`.
     pub states: Vec<f32>,
@@ -94,9 +92,27 @@ pub struct Batch {
     pub actions: Vec<f32>,
     /// `[B, chunk]`: `false` past an episode's end.
     pub action_mask: Vec<bool>,
-    /// `(dx, dy)` applied to each image: output pixel `(x, y)` shows input `(x + dx, y + dy)`
-    /// (clamped to the image); `(0, 0)` without augmentation.
+    /// `(dx, dy)` applied to each sample's images (every camera alike): output pixel `(x, y)`
+    /// shows input `(x + dx, y + dy)` (clamped to the image); `(0, 0)` without augmentation.
     pub shifts: Vec<(i32, i32)>,
+}
+
+/// One camera's frames of a batch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CameraImages {
+    pub key: String,
+    pub height: usize,
+    pub width: usize,
+    /// `[B, height, width, 3]` RGB bytes (after augmentation).
+    pub images: Vec<u8>,
+}
+
+impl CameraImages {
+    /// Sample `b`'s frame.
+    pub fn image(&self, b: usize) -> RgbImage {
+        let n = self.height * self.width * 3;
+        RgbImage { width: self.width, height: self.height, data: self.images[b * n..(b + 1) * n].to_vec() }
+    }
 }
 
 impl Batch {
@@ -108,10 +124,14 @@ impl Batch {
         self.indices.is_empty()
     }
 
-    /// Sample `b`'s image.
+    /// Sample `b`'s image of the first camera.
     pub fn image(&self, b: usize) -> RgbImage {
-        let n = self.height * self.width * 3;
-        RgbImage { width: self.width, height: self.height, data: self.images[b * n..(b + 1) * n].to_vec() }
+        self.cameras[0].image(b)
+    }
+
+    /// Sample `b`'s images, one per camera.
+    pub fn frames(&self, b: usize) -> Vec<RgbImage> {
+        self.cameras.iter().map(|c| c.image(b)).collect()
     }
 }
 
@@ -206,14 +226,21 @@ impl Loader {
         let ds = &*self.dataset;
         let cfg = &self.config;
         let indices = self.slice(order, pos).to_vec();
-        let (height, width) = ds.image_size();
+        let cameras = ds
+            .camera_keys()
+            .iter()
+            .enumerate()
+            .map(|(c, key)| {
+                let (height, width) = ds.camera_size(c);
+                let images = Vec::with_capacity(indices.len() * height * width * 3);
+                CameraImages { key: key.to_string(), height, width, images }
+            })
+            .collect();
         let mut batch = Batch {
             position: pos,
             next_position: self.advance(pos, 1),
             indices: indices.clone(),
-            height,
-            width,
-            images: Vec::with_capacity(indices.len() * height * width * 3),
+            cameras,
             state_dim: ds.state_dim(),
             states: Vec::with_capacity(indices.len() * ds.state_dim()),
             instructions: Vec::with_capacity(indices.len()),
@@ -224,8 +251,7 @@ impl Loader {
             shifts: Vec::with_capacity(indices.len()),
         };
         for (slot, &i) in indices.iter().enumerate() {
-            let img = ds.decode_image(i)?;
-            match cfg.shift {
+            let (dx, dy) = match cfg.shift {
                 Some(s) if s.pad > 0 => {
                     let k = s.pad as i64;
                     let mut rng = ChaCha8Rng::seed_from_u64(splitmix(
@@ -233,14 +259,19 @@ impl Loader {
                     ));
                     let dx = rng.gen_range(0..=2 * k) - k;
                     let dy = rng.gen_range(0..=2 * k) - k;
-                    shift_into(&img, dx, dy, &mut batch.images);
-                    batch.shifts.push((dx as i32, dy as i32));
+                    (dx, dy)
                 }
-                _ => {
-                    batch.images.extend_from_slice(&img.data);
-                    batch.shifts.push((0, 0));
+                _ => (0, 0),
+            };
+            for (c, cam) in batch.cameras.iter_mut().enumerate() {
+                let img = ds.decode_camera(i, c)?;
+                if (dx, dy) == (0, 0) {
+                    cam.images.extend_from_slice(&img.data);
+                } else {
+                    shift_into(&img, dx, dy, &mut cam.images);
                 }
             }
+            batch.shifts.push((dx as i32, dy as i32));
             batch.states.extend_from_slice(ds.state(i).unwrap_or_default());
             batch.instructions.push(ds.instruction(i).unwrap_or_default().to_string());
             ds.action_chunk_into(i, cfg.chunk, &mut batch.actions, &mut batch.action_mask)?;

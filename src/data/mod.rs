@@ -31,8 +31,8 @@ mod parquet_io;
 mod stats;
 mod writer;
 
-pub use lerobot::{Episode, LeRobotDataset, CODEBASE_VERSION, IMAGE_KEY};
-pub use loader::{Batch, Loader, LoaderConfig, LoaderIter, LoaderPosition, RandomShift};
+pub use lerobot::{DatasetKeys, Episode, LeRobotDataset, CODEBASE_VERSION, IMAGE_KEY};
+pub use loader::{Batch, CameraImages, Loader, LoaderConfig, LoaderIter, LoaderPosition, RandomShift};
 pub use stats::{DatasetStats, FeatureStats, QUANTILES};
 pub use writer::LeRobotWriter;
 

@@ -168,7 +168,7 @@ impl FinetunedPolicy {
             let raw = loader.load_batch(LoaderPosition { epoch: 0, batch: b })?;
             let states: Option<Vec<Vec<f32>>> =
                 (self.state_dim() > 0).then(|| raw.states.chunks(raw.state_dim.max(1)).map(<[f32]>::to_vec).collect());
-            let cameras: Vec<Vec<RgbImage>> = (0..raw.len()).map(|i| vec![raw.image(i)]).collect();
+            let cameras: Vec<Vec<RgbImage>> = (0..raw.len()).map(|i| raw.frames(i)).collect();
             let texts: Vec<&str> = raw.instructions.iter().map(String::as_str).collect();
             let pred = self.predict(&cameras, &texts, states.as_deref())?;
             for (i, chunk) in pred.iter().enumerate() {

@@ -60,7 +60,7 @@ impl BatchEncoder {
                 format!("actions are {}-D; the policy head predicts {ACTION_DIMS}-D actions", b.action_dim),
             ));
         }
-        let cameras: Vec<Vec<_>> = (0..n).map(|i| vec![b.image(i)]).collect();
+        let cameras: Vec<Vec<_>> = (0..n).map(|i| b.frames(i)).collect();
         let texts: Vec<&str> = b.instructions.iter().map(String::as_str).collect();
         let input = self.encoder.encode(&cameras, &texts)?;
         let targets = self.normalizer.normalize_actions(&b.actions).map_err(|e| frame_error(b, e))?;

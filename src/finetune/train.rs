@@ -3,7 +3,7 @@
 use super::model::ModelSource;
 use super::source::{loader_config, BatchEncoder, LoaderSource, StateNormalizer};
 use super::{DataConfig, FinetuneConfig};
-use crate::data::LeRobotDataset;
+use crate::data::{DatasetKeys, LeRobotDataset};
 use crate::engine::{Error, Result};
 use crate::models::vla::{ActionNormalizer, VlaPolicy};
 use crate::train::{Checkpoint, Trainer};
@@ -46,34 +46,16 @@ pub struct FinetuneOutcome {
     pub seconds: f64,
 }
 
-/// The dataset of `data`, checked against what the config asks of it.
+/// The dataset of `data`: the cameras, state and action features it names.
 pub fn open_dataset(data: &DataConfig) -> Result<LeRobotDataset> {
-    let ds = LeRobotDataset::open(&data.dataset)?;
-    let here = |field: &str, msg: String| Error::file(&data.dataset, format!("`data.{field}`: {msg}"));
-    for cam in &data.cameras {
-        if cam != ds.image_key() {
-            return Err(here(
-                "cameras",
-                format!("`{cam}` is not an image feature of this dataset (it has `{}`)", ds.image_key()),
-            ));
-        }
-    }
-    if data.cameras.len() > 1 {
-        return Err(here("cameras", "the dataset holds one image feature; list it once".into()));
-    }
-    if let Some(k) = &data.state_key {
-        if k != "observation.state" {
-            return Err(here(
-                "state_key",
-                format!("`{k}` is not a state feature (the dataset's is `observation.state`)"),
-            ));
-        }
-        if ds.state_dim() == 0 {
-            return Err(here("state_key", format!("`{k}` has width 0")));
-        }
-    }
-    if data.action_key != "action" {
-        return Err(here("action_key", format!("`{}` is not the dataset's action feature `action`", data.action_key)));
+    let keys =
+        DatasetKeys { cameras: data.cameras.clone(), state: data.state_key.clone(), action: data.action_key.clone() };
+    let ds = LeRobotDataset::open_with(&data.dataset, &keys)?;
+    if data.state_key.is_some() && ds.state_dim() == 0 {
+        return Err(Error::file(
+            &data.dataset,
+            format!("`data.state_key`: `{}` has width 0", ds.state_key().unwrap_or("")),
+        ));
     }
     Ok(ds)
 }
