@@ -1,0 +1,138 @@
+//! Inference and evaluation: [`LoadedPolicy`], a trained checkpoint read back (or an untrained
+//! policy), with the batched closed-loop policy function [`evaluate`] needs.
+
+use std::path::Path;
+
+use super::{
+    backbone_config, build_policy, invalid, normalizer, train::check_family, Encoder, PipelineExtra, VOCAB_NAME,
+};
+use crate::engine::{Device, Error, Result, Tensor};
+use crate::env::{evaluate, Action, EnvConfig, EpisodeSpec, EvalOptions, EvalReport, Observation, TaskFamily};
+use crate::models::paligemma::PromptTokens;
+use crate::models::vla::{ActionNormalizer, VlaPolicy, ACTION_DIMS, ARM_DIMS};
+use crate::train::{Checkpoint, TrainConfig};
+
+/// First seed of held-out evaluation episodes (training data is collected from seed 0 up).
+pub const EVAL_FIRST_SEED: u64 = 1_000_000;
+
+/// A policy ready to act: trained (from a checkpoint) or untrained.
+pub struct LoadedPolicy {
+    pub policy: VlaPolicy,
+    pub encoder: Encoder,
+    pub normalizer: ActionNormalizer,
+    pub config: TrainConfig,
+}
+
+impl LoadedPolicy {
+    /// Read a checkpoint written by [`train`](fn@super::train) (a `checkpoint-<step>` directory or
+    /// the run's output directory).
+    pub fn open(dir: &Path) -> Result<LoadedPolicy> {
+        if !dir.exists() {
+            return Err(Error::file(dir, "no such checkpoint directory"));
+        }
+        let ckpt = Checkpoint::open(dir)?;
+        let state_path = ckpt.dir.join(crate::train::checkpoint::STATE_FILE);
+        let extra: PipelineExtra = serde_json::from_value(ckpt.state.extra.clone()).map_err(|e| {
+            Error::file(
+                &state_path,
+                format!("`extra` is not a tabletop pipeline record ({e}); was it written by `vlm4vla train`?"),
+            )
+        })?;
+        if extra.vocab != VOCAB_NAME {
+            return Err(Error::file(&state_path, format!("vocabulary `{}` is not `{VOCAB_NAME}`", extra.vocab)));
+        }
+        backbone_config(&ckpt.config.backbone, extra.image_size)
+            .map_err(|e| Error::file(ckpt.dir.join(crate::train::checkpoint::CONFIG_FILE), e.to_string()))?;
+        check_family(&ckpt, &ckpt.config.backbone)?;
+        let (mut policy, encoder) = build_policy(&ckpt.config, extra.image_size)?;
+        let (groups, head) = ckpt.config.trainable();
+        policy.set_trainable(&groups, head)?;
+        let file = crate::engine::io::SafeTensorsFile::open(ckpt.model_path())?;
+        let saved: std::collections::BTreeSet<String> = file.names().iter().map(|n| n.to_string()).collect();
+        let expected: std::collections::BTreeSet<String> =
+            policy.checkpoint_tensors(&policy.trainable_params())?.into_iter().map(|(n, _)| n).collect();
+        if saved != expected {
+            let missing: Vec<&String> = expected.difference(&saved).take(3).collect();
+            let extra: Vec<&String> = saved.difference(&expected).take(3).collect();
+            return Err(Error::file(
+                ckpt.model_path(),
+                format!(
+                    "does not hold the parameters backbone `{}` trains (missing e.g. {missing:?}, unexpected e.g. \
+                     {extra:?}): was it trained with another backbone?",
+                    ckpt.config.backbone
+                ),
+            ));
+        }
+        policy.load_weights(ckpt.model_path())?;
+        Ok(LoadedPolicy { policy, encoder, normalizer: extra.normalizer, config: ckpt.config })
+    }
+
+    /// The policy `cfg` describes, before any training.
+    pub fn untrained(cfg: &TrainConfig, image_size: usize) -> Result<LoadedPolicy> {
+        let (policy, encoder) = build_policy(cfg, image_size)?;
+        Ok(LoadedPolicy { policy, encoder, normalizer: normalizer()?, config: cfg.clone() })
+    }
+
+    pub fn image_size(&self) -> usize {
+        self.encoder.image_size()
+    }
+
+    /// Action chunks (raw actions) for images at the model size and their instructions.
+    /// `states` (the environment's 7-D proprioception per image) is required by policies trained
+    /// with `policy.state_dim = 7` and ignored by the others.
+    pub fn predict(
+        &self,
+        images: &[&[u8]],
+        instructions: &[&str],
+        states: Option<&[[f32; 7]]>,
+    ) -> Result<Vec<Vec<Action>>> {
+        let prompts: Vec<PromptTokens> = instructions.iter().map(|t| self.encoder.prompt(t)).collect();
+        let input = self.encoder.encode(images, &prompts)?;
+        let state = match (self.policy.config().state_dim, states) {
+            (0, _) => None,
+            (d, Some(s)) => {
+                if d != 7 || s.len() != images.len() {
+                    return Err(invalid(format!(
+                        "the policy takes a {d}-D state per image; got {} states of 7 for {} images",
+                        s.len(),
+                        images.len()
+                    )));
+                }
+                let flat: Vec<f32> = s.iter().flatten().copied().collect();
+                Some(Tensor::from_vec(flat, &[s.len(), 7], Device::Cpu)?)
+            }
+            (d, None) => return Err(invalid(format!("the policy takes a {d}-D proprioceptive state"))),
+        };
+        let chunks = self.policy.predict_with_state(&input, state.as_ref())?;
+        chunks
+            .into_iter()
+            .map(|chunk| {
+                chunk
+                    .into_iter()
+                    .map(|a| {
+                        let raw = self.normalizer.denormalize_actions(&a[..ARM_DIMS], &[a[ARM_DIMS]])?;
+                        let mut out = [0f32; ACTION_DIMS];
+                        out.copy_from_slice(&raw);
+                        Ok(out)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The batched policy function of [`evaluate`].
+    pub fn act(&self, obs: &[Observation]) -> Result<Vec<Vec<Action>>> {
+        let images: Vec<&[u8]> = obs.iter().map(|o| o.image.as_slice()).collect();
+        let texts: Vec<&str> = obs.iter().map(|o| o.instruction.as_str()).collect();
+        let states: Vec<[f32; 7]> = obs.iter().map(|o| o.proprio).collect();
+        self.predict(&images, &texts, Some(&states))
+    }
+
+    /// Closed-loop success on `per_family` episodes of each family from `first_seed`.
+    pub fn evaluate(&self, first_seed: u64, per_family: usize, opts: &EvalOptions) -> Result<EvalReport> {
+        let env = EnvConfig { image_size: self.image_size(), ..EnvConfig::default() };
+        let specs = EpisodeSpec::balanced(&TaskFamily::ALL, first_seed, per_family);
+        let mut f = |obs: &[Observation]| self.act(obs);
+        evaluate(&env, &mut f, &specs, opts)
+    }
+}
