@@ -3,7 +3,9 @@
 //! accuracy, freezing, gradients reaching every trainable parameter, and weight loading.
 
 use vlm4vla::engine::{AdamW, AdamWConfig, DType, Device, GradStore, Tensor};
-use vlm4vla::models::vla::{HeadConfig, HeadOutput, LatentCombine, PolicyConfig, VlaPolicy, ACTION_QUERY};
+use vlm4vla::models::vla::{
+    HeadConfig, HeadOutput, LatentCombine, PolicyConfig, TrainableParts, VlaPolicy, ACTION_QUERY,
+};
 use vlm4vla::models::{BackboneInput, ParamGroup};
 use vlm4vla::train::toy::{ToyBackbone, ToyConfig};
 
@@ -292,6 +294,10 @@ fn one_step(p: &VlaPolicy) {
     opt.step(&p.trainable_params(), &grads, 1e-2).unwrap();
 }
 
+fn parts(groups: &[ParamGroup], head: bool) -> TrainableParts {
+    TrainableParts { groups: groups.to_vec(), head, llm_last_layers: None }
+}
+
 fn snapshot(p: &VlaPolicy) -> Vec<(String, Vec<f32>)> {
     p.named_params().unwrap().iter().map(|(n, t)| (n.clone(), t.to_vec::<f32>().unwrap())).collect()
 }
@@ -300,7 +306,7 @@ fn snapshot(p: &VlaPolicy) -> Vec<(String, Vec<f32>)> {
 fn frozen_parameters_do_not_move() {
     // Head only: every backbone parameter stays, every head parameter moves.
     let mut p = policy();
-    p.set_trainable(&[], true).unwrap();
+    p.set_trainable(&parts(&[], true)).unwrap();
     assert!(p.trainable_params().iter().all(|(n, _)| n.starts_with("vla.")));
     let before = snapshot(&p);
     one_step(&p);
@@ -314,7 +320,7 @@ fn frozen_parameters_do_not_move() {
 
     // Vision frozen: only `vision.*` stays.
     let mut p = policy();
-    p.set_trainable(&[ParamGroup::Connector, ParamGroup::LanguageModel, ParamGroup::Embeddings], true).unwrap();
+    p.set_trainable(&parts(&[ParamGroup::Connector, ParamGroup::LanguageModel, ParamGroup::Embeddings], true)).unwrap();
     let before = snapshot(&p);
     one_step(&p);
     for ((name, a), (_, b)) in before.iter().zip(snapshot(&p)) {
@@ -323,9 +329,9 @@ fn frozen_parameters_do_not_move() {
 
     // Backbone only, head frozen; nothing at all is an error.
     let mut p = policy();
-    p.set_trainable(&[ParamGroup::LanguageModel], false).unwrap();
+    p.set_trainable(&parts(&[ParamGroup::LanguageModel], false)).unwrap();
     assert!(p.trainable_params().iter().all(|(n, _)| n.starts_with("model.layers.") || n == "model.norm.weight"));
-    assert!(p.set_trainable(&[], false).unwrap_err().to_string().contains("nothing to train"));
+    assert!(p.set_trainable(&parts(&[], false)).unwrap_err().to_string().contains("nothing to train"));
 }
 
 #[test]

@@ -335,8 +335,7 @@ fn the_packed_read_logs_what_separate_reads_would() {
     assert_eq!(logged.len(), steps);
 
     let mut p = policy(&cfg);
-    let (groups, head) = cfg.trainable();
-    p.set_trainable(&groups, head).unwrap();
+    p.set_trainable(&cfg.trainable()).unwrap();
     let params = p.trainable_params();
     let handles: Vec<Tensor> = params.iter().map(|(_, t)| t.clone()).collect();
     let o = &cfg.optim;

@@ -11,8 +11,8 @@ use vlm4vla::models::kosmos2::{Kosmos2, Kosmos2Config, Kosmos2Processor};
 use vlm4vla::models::paligemma::{PaliGemma, PaliGemmaConfig, PaliGemmaProcessor};
 use vlm4vla::models::qwen2_5_vl::{self as qwen, ChatTokens, ProcessedImage, Qwen25Vl, Qwen25VlConfig};
 use vlm4vla::models::registry::ModelConfig;
-use vlm4vla::models::vla::{PolicyConfig, VlaPolicy, ACTION_DIMS};
-use vlm4vla::models::{Backbone, BackboneInput, ParamGroup};
+use vlm4vla::models::vla::{PolicyConfig, TrainableParts, VlaPolicy, ACTION_DIMS};
+use vlm4vla::models::{Backbone, BackboneInput};
 use vlm4vla::train::{read_step, OptimConfig};
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -234,8 +234,7 @@ impl Case {
         let mut policy = VlaPolicy::new(backbone, self.policy.clone(), seed + 1)?;
         // BENCH_CHECKPOINT=1: activation checkpointing per block (`run.checkpoint_activations`).
         policy.set_checkpoint_activations(std::env::var("BENCH_CHECKPOINT").is_ok_and(|v| v == "1"));
-        let groups = [ParamGroup::Vision, ParamGroup::Connector, ParamGroup::LanguageModel, ParamGroup::Embeddings];
-        policy.set_trainable(&groups, true)?;
+        policy.set_trainable(&TrainableParts::all())?;
         let o = &self.optim;
         let optimizer = AdamW::new(o.adamw())?;
         Ok(Run { policy, optimizer, input, actions, mask, state, lr: o.lr, clip: o.clip_grad_norm })

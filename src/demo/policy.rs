@@ -45,8 +45,7 @@ impl LoadedPolicy {
             .map_err(|e| Error::file(ckpt.dir.join(crate::train::checkpoint::CONFIG_FILE), e.to_string()))?;
         check_family(&ckpt, &ckpt.config.backbone)?;
         let (mut policy, encoder) = build_policy(&ckpt.config, extra.image_size)?;
-        let (groups, head) = ckpt.config.trainable();
-        policy.set_trainable(&groups, head)?;
+        policy.set_trainable(&ckpt.config.trainable())?;
         let file = crate::engine::io::SafeTensorsFile::open(ckpt.model_path())?;
         let saved: std::collections::BTreeSet<String> = file.names().iter().map(|n| n.to_string()).collect();
         let expected: std::collections::BTreeSet<String> =

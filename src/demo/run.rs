@@ -115,6 +115,7 @@ impl DemoOptions {
                 output_dir: self.out.join("train"),
                 seed: self.seed,
                 train_modules: crate::train::TrainModule::ALL.to_vec(),
+                train_llm_last_layers: None,
                 policy: PolicyConfig {
                     chunk: self.chunk,
                     head: HeadConfig { trunk_hidden: Some(128), trunk_out: 128, branch_hidden: vec![128, 64] },

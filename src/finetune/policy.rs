@@ -55,8 +55,7 @@ impl FinetunedPolicy {
             train,
         };
         let mut policy = build_policy(&config, &source)?;
-        let (groups, head) = config.train.trainable();
-        policy.set_trainable(&groups, head)?;
+        policy.set_trainable(&config.train.trainable())?;
         let file = crate::engine::io::SafeTensorsFile::open(ckpt.model_path())?;
         let saved: BTreeSet<String> = file.names().iter().map(|n| n.to_string()).collect();
         let expected: BTreeSet<String> =

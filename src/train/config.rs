@@ -5,6 +5,8 @@
 //! output_dir = "runs/demo"
 //! seed = 0
 //! train_modules = ["vision", "connector", "language_model", "embeddings", "head"]
+//! train_llm_last_layers = 2          # optional: of the language model only its last 2 decoder
+//!                                    # layers (and its final norm) train
 //!
 //! [policy]                           # vlm4vla_models::vla::PolicyConfig
 //! chunk = 10
@@ -40,7 +42,7 @@
 //! [`TrainConfig::validate`] names the field of any invalid value.
 
 use crate::engine::{AdamWConfig, Error, Result};
-use crate::models::vla::PolicyConfig;
+use crate::models::vla::{PolicyConfig, TrainableParts};
 use crate::models::ParamGroup;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -175,6 +177,11 @@ pub struct TrainConfig {
     pub seed: u64,
     #[serde(default = "all_modules")]
     pub train_modules: Vec<TrainModule>,
+    /// When `language_model` is in `train_modules`: train only its last this many decoder
+    /// layers (layers `≥ num_layers − n`) and its final norm, the layers below frozen. None:
+    /// every layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_llm_last_layers: Option<usize>,
     #[serde(default)]
     pub policy: PolicyConfig,
     #[serde(default)]
@@ -199,6 +206,7 @@ impl TrainConfig {
             output_dir: output_dir.into(),
             seed: 0,
             train_modules: all_modules(),
+            train_llm_last_layers: None,
             policy: PolicyConfig::default(),
             optim: OptimConfig::default(),
             run: RunConfig { steps: Some(steps), ..RunConfig::default() },
@@ -245,6 +253,19 @@ impl TrainConfig {
             if self.train_modules[..i].contains(m) {
                 return Err(bad(origin, "train_modules", format!("lists {m:?} twice")));
             }
+        }
+        match self.train_llm_last_layers {
+            Some(0) => {
+                return Err(bad(origin, "train_llm_last_layers", "must be at least 1 (or left out for every layer)"))
+            }
+            Some(_) if !self.train_modules.contains(&TrainModule::LanguageModel) => {
+                return Err(bad(
+                    origin,
+                    "train_llm_last_layers",
+                    "is set but `train_modules` does not list \"language_model\"",
+                ))
+            }
+            _ => {}
         }
         if !(o.lr.is_finite() && o.lr > 0.0) {
             return Err(bad(origin, "optim.lr", format!("= {} must be a positive finite number", o.lr)));
@@ -307,9 +328,14 @@ impl TrainConfig {
         }
     }
 
-    /// The backbone groups to train and whether the head trains.
-    pub fn trainable(&self) -> (Vec<ParamGroup>, bool) {
-        let groups = self.train_modules.iter().filter_map(|m| m.group()).collect();
-        (groups, self.train_modules.contains(&TrainModule::Head))
+    /// What trains: the backbone groups of `train_modules`, whether the head trains, and
+    /// `train_llm_last_layers`.
+    pub fn trainable(&self) -> TrainableParts {
+        let groups: Vec<ParamGroup> = self.train_modules.iter().filter_map(|m| m.group()).collect();
+        TrainableParts {
+            groups,
+            head: self.train_modules.contains(&TrainModule::Head),
+            llm_last_layers: self.train_llm_last_layers,
+        }
     }
 }

@@ -119,6 +119,10 @@ impl Backbone for ToyBackbone {
         &self.params
     }
 
+    fn params_mut(&mut self) -> &mut ParamStore {
+        &mut self.params
+    }
+
     fn group_of(&self, name: &str) -> ParamGroup {
         if name.starts_with("vision.") {
             ParamGroup::Vision

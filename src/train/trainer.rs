@@ -230,8 +230,7 @@ impl Trainer {
                 ),
             });
         }
-        let (groups, head) = config.trainable();
-        policy.set_trainable(&groups, head)?;
+        policy.set_trainable(&config.trainable())?;
         let optimizer = AdamW::new(config.optim.adamw())?;
         let out = &config.output_dir;
         std::fs::create_dir_all(out).map_err(|e| Error::io(format!("creating {}", out.display()), e))?;

@@ -62,6 +62,11 @@ pub trait Backbone: Send + Sync {
     /// The parameters, keyed by their on-disk checkpoint names, except the fused projections,
     /// held under the names of [`fused`](Self::fused).
     fn params(&self) -> &ParamStore;
+    /// The same store, mutably: what freezing changes ([`ParamStore::set_requires_grad`]). The
+    /// model fetches every parameter from the store at forward time, so a frozen parameter
+    /// reaches the ops as a non-tracking tensor: it records no graph, keeps no activations for
+    /// a backward and gets no gradient.
+    fn params_mut(&mut self) -> &mut ParamStore;
     /// Which parameters are fused projections and the checkpoint tensors each one holds (none
     /// by default); what turns [`params`](Self::params) back into checkpoint names.
     fn fused(&self) -> &FusedLayout {
@@ -75,6 +80,21 @@ pub trait Backbone: Send + Sync {
     }
     /// Which group a parameter name belongs to.
     fn group_of(&self, name: &str) -> ParamGroup;
+    /// The decoder layer (0-based) a language-model parameter belongs to; None for every other
+    /// parameter and for language-model parameters outside the layers (the final norm). By
+    /// default the `<i>` of `.layers.<i>.` in a name of the [`ParamGroup::LanguageModel`] group
+    /// (fused names included).
+    fn lm_layer_of(&self, name: &str) -> Option<usize> {
+        if self.group_of(name) != ParamGroup::LanguageModel {
+            return None;
+        }
+        layer_index(name)
+    }
+    /// The number of decoder layers of the language model. By default one more than the
+    /// highest [`lm_layer_of`](Self::lm_layer_of) over the parameters (0 without any).
+    fn num_lm_layers(&self) -> usize {
+        self.params().names().iter().filter_map(|n| self.lm_layer_of(n)).max().map_or(0, |i| i + 1)
+    }
     /// Activation checkpointing per transformer block (`engine::nn::block`): when on, every
     /// block of the vision tower and the language model keeps only its output during the
     /// forward and recomputes its activations in the backward pass (less memory, about one more
@@ -86,4 +106,18 @@ pub trait Backbone: Send + Sync {
     /// appended after the prompt. The appended rows see every real prompt token and the
     /// appended rows before them (causal among themselves); prompt tokens never see them.
     fn forward(&self, input: &BackboneInput, extra: Option<&Tensor>) -> Result<BackboneOutput>;
+}
+
+/// The `<i>` of the first `layers.<i>.` segment of a dotted parameter name.
+///
+/// ```
+/// use vlm4vla_models::common::backbone::layer_index;
+/// assert_eq!(layer_index("model.layers.12.mlp.down_proj.weight"), Some(12));
+/// assert_eq!(layer_index("layers.0.weight"), Some(0));
+/// assert_eq!(layer_index("model.norm.weight"), None);
+/// assert_eq!(layer_index("model.sublayers.3.weight"), None);
+/// ```
+pub fn layer_index(name: &str) -> Option<usize> {
+    let parts: Vec<&str> = name.split('.').collect();
+    parts.windows(3).find_map(|w| if w[0] == "layers" { w[1].parse().ok() } else { None })
 }

@@ -244,6 +244,14 @@ impl Backbone for Kosmos2 {
         &self.params
     }
 
+    fn params_mut(&mut self) -> &mut ParamStore {
+        &mut self.params
+    }
+
+    fn num_lm_layers(&self) -> usize {
+        self.cfg.text.layers
+    }
+
     fn group_of(&self, name: &str) -> ParamGroup {
         group_of(name)
     }

@@ -315,6 +315,14 @@ impl Backbone for PaliGemma {
         &self.params
     }
 
+    fn params_mut(&mut self) -> &mut ParamStore {
+        &mut self.params
+    }
+
+    fn num_lm_layers(&self) -> usize {
+        self.cfg.text.num_hidden_layers
+    }
+
     fn group_of(&self, name: &str) -> ParamGroup {
         group_of(name)
     }

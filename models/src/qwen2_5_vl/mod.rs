@@ -346,6 +346,14 @@ impl Backbone for Qwen25Vl {
         &self.params
     }
 
+    fn params_mut(&mut self) -> &mut ParamStore {
+        &mut self.params
+    }
+
+    fn num_lm_layers(&self) -> usize {
+        self.cfg.text.num_hidden_layers
+    }
+
     fn group_of(&self, name: &str) -> ParamGroup {
         group_of(name)
     }

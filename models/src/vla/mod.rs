@@ -7,4 +7,6 @@ pub mod policy;
 
 pub use head::{FcDecoder, HeadConfig, HeadOutput, ARM_DIMS};
 pub use normalize::{ActionNormalizer, ActionStats, NormalizationMode};
-pub use policy::{LatentCombine, LossValues, PolicyConfig, PolicyLoss, VlaPolicy, ACTION_DIMS, ACTION_QUERY};
+pub use policy::{
+    LatentCombine, LossValues, PolicyConfig, PolicyLoss, TrainableParts, VlaPolicy, ACTION_DIMS, ACTION_QUERY,
+};

@@ -21,7 +21,6 @@
 use super::head::{FcDecoder, HeadConfig, HeadOutput, ARM_DIMS};
 use crate::common::backbone::{Backbone, BackboneInput, ParamGroup};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
 use std::path::Path;
 use vlm4vla_engine::ops::{bce_with_logits, huber, Reduction};
 use vlm4vla_engine::{nn, CmpKind, DType, Device, Error, ParamStore, Result, SafeTensorsFile, Tensor};
@@ -166,6 +165,38 @@ impl PolicyLoss {
     }
 }
 
+/// What trains (see [`VlaPolicy::set_trainable`]).
+///
+/// ```
+/// use vlm4vla_models::vla::TrainableParts;
+/// use vlm4vla_models::ParamGroup;
+/// // The head and the last two decoder layers of the language model (and its final norm).
+/// let parts = TrainableParts { groups: vec![ParamGroup::LanguageModel], head: true, llm_last_layers: Some(2) };
+/// assert_ne!(parts, TrainableParts::all());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrainableParts {
+    /// The backbone groups that train ([`Backbone::group_of`]).
+    pub groups: Vec<ParamGroup>,
+    /// Whether the policy's own parameters (action queries, state projection, head) train.
+    pub head: bool,
+    /// When the language model trains: only its last this many decoder layers do (layers
+    /// `≥ num_lm_layers − n`, by [`Backbone::lm_layer_of`]), with the language-model parameters
+    /// outside the layers (the final norm); None: every layer.
+    pub llm_last_layers: Option<usize>,
+}
+
+impl TrainableParts {
+    /// Every backbone group, every layer and the head.
+    pub fn all() -> TrainableParts {
+        TrainableParts {
+            groups: vec![ParamGroup::Vision, ParamGroup::Connector, ParamGroup::LanguageModel, ParamGroup::Embeddings],
+            head: true,
+            llm_last_layers: None,
+        }
+    }
+}
+
 /// A backbone turned into a VLA policy.
 pub struct VlaPolicy {
     backbone: Box<dyn Backbone>,
@@ -173,15 +204,14 @@ pub struct VlaPolicy {
     /// The policy's own parameters (`vla.*`): action queries and head.
     params: ParamStore,
     head: FcDecoder,
-    /// Backbone parameters the optimizer updates (see [`VlaPolicy::set_trainable`]).
-    backbone_trainable: BTreeSet<String>,
 }
 
 impl VlaPolicy {
     /// Wrap `backbone`: zero action queries `[latent, hidden]` and a freshly initialised head
     /// (weights drawn from `seed`), in the dtype and on the device of the backbone's first float
-    /// parameter (f32 on the CPU for a backbone without parameters). Every float backbone
-    /// parameter starts trainable.
+    /// parameter (f32 on the CPU for a backbone without parameters). The backbone's
+    /// `requires_grad` flags are kept (every float parameter of a freshly built or loaded
+    /// backbone trains) until [`set_trainable`](Self::set_trainable).
     pub fn new(backbone: Box<dyn Backbone>, config: PolicyConfig, seed: u64) -> Result<VlaPolicy> {
         config.validate()?;
         let hidden = backbone.hidden_size();
@@ -214,9 +244,7 @@ impl VlaPolicy {
             params.insert(format!("{STATE_PROJ}.weight"), &w)?;
             params.insert(format!("{STATE_PROJ}.bias"), &Tensor::zeros(&[hidden], dtype, device)?)?;
         }
-        let backbone_trainable =
-            backbone.params().iter().filter(|(_, t)| t.dtype().is_float()).map(|(n, _)| n.to_string()).collect();
-        Ok(VlaPolicy { backbone, config, params, head, backbone_trainable })
+        Ok(VlaPolicy { backbone, config, params, head })
     }
 
     pub fn config(&self) -> &PolicyConfig {
@@ -242,43 +270,59 @@ impl VlaPolicy {
         &self.head
     }
 
-    /// Choose what trains: the backbone parameters whose [`Backbone::group_of`] is in `groups`,
-    /// and the policy's own parameters (action queries + head) when `head` is true. Errors when
-    /// nothing would train.
+    /// Choose what trains: the backbone parameters whose [`Backbone::group_of`] is in
+    /// `parts.groups` (for the language model, only the last `parts.llm_last_layers` decoder
+    /// layers and its parameters outside the layers, when set), and the policy's own parameters
+    /// (action queries, state projection, head) when `parts.head` is true.
     ///
-    /// The `Backbone` trait gives only `&ParamStore`, so frozen backbone parameters are left out
-    /// of [`trainable_params`](Self::trainable_params) (the optimizer never touches them) but
-    /// still record the autograd graph inside the backbone. When neither the queries nor any
-    /// backbone parameter train, the backbone runs without recording at all.
-    pub fn set_trainable(&mut self, groups: &[ParamGroup], head: bool) -> Result<()> {
-        let bb = self.backbone.params();
-        let chosen: BTreeSet<String> = bb
-            .iter()
-            .filter(|(n, t)| t.dtype().is_float() && groups.contains(&self.backbone.group_of(n)))
-            .map(|(n, _)| n.to_string())
-            .collect();
-        if chosen.is_empty() && !head {
+    /// Freezing is real: every float backbone parameter not chosen gets `requires_grad = false`
+    /// in the backbone's store (and every chosen one `true`), so the backbone hands frozen
+    /// parameters to its ops as non-tracking tensors: they record no graph, keep no activations
+    /// for a backward and get no gradient. A tower with every parameter frozen and no tracking
+    /// input runs as under `no_grad`.
+    ///
+    /// Errors when nothing would train, and when `llm_last_layers` is 0 or more than the
+    /// language model's layers (naming `train_llm_last_layers`); nothing is changed then.
+    pub fn set_trainable(&mut self, parts: &TrainableParts) -> Result<()> {
+        let bb = self.backbone.as_ref();
+        let lm_layers = bb.num_lm_layers();
+        let first_lm_layer = match parts.llm_last_layers {
+            None => 0,
+            Some(n) if n == 0 || n > lm_layers => {
+                return Err(invalid(format!(
+                    "train_llm_last_layers = {n} must be in 1..={lm_layers} (the decoder layers of backbone `{}`)",
+                    bb.family()
+                )))
+            }
+            Some(n) => lm_layers - n,
+        };
+        let chosen = |name: &str| {
+            let group = bb.group_of(name);
+            parts.groups.contains(&group)
+                && (group != ParamGroup::LanguageModel || bb.lm_layer_of(name).is_none_or(|i| i >= first_lm_layer))
+        };
+        let flags: Vec<(String, bool)> =
+            bb.params().iter().filter(|(_, t)| t.dtype().is_float()).map(|(n, _)| (n.to_string(), chosen(n))).collect();
+        if !parts.head && !flags.iter().any(|(_, on)| *on) {
             return Err(invalid(
                 "nothing to train: no backbone parameter is in the chosen groups and the head is frozen",
             ));
         }
+        let store = self.backbone.params_mut();
+        for (n, on) in &flags {
+            store.set_requires_grad(n, *on)?;
+        }
         let names: Vec<String> = self.params.names().to_vec();
         for n in &names {
-            self.params.set_requires_grad(n, head)?;
+            self.params.set_requires_grad(n, parts.head)?;
         }
-        self.backbone_trainable = chosen;
         Ok(())
     }
 
-    /// `(name, handle)` of every parameter the optimizer should update: the chosen backbone
-    /// parameters (those the backbone's own store also marks trainable), then the policy's.
+    /// `(name, handle)` of every parameter the optimizer should update: the backbone's
+    /// trainable parameters, then the policy's, each in insertion order.
     pub fn trainable_params(&self) -> Vec<(String, Tensor)> {
-        let bb = self.backbone.params();
-        let mut out: Vec<(String, Tensor)> = bb
-            .iter()
-            .filter(|(n, t)| t.is_variable() && self.backbone_trainable.contains(*n))
-            .map(|(n, t)| (n.to_string(), t.clone()))
-            .collect();
+        let mut out = self.backbone.params().trainable();
         out.extend(self.params.trainable());
         out
     }
@@ -372,10 +416,7 @@ impl VlaPolicy {
         let batch = input.input_ids.dim(0)?;
         let extra = self.extra_rows(batch, state)?;
         let extra_len = extra.dim(1)?;
-        let record = extra.tracks_grad() || !self.trainable_backbone_is_empty();
-        let out = vlm4vla_engine::with_grad_enabled(record && vlm4vla_engine::is_grad_enabled(), || {
-            self.backbone.forward(input, Some(&extra))
-        })?;
+        let out = self.backbone.forward(input, Some(&extra))?;
         let latent = self.config.latent;
         if out.appended.len() != extra_len || out.hidden.rank() != 3 || out.hidden.dim(1)? < out.appended.end {
             return Err(Error::ShapeMismatch {
@@ -394,10 +435,6 @@ impl VlaPolicy {
             LatentCombine::Mean => rows.mean(1)?,
         };
         self.head.forward(&self.params, &x)
-    }
-
-    fn trainable_backbone_is_empty(&self) -> bool {
-        !self.backbone.params().iter().any(|(n, t)| t.is_variable() && self.backbone_trainable.contains(n))
     }
 
     /// The loss of `out` against `actions [B, chunk, 7]` (normalised arm dims, gripper in
