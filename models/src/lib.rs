@@ -4,6 +4,7 @@
 //! Models call engine ops only (attention, rms_norm, rope, ...), never a backend.
 
 pub mod common;
+pub mod export;
 pub mod kosmos2;
 pub mod paligemma;
 pub mod qwen2_5_vl;
