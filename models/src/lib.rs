@@ -7,6 +7,7 @@ pub mod common;
 pub mod export;
 pub mod kosmos2;
 pub mod paligemma;
+pub mod plan;
 pub mod qwen2_5_vl;
 pub mod registry;
 pub mod vla;
