@@ -264,7 +264,8 @@ fn a_source_config_of_another_model_or_a_foreign_backbone_is_refused() {
 /// Writes the directories `tools/export_check.py` loads with transformers (not run by CI):
 /// `VLM4VLA_EXPORT_CHECK_DIR=/tmp/x cargo test --release --test export -- --ignored`. For each
 /// family: `<family>-f32` and `<family>-bf16`, the unperturbed tiny checkpoint exported with its
-/// source directory, and `<family>-builtin`, the built-in tiny config exported without one.
+/// source directory, `<family>-sharded` the same in f32 as shards of at most 40 kB, and
+/// `<family>-builtin`, the built-in tiny config exported without one.
 #[test]
 #[ignore]
 fn write_exports_for_the_transformers_check() {
@@ -279,6 +280,9 @@ fn write_exports_for_the_transformers_check() {
             let _ = std::fs::remove_dir_all(&out);
             export::write_hf_dir(model.as_ref(), &config, Some(&src), Some(dtype), &out).unwrap();
         }
+        let out = root.join(format!("{family}-sharded"));
+        let _ = std::fs::remove_dir_all(&out);
+        export::write_hf_dir_sharded(model.as_ref(), &config, Some(&src), None, &out, 40_000).unwrap();
         let out = root.join(format!("{family}-builtin"));
         let _ = std::fs::remove_dir_all(&out);
         let model = load_backbone(builtin, DType::F32, 3).unwrap();

@@ -9,8 +9,9 @@ Pillow for the processors):
 
 The test writes, per family (`qwen2_5_vl`, `paligemma`, `kosmos2`): `<family>-f32` and
 `<family>-bf16`, the committed tiny checkpoint `tests/fixtures/tiny/<family>` loaded by our loader
-and exported unchanged (config and processor files from the source), and `<family>-builtin`, the
-built-in tiny config exported without a source directory (generated config.json).
+and exported unchanged (config and processor files from the source), `<family>-sharded`, the same
+in f32 as 40 kB shards with `model.safetensors.index.json`, and `<family>-builtin`, the built-in
+tiny config exported without a source directory (generated config.json).
 
 For each export this script checks, with transformers' own `AutoModelForImageTextToText`:
 - loading reports no missing, unexpected or mismatched keys and logs no warning about weights;
@@ -34,7 +35,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 FAMILIES = ["qwen2_5_vl", "paligemma", "kosmos2"]
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "sharded": torch.float32}
 
 
 class Captured(logging.Handler):
@@ -101,7 +102,7 @@ def check_source_export(family, tag, path, failures):
     a, b = last_hidden(model, inputs), last_hidden(original, inputs)
     diff = (a - b).abs().max().item()
     print(f"  forward: last hidden {tuple(a.shape)}, max |export - original| = {diff:.3g}", end="")
-    if tag == "f32":
+    if dtype == torch.float32:
         rel = ((a - reference).norm() / reference.norm()).item()
         print(f", relative error vs reference.safetensors = {rel:.3g}", end="")
         if rel > 1e-5:
@@ -152,7 +153,7 @@ def main():
     root = sys.argv[1] if len(sys.argv) > 1 else "/tmp/export-check"
     failures = []
     for family in FAMILIES:
-        for tag in ("f32", "bf16"):
+        for tag in ("f32", "bf16", "sharded"):
             check_source_export(family, tag, os.path.join(root, f"{family}-{tag}"), failures)
         check_builtin_export(family, os.path.join(root, f"{family}-builtin"), failures)
     if failures:
