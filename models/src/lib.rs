@@ -4,8 +4,10 @@
 //! Models call engine ops only (attention, rms_norm, rope, ...), never a backend.
 
 pub mod common;
+pub mod export;
 pub mod kosmos2;
 pub mod paligemma;
+pub mod plan;
 pub mod qwen2_5_vl;
 pub mod registry;
 pub mod vla;

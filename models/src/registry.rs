@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use vlm4vla_engine::{DType, Device, Error, Result, SafeTensorsFile};
 
 /// A parsed config of any family.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum ModelConfig {
     Qwen25Vl(qwen2_5_vl::Qwen25VlConfig),
     PaliGemma(paligemma::PaliGemmaConfig),
@@ -70,6 +70,16 @@ impl ModelConfig {
                 ))
             }
         })
+    }
+
+    /// This config as a transformers 5.x `config.json` (see the families' `to_hf_json`): what
+    /// [`from_dir`](Self::from_dir) parses back to an equal config.
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        match self {
+            ModelConfig::Qwen25Vl(c) => c.to_hf_json(),
+            ModelConfig::PaliGemma(c) => c.to_hf_json(),
+            ModelConfig::Kosmos2(c) => c.to_hf_json(),
+        }
     }
 
     pub fn family(&self) -> &'static str {

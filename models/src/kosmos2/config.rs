@@ -38,6 +38,17 @@ impl Activation {
         })
     }
 
+    /// The name transformers' `ACT2FN` knows it by.
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Activation::Gelu => "gelu",
+            Activation::GeluTanh => "gelu_pytorch_tanh",
+            Activation::QuickGelu => "quick_gelu",
+            Activation::Relu => "relu",
+            Activation::Silu => "silu",
+        }
+    }
+
     pub(crate) fn apply(self, x: &vlm4vla_engine::Tensor) -> Result<vlm4vla_engine::Tensor> {
         match self {
             Activation::Gelu => x.gelu(),
@@ -257,6 +268,53 @@ impl Kosmos2Config {
         };
         cfg.validate().map_err(|msg| Error::file(path, msg))?;
         Ok(cfg)
+    }
+
+    /// This config as a transformers 5.x `config.json` (`Kosmos2ForConditionalGeneration`, nested
+    /// `text_config` / `vision_config`); it parses back through [`from_json`](Self::from_json) to
+    /// an equal config.
+    ///
+    /// ```
+    /// use vlm4vla_models::kosmos2::Kosmos2Config;
+    /// let cfg = Kosmos2Config::tiny();
+    /// assert_eq!(Kosmos2Config::from_json(&cfg.to_hf_json().to_string()).unwrap(), cfg);
+    /// ```
+    pub fn to_hf_json(&self) -> Value {
+        let (v, t) = (&self.vision, &self.text);
+        serde_json::json!({
+            "architectures": ["Kosmos2ForConditionalGeneration"],
+            "model_type": MODEL_TYPE,
+            "latent_query_num": self.latent_query_num,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "text_config": {
+                "model_type": TEXT_MODEL_TYPE,
+                "vocab_size": t.vocab_size,
+                "max_position_embeddings": t.max_position_embeddings,
+                "embed_dim": t.embed_dim,
+                "layers": t.layers,
+                "ffn_dim": t.ffn_dim,
+                "attention_heads": t.attention_heads,
+                "activation_function": t.activation_function.hf_name(),
+                "layer_norm_eps": t.layer_norm_eps,
+                "scale_embedding": t.scale_embedding,
+                "pad_token_id": t.pad_token_id,
+                "bos_token_id": t.bos_token_id,
+                "eos_token_id": t.eos_token_id,
+                "tie_word_embeddings": self.tie_word_embeddings,
+            },
+            "vision_config": {
+                "model_type": VISION_MODEL_TYPE,
+                "hidden_size": v.hidden_size,
+                "intermediate_size": v.intermediate_size,
+                "num_hidden_layers": v.num_hidden_layers,
+                "num_attention_heads": v.num_attention_heads,
+                "num_channels": v.num_channels,
+                "image_size": v.image_size,
+                "patch_size": v.patch_size,
+                "hidden_act": v.hidden_act.hf_name(),
+                "layer_norm_eps": v.layer_norm_eps,
+            },
+        })
     }
 
     /// Check the sizes fit together; the message names the offending fields.

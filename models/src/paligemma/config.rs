@@ -252,6 +252,69 @@ impl PaliGemmaConfig {
         Ok(cfg)
     }
 
+    /// This config as a transformers 5.x `config.json` (`PaliGemmaForConditionalGeneration`,
+    /// nested `text_config` / `vision_config`, `rope_parameters`); it parses back through
+    /// [`from_json_str`](Self::from_json_str) to an equal config.
+    ///
+    /// ```
+    /// use vlm4vla_models::paligemma::PaliGemmaConfig;
+    /// let cfg = PaliGemmaConfig::tiny();
+    /// let json = cfg.to_hf_json().to_string();
+    /// assert_eq!(PaliGemmaConfig::from_json_str(&json).unwrap(), cfg);
+    /// ```
+    pub fn to_hf_json(&self) -> Value {
+        let (v, t) = (&self.vision, &self.text);
+        let act = |a: Activation| match a {
+            Activation::GeluTanh => "gelu_pytorch_tanh",
+            Activation::Gelu => "gelu",
+            Activation::QuickGelu => "quick_gelu",
+        };
+        serde_json::json!({
+            "architectures": ["PaliGemmaForConditionalGeneration"],
+            "model_type": "paligemma",
+            "image_token_index": self.image_token_id,
+            "projection_dim": self.projection_dim,
+            "hidden_size": self.projection_dim,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "text_config": {
+                "model_type": "gemma",
+                "vocab_size": t.vocab_size,
+                "hidden_size": t.hidden_size,
+                "intermediate_size": t.intermediate_size,
+                "num_hidden_layers": t.num_hidden_layers,
+                "num_attention_heads": t.num_attention_heads,
+                "num_key_value_heads": t.num_key_value_heads,
+                "head_dim": t.head_dim,
+                "rms_norm_eps": t.rms_norm_eps,
+                "rope_parameters": {"rope_type": "default", "rope_theta": t.rope_theta},
+                "max_position_embeddings": t.max_position_embeddings,
+                "hidden_act": act(t.hidden_act),
+                "pad_token_id": t.pad_token_id,
+                "bos_token_id": self.bos_token_id,
+                "eos_token_id": self.eos_token_id,
+                "num_image_tokens": self.num_image_tokens(),
+                "tie_word_embeddings": self.tie_word_embeddings,
+            },
+            "vision_config": {
+                "model_type": "siglip_vision_model",
+                "hidden_size": v.hidden_size,
+                "intermediate_size": v.intermediate_size,
+                "num_hidden_layers": v.num_hidden_layers,
+                "num_attention_heads": v.num_attention_heads,
+                "num_channels": v.num_channels,
+                "image_size": v.image_size,
+                "patch_size": v.patch_size,
+                "layer_norm_eps": v.layer_norm_eps,
+                "hidden_act": act(v.hidden_act),
+                "projection_dim": self.projection_dim,
+                "vision_use_head": false,
+            },
+        })
+    }
+
     /// Check the sizes fit together (what the model code relies on).
     pub fn validate(&self) -> Result<()> {
         let bad = |field: &str, msg: String| Err(Error::file("config.json", format!("`{field}`: {msg}")));

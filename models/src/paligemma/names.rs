@@ -44,6 +44,23 @@ pub fn canonical_name(name: &str) -> String {
     name.to_string()
 }
 
+/// The name transformers 5.x `save_pretrained` writes for a tensor given under any accepted
+/// spelling: the hub name with the vision tower's `vision_model.` level dropped
+/// (`vision_tower.embeddings.*`); the decoder, projector and untied head keep their hub names.
+///
+/// ```
+/// use vlm4vla_models::paligemma::names::save_name;
+/// assert_eq!(save_name("vision_tower.vision_model.post_layernorm.bias"), "vision_tower.post_layernorm.bias");
+/// assert_eq!(save_name("model.language_model.norm.weight"), "language_model.model.norm.weight");
+/// ```
+pub fn save_name(name: &str) -> String {
+    let hub = canonical_name(name);
+    match hub.strip_prefix(VISION) {
+        Some(rest) => format!("vision_tower.{rest}"),
+        None => hub,
+    }
+}
+
 /// Every parameter of a checkpoint with this config, by hub name, in module order (vision tower,
 /// projector, decoder), with its shape. No tensor is allocated.
 pub fn param_shapes(cfg: &PaliGemmaConfig) -> Vec<(String, Vec<usize>)> {

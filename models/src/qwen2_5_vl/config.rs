@@ -320,6 +320,64 @@ impl Qwen25VlConfig {
         Ok(cfg)
     }
 
+    /// This config as a transformers 5.x `config.json` (`Qwen2_5_VLForConditionalGeneration`,
+    /// nested `text_config` / `vision_config`, `rope_parameters`); it parses back through
+    /// [`from_json_str`](Self::from_json_str) to an equal config.
+    ///
+    /// ```
+    /// use vlm4vla_models::qwen2_5_vl::Qwen25VlConfig;
+    /// let cfg = Qwen25VlConfig::tiny();
+    /// assert_eq!(Qwen25VlConfig::from_json_str(&cfg.to_hf_json().to_string(), "tiny").unwrap(), cfg);
+    /// ```
+    pub fn to_hf_json(&self) -> Value {
+        let (v, t) = (&self.vision, &self.text);
+        // Qwen2.5-VL's `<|endoftext|>` / `<|im_end|>`, where the vocabulary holds them (the
+        // struct keeps no special ids; transformers warns about ids outside the vocabulary).
+        let special = |id: usize| (id < t.vocab_size).then_some(id);
+        serde_json::json!({
+            "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+            "model_type": "qwen2_5_vl",
+            "image_token_id": self.image_token_id,
+            "video_token_id": self.video_token_id,
+            "vision_start_token_id": self.vision_start_token_id,
+            "vision_end_token_id": self.vision_end_token_id,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "text_config": {
+                "model_type": "qwen2_5_vl_text",
+                "vocab_size": t.vocab_size,
+                "hidden_size": t.hidden_size,
+                "intermediate_size": t.intermediate_size,
+                "num_hidden_layers": t.num_hidden_layers,
+                "num_attention_heads": t.num_attention_heads,
+                "num_key_value_heads": t.num_key_value_heads,
+                "rms_norm_eps": t.rms_norm_eps,
+                "max_position_embeddings": t.max_position_embeddings,
+                "hidden_act": "silu",
+                "bos_token_id": special(151643),
+                "eos_token_id": special(151645),
+                "rope_parameters": {"rope_type": "default", "rope_theta": t.rope_theta, "mrope_section": t.mrope_section},
+                "tie_word_embeddings": self.tie_word_embeddings,
+            },
+            "vision_config": {
+                "model_type": "qwen2_5_vl_vision",
+                "depth": v.depth,
+                "hidden_size": v.hidden_size,
+                "intermediate_size": v.intermediate_size,
+                "num_heads": v.num_heads,
+                "in_channels": v.in_channels,
+                "patch_size": v.patch_size,
+                "temporal_patch_size": v.temporal_patch_size,
+                "spatial_merge_size": v.spatial_merge_size,
+                "window_size": v.window_size,
+                "out_hidden_size": v.out_hidden_size,
+                "fullatt_block_indexes": v.fullatt_block_indexes,
+                "tokens_per_second": v.tokens_per_second,
+                "hidden_act": "silu",
+                "rope_parameters": {"rope_type": "axial", "rope_theta": v.rope_theta},
+            },
+        })
+    }
+
     /// Check the relations the model relies on; the message names the fields involved.
     pub fn validate(&self) -> std::result::Result<(), String> {
         let t = &self.text;
