@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use vlm4vla::engine::DType;
 
 const FAMILIES: [&str; 3] = ["qwen2_5_vl", "paligemma", "kosmos2"];
 
@@ -125,7 +126,29 @@ fn every_family_fine_tunes_resumes_exactly_and_loads_for_predict_and_eval() {
         let acc = r["gripper_accuracy"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&acc));
 
-        for d in [&full, &resumed] {
+        // Export: the fine-tuned backbone under the checkpoint's own names reloads to the same
+        // weights, bit for bit; the policy's own tensors beside it.
+        let exported = tmp(&format!("{fam}-export"));
+        ok(&["export", "--checkpoint", full.to_str().unwrap(), "--out", exported.to_str().unwrap()]);
+        let p = vlm4vla::finetune::FinetunedPolicy::open(&root().join(&full)).unwrap();
+        let back = vlm4vla::models::registry::load_backbone(exported.to_str().unwrap(), DType::F32, 0).unwrap();
+        let ours = p.policy.backbone().checkpoint_params().unwrap();
+        let theirs: std::collections::BTreeMap<String, Vec<f32>> =
+            back.checkpoint_params().unwrap().into_iter().map(|(n, t)| (n, t.to_vec::<f32>().unwrap())).collect();
+        assert_eq!(ours.len(), theirs.len(), "{fam}: tensor count after the round trip");
+        for (name, t) in &ours {
+            assert!(theirs[name] == t.to_vec::<f32>().unwrap(), "{fam}: `{name}` differs after export");
+        }
+        let head = vlm4vla::engine::io::SafeTensorsFile::open(exported.join("vla_policy.safetensors")).unwrap();
+        let mut names: Vec<&str> = head.names();
+        names.sort_unstable();
+        let mut want: Vec<&str> = p.policy.params().names().iter().map(String::as_str).collect();
+        want.sort_unstable();
+        assert_eq!(names, want, "{fam}: the policy's own tensors");
+        let err = fails(&["export", "--checkpoint", full.to_str().unwrap(), "--out", exported.to_str().unwrap()]);
+        assert!(err.contains(exported.to_str().unwrap()), "{fam}: a non-empty out is refused by name: {err}");
+
+        for d in [&full, &resumed, &exported] {
             std::fs::remove_dir_all(d).unwrap();
         }
     }

@@ -110,7 +110,8 @@ fn activation_estimate_matches_the_engine_live_bytes_on_tiny_backbones() {
                 let backbone = load_backbone(name, DType::F32, 5).unwrap();
                 let mut vla = VlaPolicy::new(backbone, policy.clone(), 6).unwrap();
                 vla.set_checkpoint_activations(ckpt);
-                vla.set_trainable(&TrainableParts { groups: groups.to_vec(), head: true, llm_last_layers: None }).unwrap();
+                vla.set_trainable(&TrainableParts { groups: groups.to_vec(), head: true, llm_last_layers: None })
+                    .unwrap();
                 let input = batch(&config, b, 40 + b as u64);
                 let actions = Tensor::zeros(&[b, policy.chunk, ACTION_DIMS], DType::F32, Device::Cpu).unwrap();
                 let mask = Tensor::ones(&[b, policy.chunk], DType::U8, Device::Cpu).unwrap();

@@ -3,6 +3,7 @@
 mod collect;
 mod demo;
 mod eval;
+mod export;
 mod info;
 mod predict;
 mod train;
@@ -34,6 +35,9 @@ enum Command {
     /// Evaluate a checkpoint closed-loop on held-out tabletop episodes.
     #[command(long_about = eval::LONG_ABOUT)]
     Eval(eval::EvalArgs),
+    /// Write a fine-tuned backbone as a Hugging Face checkpoint directory (and the policy head).
+    #[command(long_about = export::LONG_ABOUT)]
+    Export(export::ExportArgs),
     /// Predict the action chunk for one image and instruction (JSON on stdout).
     #[command(long_about = predict::LONG_ABOUT)]
     Predict(predict::PredictArgs),
@@ -47,6 +51,7 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Collect(args) => collect::run(&args),
         Command::Train(args) => train::run(&args),
         Command::Eval(args) => eval::run(&args),
+        Command::Export(args) => export::run(&args),
         Command::Predict(args) => predict::run(&args),
         Command::Info(args) => info::run(&args),
     }

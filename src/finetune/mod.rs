@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod encoder;
+pub mod export;
 pub mod model;
 pub mod policy;
 pub mod source;

@@ -21,6 +21,8 @@ pub struct FinetunedPolicy {
     pub config: FinetuneConfig,
     pub extra: FinetuneExtra,
     pub step: usize,
+    /// Where the backbone came from (its config and checkpoint directory).
+    pub source: ModelSource,
 }
 
 impl FinetunedPolicy {
@@ -88,7 +90,7 @@ impl FinetunedPolicy {
             state: extra.state.clone(),
             device: config.device()?,
         };
-        Ok(FinetunedPolicy { policy, batch, config, extra, step: ckpt.state.step })
+        Ok(FinetunedPolicy { policy, batch, config, extra, step: ckpt.state.step, source })
     }
 
     pub fn normalizer(&self) -> &ActionNormalizer {
