@@ -208,6 +208,9 @@ fn every_example_config_parses() {
                 .map(|_| ())
                 .or_else(|e| if path.to_string_lossy().contains("paper") { Ok(()) } else { Err(e) })
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            // A plan for every config, without a download or a GPU.
+            let out = ok(&["train", "--config", path.to_str().unwrap(), "--plan"]);
+            assert!(out.contains("activations (kept)") && out.contains("80 GiB"), "{}: {out}", path.display());
             n += 1;
         }
     }
@@ -266,4 +269,30 @@ fn two_cameras_enter_every_family() {
     for f in [main, wrist] {
         std::fs::remove_file(f).unwrap();
     }
+}
+
+/// The plan counts what the run trains: its trainable total is the policy's, with the vision
+/// tower frozen and only the last LM layer training.
+#[test]
+fn the_plan_counts_what_the_run_trains() {
+    let (dir, cfg) = with_config("plan", |t| {
+        t.replace(
+            "train_modules = [\"vision\", \"connector\", \"language_model\", \"embeddings\", \"head\"]",
+            "train_modules = [\"connector\", \"language_model\", \"head\"]\ntrain_llm_last_layers = 1",
+        )
+        .replace("steps = 30", "steps = 2")
+    });
+    let run = dir.join("run");
+    let out = ok(&["train", "--config", cfg.to_str().unwrap(), "--plan"]);
+    let trainable: usize = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("trainable "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map(|n| n.replace(',', "").parse().unwrap())
+        .expect("a trainable total");
+    assert!(out.contains("frozen") && out.contains("the last LM layers"), "{out}");
+    ok(&["train", "--config", cfg.to_str().unwrap(), "--output-dir", run.to_str().unwrap()]);
+    let p = vlm4vla::finetune::FinetunedPolicy::open(&root().join(&run)).unwrap();
+    assert_eq!(p.policy.num_params().1, trainable);
+    std::fs::remove_dir_all(dir).unwrap();
 }

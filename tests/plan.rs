@@ -213,3 +213,24 @@ fn real_configs_plan_without_allocating() {
         println!("{text}");
     }
 }
+
+#[test]
+fn training_the_last_llm_layers_counts_only_those_as_trainable() {
+    let _serial = serial();
+    for name in ["paligemma-tiny", "qwen2.5-vl-tiny", "kosmos-2-tiny"] {
+        let config = ModelConfig::builtin(name).unwrap();
+        let backbone = load_backbone(name, DType::F32, 5).unwrap();
+        let mut vla = VlaPolicy::new(backbone, PolicyConfig::default(), 6).unwrap();
+        let parts = TrainableParts { groups: ALL.to_vec(), head: true, llm_last_layers: Some(1) };
+        vla.set_trainable(&parts).unwrap();
+        let mut input = PlanInput::new(config, DType::F32, 2);
+        input.llm_last_layers = Some(1);
+        let p = plan::plan(&input).unwrap();
+        let (all, trainable) = vla.num_params();
+        assert_eq!((p.backbone_params + p.head_params, p.trainable_params), (all, trainable), "{name}");
+        let lm = p.groups.iter().find(|g| g.group == ParamGroup::LanguageModel).unwrap();
+        assert!(lm.trainable && lm.trainable_params < lm.params, "{name}: {lm:?}");
+        input.llm_last_layers = Some(99);
+        assert!(plan::plan(&input).unwrap_err().to_string().contains("llm_last_layers"), "{name}");
+    }
+}

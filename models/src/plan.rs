@@ -23,7 +23,7 @@
 //! assert!(p.to_string().contains("activations"));
 //! ```
 
-use crate::common::backbone::ParamGroup;
+use crate::common::backbone::{layer_index, ParamGroup};
 use crate::registry::{group_digits, ModelConfig};
 use crate::vla::{LatentCombine, PolicyConfig, ARM_DIMS};
 use std::collections::BTreeMap;
@@ -59,6 +59,10 @@ pub struct PlanInput {
     pub checkpoint_activations: bool,
     /// AdamW keeps f32 master weights (with bf16 or f16 parameters).
     pub master_weights: bool,
+    /// `train_llm_last_layers`: only the language model's last N decoder layers (and its final
+    /// norm) train; the layers below are frozen (their weights need no gradient or optimizer
+    /// state, but the action queries still backpropagate through them, so their activations stay).
+    pub llm_last_layers: Option<usize>,
 }
 
 impl PlanInput {
@@ -80,6 +84,7 @@ impl PlanInput {
             images_per_sample: 1,
             image_size: 224,
             checkpoint_activations: false,
+            llm_last_layers: None,
             master_weights: param_dtype != DType::F32 && param_dtype != DType::F64,
         }
     }
@@ -90,7 +95,10 @@ impl PlanInput {
 pub struct GroupCount {
     pub group: ParamGroup,
     pub params: usize,
+    /// Whether the group trains (all of it, or with `llm_last_layers` part of the LM).
     pub trainable: bool,
+    /// How many of its parameters train.
+    pub trainable_params: usize,
 }
 
 /// Whether the plan fits one GPU size.
@@ -144,18 +152,38 @@ pub fn plan(input: &PlanInput) -> Result<TrainPlan> {
         return Err(bad(format!("param_dtype {} is not a float dtype", input.param_dtype)));
     }
     let cfg = &input.config;
-    let mut by_group: BTreeMap<ParamGroup, usize> = BTreeMap::new();
+    let lm_layers = lm_layer_count(cfg);
+    let frozen_below = match input.llm_last_layers {
+        Some(n) if n == 0 || n > lm_layers => {
+            return Err(bad(format!("llm_last_layers = {n} must be in 1..={lm_layers} (the LM's decoder layers)")))
+        }
+        Some(n) => lm_layers - n,
+        None => 0,
+    };
+    let mut by_group: BTreeMap<ParamGroup, (usize, usize)> = BTreeMap::new();
     for (name, shape) in cfg.param_shapes() {
-        *by_group.entry(cfg.group_of(&name)).or_insert(0) += shape.iter().product::<usize>();
+        let group = cfg.group_of(&name);
+        let n = shape.iter().product::<usize>();
+        let below = group == ParamGroup::LanguageModel && layer_index(&name).is_some_and(|i| i < frozen_below);
+        let entry = by_group.entry(group).or_insert((0, 0));
+        entry.0 += n;
+        if input.trainable.contains(&group) && !below {
+            entry.1 += n;
+        }
     }
     let groups: Vec<GroupCount> = by_group
         .iter()
-        .map(|(&group, &params)| GroupCount { group, params, trainable: input.trainable.contains(&group) })
+        .map(|(&group, &(params, trainable_params))| GroupCount {
+            group,
+            params,
+            trainable: trainable_params > 0,
+            trainable_params,
+        })
         .collect();
     let backbone_params: usize = groups.iter().map(|g| g.params).sum();
     let hidden = hidden_size(cfg);
     let head_params = head_params(hidden, &input.policy);
-    let trainable_params = groups.iter().filter(|g| g.trainable).map(|g| g.params).sum::<usize>() + head_params;
+    let trainable_params = groups.iter().map(|g| g.trainable_params).sum::<usize>() + head_params;
     let frozen_params = backbone_params + head_params - trainable_params;
 
     let e = input.param_dtype.size_in_bytes() as u64;
@@ -479,7 +507,11 @@ impl std::fmt::Display for TrainPlan {
         )?;
         writeln!(f, "parameters:")?;
         for g in &self.groups {
-            let state = if g.trainable { "trainable" } else { "frozen" };
+            let state = match (g.trainable_params, g.params) {
+                (0, _) => "frozen".to_string(),
+                (t, p) if t == p => "trainable".to_string(),
+                (t, _) => format!("{} trainable (the last LM layers)", group_digits(t)),
+            };
             writeln!(f, "  {:<15} {:>15}  {state}", g.group.as_str(), group_digits(g.params))?;
         }
         writeln!(f, "  {:<15} {:>15}  trainable", "vla head", group_digits(self.head_params))?;
@@ -502,5 +534,14 @@ impl std::fmt::Display for TrainPlan {
             writeln!(f, "  {:<24} {}", fit.gpu, if fit.fits { "yes" } else { "no" })?;
         }
         Ok(())
+    }
+}
+
+/// The language model's decoder layers.
+fn lm_layer_count(cfg: &ModelConfig) -> usize {
+    match cfg {
+        ModelConfig::Qwen25Vl(c) => c.text.num_hidden_layers,
+        ModelConfig::PaliGemma(c) => c.text.num_hidden_layers,
+        ModelConfig::Kosmos2(c) => c.text.layers,
     }
 }

@@ -30,6 +30,10 @@ pub struct TrainArgs {
     /// Write the run here instead of the config's `output_dir`.
     #[arg(long)]
     output_dir: Option<PathBuf>,
+    /// Print the memory plan (parameters by group; bytes of weights, gradients, optimizer state
+    /// and activations at the batch; which GPUs it fits) and stop without training.
+    #[arg(long)]
+    plan: bool,
 }
 
 pub fn run(a: &TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -38,6 +42,15 @@ pub fn run(a: &TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
         let mut cfg = FinetuneConfig::from_toml_str(&text, &a.config)?;
         if let Some(d) = &a.output_dir {
             cfg.train.output_dir = d.clone();
+        }
+        if a.plan {
+            let (plan, notes) = finetune::plan::plan(&cfg)?;
+            println!("device: {} (the config's)", cfg.device);
+            print!("{plan}");
+            for n in notes {
+                println!("note: {n}");
+            }
+            return Ok(());
         }
         vlm4vla::train::signal::install_sigint_handler();
         let out = finetune::train(&cfg, a.resume.as_deref())?;
@@ -51,6 +64,9 @@ pub fn run(a: &TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
             out.checkpoint.display()
         );
         return Ok(());
+    }
+    if a.plan {
+        return Err("--plan takes a fine-tuning config (with a [data] table)".into());
     }
     let mut cfg = PipelineConfig::from_toml_str(&text, &a.config)?;
     if let Some(d) = &a.output_dir {

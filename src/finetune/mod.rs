@@ -15,6 +15,7 @@ pub mod config;
 pub mod encoder;
 pub mod export;
 pub mod model;
+pub mod plan;
 pub mod policy;
 pub mod source;
 pub mod text;

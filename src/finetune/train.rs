@@ -60,6 +60,24 @@ pub fn open_dataset(data: &DataConfig) -> Result<LeRobotDataset> {
     Ok(ds)
 }
 
+/// With a `data.state_key`, `policy.state_dim` is the state's width: taken from the dataset
+/// when 0, an error naming the field when it differs.
+pub fn resolve_state_dim(cfg: &mut FinetuneConfig, ds: &LeRobotDataset) -> Result<()> {
+    if cfg.data.state_key.is_some() {
+        match cfg.train.policy.state_dim {
+            0 => cfg.train.policy.state_dim = ds.state_dim(),
+            d if d != ds.state_dim() => {
+                return Err(Error::invalid(
+                    "policy.state_dim",
+                    format!("= {d}, but `{}` is {}-D", cfg.data.state_key.as_deref().unwrap_or(""), ds.state_dim()),
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// The action normaliser of `data` on `ds`'s statistics.
 pub fn normalizer(data: &DataConfig, ds: &LeRobotDataset) -> Result<ActionNormalizer> {
     ActionNormalizer::from_stats(data.mode(), &ds.action_stats())
@@ -101,18 +119,7 @@ pub fn train(cfg: &FinetuneConfig, resume: Option<&Path>) -> Result<FinetuneOutc
     let started = Instant::now();
     let mut cfg = cfg.clone();
     let ds = open_dataset(&cfg.data)?;
-    if cfg.data.state_key.is_some() {
-        match cfg.train.policy.state_dim {
-            0 => cfg.train.policy.state_dim = ds.state_dim(),
-            d if d != ds.state_dim() => {
-                return Err(Error::invalid(
-                    "policy.state_dim",
-                    format!("= {d}, but `{}` is {}-D", cfg.data.state_key.as_deref().unwrap_or(""), ds.state_dim()),
-                ))
-            }
-            _ => {}
-        }
-    }
+    resolve_state_dim(&mut cfg, &ds)?;
     let source = ModelSource::resolve(&cfg.train.backbone)?;
     let encoder = source.encoder(&cfg.data.prompt, cfg.data.image_size)?;
     let norm = normalizer(&cfg.data, &ds)?;
