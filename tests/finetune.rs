@@ -296,3 +296,33 @@ fn the_plan_counts_what_the_run_trains() {
     assert_eq!(p.policy.num_params().1, trainable);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `dtype = "bf16"` on the CPU: bf16 parameters (f32 compute inside each op), f32 masters and
+/// moments in the optimizer state, the loss falls.
+#[test]
+fn bf16_parameters_train_through_the_cli() {
+    for fam in FAMILIES {
+        let (dir, cfg) = with_config(&format!("bf16-{fam}"), |t| {
+            t.replace("tests/fixtures/tiny/paligemma", &format!("tests/fixtures/tiny/{fam}"))
+                .replace("dtype = \"f32\"", "dtype = \"bf16\"")
+        });
+        let run = dir.join("run");
+        ok(&["train", "--config", cfg.to_str().unwrap(), "--output-dir", run.to_str().unwrap()]);
+        let l: Vec<f64> = losses(&run).iter().map(|(_, x)| x.parse().unwrap()).collect();
+        let (first, last) = (l[..5].iter().sum::<f64>() / 5.0, l[25..].iter().sum::<f64>() / 5.0);
+        println!("{fam} bf16: loss {first:.4} → {last:.4}");
+        assert!(last < 0.9 * first, "{fam}: {first} → {last}");
+        let ckpt = run.join("checkpoint-30");
+        let model = vlm4vla::engine::io::SafeTensorsFile::open(ckpt.join("model.safetensors")).unwrap();
+        for n in model.names() {
+            assert_eq!(model.dtype(n).unwrap(), DType::BF16, "{fam}: `{n}`");
+        }
+        let opt = vlm4vla::engine::io::SafeTensorsFile::open(ckpt.join("optimizer.safetensors")).unwrap();
+        let masters: Vec<&str> = opt.names().into_iter().filter(|n| n.ends_with(".master")).collect();
+        assert_eq!(masters.len(), model.names().len(), "{fam}: one f32 master per trained tensor");
+        for n in masters {
+            assert_eq!(opt.dtype(n).unwrap(), DType::F32, "{fam}: `{n}`");
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
