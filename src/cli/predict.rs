@@ -48,7 +48,7 @@ pub fn run(a: &PredictArgs) -> Result<(), Box<dyn std::error::Error>> {
         )
         .into());
     }
-    let unknown = p.encoder.vocab.unknown_words(&a.instruction);
+    let unknown = p.encoder.tokenizer.unknown_words(&a.instruction);
     if !unknown.is_empty() {
         eprintln!("warning: words outside the instruction vocabulary: {}", unknown.join(", "));
     }

@@ -31,7 +31,8 @@ mod vocab;
 pub use collect::{collect, CollectOptions, CollectSummary, DEFAULT_PLAN_STEPS, FPS, ROBOT_TYPE};
 pub use grounding::{GroundingConfig, GROUNDING_FIRST_SEED, GROUNDING_TEMPLATE, GROUNDING_WINDOW};
 pub use model::{
-    backbone_config, build_policy, demo_init, normalizer, Encoder, PipelineExtra, BACKBONES, DEMO_BACKBONE,
+    backbone_config, build_policy, demo_init, normalizer, tabletop_encoder, Encoder, PipelineExtra, BACKBONES,
+    DEMO_BACKBONE,
 };
 pub use policy::{LoadedPolicy, EVAL_FIRST_SEED};
 pub use run::{results_table, run_demo, DemoOptions, DemoReport, HELDOUT_DEMO_FIRST_SEED};

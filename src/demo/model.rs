@@ -8,9 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{invalid, Vocab};
 use crate::engine::{DType, Device, Result, Tensor};
-use crate::models::paligemma::{PaliGemma, PaliGemmaConfig, PaliGemmaProcessor, PromptTokens};
+use crate::models::paligemma::{PaliGemma, PaliGemmaConfig, PaliGemmaProcessor};
 use crate::models::vla::{ActionNormalizer, VlaPolicy, ARM_DIMS};
-use crate::models::BackboneInput;
 use crate::train::TrainConfig;
 
 /// The backbone `vlm4vla demo` trains: a narrower, shallower `paligemma-tiny` (see
@@ -58,38 +57,33 @@ pub fn backbone_config(name: &str, image_size: usize) -> Result<PaliGemmaConfig>
     Ok(cfg)
 }
 
-/// Images and instructions → a backbone batch.
-#[derive(Clone, Debug)]
-pub struct Encoder {
-    pub processor: PaliGemmaProcessor,
-    pub vocab: Vocab,
+/// Images and instructions → a backbone batch: the shared [`finetune::Encoder`] with the
+/// PaliGemma processor of the demo's config, the word vocabulary as its tokenizer and the bare
+/// instruction as the prompt.
+///
+/// [`finetune::Encoder`]: crate::finetune::Encoder
+pub type Encoder = crate::finetune::Encoder;
+
+/// The demo preset's [`Encoder`] for `cfg`.
+pub fn tabletop_encoder(cfg: &PaliGemmaConfig) -> Encoder {
+    crate::finetune::Encoder {
+        processor: crate::finetune::Processor::PaliGemma(PaliGemmaProcessor::new(cfg)),
+        tokenizer: std::sync::Arc::new(Vocab::tabletop()),
+        prompt: "{instruction}".into(),
+        image_size: None,
+    }
 }
 
-impl Encoder {
-    pub fn new(cfg: &PaliGemmaConfig) -> Encoder {
-        Encoder { processor: PaliGemmaProcessor::new(cfg), vocab: Vocab::tabletop() }
-    }
-
-    pub fn image_size(&self) -> usize {
-        self.processor.image_size
-    }
-
-    pub fn prompt(&self, instruction: &str) -> PromptTokens {
-        self.processor.prompt(&self.vocab.encode(instruction), None)
-    }
-
-    /// `images` are `S × S × 3` RGB bytes at the model's image size.
-    pub fn encode(&self, images: &[&[u8]], prompts: &[PromptTokens]) -> Result<BackboneInput> {
-        let px = self.processor.pixel_values(images)?;
-        self.processor.collate(prompts, px)
-    }
+/// The model's square input size.
+pub fn image_size(encoder: &Encoder) -> usize {
+    encoder.model_image_size().unwrap_or(0)
 }
 
 /// A fresh (untrained) policy for `cfg` at `image_size`: backbone weights from `cfg.seed`, head
 /// weights from `cfg.seed + 1`.
 pub fn build_policy(cfg: &TrainConfig, image_size: usize) -> Result<(VlaPolicy, Encoder)> {
     let bb_cfg = backbone_config(&cfg.backbone, image_size)?;
-    let encoder = Encoder::new(&bb_cfg);
+    let encoder = tabletop_encoder(&bb_cfg);
     let mut backbone = PaliGemma::random(bb_cfg, cfg.seed, DType::F32)?;
     demo_init(&mut backbone, cfg.seed)?;
     let mut policy = VlaPolicy::new(Box::new(backbone), cfg.policy.clone(), cfg.seed.wrapping_add(1))?;

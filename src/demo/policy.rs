@@ -6,9 +6,9 @@ use std::path::Path;
 use super::{
     backbone_config, build_policy, invalid, normalizer, train::check_family, Encoder, PipelineExtra, VOCAB_NAME,
 };
+use crate::data::RgbImage;
 use crate::engine::{Device, Error, Result, Tensor};
 use crate::env::{evaluate, Action, EnvConfig, EpisodeSpec, EvalOptions, EvalReport, Observation, TaskFamily};
-use crate::models::paligemma::PromptTokens;
 use crate::models::vla::{ActionNormalizer, VlaPolicy, ACTION_DIMS, ARM_DIMS};
 use crate::train::{Checkpoint, TrainConfig};
 
@@ -73,7 +73,7 @@ impl LoadedPolicy {
     }
 
     pub fn image_size(&self) -> usize {
-        self.encoder.image_size()
+        super::model::image_size(&self.encoder)
     }
 
     /// Action chunks (raw actions) for images at the model size and their instructions.
@@ -85,8 +85,10 @@ impl LoadedPolicy {
         instructions: &[&str],
         states: Option<&[[f32; 7]]>,
     ) -> Result<Vec<Vec<Action>>> {
-        let prompts: Vec<PromptTokens> = instructions.iter().map(|t| self.encoder.prompt(t)).collect();
-        let input = self.encoder.encode(images, &prompts)?;
+        let size = self.image_size();
+        let frames: Vec<Vec<RgbImage>> =
+            images.iter().map(|d| vec![RgbImage { width: size, height: size, data: d.to_vec() }]).collect();
+        let input = self.encoder.encode(&frames, instructions)?;
         let state = match (self.policy.config().state_dim, states) {
             (0, _) => None,
             (d, Some(s)) => {

@@ -9,9 +9,9 @@ use rand_chacha::ChaCha8Rng;
 use super::grounding::GroundingRow;
 use super::{invalid, Encoder, GroundingConfig, GROUNDING_WINDOW};
 use crate::data::LeRobotDataset;
+use crate::data::RgbImage;
 use crate::engine::{Device, Error, Result, Tensor};
 use crate::env::EnvConfig;
-use crate::models::paligemma::PromptTokens;
 use crate::models::vla::{ActionNormalizer, VlaPolicy, ACTION_DIMS};
 use crate::train::{Batch, BatchSource};
 
@@ -21,7 +21,8 @@ use crate::train::{Batch, BatchSource};
 pub struct DemoSource {
     encoder: Encoder,
     images: Vec<Vec<u8>>,
-    prompts: Vec<PromptTokens>,
+    /// Per frame, the instruction's prompt ids.
+    prompts: Vec<Vec<i64>>,
     /// Per frame, `chunk` labels (the dataset's action chunk: 6 normalised arm values and the
     /// gripper target in {0, 1}) and whether each is real.
     targets: Vec<[f32; ACTION_DIMS]>,
@@ -54,7 +55,7 @@ impl DemoSource {
         seed: u64,
         state_dim: usize,
     ) -> Result<DemoSource> {
-        let s = encoder.image_size();
+        let s = super::model::image_size(&encoder);
         let (h, w) = dataset.image_size();
         if (h, w) != (s, s) {
             return Err(Error::file(
@@ -87,11 +88,18 @@ impl DemoSource {
                 ),
             ));
         }
-        let mut cache: BTreeMap<String, PromptTokens> = BTreeMap::new();
+        let mut cache: BTreeMap<String, Vec<i64>> = BTreeMap::new();
         for i in 0..n {
             images.push(dataset.decode_image(i)?.data);
             let text = dataset.instruction(i).unwrap_or_default();
-            let p = cache.entry(text.to_string()).or_insert_with(|| encoder.prompt(text)).clone();
+            let p = match cache.get(text) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = encoder.prompt_ids(text)?;
+                    cache.insert(text.to_string(), p.clone());
+                    p
+                }
+            };
             prompts.push(p);
             raw.clear();
             dataset.action_chunk_into(i, chunk, &mut raw, &mut valid)?;
@@ -183,13 +191,17 @@ impl DemoSource {
         let n = self.images.len();
         let pointing = self.grounding_rows(k);
         let idx: Vec<usize> = (0..self.batch_size - pointing).map(|_| rng.gen_range(0..n)).collect();
-        let env = EnvConfig { image_size: self.encoder.image_size(), ..EnvConfig::default() };
+        let size = super::model::image_size(&self.encoder);
+        let env = EnvConfig { image_size: size, ..EnvConfig::default() };
         let rows: Vec<GroundingRow> = (0..pointing).map(|_| GroundingRow::sample(&env, &mut rng)).collect();
-        let mut imgs: Vec<&[u8]> = idx.iter().map(|&i| self.images[i].as_slice()).collect();
-        imgs.extend(rows.iter().map(|r| r.image.as_slice()));
-        let mut prompts: Vec<PromptTokens> = idx.iter().map(|&i| self.prompts[i].clone()).collect();
-        prompts.extend(rows.iter().map(|r| self.encoder.prompt(&r.instruction)));
-        let input = self.encoder.encode(&imgs, &prompts)?;
+        let frame = |data: &[u8]| vec![RgbImage { width: size, height: size, data: data.to_vec() }];
+        let mut imgs: Vec<Vec<RgbImage>> = idx.iter().map(|&i| frame(&self.images[i])).collect();
+        imgs.extend(rows.iter().map(|r| frame(&r.image)));
+        let mut prompts: Vec<Vec<i64>> = idx.iter().map(|&i| self.prompts[i].clone()).collect();
+        for r in &rows {
+            prompts.push(self.encoder.prompt_ids(&r.instruction)?);
+        }
+        let input = self.encoder.encode_ids(&imgs, &prompts)?;
         let (b, c) = (imgs.len(), self.chunk);
         let mut actions = Vec::with_capacity(b * c * ACTION_DIMS);
         let mut mask = Vec::with_capacity(b * c);
@@ -367,7 +379,8 @@ mod tests {
     /// A source over `ds` at 16 px: chunk 2, seed 1.
     fn source(ds: &LeRobotDataset, batch: usize, state_dim: usize) -> DemoSource {
         let cfg = backbone_config("paligemma-demo", 16).unwrap();
-        DemoSource::new(ds, Encoder::new(&cfg), &normalizer().unwrap(), 2, batch, 1, state_dim).unwrap()
+        DemoSource::new(ds, crate::demo::tabletop_encoder(&cfg), &normalizer().unwrap(), 2, batch, 1, state_dim)
+            .unwrap()
     }
 
     #[test]

@@ -75,3 +75,19 @@ impl Vocab {
 fn split_words(text: &str) -> Vec<String> {
     text.split(|c: char| !c.is_ascii_alphabetic()).filter(|w| !w.is_empty()).map(str::to_string).collect()
 }
+
+/// The word vocabulary as one tokenizer among others: what the shared
+/// [`Encoder`](crate::finetune::Encoder) of the demo preset tokenises instructions with.
+impl crate::finetune::text::TextTokenizer for Vocab {
+    fn encode(&self, text: &str) -> crate::engine::Result<Vec<i64>> {
+        Ok(Vocab::encode(self, text))
+    }
+
+    fn describe(&self) -> String {
+        format!("the tabletop word vocabulary `{}` ({} words)", super::VOCAB_NAME, self.len())
+    }
+
+    fn unknown_words(&self, text: &str) -> Vec<String> {
+        Vocab::unknown_words(self, text)
+    }
+}

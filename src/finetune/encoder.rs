@@ -89,13 +89,30 @@ impl Encoder {
         self.tokenizer.encode(&self.prompt_text(instruction))
     }
 
+    /// The square input size of a family that takes one (PaliGemma, Kosmos-2); None for
+    /// Qwen2.5-VL, whose processor keeps the aspect ratio.
+    pub fn model_image_size(&self) -> Option<usize> {
+        match &self.processor {
+            Processor::Qwen25Vl(_) => None,
+            Processor::PaliGemma(p) => Some(p.image_size),
+            Processor::Kosmos2(p) => Some(p.image_size),
+        }
+    }
+
     /// One batch: `cameras[b]` holds sample `b`'s frames (one per camera, the same cameras in the
     /// same order in every sample), `instructions[b]` its task.
     pub fn encode(&self, cameras: &[Vec<RgbImage>], instructions: &[&str]) -> Result<BackboneInput> {
-        if cameras.is_empty() || cameras.len() != instructions.len() {
+        let ids = instructions.iter().map(|t| self.prompt_ids(t)).collect::<Result<Vec<_>>>()?;
+        self.encode_ids(cameras, &ids)
+    }
+
+    /// [`encode`](Self::encode) with the instructions already through
+    /// [`prompt_ids`](Self::prompt_ids) (callers that cache them per task).
+    pub fn encode_ids(&self, cameras: &[Vec<RgbImage>], ids: &[Vec<i64>]) -> Result<BackboneInput> {
+        if cameras.is_empty() || cameras.len() != ids.len() {
             return Err(Error::invalid(
                 "Encoder::encode",
-                format!("{} samples of frames for {} instructions", cameras.len(), instructions.len()),
+                format!("{} samples of frames for {} instructions", cameras.len(), ids.len()),
             ));
         }
         let n = cameras[0].len();
@@ -105,12 +122,11 @@ impl Encoder {
                 format!("sample {b} has {} camera frames, sample 0 has {n} (at least one each)", cameras[b].len()),
             ));
         }
-        let ids = instructions.iter().map(|t| self.prompt_ids(t)).collect::<Result<Vec<_>>>()?;
         match &self.processor {
             Processor::Qwen25Vl(p) => {
                 let samples = cameras
                     .iter()
-                    .zip(&ids)
+                    .zip(ids)
                     .map(|(frames, ids)| {
                         let images = frames.iter().map(|f| p.image(&self.sized(f)?)).collect::<Result<Vec<_>>>()?;
                         let grids: Vec<[usize; 3]> = images.iter().map(|i| i.grid_thw).collect();
@@ -133,7 +149,7 @@ impl Encoder {
                         p.preprocess(&f.data, f.height, f.width)
                     })
                     .collect::<Result<Vec<_>>>()?;
-                p.collate(&pixels, &ids)
+                p.collate(&pixels, ids)
             }
         }
     }

@@ -23,6 +23,11 @@ pub trait TextTokenizer: Send + Sync {
     fn encode(&self, text: &str) -> Result<Vec<i64>>;
     /// What this tokenizer is, for logs and checkpoints (e.g. `tokenizer.json at DIR`).
     fn describe(&self) -> String;
+    /// Words of `text` this tokenizer cannot represent (a word vocabulary's unknown words; none
+    /// for subword and byte tokenizers).
+    fn unknown_words(&self, _text: &str) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A Hugging Face `tokenizer.json`.
