@@ -584,9 +584,10 @@ fn action_plans_round_trip_and_label_the_chunks() {
     let (_, batches, _) = parquet_schema(&data);
     let b = &batches[0];
     let i = b.schema().index_of("action_plan_steps").unwrap();
-    let bad = Arc::new(arrow_array::FixedSizeListArray::from_iter_primitive::<arrow_array::types::Float32Type, _, _>(
-        (0..b.num_rows()).map(|r| Some([Some(if r == 2 { 0.0f32 } else { 1.0 })])),
-        1,
+    // The column is a plain float32 scalar, as LeRobot stores shape-[1] features.
+    assert_eq!(b.column(i).data_type(), &arrow_schema::DataType::Float32);
+    let bad = Arc::new(arrow_array::Float32Array::from_iter_values(
+        (0..b.num_rows()).map(|r| if r == 2 { 0.0f32 } else { 1.0 }),
     ));
     let mut cols = b.columns().to_vec();
     cols[i] = bad;

@@ -124,6 +124,8 @@ pub(crate) fn f32_rows(path: &Path, name: &str, a: &ArrayRef, dim: usize) -> Res
             let l = a.as_list::<i64>();
             (l.values(), l.value_offsets().iter().map(|&o| o as usize).collect())
         }
+        // LeRobot stores shape-[1] features as plain scalars.
+        DataType::Float32 | DataType::Float64 if dim == 1 => return f32_column(path, name, a),
         t => return Err(col_err(path, name, format!("expected a list of float32, found {t}"))),
     };
     let flat = f32_column(path, name, values)?;

@@ -399,7 +399,8 @@ impl LeRobotWriter {
         let mut columns: Vec<ArrayRef> = vec![Arc::new(image), state_col, list(&f.actions, self.action_dim)];
         if self.plan_steps > 0 {
             columns.push(list(&f.plans, self.plan_steps * self.action_dim));
-            columns.push(list(&f.plan_lens, 1));
+            // A shape-[1] feature is a plain scalar column, as LeRobot writes and reads it.
+            columns.push(Arc::new(Float32Array::from(f.plan_lens.clone())));
         }
         columns.extend([
             Arc::new(Float32Array::from(f.timestamps.clone())) as ArrayRef,
@@ -414,7 +415,24 @@ impl LeRobotWriter {
             .zip(&columns)
             .map(|(name, c)| Field::new(*name, c.data_type().clone(), true))
             .collect();
-        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        // The `huggingface` schema entry (as `datasets` writes it) tells `datasets` and LeRobot the
+        // feature types: images as `Image` rather than byte structs, vectors as fixed-length lists.
+        let hf: serde_json::Map<String, serde_json::Value> = fields
+            .iter()
+            .map(|f| {
+                let value = |dtype: &str| json!({"dtype": dtype, "_type": "Value"});
+                let t = match f.data_type() {
+                    DataType::Struct(_) => json!({"_type": "Image"}),
+                    DataType::FixedSizeList(_, n) => json!({"feature": value("float32"), "length": n, "_type": "List"}),
+                    DataType::Int64 => value("int64"),
+                    _ => value("float32"),
+                };
+                (f.name().clone(), t)
+            })
+            .collect();
+        let metadata =
+            std::collections::HashMap::from([("huggingface".to_string(), json!({"info": {"features": hf}}).to_string())]);
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields).with_metadata(metadata)), columns)
             .map_err(|e| Error::file(&path, format!("building the frame table: {e}")))?;
         write_parquet(&path, &batch, &[])
     }
