@@ -17,7 +17,7 @@ use super::parquet_io::{
     string_list_column,
 };
 use super::stats::{DatasetStats, FeatureStats};
-use super::{decode_png, png_size, RgbImage, Sample};
+use super::{decode_frame, frame_size, RgbImage, Sample};
 use crate::engine::{Error, Result};
 use crate::models::vla::ActionStats;
 use serde_json::Value;
@@ -390,8 +390,8 @@ impl LeRobotDataset {
                 image_bytes(path, key, column(path, b, key)?, &mut cam.png, &mut cam.png_ends)?;
                 for row in first..cam.png_ends.len() {
                     let bytes = cam.bytes(row).unwrap_or_default();
-                    let (w, h) =
-                        png_size(bytes).map_err(|m| Error::file(path, format!("column `{key}`: frame {row}: {m}")))?;
+                    let (w, h) = frame_size(bytes)
+                        .map_err(|m| Error::file(path, format!("column `{key}`: frame {row}: {m}")))?;
                     if (w, h) != (cam.width, cam.height) {
                         return Err(Error::file(
                             path,
@@ -702,7 +702,7 @@ impl LeRobotDataset {
         let bytes = cam.bytes(i).unwrap_or_default();
         let where_ = || self.root.join("data");
         let img =
-            decode_png(bytes).map_err(|m| Error::file(where_(), format!("column `{}`: frame {i}: {m}", cam.key)))?;
+            decode_frame(bytes).map_err(|m| Error::file(where_(), format!("column `{}`: frame {i}: {m}", cam.key)))?;
         if (img.width, img.height) != (cam.width, cam.height) {
             return Err(Error::file(
                 where_(),

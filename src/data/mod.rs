@@ -85,6 +85,27 @@ pub fn decode_png(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     Ok(RgbImage { width: w as usize, height: h as usize, data: rgb.into_raw() })
 }
 
+/// Decode a stored frame, PNG or JPEG (told apart by their signatures), to 8-bit RGB.
+pub fn decode_frame(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        let img = image::load_from_memory_with_format(bytes, image::ImageFormat::Jpeg).map_err(|e| e.to_string())?;
+        let rgb = img.into_rgb8();
+        let (w, h) = rgb.dimensions();
+        return Ok(RgbImage { width: w as usize, height: h as usize, data: rgb.into_raw() });
+    }
+    decode_png(bytes)
+}
+
+/// Width and height of a stored frame (PNG or JPEG) from its header, without decoding pixels.
+pub(crate) fn frame_size(bytes: &[u8]) -> std::result::Result<(usize, usize), String> {
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        let reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::Jpeg);
+        let (w, h) = reader.into_dimensions().map_err(|e| format!("not a readable JPEG image: {e}"))?;
+        return Ok((w as usize, h as usize));
+    }
+    png_size(bytes).map_err(|_| "neither a PNG nor a JPEG image".to_string())
+}
+
 /// Width and height from a PNG's IHDR chunk, without decoding the pixels.
 pub(crate) fn png_size(bytes: &[u8]) -> std::result::Result<(usize, usize), String> {
     const SIG: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
