@@ -111,6 +111,17 @@ impl FinetunedPolicy {
         instructions: &[&str],
         states: Option<&[Vec<f32>]>,
     ) -> Result<Vec<Vec<[f32; ACTION_DIMS]>>> {
+        let want = self.config.data.cameras.len().max(1);
+        if let Some(b) = cameras.iter().position(|c| c.len() != want) {
+            return Err(Error::invalid(
+                "predict",
+                format!(
+                    "sample {b} has {} camera frames; the policy reads {want} ({:?})",
+                    cameras[b].len(),
+                    self.config.data.cameras
+                ),
+            ));
+        }
         let input = super::source::to_device(self.batch.encoder.encode(cameras, instructions)?, self.batch.device)?;
         let state = self.state_tensor(cameras.len(), states)?;
         let chunks = self.policy.predict_with_state(&input, state.as_ref())?;

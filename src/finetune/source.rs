@@ -24,16 +24,35 @@ pub struct StateNormalizer {
 }
 
 impl StateNormalizer {
-    pub fn apply(&self, state: &[f32]) -> Vec<f32> {
-        state
+    /// Check the statistics: one mean and one std per dimension, all finite.
+    pub fn validate(&self, dim: usize) -> Result<()> {
+        if self.mean.len() != dim || self.std.len() != dim {
+            return Err(Error::invalid(
+                "state normaliser",
+                format!("{} means and {} stds for a {dim}-D state", self.mean.len(), self.std.len()),
+            ));
+        }
+        if let Some(d) = (0..dim).find(|&d| !(self.mean[d].is_finite() && self.std[d].is_finite())) {
+            return Err(Error::invalid(
+                "state normaliser",
+                format!("dimension {d}: mean {} std {}", self.mean[d], self.std[d]),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Rows of states (any number, each of the normaliser's width) z-scored.
+    pub fn apply(&self, states: &[f32]) -> Vec<f32> {
+        let dim = self.mean.len().max(1);
+        states
             .iter()
             .enumerate()
-            .map(|(d, &x)| {
-                let s = self.std[d % self.std.len()];
-                if s < 1e-6 {
+            .map(|(i, &x)| {
+                let d = i % dim;
+                if self.std[d] < 1e-6 {
                     0.0
                 } else {
-                    (x - self.mean[d % self.mean.len()]) / s
+                    (x - self.mean[d]) / self.std[d]
                 }
             })
             .collect()
@@ -158,7 +177,7 @@ impl LoaderSource {
         })
     }
 
-    fn start(&self, from: LoaderPosition) -> Pipe {
+    fn start(&self, from: LoaderPosition) -> Result<Pipe> {
         let (tx, rx) = sync_channel(self.prefetch);
         let loader = self.loader.clone();
         let encoder = self.encoder.clone();
@@ -173,15 +192,18 @@ impl LoaderSource {
                     }
                 }
             })
-            .expect("spawning the batch encoding thread");
-        Pipe { rx, handle: Some(handle) }
+            .map_err(|e| Error::io("starting the batch encoding thread", e))?;
+        Ok(Pipe { rx, handle: Some(handle) })
     }
 }
 
 impl BatchSource for LoaderSource {
     fn next_batch(&mut self) -> Option<Result<Batch>> {
         if self.pipe.is_none() {
-            self.pipe = Some(self.start(self.next));
+            match self.start(self.next) {
+                Ok(p) => self.pipe = Some(p),
+                Err(e) => return Some(Err(e)),
+            }
         }
         let pipe = self.pipe.as_ref().expect("started above");
         match pipe.rx.recv() {

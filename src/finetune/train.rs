@@ -92,7 +92,9 @@ pub fn state_normalizer(data: &DataConfig, ds: &LeRobotDataset) -> Result<Option
         .get(key)
         .ok_or_else(|| Error::file(ds.root().join("meta/stats.json"), format!("no statistics for `{key}`")))?;
     let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
-    Ok(Some(StateNormalizer { mean: f(&s.mean), std: f(&s.std) }))
+    let n = StateNormalizer { mean: f(&s.mean), std: f(&s.std) };
+    n.validate(ds.state_dim()).map_err(|e| Error::file(ds.root().join("meta/stats.json"), format!("`{key}`: {e}")))?;
+    Ok(Some(n))
 }
 
 /// Build the policy a config describes (backbone weights from the source or from `seed`, head
@@ -180,6 +182,10 @@ pub fn read_extra(ckpt: &Checkpoint) -> Result<FinetuneExtra> {
         return Err(Error::file(&path, format!("`extra.kind` is `{}`, expected `{EXTRA_KIND}`", extra.kind)));
     }
     extra.normalizer.validate("checkpoint").map_err(|e| Error::file(&path, format!("`extra.normalizer`: {e}")))?;
+    if let Some(s) = &extra.state {
+        let dim = ckpt.config.policy.state_dim;
+        s.validate(dim).map_err(|e| Error::file(&path, format!("`extra.state`: {e}")))?;
+    }
     Ok(extra)
 }
 
