@@ -54,15 +54,7 @@ pub fn run(a: &TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
         vlm4vla::train::signal::install_sigint_handler();
         let out = finetune::train(&cfg, a.resume.as_deref())?;
-        println!(
-            "{} after {} steps: loss {:.4} → {:.4} in {:.1} s; checkpoint {}",
-            if out.stopped { "stopped" } else { "done" },
-            out.steps,
-            out.first_loss,
-            out.last_loss,
-            out.seconds,
-            out.checkpoint.display()
-        );
+        report(out.stopped, out.steps, (out.first_loss, out.last_loss), out.seconds, &out.checkpoint);
         return Ok(());
     }
     if a.plan {
@@ -74,14 +66,14 @@ pub fn run(a: &TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     vlm4vla::train::signal::install_sigint_handler();
     let out = train(&cfg, a.resume.as_deref())?;
-    println!(
-        "{} after {} steps: loss {:.4} → {:.4} in {:.1} s; checkpoint {}",
-        if out.stopped { "stopped" } else { "done" },
-        out.steps,
-        out.first_loss,
-        out.last_loss,
-        out.seconds,
-        out.checkpoint.display()
-    );
+    report(out.stopped, out.steps, (out.first_loss, out.last_loss), out.seconds, &out.checkpoint);
     Ok(())
+}
+
+fn report(stopped: bool, steps: usize, (first, last): (f64, f64), seconds: f64, checkpoint: &std::path::Path) {
+    let how = if stopped { "stopped" } else { "done" };
+    println!(
+        "{how} after {steps} steps: loss {first:.4} → {last:.4} in {seconds:.1} s; checkpoint {}",
+        checkpoint.display()
+    );
 }

@@ -46,23 +46,7 @@ impl LoadedPolicy {
         check_family(&ckpt, &ckpt.config.backbone)?;
         let (mut policy, encoder) = build_policy(&ckpt.config, extra.image_size)?;
         policy.set_trainable(&ckpt.config.trainable())?;
-        let file = crate::engine::io::SafeTensorsFile::open(ckpt.model_path())?;
-        let saved: std::collections::BTreeSet<String> = file.names().iter().map(|n| n.to_string()).collect();
-        let expected: std::collections::BTreeSet<String> =
-            policy.checkpoint_tensors(&policy.trainable_params())?.into_iter().map(|(n, _)| n).collect();
-        if saved != expected {
-            let missing: Vec<&String> = expected.difference(&saved).take(3).collect();
-            let extra: Vec<&String> = saved.difference(&expected).take(3).collect();
-            return Err(Error::file(
-                ckpt.model_path(),
-                format!(
-                    "does not hold the parameters backbone `{}` trains (missing e.g. {missing:?}, unexpected e.g. \
-                     {extra:?}): was it trained with another backbone?",
-                    ckpt.config.backbone
-                ),
-            ));
-        }
-        policy.load_weights(ckpt.model_path())?;
+        crate::finetune::policy::load_trained_weights(&policy, &ckpt)?;
         Ok(LoadedPolicy { policy, encoder, normalizer: extra.normalizer, config: ckpt.config })
     }
 

@@ -107,15 +107,6 @@ pub struct TrainOutcome {
     pub seconds: f64,
 }
 
-fn loss_ends(losses: &[f64]) -> (f64, f64) {
-    if losses.is_empty() {
-        return (f64::NAN, f64::NAN);
-    }
-    let k = (losses.len() / 10 + 1).min(20);
-    let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
-    (mean(&losses[..k]), mean(&losses[losses.len() - k..]))
-}
-
 /// Train on the dataset `cfg.dataset` (fresh, or continuing the checkpoint `resume`).
 pub fn train(cfg: &PipelineConfig, resume: Option<&Path>) -> Result<TrainOutcome> {
     let started = Instant::now();
@@ -145,7 +136,7 @@ pub fn train(cfg: &PipelineConfig, resume: Option<&Path>) -> Result<TrainOutcome
         PipelineExtra { image_size: h, vocab: VOCAB_NAME.into(), normalizer: norm, dataset: cfg.dataset.clone() };
     trainer.set_extra(serde_json::to_value(&extra).map_err(|e| invalid(format!("encoding extra: {e}")))?);
     let summary = trainer.run(&mut source)?;
-    let (first_loss, last_loss) = loss_ends(trainer.losses());
+    let (first_loss, last_loss) = crate::finetune::train::loss_ends(trainer.losses());
     Ok(TrainOutcome {
         checkpoint: summary.last_checkpoint.unwrap_or_else(|| cfg.train.output_dir.clone()),
         steps: summary.steps,

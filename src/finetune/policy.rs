@@ -58,21 +58,7 @@ impl FinetunedPolicy {
         };
         let mut policy = build_policy(&config, &source)?;
         policy.set_trainable(&config.train.trainable())?;
-        let file = crate::engine::io::SafeTensorsFile::open(ckpt.model_path())?;
-        let saved: BTreeSet<String> = file.names().iter().map(|n| n.to_string()).collect();
-        let expected: BTreeSet<String> =
-            policy.checkpoint_tensors(&policy.trainable_params())?.into_iter().map(|(n, _)| n).collect();
-        if saved != expected {
-            let missing: Vec<&String> = expected.difference(&saved).take(3).collect();
-            let unexpected: Vec<&String> = saved.difference(&expected).take(3).collect();
-            return Err(Error::file(
-                ckpt.model_path(),
-                format!(
-                    "does not hold the parameters this run trains (missing e.g. {missing:?}, unexpected e.g. {unexpected:?})"
-                ),
-            ));
-        }
-        policy.load_weights(ckpt.model_path())?;
+        load_trained_weights(&policy, &ckpt)?;
         let encoder = source.encoder(&config.data.prompt, config.data.image_size)?;
         let processor = format!("{:?}", encoder.processor);
         if processor != extra.processor {
@@ -211,6 +197,30 @@ impl FinetunedPolicy {
         report.gripper_accuracy = grip_ok as f64 / steps as f64;
         Ok(report)
     }
+}
+
+/// Load a checkpoint's trained weights into `policy` (built as the run built it, with the run's
+/// trainable parts set): the file must hold exactly the parameters that train, under their
+/// checkpoint names; anything else is an error naming the file and a few of the names.
+pub fn load_trained_weights(policy: &VlaPolicy, ckpt: &Checkpoint) -> Result<()> {
+    let file = crate::engine::io::SafeTensorsFile::open(ckpt.model_path())?;
+    let saved: BTreeSet<String> = file.names().iter().map(|n| n.to_string()).collect();
+    let expected: BTreeSet<String> =
+        policy.checkpoint_tensors(&policy.trainable_params())?.into_iter().map(|(n, _)| n).collect();
+    if saved != expected {
+        let missing: Vec<&String> = expected.difference(&saved).take(3).collect();
+        let unexpected: Vec<&String> = saved.difference(&expected).take(3).collect();
+        return Err(Error::file(
+            ckpt.model_path(),
+            format!(
+                "does not hold the parameters backbone `{}` trains with these train_modules (missing e.g. \
+                 {missing:?}, unexpected e.g. {unexpected:?}): was it trained with another backbone?",
+                ckpt.config.backbone
+            ),
+        ));
+    }
+    policy.load_weights(ckpt.model_path())?;
+    Ok(())
 }
 
 fn apply(norm: Option<&StateNormalizer>, v: &[f32]) -> Vec<f32> {

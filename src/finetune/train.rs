@@ -107,7 +107,8 @@ pub fn build_policy(cfg: &FinetuneConfig, source: &ModelSource) -> Result<VlaPol
     Ok(policy)
 }
 
-fn loss_ends(losses: &[f64]) -> (f64, f64) {
+/// Mean loss of the first and of the last `min(20, steps / 10 + 1)` steps (NaN without steps).
+pub fn loss_ends(losses: &[f64]) -> (f64, f64) {
     if losses.is_empty() {
         return (f64::NAN, f64::NAN);
     }
