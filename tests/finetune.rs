@@ -326,3 +326,24 @@ fn bf16_parameters_train_through_the_cli() {
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
+
+/// The paper's 224² frames give each real backbone its token count through the processor the
+/// built-in configs carry (the real checkpoints' settings): Qwen2.5-VL 16×16 patches merged 2×2
+/// into 64 tokens (within its min/max pixels), PaliGemma-224 256, Kosmos-2 its 64 latent queries.
+#[test]
+fn the_papers_224_frames_give_each_backbone_its_token_count() {
+    let frame = vlm4vla::data::RgbImage { width: 320, height: 240, data: vec![128; 320 * 240 * 3] };
+    for (name, image_id_count) in [("qwen2.5-vl-3b", 64), ("paligemma-3b-pt-224", 256), ("kosmos-2-patch14-224", 64)] {
+        let source = vlm4vla::finetune::ModelSource::resolve(name).unwrap();
+        let enc = source.encoder(vlm4vla::finetune::DEFAULT_PROMPT, Some(224)).unwrap();
+        let input = enc.encode(&[vec![frame.clone()]], &["pick up the red block"]).unwrap();
+        let ids = input.input_ids.to_vec::<i64>().unwrap();
+        let types = input.token_type.to_vec::<u8>().unwrap();
+        let marked = match &enc.processor {
+            vlm4vla::finetune::Processor::Qwen25Vl(p) => ids.iter().filter(|&&t| t == p.chat.image_pad).count(),
+            vlm4vla::finetune::Processor::PaliGemma(p) => ids.iter().filter(|&&t| t == p.image_token_id).count(),
+            vlm4vla::finetune::Processor::Kosmos2(_) => types.iter().filter(|&&t| t == 1).count(),
+        };
+        assert_eq!(marked, image_id_count, "{name}: image positions for a 224² frame");
+    }
+}
