@@ -12,9 +12,10 @@
 //! Mirrors `lerobot/datasets/utils.py`, `dataset_metadata.py` and `dataset_writer.py` of
 //! huggingface/lerobot (codebase version v3.0).
 
+use super::frames::FrameStore;
 use super::parquet_io::{
-    column, f32_column, f32_rows, i64_column, image_bytes, read_parquet, require_columns, string_column,
-    string_list_column,
+    column, f32_column, f32_rows, i64_column, image_bytes, read_parquet, require_columns, stream_parquet,
+    string_column, string_list_column,
 };
 use super::stats::{DatasetStats, FeatureStats};
 use super::{decode_frame, frame_size, RgbImage, Sample};
@@ -132,15 +133,12 @@ struct Camera {
     key: String,
     height: usize,
     width: usize,
-    png: Vec<u8>,
-    png_ends: Vec<usize>,
+    frames: FrameStore,
 }
 
 impl Camera {
     fn bytes(&self, i: usize) -> Option<&[u8]> {
-        let end = *self.png_ends.get(i)?;
-        let start = if i == 0 { 0 } else { self.png_ends[i - 1] };
-        Some(&self.png[start..end])
+        self.frames.get(i)
     }
 }
 
@@ -154,11 +152,19 @@ pub struct DatasetKeys {
     pub state: Option<String>,
     /// The action feature (`action`).
     pub action: String,
+    /// Bytes of encoded frames per camera kept on the heap; beyond it the frames go to an
+    /// unlinked, memory-mapped temporary file, so datasets larger than memory open and stream.
+    pub memory_limit: usize,
 }
 
 impl Default for DatasetKeys {
     fn default() -> Self {
-        DatasetKeys { cameras: Vec::new(), state: Some(STATE_KEY.into()), action: ACTION_KEY.into() }
+        DatasetKeys {
+            cameras: Vec::new(),
+            state: Some(STATE_KEY.into()),
+            action: ACTION_KEY.into(),
+            memory_limit: super::frames::DEFAULT_MEMORY_LIMIT,
+        }
     }
 }
 
@@ -284,7 +290,7 @@ impl LeRobotDataset {
                 [3, h, w] => (*h, *w),
                 s => return Err(bad_info(format!("feature `{key}`: shape {s:?} is not [height, width, 3]"))),
             };
-            cameras.push(Camera { key, height, width, png: Vec::new(), png_ends: Vec::new() });
+            cameras.push(Camera { key, height, width, frames: FrameStore::new(keys.memory_limit) });
         }
         let vec_dim = |key: &str| -> Result<usize> {
             match shape_of(&info_path, features, key)?.as_slice() {
@@ -352,6 +358,9 @@ impl LeRobotDataset {
         for (c, f) in files {
             ds.read_data_file(&root.join(fill_template(&data_template, c, f)))?;
         }
+        for cam in &mut ds.cameras {
+            cam.frames.finish()?;
+        }
         ds.check_frames(total_frames)?;
         let stats = &ds.stats;
         let stat_keys =
@@ -372,7 +381,7 @@ impl LeRobotDataset {
     }
 
     fn read_data_file(&mut self, path: &Path) -> Result<()> {
-        let (schema, batches) = read_parquet(path)?;
+        let (schema, batches) = stream_parquet(path, 256)?;
         let camera_keys: Vec<String> = self.cameras.iter().map(|c| c.key.clone()).collect();
         let (state_key, action_key) = (self.state_key.clone(), self.action_key.clone());
         let mut names: Vec<&str> = camera_keys.iter().map(String::as_str).collect();
@@ -383,25 +392,25 @@ impl LeRobotDataset {
         }
         names.extend(FRAME_COLUMNS);
         require_columns(path, &schema, &names)?;
-        for b in &batches {
+        for b in batches {
+            let b = &b.map_err(|e| Error::file(path, format!("reading parquet: {e}")))?;
             let first = self.timestamps.len();
             for cam in &mut self.cameras {
-                let key = &cam.key;
-                image_bytes(path, key, column(path, b, key)?, &mut cam.png, &mut cam.png_ends)?;
-                for row in first..cam.png_ends.len() {
-                    let bytes = cam.bytes(row).unwrap_or_default();
+                let (key, (width, height)) = (cam.key.clone(), (cam.width, cam.height));
+                image_bytes(path, &key, column(path, b, &key)?, |row, bytes| {
+                    let row = first + row;
                     let (w, h) = frame_size(bytes)
                         .map_err(|m| Error::file(path, format!("column `{key}`: frame {row}: {m}")))?;
-                    if (w, h) != (cam.width, cam.height) {
+                    if (w, h) != (width, height) {
                         return Err(Error::file(
                             path,
                             format!(
-                                "column `{key}`: frame {row} is {w}x{h} but meta/info.json gives {}x{} (width x height)",
-                                cam.width, cam.height
+                                "column `{key}`: frame {row} is {w}x{h} but meta/info.json gives {width}x{height} (width x height)"
                             ),
                         ));
                     }
-                }
+                    cam.frames.push(bytes)
+                })?;
             }
             if let Some(k) = &state_key {
                 self.states.extend(f32_rows(path, k, column(path, b, k)?, self.state_dim)?);
@@ -468,10 +477,10 @@ impl LeRobotDataset {
 
     fn check_frames(&self, total_frames: usize) -> Result<()> {
         let n = self.len();
-        if let Some(c) = self.cameras.iter().find(|c| c.png_ends.len() != n) {
+        if let Some(c) = self.cameras.iter().find(|c| c.frames.len() != n) {
             return Err(Error::file(
                 self.root.join("data"),
-                format!("column `{}` holds {} frames, the data files {n}", c.key, c.png_ends.len()),
+                format!("column `{}` holds {} frames, the data files {n}", c.key, c.frames.len()),
             ));
         }
         let last = self.episodes.last().map(|e| e.to).unwrap_or(0);
@@ -528,6 +537,17 @@ impl LeRobotDataset {
     /// `(height, width)` of camera `c`'s frames.
     pub fn camera_size(&self, c: usize) -> (usize, usize) {
         self.cameras.get(c).map_or((0, 0), |c| (c.height, c.width))
+    }
+
+    /// Whether some camera's frames live in a memory-mapped spill file (the dataset's encoded
+    /// frames exceeded [`DatasetKeys::memory_limit`]) rather than on the heap.
+    pub fn frames_mapped(&self) -> bool {
+        self.cameras.iter().any(|c| c.frames.is_mapped())
+    }
+
+    /// Bytes of encoded frames, over every camera read.
+    pub fn frame_bytes(&self) -> usize {
+        self.cameras.iter().map(|c| c.frames.bytes()).sum()
     }
 
     /// The state feature read, if any.

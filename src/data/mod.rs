@@ -25,6 +25,7 @@
 //! # std::fs::remove_dir_all(&dir).unwrap();
 //! ```
 
+mod frames;
 mod lerobot;
 pub mod loader;
 mod parquet_io;

@@ -50,6 +50,21 @@ pub(crate) fn read_parquet(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)>
     Ok((schema, batches))
 }
 
+/// A parquet file's schema and a reader handing out its record batches of at most `rows` rows
+/// one at a time (memory bounded by one batch, whatever the file's size).
+pub(crate) fn stream_parquet(
+    path: &Path,
+    rows: usize,
+) -> Result<(SchemaRef, parquet::arrow::arrow_reader::ParquetRecordBatchReader)> {
+    let file = File::open(path).map_err(|e| Error::file(path, format!("cannot open: {e}")))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| Error::file(path, format!("not a parquet file: {e}")))?;
+    let schema = builder.schema().clone();
+    let reader =
+        builder.with_batch_size(rows).build().map_err(|e| Error::file(path, format!("reading parquet: {e}")))?;
+    Ok((schema, reader))
+}
+
 /// A column of `batch` that the schema says must exist.
 pub(crate) fn column<'a>(path: &Path, batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
     batch.column_by_name(name).ok_or_else(|| Error::file(path, format!("missing column `{name}`")))
@@ -172,8 +187,7 @@ pub(crate) fn image_bytes(
     path: &Path,
     name: &str,
     a: &ArrayRef,
-    data: &mut Vec<u8>,
-    ends: &mut Vec<usize>,
+    mut frame: impl FnMut(usize, &[u8]) -> Result<()>,
 ) -> Result<()> {
     no_nulls(path, name, a.as_ref())?;
     let s = a.as_struct_opt().ok_or_else(|| {
@@ -189,9 +203,7 @@ pub(crate) fn image_bytes(
     };
     let mut push = |row: usize, v: Option<&[u8]>| -> Result<()> {
         let v = v.ok_or_else(|| missing(row))?;
-        data.extend_from_slice(v);
-        ends.push(data.len());
-        Ok(())
+        frame(row, v)
     };
     match bytes.data_type() {
         DataType::Binary => {

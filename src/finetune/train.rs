@@ -48,8 +48,12 @@ pub struct FinetuneOutcome {
 
 /// The dataset of `data`: the cameras, state and action features it names.
 pub fn open_dataset(data: &DataConfig) -> Result<LeRobotDataset> {
-    let keys =
-        DatasetKeys { cameras: data.cameras.clone(), state: data.state_key.clone(), action: data.action_key.clone() };
+    let keys = DatasetKeys {
+        cameras: data.cameras.clone(),
+        state: data.state_key.clone(),
+        action: data.action_key.clone(),
+        ..DatasetKeys::default()
+    };
     let ds = LeRobotDataset::open_with(&data.dataset, &keys)?;
     if data.state_key.is_some() && ds.state_dim() == 0 {
         return Err(Error::file(
