@@ -38,6 +38,20 @@ impl LoadedPolicy {
                 format!("`extra` is not a tabletop pipeline record ({e}); was it written by `vlm4vla train`?"),
             )
         })?;
+        extra
+            .normalizer
+            .validate("checkpoint")
+            .map_err(|e| Error::file(&state_path, format!("`extra.normalizer`: {e}")))?;
+        if extra.normalizer.arm_dims != crate::models::vla::ARM_DIMS {
+            return Err(Error::file(
+                &state_path,
+                format!(
+                    "`extra.normalizer.arm_dims` is {}, the policy predicts {}",
+                    extra.normalizer.arm_dims,
+                    crate::models::vla::ARM_DIMS
+                ),
+            ));
+        }
         if extra.vocab != VOCAB_NAME {
             return Err(Error::file(&state_path, format!("vocabulary `{}` is not `{VOCAB_NAME}`", extra.vocab)));
         }

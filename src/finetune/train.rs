@@ -180,6 +180,32 @@ pub fn read_extra(ckpt: &Checkpoint) -> Result<FinetuneExtra> {
         return Err(Error::file(&path, format!("`extra.kind` is `{}`, expected `{EXTRA_KIND}`", extra.kind)));
     }
     extra.normalizer.validate("checkpoint").map_err(|e| Error::file(&path, format!("`extra.normalizer`: {e}")))?;
+    if extra.normalizer.arm_dims != crate::models::vla::ARM_DIMS {
+        return Err(Error::file(
+            &path,
+            format!(
+                "`extra.normalizer.arm_dims` is {}, the policy predicts {}",
+                extra.normalizer.arm_dims,
+                crate::models::vla::ARM_DIMS
+            ),
+        ));
+    }
+    if let Some(s) = &extra.state {
+        let d = ckpt.config.policy.state_dim;
+        if s.mean.len() != d || s.std.len() != d {
+            return Err(Error::file(
+                &path,
+                format!(
+                    "`extra.state`: {} means and {} stds for a {d}-D state (`policy.state_dim`)",
+                    s.mean.len(),
+                    s.std.len()
+                ),
+            ));
+        }
+        if let Some(i) = s.mean.iter().chain(&s.std).position(|x| !x.is_finite()) {
+            return Err(Error::file(&path, format!("`extra.state` holds a non-finite value (entry {i})")));
+        }
+    }
     Ok(extra)
 }
 
