@@ -96,15 +96,31 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     /// Read `dir`'s config and trainer state (the weights are read by the trainer on resume).
-    /// `dir` may also be an output directory with a `latest` file.
+    /// `dir` may also be an output directory with a `latest` file; should that name no complete
+    /// checkpoint (a save killed on a filesystem without an atomic exchange, or damage), the
+    /// newest complete one is read (the next run there repairs `latest`, saying so).
     pub fn open(dir: impl AsRef<Path>) -> Result<Checkpoint> {
-        let mut dir = dir.as_ref().to_path_buf();
+        let dir = dir.as_ref();
         if !dir.join(STATE_FILE).exists() && dir.join(LATEST_FILE).exists() {
             let latest = dir.join(LATEST_FILE);
             let name =
                 std::fs::read_to_string(&latest).map_err(|e| Error::io(format!("reading {}", latest.display()), e))?;
-            dir = dir.join(name.trim());
+            let named = dir.join(name.trim());
+            if named.parent() != Some(dir) || named.join(LATEST_FILE).exists() {
+                return Err(Error::file(
+                    &latest,
+                    format!("names `{}`, which is not a checkpoint of this run", name.trim()),
+                ));
+            }
+            return Self::open_dir(named.clone()).or_else(|e| match super::rundir::newest_complete(dir) {
+                Some(n) => Self::open_dir(dir.join(n)),
+                None => Err(e),
+            });
         }
+        Self::open_dir(dir.to_path_buf())
+    }
+
+    fn open_dir(dir: PathBuf) -> Result<Checkpoint> {
         // The optimizer state is only read on resume (which checks it), not by eval or predict.
         for f in [MODEL_FILE, CONFIG_FILE, STATE_FILE] {
             if !dir.join(f).is_file() {
