@@ -683,3 +683,61 @@ mod fuzz {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// A tabletop checkpoint's stored image size is checked against the trainer state it lives in
+/// (not blamed on config.toml) and bounded before the model is built.
+#[test]
+fn a_tabletop_checkpoints_image_size_is_checked_in_its_own_file() {
+    use vlm4vla::demo::{collect, train as train_tabletop, CollectOptions, PipelineConfig};
+    let dir = tmp("tabletop");
+    let data = dir.join("data");
+    collect(&data, &CollectOptions { episodes: 4, image_size: 16, ..Default::default() }).unwrap();
+    let cfg_path = dir.join("train.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "dataset = {:?}\nbackbone = \"paligemma-demo\"\noutput_dir = {:?}\n[policy]\nchunk = 2\n\
+             [policy.head]\ntrunk_out = 16\nbranch_hidden = [16]\n[run]\nsteps = 2\nbatch_size = 4\nprogress = false\n",
+            data.to_string_lossy(),
+            dir.join("train").to_string_lossy()
+        ),
+    )
+    .unwrap();
+    let cfg = PipelineConfig::from_file(&cfg_path).unwrap();
+    let ckpt = train_tabletop(&cfg, None).unwrap().checkpoint;
+    // The same run again is refused; the library names the way out too.
+    let e = train_tabletop(&cfg, None).err().expect("a second fresh run into the run").to_string();
+    assert!(e.contains("already holds a run") && e.contains("--resume"), "{e}");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ckpt.join("trainer_state.json")).unwrap()).unwrap();
+    for size in [17u64, 1 << 40] {
+        let bad = dir.join(format!("bad-{size}"));
+        copy_dir(&ckpt, &bad);
+        let mut s = state.clone();
+        s["extra"]["image_size"] = serde_json::json!(size);
+        std::fs::write(bad.join("trainer_state.json"), serde_json::to_string(&s).unwrap()).unwrap();
+        let e = fails(&["eval", "--checkpoint", bad.to_str().unwrap(), "--episodes", "4"]);
+        assert!(e.contains("trainer_state.json") && e.contains("extra.image_size"), "{size}: {e}");
+        assert!(!e.contains("config.toml"), "{size}: {e}");
+    }
+    let e = fails(&["eval", "--checkpoint", ckpt.to_str().unwrap(), "--episodes", &usize::MAX.to_string()]);
+    assert!(e.contains("--episodes") && e.contains("maximum"), "{e}");
+    // Tabletop --state: positions in [0, 1], the gripper ±1.
+    let image = dir.join("i.png");
+    vlm4vla::env::save_png(&[128u8; 16 * 16 * 3], 16, &image).unwrap();
+    for (state, want) in [("2,0,0,0,0,0,1", "position 0"), ("0,0,0,0,0,0,0.5", "gripper")] {
+        let e = fails(&[
+            "predict",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--image",
+            image.to_str().unwrap(),
+            "--instruction",
+            "lift the red block",
+            "--state",
+            state,
+        ]);
+        assert!(e.contains("--state") && e.contains(want), "{state}: {e}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
