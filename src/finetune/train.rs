@@ -156,8 +156,7 @@ pub fn train(cfg: &FinetuneConfig, resume: Option<&Path>) -> Result<FinetuneOutc
     };
     trainer
         .set_extra(serde_json::to_value(&extra).map_err(|e| Error::invalid("train", format!("encoding extra: {e}")))?);
-    std::fs::write(cfg.train.output_dir.join("finetune.toml"), cfg.to_toml()?)
-        .map_err(|e| Error::io(format!("writing {}", cfg.train.output_dir.join("finetune.toml").display()), e))?;
+    crate::engine::io::write_atomic(cfg.train.output_dir.join("finetune.toml"), cfg.to_toml()?.as_bytes())?;
     let summary = trainer.run(&mut batches)?;
     let (first_loss, last_loss) = loss_ends(trainer.losses());
     Ok(FinetuneOutcome {

@@ -160,6 +160,19 @@ fn leftover(name: &str) -> Option<(usize, &str)> {
     Some((step.parse().ok()?, kind))
 }
 
+/// A temporary file of an atomic write of one of the run's own files
+/// (`.<name>.<pid>.<n>.tmp`, see `engine::io::write_atomic`).
+fn stale_temp_file(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else { return false };
+    [LATEST_FILE, METRICS_FILE, LOSS_PLOT_FILE, "finetune.toml"].iter().any(|f| {
+        rest.strip_prefix(f).and_then(|r| r.strip_prefix('.')).is_some_and(|r| {
+            let mut parts = r.split('.');
+            matches!((parts.next(), parts.next(), parts.next()), (Some(a), Some(b), None)
+                if a.parse::<u32>().is_ok() && b.parse::<u64>().is_ok())
+        })
+    })
+}
+
 /// What of a run `dir` holds: `latest`, `metrics.jsonl` and checkpoint directories (complete or
 /// not), by name; empty when `dir` is missing or holds no run.
 pub fn holds_run(dir: &Path) -> Vec<String> {
@@ -226,6 +239,12 @@ pub fn recover(dir: &Path) -> Result<Vec<String>> {
     // Newer copies (tmp) are preferred over the copies being replaced (old).
     names.sort_by_key(|n| leftover(n).map(|(_, k)| k != "tmp"));
     for name in &names {
+        if stale_temp_file(name) {
+            let p = dir.join(name);
+            std::fs::remove_file(&p).map_err(|e| Error::io(format!("removing {}", p.display()), e))?;
+            notes.push(format!("removed {}, the leftover of an interrupted write", p.display()));
+            continue;
+        }
         let Some((step, _)) = leftover(name) else { continue };
         let p = dir.join(name);
         let dst = dir.join(checkpoint::dir_name(step));
@@ -287,6 +306,8 @@ mod tests {
         assert_eq!(leftover(".checkpoint-12.old-345"), Some((12, "old")));
         assert_eq!(leftover(".checkpoint-x.tmp-345"), None);
         assert_eq!(leftover(".latest.1.2.tmp"), None);
+        assert!(stale_temp_file(".latest.1.2.tmp") && stale_temp_file(".loss.png.10.0.tmp"));
+        assert!(!stale_temp_file(".latest.tmp") && !stale_temp_file(".other.1.2.tmp"));
         assert_eq!(checkpoint_step("checkpoint-7"), Some(7));
         assert_eq!(checkpoint_step("checkpoint-"), None);
     }
