@@ -447,7 +447,8 @@ fn checkpoints_and_flags_are_checked_where_they_enter() {
     // Damaged trainer states: each names the file and the field.
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(ckpt.join("trainer_state.json")).unwrap()).unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
         ("extra.normalizer", Box::new(|s| s["extra"]["normalizer"]["high"] = serde_json::json!([1.0]))),
         ("extra.normalizer", Box::new(|s| s["extra"]["normalizer"]["arm_dims"] = serde_json::json!(7))),
         ("below `low`", Box::new(|s| s["extra"]["normalizer"]["high"][0] = serde_json::json!(-5.0))),
@@ -546,7 +547,8 @@ fn nan_in_a_dataset_is_found_at_load_naming_file_and_frame() {
         w.write(b).unwrap();
     }
     w.close().unwrap();
-    let e = vlm4vla::data::LeRobotDataset::open(&data).err().expect("a NaN action must not load").to_string();
+    let Err(e) = vlm4vla::data::LeRobotDataset::open(&data) else { panic!("a NaN action must not load") };
+    let e = e.to_string();
     assert!(
         e.contains("file-000.parquet") && e.contains("`action`") && e.contains("frame 5") && e.contains("NaN"),
         "{e}"
@@ -706,7 +708,8 @@ fn a_tabletop_checkpoints_image_size_is_checked_in_its_own_file() {
     let cfg = PipelineConfig::from_file(&cfg_path).unwrap();
     let ckpt = train_tabletop(&cfg, None).unwrap().checkpoint;
     // The same run again is refused; the library names the way out too.
-    let e = train_tabletop(&cfg, None).err().expect("a second fresh run into the run").to_string();
+    let Err(e) = train_tabletop(&cfg, None) else { panic!("a second fresh run into the run must be refused") };
+    let e = e.to_string();
     assert!(e.contains("already holds a run") && e.contains("--resume"), "{e}");
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(ckpt.join("trainer_state.json")).unwrap()).unwrap();
