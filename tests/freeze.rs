@@ -294,10 +294,14 @@ fn training_only_the_last_llm_layer_leaves_the_layers_below_unchanged() {
         saved.sort();
         expected.sort();
         assert_eq!(saved, expected, "{name}: the checkpoint's tensors");
-        let policy = VlaPolicy::new((fam.model)(DType::F32), trainer.config().policy.clone(), 7).unwrap();
-        let resumed = Trainer::resume(trainer.config().clone(), policy, &ckpt).unwrap();
+        // The run's output directory stays locked while its trainer lives.
+        let cfg = trainer.config().clone();
+        drop(trainer);
+        let policy = VlaPolicy::new((fam.model)(DType::F32), cfg.policy.clone(), 7).unwrap();
+        let resumed = Trainer::resume(cfg.clone(), policy, &ckpt).unwrap();
         assert_eq!(snapshot(resumed.policy()), after, "{name}: the resumed weights");
-        let _ = std::fs::remove_dir_all(&trainer.config().output_dir);
+        drop(resumed);
+        let _ = std::fs::remove_dir_all(&cfg.output_dir);
 
         // More layers than the model has, or none, is an error naming the field.
         for n in [0, last + 2] {

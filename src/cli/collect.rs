@@ -14,13 +14,13 @@ pub struct CollectArgs {
     #[arg(long)]
     out: PathBuf,
     /// Number of episodes.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = super::at_most::<1_000_000>)]
     episodes: usize,
     /// First episode seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Side of the square RGB frames in pixels.
-    #[arg(long, default_value_t = 48)]
+    #[arg(long, default_value_t = 48, value_parser = super::at_most::<1_024>)]
     image_size: usize,
     /// DART noise: std of the perturbation added to executed dx/dy/dz on about half the steps
     /// (the recorded labels stay the expert's); 0 records clean expert rollouts.
@@ -28,7 +28,7 @@ pub struct CollectArgs {
     noise: f32,
     /// Record per frame the expert's next N actions from that state without perturbation
     /// (`action_plan`), the chunk labels training uses (chunks up to N); 0 records none.
-    #[arg(long, default_value_t = vlm4vla::demo::DEFAULT_PLAN_STEPS)]
+    #[arg(long, default_value_t = vlm4vla::demo::DEFAULT_PLAN_STEPS, value_parser = super::at_most::<1_024>)]
     plan_steps: usize,
 }
 
@@ -41,13 +41,13 @@ pub fn run(a: &CollectArgs) -> Result<(), Box<dyn std::error::Error>> {
         plan_steps: a.plan_steps,
     };
     let s = vlm4vla::demo::collect(&a.out, &opts)?;
-    println!(
+    outln!(
         "wrote {} episodes ({} frames, {} failed expert episodes left out) to {} in {:.1} s",
         s.episodes,
         s.frames,
         s.dropped,
         s.dir.display(),
         s.seconds
-    );
+    )?;
     Ok(())
 }

@@ -18,25 +18,25 @@ pub struct DemoArgs {
     #[arg(long)]
     quick: bool,
     /// Training episodes to collect (default: 2000, quick: 2000).
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_most::<1_000_000>)]
     episodes: Option<usize>,
     /// Optimizer steps (default: 18000, quick: 6000).
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_most::<1_000_000_000>)]
     steps: Option<usize>,
     /// Held-out evaluation episodes per task family (default: 25, quick: 10).
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_most::<1_000_000>)]
     eval_per_family: Option<usize>,
     /// Rows per batch.
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_most::<65_536>)]
     batch_size: Option<usize>,
     /// Peak learning rate.
     #[arg(long)]
     lr: Option<f64>,
     /// Steps at the end over which the learning rate decays (before: flat at its peak).
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_most::<1_000_000_000>)]
     decay_steps: Option<usize>,
     /// Steps of grounding rows only ("point at the red block") before the demonstrations.
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_most::<1_000_000_000>)]
     grounding_steps: Option<usize>,
     /// Share of each later batch that stays grounding rows (0 turns co-training off).
     #[arg(long)]
@@ -52,14 +52,14 @@ pub struct DemoArgs {
     #[arg(long)]
     no_state: bool,
     /// Observation size in pixels (a multiple of 8).
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_most::<1_024>)]
     image_size: Option<usize>,
     /// DART noise of the collected demonstrations (0: clean expert rollouts).
     #[arg(long)]
     noise: Option<f32>,
     /// Steps of expert plan recorded per frame, the chunk labels (0: label chunks with the
     /// recorded next actions instead).
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_most::<1_024>)]
     plan_steps: Option<usize>,
     /// Seed of the data collection and the initialisation.
     #[arg(long)]
@@ -113,10 +113,10 @@ pub fn run(a: &DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(v) = a.seed {
         o.seed = v;
     }
-    vlm4vla::train::signal::install_sigint_handler();
+    vlm4vla::train::signal::install_handlers();
     let report = run_demo(&o, &mut |line| eprintln!("{line}"))?;
-    println!();
-    print!("{}", results_table(&report));
-    println!("results: {}", o.out.join("results.json").display());
+    outln!()?;
+    out!("{}", results_table(&report))?;
+    outln!("results: {}", o.out.join("results.json").display())?;
     Ok(())
 }

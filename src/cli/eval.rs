@@ -20,7 +20,7 @@ pub struct EvalArgs {
     #[arg(long)]
     checkpoint: PathBuf,
     /// Episodes in total (rounded up to a multiple of 4).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = super::at_most::<1_000_000>)]
     episodes: usize,
     /// First episode seed (training data uses low seeds).
     #[arg(long, default_value_t = EVAL_FIRST_SEED)]
@@ -29,16 +29,16 @@ pub struct EvalArgs {
     #[arg(long)]
     mismatched: bool,
     /// Actions executed from each predicted chunk.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = super::at_most::<1_000>)]
     execute_steps: usize,
     /// Fine-tuned checkpoints: the LeRobot dataset to evaluate on (default: the run's own).
     #[arg(long)]
     dataset: Option<PathBuf>,
     /// Fine-tuned checkpoints: batches of the dataset evaluated, in index order.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = super::at_most::<1_000_000>)]
     batches: usize,
     /// Fine-tuned checkpoints: rows per batch.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = super::at_most::<65_536>)]
     batch_size: usize,
     /// Print the full report as JSON instead of a table.
     #[arg(long)]
@@ -61,13 +61,13 @@ pub fn run(a: &EvalArgs) -> Result<(), Box<dyn std::error::Error>> {
     let per = a.episodes.div_ceil(TaskFamily::ALL.len());
     let r = p.evaluate(a.seed, per, &opts)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        outln!("{}", serde_json::to_string_pretty(&r)?)?;
         return Ok(());
     }
     for f in &r.families {
-        println!("{:<16} {:>3}/{:<3} {:>5.1}%", f.family.name(), f.successes, f.episodes, 100.0 * f.success_rate);
+        outln!("{:<16} {:>3}/{:<3} {:>5.1}%", f.family.name(), f.successes, f.episodes, 100.0 * f.success_rate)?;
     }
-    println!("{:<16} {:>3}/{:<3} {:>5.1}%", "overall", r.successes, r.episodes, 100.0 * r.success_rate);
+    outln!("{:<16} {:>3}/{:<3} {:>5.1}%", "overall", r.successes, r.episodes, 100.0 * r.success_rate)?;
     Ok(())
 }
 
@@ -78,13 +78,13 @@ fn run_offline(a: &EvalArgs) -> Result<(), Box<dyn std::error::Error>> {
     let p = vlm4vla::finetune::FinetunedPolicy::open(&a.checkpoint)?;
     let r = p.evaluate(a.dataset.as_deref(), a.batches, a.batch_size)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        outln!("{}", serde_json::to_string_pretty(&r)?)?;
         return Ok(());
     }
-    println!("dataset {}: {} frames, {} action steps", r.dataset, r.frames, r.action_steps);
+    outln!("dataset {}: {} frames, {} action steps", r.dataset, r.frames, r.action_steps)?;
     let mae: Vec<String> = r.arm_mae.iter().map(|e| format!("{e:.4}")).collect();
-    println!("arm MAE per dim  [{}]", mae.join(", "));
-    println!("arm RMSE         {:.4}", r.arm_rmse);
-    println!("gripper accuracy {:.1}%", 100.0 * r.gripper_accuracy);
+    outln!("arm MAE per dim  [{}]", mae.join(", "))?;
+    outln!("arm RMSE         {:.4}", r.arm_rmse)?;
+    outln!("gripper accuracy {:.1}%", 100.0 * r.gripper_accuracy)?;
     Ok(())
 }

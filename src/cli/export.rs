@@ -35,7 +35,7 @@ pub fn run(a: &ExportArgs) -> Result<(), Box<dyn std::error::Error>> {
     let dtype = a.dtype.as_deref().map(vlm4vla::finetune::model::parse_dtype).transpose()?;
     let p = vlm4vla::finetune::FinetunedPolicy::open(&a.checkpoint)?;
     let s = vlm4vla::finetune::export::export(&p, &a.out, dtype)?;
-    println!(
+    outln!(
         "exported step {} of a {} policy to {}: {} tensors ({} parameters, {} bytes, {}) in {}; config.json {}",
         p.step,
         p.extra.family,
@@ -46,6 +46,6 @@ pub fn run(a: &ExportArgs) -> Result<(), Box<dyn std::error::Error>> {
         s.dtype,
         s.weight_files.join(", "),
         if s.config_from_source { "from the source checkpoint" } else { "generated" }
-    );
+    )?;
     Ok(())
 }

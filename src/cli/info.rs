@@ -12,20 +12,20 @@ pub struct InfoArgs {
 
 pub fn run(args: &InfoArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(spec) = &args.model {
-        print!("{}", vlm4vla::models::registry::summarize(spec)?);
+        out!("{}", vlm4vla::models::registry::summarize(spec)?)?;
         return Ok(());
     }
-    println!("vlm4vla {}", env!("CARGO_PKG_VERSION"));
-    println!("features: {}", engine::enabled_features().join(", "));
+    outln!("vlm4vla {}", env!("CARGO_PKG_VERSION"))?;
+    outln!("features: {}", engine::enabled_features().join(", "))?;
     let threads = rayon::current_num_threads();
     for d in Device::available() {
         match d {
-            Device::Cpu => println!("device: cpu ({threads} threads)"),
-            other => println!("device: {other}"),
+            Device::Cpu => outln!("device: cpu ({threads} threads)")?,
+            other => outln!("device: {other}")?,
         }
     }
     if !engine::enabled_features().contains(&"cuda") {
-        println!("cuda: not built (rebuild with `--features cuda`)");
+        outln!("cuda: not built (rebuild with `--features cuda`)")?;
     }
     Ok(())
 }

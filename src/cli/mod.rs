@@ -1,5 +1,16 @@
 //! Subcommands of the `vlm4vla` binary.
 
+/// `println!` that returns an error instead of panicking when stdout is closed or full.
+macro_rules! outln {
+    () => { $crate::cli::write_stdout(format_args!("\n")) };
+    ($($t:tt)*) => { $crate::cli::write_stdout(format_args!("{}\n", format_args!($($t)*))) };
+}
+
+/// `print!` that returns an error instead of panicking when stdout is closed or full.
+macro_rules! out {
+    ($($t:tt)*) => { $crate::cli::write_stdout(format_args!($($t)*)) };
+}
+
 mod collect;
 mod demo;
 mod eval;
@@ -45,14 +56,47 @@ enum Command {
     Info(info::InfoArgs),
 }
 
-pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+/// Run the subcommand; `Ok` carries the exit status (0, or [`EXIT_SIGINT`] / [`EXIT_SIGTERM`]
+/// after a run stopped by that signal wrote its checkpoint).
+///
+/// [`EXIT_SIGINT`]: vlm4vla::train::signal::EXIT_SIGINT
+/// [`EXIT_SIGTERM`]: vlm4vla::train::signal::EXIT_SIGTERM
+pub fn run(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
     match cli.command {
-        Command::Demo(args) => demo::run(&args),
-        Command::Collect(args) => collect::run(&args),
-        Command::Train(args) => train::run(&args),
-        Command::Eval(args) => eval::run(&args),
-        Command::Export(args) => export::run(&args),
-        Command::Predict(args) => predict::run(&args),
-        Command::Info(args) => info::run(&args),
+        Command::Demo(args) => demo::run(&args).map(|()| signal_status()),
+        Command::Collect(args) => collect::run(&args).map(|()| 0),
+        Command::Train(args) => train::run(&args).map(|()| signal_status()),
+        Command::Eval(args) => eval::run(&args).map(|()| 0),
+        Command::Export(args) => export::run(&args).map(|()| 0),
+        Command::Predict(args) => predict::run(&args).map(|()| 0),
+        Command::Info(args) => info::run(&args).map(|()| 0),
     }
+}
+
+/// A clap parser for a count of at most `MAX` (so no size reaches an allocation unbounded, and
+/// none wraps).
+fn at_most<const MAX: usize>(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("`{s}` is not a count: {e}"))?;
+    if n > MAX {
+        return Err(format!("{n} is beyond the supported maximum {MAX}"));
+    }
+    Ok(n)
+}
+
+/// 128 + the signal that stopped the run, or 0.
+fn signal_status() -> u8 {
+    vlm4vla::train::signal::exit_code().map_or(0, |c| c as u8)
+}
+
+/// Write to stdout, flushing; a closed pipe (EPIPE) or a full disk is an error, not a panic.
+pub fn write_stdout(args: std::fmt::Arguments) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args).and_then(|()| out.flush()).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            "stdout was closed before the output was written (broken pipe)".into()
+        } else {
+            format!("writing to stdout: {e}").into()
+        }
+    })
 }

@@ -28,7 +28,19 @@ pub struct PredictArgs {
     state: Option<Vec<f32>>,
 }
 
+/// The longest instruction accepted, in characters.
+pub const MAX_INSTRUCTION_CHARS: usize = 4096;
+
 pub fn run(a: &PredictArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let n = a.instruction.chars().count();
+    if n > MAX_INSTRUCTION_CHARS {
+        return Err(format!("--instruction: {n} characters, at most {MAX_INSTRUCTION_CHARS} are accepted").into());
+    }
+    if let Some(state) = &a.state {
+        if let Some(i) = state.iter().position(|x| !x.is_finite()) {
+            return Err(format!("--state: value {i} is {}, every value must be a finite number", state[i]).into());
+        }
+    }
     if vlm4vla::finetune::is_finetune_checkpoint(&a.checkpoint) {
         return run_finetuned(a);
     }
@@ -60,9 +72,19 @@ pub fn run(a: &PredictArgs) -> Result<(), Box<dyn std::error::Error>> {
                 .map_err(|_| format!("--state: expected 7 comma-separated numbers, got {}", v.len()))?,
         ),
     };
+    if let Some(s) = &state {
+        if let Some(i) = s[..3].iter().position(|x| !(0.0..=1.0).contains(x)) {
+            return Err(format!("--state: position {i} is {}, positions lie in [0, 1]", s[i]).into());
+        }
+        if s[6] != 1.0 && s[6] != -1.0 {
+            return Err(
+                format!("--state: the gripper (value 6) is {}, it must be +1 (open) or -1 (closed)", s[6]).into()
+            );
+        }
+    }
     let states = state.as_ref().map(std::slice::from_ref);
     let chunk = p.predict(&[img.data.as_slice()], &[a.instruction.as_str()], states)?.remove(0);
-    println!("{}", serde_json::json!({ "instruction": a.instruction, "chunk": chunk }));
+    outln!("{}", serde_json::json!({ "instruction": a.instruction, "chunk": chunk }))?;
     Ok(())
 }
 
@@ -79,6 +101,6 @@ fn run_finetuned(a: &PredictArgs) -> Result<(), Box<dyn std::error::Error>> {
     let frames = a.image.iter().map(vlm4vla::models::common::image::RgbImage::load).collect::<Result<Vec<_>, _>>()?;
     let states = a.state.clone().map(|s| vec![s]);
     let chunk = p.predict(&[frames], &[a.instruction.as_str()], states.as_deref())?.remove(0);
-    println!("{}", serde_json::json!({ "instruction": a.instruction, "step": p.step, "chunk": chunk }));
+    outln!("{}", serde_json::json!({ "instruction": a.instruction, "step": p.step, "chunk": chunk }))?;
     Ok(())
 }

@@ -17,7 +17,15 @@ A config with a top-level `dataset = \"DIR\"` trains the tabletop pipeline on a 
 `vlm4vla collect` (`vlm4vla demo` writes a complete example to <out>/train.toml).
 
 Both take backbone, output_dir, seed, train_modules, train_llm_last_layers, [policy], [optim], \
-[run]. Ctrl-C writes a checkpoint and stops; --resume continues from it.";
+[run].
+
+A run directory belongs to one run: it is locked while the run lasts (`run.lock` names the \
+holder), and a fresh run into a directory that already holds one is refused; continue it with \
+--resume, choose another --output-dir, or pass --overwrite to replace it.
+
+Exit status: 0 when the run ends; 1 on an error; 130 after SIGINT (Ctrl-C) and 143 after \
+SIGTERM, each once the checkpoint of the last step taken is written (--resume continues from it). \
+A second signal ends the process at once, or, during a save, as soon as the save is complete.";
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
@@ -30,6 +38,10 @@ pub struct TrainArgs {
     /// Write the run here instead of the config's `output_dir`.
     #[arg(long)]
     output_dir: Option<PathBuf>,
+    /// Replace the run already in the output directory (its checkpoints, `latest`, metrics and
+    /// loss curve are deleted first).
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
     /// Print the memory plan (parameters by group; bytes of weights, gradients, optimizer state
     /// and activations at the batch; which GPUs it fits) and stop without training.
     #[arg(long)]
@@ -45,16 +57,16 @@ pub fn run(a: &TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
         if a.plan {
             let (plan, notes) = finetune::plan::plan(&cfg)?;
-            println!("device: {} (the config's)", cfg.device);
-            print!("{plan}");
+            outln!("device: {} (the config's)", cfg.device)?;
+            out!("{plan}")?;
             for n in notes {
-                println!("note: {n}");
+                outln!("note: {n}")?;
             }
             return Ok(());
         }
-        vlm4vla::train::signal::install_sigint_handler();
+        prepare(a, &cfg.train.output_dir)?;
         let out = finetune::train(&cfg, a.resume.as_deref())?;
-        report(out.stopped, out.steps, (out.first_loss, out.last_loss), out.seconds, &out.checkpoint);
+        report(out.stopped, out.steps, (out.first_loss, out.last_loss), out.seconds, &out.checkpoint)?;
         return Ok(());
     }
     if a.plan {
@@ -64,16 +76,34 @@ pub fn run(a: &TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(d) = &a.output_dir {
         cfg.train.output_dir = d.clone();
     }
-    vlm4vla::train::signal::install_sigint_handler();
+    prepare(a, &cfg.train.output_dir)?;
     let out = train(&cfg, a.resume.as_deref())?;
-    report(out.stopped, out.steps, (out.first_loss, out.last_loss), out.seconds, &out.checkpoint);
+    report(out.stopped, out.steps, (out.first_loss, out.last_loss), out.seconds, &out.checkpoint)?;
     Ok(())
 }
 
-fn report(stopped: bool, steps: usize, (first, last): (f64, f64), seconds: f64, checkpoint: &std::path::Path) {
+/// Clear the output directory's old run for --overwrite, and install the signal handlers.
+fn prepare(a: &TrainArgs, output_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    if a.overwrite {
+        let removed = vlm4vla::train::rundir::clear_run(output_dir)?;
+        if !removed.is_empty() {
+            eprintln!("--overwrite: removed {} from {}", removed.join(", "), output_dir.display());
+        }
+    }
+    vlm4vla::train::signal::install_handlers();
+    Ok(())
+}
+
+fn report(
+    stopped: bool,
+    steps: usize,
+    (first, last): (f64, f64),
+    seconds: f64,
+    checkpoint: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error>> {
     let how = if stopped { "stopped" } else { "done" };
-    println!(
+    outln!(
         "{how} after {steps} steps: loss {first:.4} → {last:.4} in {seconds:.1} s; checkpoint {}",
         checkpoint.display()
-    );
+    )
 }

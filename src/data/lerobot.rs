@@ -185,7 +185,17 @@ fn shape_of(info_path: &Path, features: &serde_json::Map<String, Value>, key: &s
         .map(|d| d.as_u64().map(|d| d as usize))
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| Error::file(info_path, format!("feature `{key}`: shape {shape:?} is not a list of sizes")))
+        .and_then(|dims| match dims.iter().find(|&&d| d > MAX_FEATURE_SIZE) {
+            Some(d) => Err(Error::file(
+                info_path,
+                format!("feature `{key}`: shape {shape:?}: {d} is beyond the supported maximum {MAX_FEATURE_SIZE}"),
+            )),
+            None => Ok(dims),
+        })
 }
+
+/// The largest size of one dimension of a feature's shape (an image side, a vector's width).
+pub const MAX_FEATURE_SIZE: usize = 8192;
 
 fn dtype_of<'a>(features: &'a serde_json::Map<String, Value>, key: &str) -> Option<&'a str> {
     features.get(key).and_then(|f| f.get("dtype")).and_then(Value::as_str)
@@ -413,9 +423,13 @@ impl LeRobotDataset {
                 })?;
             }
             if let Some(k) = &state_key {
-                self.states.extend(f32_rows(path, k, column(path, b, k)?, self.state_dim)?);
+                let rows = f32_rows(path, k, column(path, b, k)?, self.state_dim)?;
+                check_finite(path, k, &rows, self.state_dim, first)?;
+                self.states.extend(rows);
             }
-            self.actions.extend(f32_rows(path, &action_key, column(path, b, &action_key)?, self.action_dim)?);
+            let rows = f32_rows(path, &action_key, column(path, b, &action_key)?, self.action_dim)?;
+            check_finite(path, &action_key, &rows, self.action_dim, first)?;
+            self.actions.extend(rows);
             if self.plan_steps > 0 {
                 let width = self.plan_steps * self.action_dim;
                 self.plans.extend(f32_rows(path, PLAN_KEY, column(path, b, PLAN_KEY)?, width)?);
@@ -736,6 +750,21 @@ impl LeRobotDataset {
     }
 }
 
+/// A NaN or infinity in a data column is an error naming the file, the column and the frame
+/// (`rows` holds frames `first..` of `dim` values each).
+fn check_finite(path: &Path, key: &str, rows: &[f32], dim: usize, first: usize) -> Result<()> {
+    match rows.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(Error::file(
+            path,
+            format!("column `{key}`: frame {} holds {} (value {})", first + i / dim.max(1), rows[i], i % dim.max(1)),
+        )),
+    }
+}
+
+/// The longest task (instruction) a dataset may hold, in characters.
+pub const MAX_TASK_CHARS: usize = 4096;
+
 fn read_tasks(path: &Path, total_tasks: usize) -> Result<Vec<String>> {
     let (schema, batches) = read_parquet(path)?;
     let task_col = if schema.field_with_name("task").is_ok() { "task" } else { "__index_level_0__" };
@@ -748,6 +777,12 @@ fn read_tasks(path: &Path, total_tasks: usize) -> Result<Vec<String>> {
         let idx = i64_column(path, "task_index", column(path, b, "task_index")?)?;
         let names = string_column(path, task_col, column(path, b, task_col)?)?;
         pairs.extend(idx.into_iter().zip(names));
+    }
+    if let Some((i, t)) = pairs.iter().find(|(_, t)| t.chars().count() > MAX_TASK_CHARS) {
+        return Err(Error::file(
+            path,
+            format!("task {i} is {} characters long, at most {MAX_TASK_CHARS} are accepted", t.chars().count()),
+        ));
     }
     let mut tasks = vec![None; pairs.len()];
     for (i, t) in pairs {

@@ -18,6 +18,9 @@ pub const DEMO_BACKBONE: &str = "paligemma-demo";
 /// Backbone names this pipeline can build.
 pub const BACKBONES: &[&str] = &["paligemma-demo", "paligemma-tiny"];
 
+/// The largest image side the tabletop pipeline takes, in pixels.
+pub const MAX_IMAGE_SIZE: usize = 1024;
+
 /// The PaliGemma config of a pipeline backbone name at `image_size` pixels.
 ///
 /// - `paligemma-tiny`: the registry's tiny config (SigLIP 32 wide × 2 layers, Gemma 64 wide × 2
@@ -38,6 +41,11 @@ pub fn backbone_config(name: &str, image_size: usize) -> Result<PaliGemmaConfig>
             )))
         }
     };
+    if image_size > MAX_IMAGE_SIZE {
+        return Err(invalid(format!(
+            "image size {image_size} is beyond the tabletop pipeline's maximum {MAX_IMAGE_SIZE}"
+        )));
+    }
     if image_size == 0 || !image_size.is_multiple_of(cfg.vision.patch_size) {
         return Err(invalid(format!(
             "image size {image_size} is not a positive multiple of backbone `{name}`'s patch size {}",

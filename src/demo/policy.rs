@@ -38,11 +38,37 @@ impl LoadedPolicy {
                 format!("`extra` is not a tabletop pipeline record ({e}); was it written by `vlm4vla train`?"),
             )
         })?;
+        extra
+            .normalizer
+            .validate("checkpoint")
+            .map_err(|e| Error::file(&state_path, format!("`extra.normalizer`: {e}")))?;
+        if extra.normalizer.arm_dims != crate::models::vla::ARM_DIMS {
+            return Err(Error::file(
+                &state_path,
+                format!(
+                    "`extra.normalizer.arm_dims` is {}, the policy predicts {}",
+                    extra.normalizer.arm_dims,
+                    crate::models::vla::ARM_DIMS
+                ),
+            ));
+        }
         if extra.vocab != VOCAB_NAME {
             return Err(Error::file(&state_path, format!("vocabulary `{}` is not `{VOCAB_NAME}`", extra.vocab)));
         }
+        let config_path = ckpt.dir.join(crate::train::checkpoint::CONFIG_FILE);
+        if !super::BACKBONES.contains(&ckpt.config.backbone.as_str()) {
+            return Err(Error::file(
+                config_path,
+                format!(
+                    "`backbone` = `{}` is not a tabletop backbone ({})",
+                    ckpt.config.backbone,
+                    super::BACKBONES.join(", ")
+                ),
+            ));
+        }
+        // The image size is the trainer state's, not the config's.
         backbone_config(&ckpt.config.backbone, extra.image_size)
-            .map_err(|e| Error::file(ckpt.dir.join(crate::train::checkpoint::CONFIG_FILE), e.to_string()))?;
+            .map_err(|e| Error::file(&state_path, format!("`extra.image_size`: {e}")))?;
         check_family(&ckpt, &ckpt.config.backbone)?;
         let (mut policy, encoder) = build_policy(&ckpt.config, extra.image_size)?;
         policy.set_trainable(&ckpt.config.trainable())?;

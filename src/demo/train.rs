@@ -68,7 +68,10 @@ impl PipelineConfig {
             }
             None => GroundingConfig::default(),
         };
-        let rest = toml::to_string(&table).map_err(|e| Error::file(origin, format!("invalid config: {e}")))?;
+        let rest = match crate::train::config::blank_keys(text, &["dataset", "grounding"], &table) {
+            Some(rest) => rest,
+            None => toml::to_string(&table).map_err(|e| Error::file(origin, format!("invalid config: {e}")))?,
+        };
         let train = TrainConfig::from_toml_str(&rest, origin)?;
         backbone_config(&train.backbone, 8).map_err(|e| Error::file(origin, format!("`backbone`: {e}")))?;
         Ok(PipelineConfig { dataset, grounding, train })

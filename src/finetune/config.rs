@@ -194,7 +194,10 @@ impl FinetuneConfig {
             Some(v) => v.try_into().map_err(|e| Error::file(origin, format!("[data]: {e}")))?,
             None => return Err(Error::file(origin, "the [data] table is missing (at least `dataset = \"DIR\"`)")),
         };
-        let rest = toml::to_string(&table).map_err(|e| Error::file(origin, format!("invalid config: {e}")))?;
+        let rest = match crate::train::config::blank_keys(text, &["dtype", "device", "data"], &table) {
+            Some(rest) => rest,
+            None => toml::to_string(&table).map_err(|e| Error::file(origin, format!("invalid config: {e}")))?,
+        };
         let train = TrainConfig::from_toml_str(&rest, origin)?;
         let cfg = FinetuneConfig { dtype, device, data, train };
         cfg.validate_at(origin)?;

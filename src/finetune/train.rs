@@ -163,8 +163,7 @@ pub fn train(cfg: &FinetuneConfig, resume: Option<&Path>) -> Result<FinetuneOutc
     };
     trainer
         .set_extra(serde_json::to_value(&extra).map_err(|e| Error::invalid("train", format!("encoding extra: {e}")))?);
-    std::fs::write(cfg.train.output_dir.join("finetune.toml"), cfg.to_toml()?)
-        .map_err(|e| Error::io(format!("writing {}", cfg.train.output_dir.join("finetune.toml").display()), e))?;
+    crate::engine::io::write_atomic(cfg.train.output_dir.join("finetune.toml"), cfg.to_toml()?.as_bytes())?;
     let summary = trainer.run(&mut batches)?;
     let (first_loss, last_loss) = loss_ends(trainer.losses());
     Ok(FinetuneOutcome {
@@ -187,9 +186,19 @@ pub fn read_extra(ckpt: &Checkpoint) -> Result<FinetuneExtra> {
         return Err(Error::file(&path, format!("`extra.kind` is `{}`, expected `{EXTRA_KIND}`", extra.kind)));
     }
     extra.normalizer.validate("checkpoint").map_err(|e| Error::file(&path, format!("`extra.normalizer`: {e}")))?;
+    if extra.normalizer.arm_dims != crate::models::vla::ARM_DIMS {
+        return Err(Error::file(
+            &path,
+            format!(
+                "`extra.normalizer.arm_dims` is {}, the policy predicts {}",
+                extra.normalizer.arm_dims,
+                crate::models::vla::ARM_DIMS
+            ),
+        ));
+    }
     if let Some(s) = &extra.state {
         let dim = ckpt.config.policy.state_dim;
-        s.validate(dim).map_err(|e| Error::file(&path, format!("`extra.state`: {e}")))?;
+        s.validate(dim).map_err(|e| Error::file(&path, format!("`extra.state` (`policy.state_dim` = {dim}): {e}")))?;
     }
     Ok(extra)
 }

@@ -194,6 +194,44 @@ fn all_modules() -> Vec<TrainModule> {
     TrainModule::ALL.to_vec()
 }
 
+/// The text of a config that wraps a [`TrainConfig`] with top-level `keys` of its own (e.g.
+/// `dataset`, `[data]`), those keys and their tables blanked out line by line, so the errors of
+/// parsing the rest name lines of the original text. `rest` is the parsed table without `keys`;
+/// None when the blanked text does not read back to exactly `rest` (a value spread over several
+/// lines, say): the caller then parses `rest` re-serialised.
+pub fn blank_keys(text: &str, keys: &[&str], rest: &toml::Table) -> Option<String> {
+    let first_key = |s: &str| -> String {
+        let s = s.trim_start_matches('[').trim_start();
+        let end = s.find(['.', ']', '=', ' ', '\t']).unwrap_or(s.len());
+        s[..end].trim().trim_matches(['"', '\'']).to_string()
+    };
+    let mut out = String::with_capacity(text.len());
+    let (mut at_root, mut in_removed) = (true, false);
+    for line in text.split_inclusive('\n') {
+        let t = line.trim_start();
+        let blank = if t.starts_with('[') {
+            at_root = false;
+            in_removed = keys.contains(&first_key(t).as_str());
+            in_removed
+        } else if in_removed {
+            true
+        } else {
+            at_root && !t.starts_with('#') && !t.is_empty() && keys.contains(&first_key(t).as_str())
+        };
+        if blank {
+            out.extend(line.chars().filter(|&c| c == '\n' || c == '\r'));
+        } else {
+            out.push_str(line);
+        }
+    }
+    (out.parse::<toml::Table>().ok()? == *rest).then_some(out)
+}
+
+/// The largest `run.batch_size` (and `run.grad_accum`).
+pub const MAX_BATCH: usize = 1 << 16;
+/// The largest `policy.chunk`, `policy.latent` and `policy.state_dim`.
+pub const MAX_POLICY_SIZE: usize = 4096;
+
 fn bad(origin: &Path, field: &str, msg: impl std::fmt::Display) -> Error {
     Error::file(origin, format!("`{field}` {msg}"))
 }
@@ -299,6 +337,21 @@ impl TrainConfig {
         }
         if r.grad_accum == 0 {
             return Err(bad(origin, "run.grad_accum", "must be at least 1"));
+        }
+        // Sizes are bounded before anything is allocated from them.
+        let p = &self.policy;
+        for (field, value, max) in [
+            ("run.batch_size", r.batch_size, MAX_BATCH),
+            ("run.grad_accum", r.grad_accum, MAX_BATCH),
+            ("run.steps", r.steps.unwrap_or(0), super::checkpoint::MAX_STEP),
+            ("run.epochs", r.epochs.unwrap_or(0), super::checkpoint::MAX_STEP),
+            ("policy.chunk", p.chunk, MAX_POLICY_SIZE),
+            ("policy.latent", p.latent, MAX_POLICY_SIZE),
+            ("policy.state_dim", p.state_dim, MAX_POLICY_SIZE),
+        ] {
+            if value > max {
+                return Err(bad(origin, field, format!("= {value} is beyond the supported maximum {max}")));
+            }
         }
         if r.log_every == 0 {
             return Err(bad(origin, "run.log_every", "must be at least 1"));

@@ -5,7 +5,8 @@
 //! - [`Trainer`]: the loop over a [`BatchSource`] (AdamW, warmup + cosine, gradient clipping,
 //!   gradient accumulation, trainable-module selection), with JSON-lines metrics, a loss-curve
 //!   PNG, a progress bar, atomic checkpoints and exact resume;
-//! - [`signal`]: Ctrl-C as a stop flag;
+//! - [`rundir`]: one run per output directory (the lock, the guard, repairs after a kill);
+//! - [`signal`]: SIGINT and SIGTERM as a stop flag;
 //! - [`toy`]: a tiny backbone for tests and examples.
 //!
 //! ```
@@ -24,6 +25,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod plot;
+pub mod rundir;
 pub mod signal;
 pub mod toy;
 pub mod trainer;

@@ -1,57 +1,115 @@
-//! Ctrl-C as a flag: the first SIGINT sets [`interrupted`] (the training loop then writes a
-//! checkpoint and returns); the handler also restores the default action, so a second Ctrl-C
-//! ends the process at once.
+//! SIGINT and SIGTERM as a stop flag.
 //!
-//! The handler only stores to an `AtomicBool` and calls `signal`, both async-signal-safe. It is
-//! installed through the C library's `signal` (which std already links on Unix); on other
-//! platforms [`install_sigint_handler`] does nothing and callers use `Trainer::request_stop`.
+//! The first signal sets [`interrupted`] and records which one it was ([`received`]); the
+//! training loop then writes a checkpoint and returns, and `vlm4vla train` exits with
+//! [`exit_code`] (130 after SIGINT, 143 after SIGTERM). A second signal ends the process at
+//! once with that code, unless a checkpoint is being written ([`SaveGuard`]): then the process
+//! ends as soon as the save is complete, so no signal ever leaves a half-written checkpoint.
+//!
+//! The handler only touches atomics and calls `_exit`, both async-signal-safe. On other
+//! platforms than Unix [`install_handlers`] does nothing and callers use
+//! `Trainer::request_stop`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// The exit status after a SIGINT (Ctrl-C): 128 + 2.
+pub const EXIT_SIGINT: i32 = 130;
+/// The exit status after a SIGTERM (e.g. from a scheduler): 128 + 15.
+pub const EXIT_SIGTERM: i32 = 143;
 
-/// Whether a SIGINT arrived since the handler was installed (or the flag was cleared).
+static RECEIVED: AtomicI32 = AtomicI32::new(0);
+static SAVING: AtomicBool = AtomicBool::new(false);
+static EXIT_AFTER_SAVE: AtomicBool = AtomicBool::new(false);
+
+/// Whether a SIGINT or SIGTERM arrived since the handlers were installed (or the flag was
+/// cleared).
 pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
+    RECEIVED.load(Ordering::SeqCst) != 0
 }
 
-/// Forget an earlier SIGINT.
+/// The first signal received (2 = SIGINT, 15 = SIGTERM), if any.
+pub fn received() -> Option<i32> {
+    match RECEIVED.load(Ordering::SeqCst) {
+        0 => None,
+        s => Some(s),
+    }
+}
+
+/// The exit status that reports the signal received: 128 + its number (130, 143).
+pub fn exit_code() -> Option<i32> {
+    received().map(|s| 128 + s)
+}
+
+/// Forget an earlier signal.
 pub fn clear_interrupt() {
-    INTERRUPTED.store(false, Ordering::SeqCst);
+    RECEIVED.store(0, Ordering::SeqCst);
+    EXIT_AFTER_SAVE.store(false, Ordering::SeqCst);
+}
+
+/// Marks a checkpoint save in progress: a second signal during it waits for the save, and the
+/// process ends with [`exit_code`] when the guard is dropped.
+pub struct SaveGuard(());
+
+impl SaveGuard {
+    pub fn new() -> SaveGuard {
+        SAVING.store(true, Ordering::SeqCst);
+        SaveGuard(())
+    }
+}
+
+impl Default for SaveGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for SaveGuard {
+    fn drop(&mut self) {
+        SAVING.store(false, Ordering::SeqCst);
+        if EXIT_AFTER_SAVE.load(Ordering::SeqCst) {
+            eprintln!("checkpoint complete; exiting on the second signal");
+            std::process::exit(exit_code().unwrap_or(EXIT_SIGINT));
+        }
+    }
 }
 
 #[cfg(unix)]
 mod imp {
-    use super::INTERRUPTED;
-    use std::os::raw::c_int;
+    use super::{EXIT_AFTER_SAVE, RECEIVED, SAVING};
     use std::sync::atomic::Ordering;
 
-    const SIGINT: c_int = 2;
-    const SIG_DFL: usize = 0;
-
-    extern "C" {
-        fn signal(signum: c_int, handler: usize) -> usize;
-    }
-
-    extern "C" fn on_sigint(_: c_int) {
-        INTERRUPTED.store(true, Ordering::SeqCst);
-        // SAFETY: `signal` is async-signal-safe; SIG_DFL makes a second Ctrl-C terminate.
-        unsafe {
-            signal(SIGINT, SIG_DFL);
+    extern "C" fn on_signal(sig: libc::c_int) {
+        if RECEIVED.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            return;
         }
+        if SAVING.load(Ordering::SeqCst) {
+            EXIT_AFTER_SAVE.store(true, Ordering::SeqCst);
+            return;
+        }
+        let code = 128 + RECEIVED.load(Ordering::SeqCst);
+        // SAFETY: `_exit` is async-signal-safe; no save is in progress, so every checkpoint on
+        // disk is complete.
+        unsafe { libc::_exit(code) }
     }
 
     pub fn install() {
-        let handler: extern "C" fn(c_int) = on_sigint;
-        // SAFETY: the handler has the C signature `void (*)(int)` and touches only an atomic.
-        unsafe {
-            signal(SIGINT, handler as usize);
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value; the handler has
+            // the C signature `void (*)(int)` and touches only atomics and `_exit`.
+            unsafe {
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+                sa.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut sa.sa_mask);
+                libc::sigaction(sig, &sa, std::ptr::null_mut());
+            }
         }
     }
 }
 
-/// Install the SIGINT handler (call once, from a binary; libraries and tests need not).
-pub fn install_sigint_handler() {
+/// Install the SIGINT and SIGTERM handlers (call once, from a binary; libraries and tests need
+/// not).
+pub fn install_handlers() {
     #[cfg(unix)]
     imp::install();
 }
@@ -59,11 +117,11 @@ pub fn install_sigint_handler() {
 #[cfg(all(test, unix))]
 mod tests {
     #[test]
-    fn sigint_sets_the_flag() {
-        super::install_sigint_handler();
+    fn sigterm_sets_the_flag_and_the_exit_code() {
+        super::install_handlers();
         assert!(!super::interrupted());
         let status = std::process::Command::new("kill")
-            .args(["-INT", &std::process::id().to_string()])
+            .args(["-TERM", &std::process::id().to_string()])
             .status()
             .expect("running kill");
         assert!(status.success());
@@ -71,7 +129,8 @@ mod tests {
         while !super::interrupted() && start.elapsed().as_secs() < 5 {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        assert!(super::interrupted());
+        assert_eq!(super::received(), Some(15));
+        assert_eq!(super::exit_code(), Some(super::EXIT_SIGTERM));
         super::clear_interrupt();
         assert!(!super::interrupted());
     }

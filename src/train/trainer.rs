@@ -3,6 +3,7 @@
 use super::checkpoint::{self, Checkpoint, RngState, TrainerState};
 use super::config::TrainConfig;
 use super::plot::loss_curve_png;
+use super::rundir::{self, RunLock};
 use super::signal;
 use crate::engine::io::{save, write_atomic, SafeTensorsFile};
 use crate::engine::{AdamW, Error, GradNorm, GradStore, LoadOptions, LrSchedule, Result, Tensor};
@@ -200,25 +201,26 @@ pub struct Trainer {
     losses: Vec<f64>,
     pending_position: Option<serde_json::Value>,
     last_checkpoint: Option<PathBuf>,
+    /// The step whose checkpoint in the output directory is current (no need to save it again).
+    saved_step: Option<usize>,
     stop: Arc<AtomicBool>,
+    _lock: RunLock,
 }
 
 impl Trainer {
     /// A fresh run. `policy` must have been built with `config.policy`; the modules
     /// `config.train_modules` names are made trainable and everything else frozen.
     ///
-    /// A fresh run starts a new `metrics.jsonl` in the output directory (an older one there is
-    /// replaced).
+    /// The output directory is locked for the trainer's life ([`RunLock`]); one that already
+    /// holds a run is refused (resume it, or clear it first with [`rundir::clear_run`]).
     pub fn new(config: TrainConfig, policy: VlaPolicy) -> Result<Trainer> {
-        let t = Self::build(config, policy)?;
-        let metrics = t.metrics_path();
-        if metrics.exists() {
-            std::fs::remove_file(&metrics).map_err(|e| Error::io(format!("removing {}", metrics.display()), e))?;
-        }
-        Ok(t)
+        config.validate()?;
+        let lock = claim(&config.output_dir)?;
+        rundir::refuse_if_holds_run(&config.output_dir)?;
+        Self::build(config, policy, lock)
     }
 
-    fn build(config: TrainConfig, mut policy: VlaPolicy) -> Result<Trainer> {
+    fn build(config: TrainConfig, mut policy: VlaPolicy, lock: RunLock) -> Result<Trainer> {
         config.validate()?;
         if policy.config() != &config.policy {
             return Err(Error::Invalid {
@@ -246,7 +248,9 @@ impl Trainer {
             losses: Vec::new(),
             pending_position: None,
             last_checkpoint: None,
+            saved_step: None,
             stop: Arc::new(AtomicBool::new(false)),
+            _lock: lock,
         })
     }
 
@@ -255,9 +259,21 @@ impl Trainer {
     /// weights, same `[policy]`); the trainable weights, optimizer state, step, RNG and `extra`
     /// come from the checkpoint, and [`run`](Self::run) restores the data position. `config` is
     /// normally [`Checkpoint::open`]`(dir)?.config`, possibly with more steps.
+    ///
+    /// The output directory is locked as for [`new`](Self::new); it must be the checkpoint's own
+    /// run directory or hold no other run.
     pub fn resume(config: TrainConfig, policy: VlaPolicy, dir: impl AsRef<Path>) -> Result<Trainer> {
+        config.validate()?;
+        let lock = claim(&config.output_dir)?;
         let ckpt = Checkpoint::open(dir)?;
-        let mut t = Trainer::build(config, policy)?;
+        let own = same_dir(ckpt.dir.parent().unwrap_or(Path::new(".")), &config.output_dir);
+        if !own {
+            rundir::refuse_if_holds_run(&config.output_dir)?;
+        }
+        if !ckpt.optimizer_path().is_file() {
+            return Err(Error::file(ckpt.optimizer_path(), "missing from the checkpoint (needed to resume training)"));
+        }
+        let mut t = Trainer::build(config, policy, lock)?;
         let trainable = t.policy.trainable_params();
         let file = SafeTensorsFile::open(ckpt.model_path())?;
         let mut saved: Vec<&str> = file.names();
@@ -289,6 +305,7 @@ impl Trainer {
         t.losses = s.losses;
         t.losses.truncate(t.step);
         t.pending_position = Some(s.data_position);
+        t.saved_step = own.then_some(t.step);
         t.last_checkpoint = Some(ckpt.dir);
         t.truncate_metrics()?;
         Ok(t)
@@ -356,7 +373,7 @@ impl Trainer {
     }
 
     /// Train until the configured number of steps, the end of the data, a stop request or
-    /// Ctrl-C (see [`signal::install_sigint_handler`]). Writes metrics, the loss curve and
+    /// SIGINT/SIGTERM (see [`signal::install_handlers`]). Writes metrics, the loss curve and
     /// checkpoints (always one at the end). A non-finite loss or gradient norm ends the run with
     /// an error naming the step and the last good checkpoint.
     pub fn run(&mut self, source: &mut dyn BatchSource) -> Result<RunSummary> {
@@ -420,7 +437,12 @@ impl Trainer {
         }
         bar.finish_and_clear();
         summary.steps = self.step;
-        summary.last_checkpoint = Some(self.save_checkpoint(source, total)?);
+        summary.last_checkpoint = match (&self.last_checkpoint, self.saved_step) {
+            // A stop right after a periodic save, or a resume with nothing left to do: the
+            // checkpoint of this step is already on disk.
+            (Some(dir), Some(s)) if s == self.step => Some(dir.clone()),
+            _ => Some(self.save_checkpoint(source, total)?),
+        };
         Ok(summary)
     }
 
@@ -501,6 +523,7 @@ impl Trainer {
         let config = self.config.to_toml()?;
         let trainable = self.policy.checkpoint_tensors(&self.policy.trainable_params())?;
         let opt_state = self.policy.backbone().fused().split_state(&self.optimizer.state_tensors()?)?;
+        let _saving = signal::SaveGuard::new();
         let dir = checkpoint::write_dir(&self.config.output_dir, self.step, |tmp| {
             let refs: Vec<(&str, &Tensor)> = trainable.iter().map(|(n, t)| (n.as_str(), t)).collect();
             save(tmp.join(checkpoint::MODEL_FILE), &refs, None)?;
@@ -511,6 +534,7 @@ impl Trainer {
             write_atomic(tmp.join(checkpoint::STATE_FILE), &json)
         })?;
         self.last_checkpoint = Some(dir.clone());
+        self.saved_step = Some(self.step);
         self.write_loss_plot()?;
         Ok(dir)
     }
@@ -563,6 +587,22 @@ impl Trainer {
         }
         bar.set_position(self.step as u64);
         bar
+    }
+}
+
+/// Lock `output_dir` and repair what a killed save left there, saying what was done.
+fn claim(output_dir: &Path) -> Result<RunLock> {
+    let lock = RunLock::acquire(output_dir)?;
+    for note in rundir::recover(output_dir)? {
+        eprintln!("note: {note}");
+    }
+    Ok(lock)
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
     }
 }
 

@@ -344,6 +344,22 @@ impl ActionNormalizer {
                 return Err(Error::Invalid { op, msg: format!("`{name}`[{i}] is {}", v[i]) });
             }
         }
+        if let Some(d) = (0..self.arm_dims).find(|&d| self.high[d] < self.low[d]) {
+            return Err(Error::Invalid {
+                op,
+                msg: format!("`high`[{d}] = {} is below `low`[{d}] = {}", self.high[d], self.low[d]),
+            });
+        }
+        if self.arm_dims > 0 && (0..self.arm_dims).all(|d| self.is_constant(d)) {
+            return Err(Error::Invalid {
+                op,
+                msg: format!(
+                    "every arm dimension has `high` - `low` below eps = {}: every predicted arm action would be \
+                     the mean",
+                    self.eps
+                ),
+            });
+        }
         if let NormalizationMode::FixedBounds { clip } = self.mode {
             if !(clip.is_finite() && clip > 0.0) {
                 return Err(Error::Invalid { op, msg: format!("clip must be > 0, got {clip}") });
