@@ -6,6 +6,7 @@ mod eval;
 mod export;
 mod info;
 mod predict;
+mod serve;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -41,6 +42,9 @@ enum Command {
     /// Predict the action chunk for one image and instruction (JSON on stdout).
     #[command(long_about = predict::LONG_ABOUT)]
     Predict(predict::PredictArgs),
+    /// Serve a checkpoint to openpi's client (WebSocket + msgpack-numpy, `GET /healthz`).
+    #[command(long_about = serve::LONG_ABOUT)]
+    Serve(serve::ServeArgs),
     /// Print the version, the enabled features and the devices this build can use.
     Info(info::InfoArgs),
 }
@@ -53,6 +57,7 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Eval(args) => eval::run(&args),
         Command::Export(args) => export::run(&args),
         Command::Predict(args) => predict::run(&args),
+        Command::Serve(args) => serve::run(&args),
         Command::Info(args) => info::run(&args),
     }
 }
