@@ -51,8 +51,12 @@ struct Served {
 
 impl Served {
     fn start(extra: &[&str]) -> Served {
+        Served::start_on(checkpoint(), extra)
+    }
+
+    fn start_on(checkpoint: &Path, extra: &[&str]) -> Served {
         let mut child = Command::new(env!("CARGO_BIN_EXE_vlm4vla"))
-            .args(["serve", "--checkpoint", checkpoint().to_str().unwrap(), "--host", "127.0.0.1", "--port", "0"])
+            .args(["serve", "--checkpoint", checkpoint.to_str().unwrap(), "--host", "127.0.0.1", "--port", "0"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -332,6 +336,39 @@ fn concurrent_clients_are_batched_into_one_forward_with_correct_answers() {
             assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "client {i}: batched {a} vs alone {b}");
         }
     }
+}
+
+#[test]
+fn a_tabletop_demo_checkpoint_is_served() {
+    let dir = std::env::temp_dir().join(format!("vlm4vla-serve-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = Command::new(env!("CARGO_BIN_EXE_vlm4vla"))
+        .args(["demo", "--quick", "--episodes", "8", "--steps", "4", "--eval-per-family", "1", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "demo failed: {}", String::from_utf8_lossy(&out.stderr));
+    let run = dir.join("train");
+    let server = Served::start_on(&run, &[]);
+    let (mut ws, md) = server.connect();
+    assert_eq!(get(&md, "family").and_then(Value::as_str), Some("tabletop"));
+    assert_eq!(get(&md, "step").and_then(Value::as_u64), Some(4));
+    let policy = vlm4vla::demo::LoadedPolicy::open(&run).unwrap();
+    let size = policy.image_size();
+    let mut s = sample(2);
+    s.image =
+        RgbImage { width: size, height: size, data: (0..size * size * 3).map(|i| (i * 31 % 251) as u8).collect() };
+    s.state = vec![0.5, 0.4, 0.3, 0.0, 0.0, 0.0, 1.0];
+    let state: [f32; 7] = s.state.clone().try_into().unwrap();
+    let want = policy.predict(&[s.image.data.as_slice()], &[s.instruction.as_str()], Some(&[state])).unwrap().remove(0);
+    let (rows, _) = actions(&infer(&mut ws, request(&s)).unwrap());
+    assert_eq!(rows, want);
+    // A tabletop policy does not resize: another size is an error naming the key.
+    s.image = RgbImage { width: size + 1, height: size, data: vec![0; (size + 1) * size * 3] };
+    let err = infer(&mut ws, request(&s)).unwrap_err();
+    assert!(err.contains("`observation/image`") && err.contains(&format!("{size}×{size}")), "{err}");
+    drop(server);
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// p50/p99 latency and throughput for 1, 4 and 16 concurrent clients (bounded: at most 60

@@ -25,7 +25,8 @@ pub use server::{Server, ServerOptions};
 /// A checkpoint ready to serve: a fine-tuned policy of any family, or a tabletop demo policy.
 pub enum ServedPolicy {
     Finetuned(Box<FinetunedPolicy>),
-    Tabletop(Box<LoadedPolicy>),
+    /// A tabletop policy and its checkpoint's step.
+    Tabletop(Box<LoadedPolicy>, usize),
 }
 
 impl ServedPolicy {
@@ -35,7 +36,9 @@ impl ServedPolicy {
         if is_finetune_checkpoint(dir) {
             Ok(ServedPolicy::Finetuned(Box::new(FinetunedPolicy::open(dir)?)))
         } else {
-            Ok(ServedPolicy::Tabletop(Box::new(LoadedPolicy::open(dir)?)))
+            let policy = LoadedPolicy::open(dir)?;
+            let step = crate::train::Checkpoint::open(dir)?.state.step;
+            Ok(ServedPolicy::Tabletop(Box::new(policy), step))
         }
     }
 
@@ -59,7 +62,7 @@ impl ServedPolicy {
                     step: p.step,
                 }
             }
-            ServedPolicy::Tabletop(p) => {
+            ServedPolicy::Tabletop(p, step) => {
                 let s = p.image_size();
                 PolicySpec {
                     family: "tabletop".into(),
@@ -69,7 +72,7 @@ impl ServedPolicy {
                     state_dim: p.policy.config().state_dim,
                     image_size: Some((s, s)),
                     exact_image_size: true,
-                    step: 0,
+                    step: *step,
                 }
             }
         }
@@ -84,7 +87,7 @@ impl ServedPolicy {
     ) -> Result<Vec<Vec<[f32; ACTION_DIMS]>>> {
         match self {
             ServedPolicy::Finetuned(p) => p.predict(cameras, instructions, states),
-            ServedPolicy::Tabletop(p) => {
+            ServedPolicy::Tabletop(p, _) => {
                 let images: Vec<&[u8]> = cameras.iter().map(|c| c[0].data.as_slice()).collect();
                 let states: Option<Vec<[f32; 7]>> = match states {
                     None => None,
