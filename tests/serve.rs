@@ -439,3 +439,50 @@ fn the_openpi_client_drives_the_server() {
     assert!(out.status.success(), "tools/openpi_check.py failed:\n{text}");
     assert!(text.contains("openpi_check: ok"), "{text}");
 }
+
+#[test]
+fn msgpack_numpy_arrays_decode_with_binary_or_string_keys_and_either_byte_order() {
+    use vlm4vla::serve::protocol::{decode_observation, Dtype, Field, NdArray};
+    let values = [1.5f32, -2.25, 3.0];
+    let little: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let big: Vec<u8> = values.iter().flat_map(|v| v.to_be_bytes()).collect();
+    let string_keys = |dtype: &str, data: Vec<u8>| {
+        Value::Map(vec![
+            (Value::from("__ndarray__"), Value::Boolean(true)),
+            (Value::from("data"), Value::Binary(data)),
+            (Value::from("dtype"), Value::from(dtype)),
+            (Value::from("shape"), Value::Array(vec![Value::from(3u64)])),
+        ])
+    };
+    let scalar = Value::Map(vec![
+        (Value::Binary(b"__npgeneric__".to_vec()), Value::Boolean(true)),
+        (Value::Binary(b"data".to_vec()), Value::F64(0.25)),
+        (Value::Binary(b"dtype".to_vec()), Value::from("<f8")),
+    ]);
+    let frame = obs(vec![
+        ("binary", ndarray("<f4", &[3], little.clone())),
+        ("string", string_keys("<f4", little.clone())),
+        ("big", string_keys(">f4", big)),
+        ("ints", ndarray("<i8", &[3], [1i64, -2, 3].iter().flat_map(|v| v.to_le_bytes()).collect())),
+        ("scalar", scalar),
+    ]);
+    let decoded = decode_observation(&frame).unwrap();
+    let array = |key: &str| match &decoded.iter().find(|(k, _)| k == key).unwrap().1 {
+        Field::Array(a) => a.clone(),
+        other => panic!("{key}: {other:?}"),
+    };
+    for key in ["binary", "string", "big"] {
+        assert_eq!(array(key), NdArray { dtype: Dtype::F32, shape: vec![3], data: little.clone() }, "{key}");
+        assert_eq!(array(key).to_f32(), values, "{key}");
+    }
+    assert_eq!(array("ints").to_f32(), [1.0, -2.0, 3.0]);
+    assert_eq!((array("scalar").shape.len(), array("scalar").to_f32()), (0, vec![0.25]));
+    // What the server writes is what openpi's `unpack_array` reads: binary keys, numpy's dtype.str.
+    let written = NdArray::from_f32(vec![1, 3], &values).to_value();
+    let keys: Vec<&[u8]> = written.as_map().unwrap().iter().map(|(k, _)| k.as_slice().unwrap()).collect();
+    assert_eq!(keys, [&b"__ndarray__"[..], b"data", b"dtype", b"shape"]);
+    for (dtype, err) in [("<c8", "unsupported dtype `<c8`"), ("|O", "unsupported dtype `|O`")] {
+        let bad = obs(vec![("x", string_keys(dtype, vec![0; 24]))]);
+        assert!(decode_observation(&bad).unwrap_err().contains(err), "{dtype}");
+    }
+}
