@@ -11,4 +11,5 @@ pub mod data;
 pub mod demo;
 pub mod env;
 pub mod finetune;
+pub mod serve;
 pub mod train;

@@ -17,6 +17,7 @@ mod eval;
 mod export;
 mod info;
 mod predict;
+mod serve;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -52,6 +53,9 @@ enum Command {
     /// Predict the action chunk for one image and instruction (JSON on stdout).
     #[command(long_about = predict::LONG_ABOUT)]
     Predict(predict::PredictArgs),
+    /// Serve a checkpoint to openpi's client (WebSocket + msgpack-numpy, `GET /healthz`).
+    #[command(long_about = serve::LONG_ABOUT)]
+    Serve(serve::ServeArgs),
     /// Print the version, the enabled features and the devices this build can use.
     Info(info::InfoArgs),
 }
@@ -69,6 +73,7 @@ pub fn run(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
         Command::Eval(args) => eval::run(&args).map(|()| 0),
         Command::Export(args) => export::run(&args).map(|()| 0),
         Command::Predict(args) => predict::run(&args).map(|()| 0),
+        Command::Serve(args) => serve::run(&args).map(|()| 0),
         Command::Info(args) => info::run(&args).map(|()| 0),
     }
 }
