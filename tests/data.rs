@@ -586,9 +586,10 @@ fn action_plans_round_trip_and_label_the_chunks() {
     let i = b.schema().index_of("action_plan_steps").unwrap();
     // The column is a plain float32 scalar, as LeRobot stores shape-[1] features.
     assert_eq!(b.column(i).data_type(), &arrow_schema::DataType::Float32);
-    let bad = Arc::new(arrow_array::Float32Array::from_iter_values(
-        (0..b.num_rows()).map(|r| if r == 2 { 0.0f32 } else { 1.0 }),
-    ));
+    let bad =
+        Arc::new(arrow_array::Float32Array::from_iter_values(
+            (0..b.num_rows()).map(|r| if r == 2 { 0.0f32 } else { 1.0 }),
+        ));
     let mut cols = b.columns().to_vec();
     cols[i] = bad;
     let b = RecordBatch::try_new(b.schema(), cols).unwrap();

@@ -430,8 +430,10 @@ impl LeRobotWriter {
                 (f.name().clone(), t)
             })
             .collect();
-        let metadata =
-            std::collections::HashMap::from([("huggingface".to_string(), json!({"info": {"features": hf}}).to_string())]);
+        let metadata = std::collections::HashMap::from([(
+            "huggingface".to_string(),
+            json!({"info": {"features": hf}}).to_string(),
+        )]);
         let batch = RecordBatch::try_new(Arc::new(Schema::new(fields).with_metadata(metadata)), columns)
             .map_err(|e| Error::file(&path, format!("building the frame table: {e}")))?;
         write_parquet(&path, &batch, &[])

@@ -6,10 +6,11 @@ use std::path::Path;
 use super::{
     backbone_config, build_policy, invalid, normalizer, train::check_family, Encoder, PipelineExtra, VOCAB_NAME,
 };
+use super::{ACTION_DIMS, ARM_DIMS};
 use crate::data::RgbImage;
 use crate::engine::{Device, Error, Result, Tensor};
 use crate::env::{evaluate, Action, EnvConfig, EpisodeSpec, EvalOptions, EvalReport, Observation, TaskFamily};
-use crate::models::vla::{ActionNormalizer, VlaPolicy, ACTION_DIMS, ARM_DIMS};
+use crate::models::vla::{ActionNormalizer, VlaPolicy};
 use crate::train::{Checkpoint, TrainConfig};
 
 /// First seed of held-out evaluation episodes (training data is collected from seed 0 up).
