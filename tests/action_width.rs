@@ -304,6 +304,14 @@ fn cli_trains_on_6d_actions_and_predicts_rows_of_6() {
         assert!(row.iter().all(|x| x.as_f64().unwrap().abs() <= 0.5 + 1e-5), "{v}");
     }
 
+    // Offline evaluation: an error per each of the 6 dims, no gripper accuracy.
+    let args = ["eval", "--checkpoint", run.to_str().unwrap(), "--batches", "2", "--batch-size", "4", "--json"];
+    let out = vlm4vla(&args);
+    assert!(out.status.success(), "eval failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["arm_mae"].as_array().unwrap().len(), 6, "{r}");
+    assert!(r["arm_rmse"].as_f64().unwrap().is_finite() && r.get("gripper_accuracy").is_none(), "{r}");
+
     // A config that names another width is refused before training, naming the field and feature.
     let other = dir.join("seven.toml");
     write_config(&other, &data, &dir.join("run7"), "action_dim = 7");

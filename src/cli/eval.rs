@@ -85,6 +85,8 @@ fn run_offline(a: &EvalArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mae: Vec<String> = r.arm_mae.iter().map(|e| format!("{e:.4}")).collect();
     println!("arm MAE per dim  [{}]", mae.join(", "));
     println!("arm RMSE         {:.4}", r.arm_rmse);
-    println!("gripper accuracy {:.1}%", 100.0 * r.gripper_accuracy);
+    if let Some(acc) = r.gripper_accuracy {
+        println!("gripper accuracy {:.1}%", 100.0 * acc);
+    }
     Ok(())
 }

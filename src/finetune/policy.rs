@@ -200,7 +200,7 @@ impl FinetunedPolicy {
         report.action_steps = steps;
         report.arm_mae = abs.iter().map(|a| a / steps as f64).collect();
         report.arm_rmse = (sq / (steps * arm_dims) as f64).sqrt();
-        report.gripper_accuracy = grip_ok as f64 / steps as f64;
+        report.gripper_accuracy = (gripper == GripperMode::Last).then(|| grip_ok as f64 / steps as f64);
         Ok(report)
     }
 }
@@ -223,6 +223,8 @@ pub struct OfflineReport {
     pub arm_mae: Vec<f64>,
     /// Root mean squared error over all arm dimensions.
     pub arm_rmse: f64,
-    /// Share of chunk steps whose gripper state is right (0 without a gripper).
-    pub gripper_accuracy: f64,
+    /// Share of chunk steps whose gripper state is right (None, and left out of the JSON,
+    /// without a gripper).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gripper_accuracy: Option<f64>,
 }
