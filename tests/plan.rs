@@ -12,7 +12,7 @@ use vlm4vla::models::paligemma::PaliGemmaProcessor;
 use vlm4vla::models::plan::{self, PlanInput, GPUS};
 use vlm4vla::models::qwen2_5_vl::{self as qwen, ChatTokens, ProcessedImage};
 use vlm4vla::models::registry::{load_backbone, ModelConfig};
-use vlm4vla::models::vla::{PolicyConfig, TrainableParts, VlaPolicy, ACTION_DIMS};
+use vlm4vla::models::vla::{PolicyConfig, TrainableParts, VlaPolicy};
 use vlm4vla::models::{BackboneInput, ParamGroup};
 
 const PROMPT: usize = 9;
@@ -113,7 +113,7 @@ fn activation_estimate_matches_the_engine_live_bytes_on_tiny_backbones() {
                 vla.set_trainable(&TrainableParts { groups: groups.to_vec(), head: true, llm_last_layers: None })
                     .unwrap();
                 let input = batch(&config, b, 40 + b as u64);
-                let actions = Tensor::zeros(&[b, policy.chunk, ACTION_DIMS], DType::F32, Device::Cpu).unwrap();
+                let actions = Tensor::zeros(&[b, policy.chunk, policy.action_dim], DType::F32, Device::Cpu).unwrap();
                 let mask = Tensor::ones(&[b, policy.chunk], DType::U8, Device::Cpu).unwrap();
 
                 let mut pi = plan_input(&config, &input, &policy, ckpt);

@@ -75,7 +75,7 @@ fn forward_and_predict_shapes() {
         let x = input(3, 1);
         let out = p.forward(&x).unwrap();
         assert_eq!(out.arm.shape(), &[3, CHUNK, 6]);
-        assert_eq!(out.gripper_logits.shape(), &[3, CHUNK]);
+        assert_eq!(out.gripper_logits.as_ref().unwrap().shape(), &[3, CHUNK]);
         assert!(out.arm.to_vec::<f32>().unwrap().iter().all(|v| v.abs() < 1.0));
         let expected_in = if combine == LatentCombine::Flatten { latent * 32 } else { 32 };
         assert_eq!(p.head().in_features(), expected_in);
@@ -84,7 +84,7 @@ fn forward_and_predict_shapes() {
         let pred = p.predict(&x).unwrap();
         assert_eq!(pred.len(), 3);
         let arm = out.arm.to_vec::<f32>().unwrap();
-        let logits = out.gripper_logits.to_vec::<f32>().unwrap();
+        let logits = out.gripper_logits.as_ref().unwrap().to_vec::<f32>().unwrap();
         for (r, chunk) in pred.iter().enumerate() {
             assert_eq!(chunk.len(), CHUNK);
             for (s, a) in chunk.iter().enumerate() {
@@ -159,7 +159,7 @@ fn loss_matches_a_hand_computed_reference() {
     let v = l.values().unwrap();
 
     let arm = out.arm.to_vec::<f64>().unwrap();
-    let logits = out.gripper_logits.to_vec::<f64>().unwrap();
+    let logits = out.gripper_logits.as_ref().unwrap().to_vec::<f64>().unwrap();
     let yv = y.to_vec::<f64>().unwrap();
     let (mut h, mut bce, mut n, mut correct) = (0.0, 0.0, 0usize, 0usize);
     for i in 0..3 * CHUNK {
@@ -234,7 +234,7 @@ fn gripper_accuracy_counts_valid_steps_only() {
     // Valid steps: (2 → open, 1) right, (-1 → closed, 0) right, (0 → open, 0) wrong.
     let out = HeadOutput {
         arm: Tensor::zeros(&[2, 2, 6], DType::F32, Device::Cpu).unwrap(),
-        gripper_logits: Tensor::from_vec(vec![2f32, -1., 0., -3.], &[2, 2], Device::Cpu).unwrap(),
+        gripper_logits: Some(Tensor::from_vec(vec![2f32, -1., 0., -3.], &[2, 2], Device::Cpu).unwrap()),
     };
     let mut y = vec![0f32; 2 * 2 * 7];
     for (i, t) in [1f32, 0., 0., 1.].iter().enumerate() {

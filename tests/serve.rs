@@ -173,7 +173,8 @@ fn expected(policy: &FinetunedPolicy, samples: &[&Sample]) -> Vec<Vec<[f32; 7]>>
     let cameras: Vec<Vec<RgbImage>> = samples.iter().map(|s| vec![s.image.clone()]).collect();
     let texts: Vec<&str> = samples.iter().map(|s| s.instruction.as_str()).collect();
     let states: Vec<Vec<f32>> = samples.iter().map(|s| s.state.clone()).collect();
-    policy.predict(&cameras, &texts, Some(&states)).unwrap()
+    let chunks = policy.predict(&cameras, &texts, Some(&states)).unwrap();
+    chunks.into_iter().map(|c| c.into_iter().map(|a| <[f32; 7]>::try_from(a).expect("7-D actions")).collect()).collect()
 }
 
 #[test]

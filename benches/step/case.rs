@@ -11,7 +11,7 @@ use vlm4vla::models::kosmos2::{Kosmos2, Kosmos2Config, Kosmos2Processor};
 use vlm4vla::models::paligemma::{PaliGemma, PaliGemmaConfig, PaliGemmaProcessor};
 use vlm4vla::models::qwen2_5_vl::{self as qwen, ChatTokens, ProcessedImage, Qwen25Vl, Qwen25VlConfig};
 use vlm4vla::models::registry::ModelConfig;
-use vlm4vla::models::vla::{PolicyConfig, TrainableParts, VlaPolicy, ACTION_DIMS};
+use vlm4vla::models::vla::{GripperMode, PolicyConfig, TrainableParts, VlaPolicy};
 use vlm4vla::models::{Backbone, BackboneInput};
 use vlm4vla::train::{read_step, OptimConfig};
 
@@ -214,18 +214,19 @@ impl Case {
             attention_mask: input.attention_mask.to_device(dev)?,
             token_type: input.token_type.to_device(dev)?,
         };
-        let chunk = self.policy.chunk;
+        let (chunk, width) = (self.policy.chunk, self.policy.action_dim);
+        let gripper = self.policy.gripper == GripperMode::Last;
         let actions: Vec<f32> =
-            (0..self.batch * chunk * ACTION_DIMS)
+            (0..self.batch * chunk * width)
                 .map(|i| {
-                    if i % ACTION_DIMS == ACTION_DIMS - 1 {
+                    if gripper && i % width == width - 1 {
                         rng.gen_range(0..2) as f32
                     } else {
                         rng.gen_range(-1.0..1.0)
                     }
                 })
                 .collect();
-        let actions = Tensor::from_vec(actions, &[self.batch, chunk, ACTION_DIMS], dev)?;
+        let actions = Tensor::from_vec(actions, &[self.batch, chunk, width], dev)?;
         let mask = Tensor::ones(&[self.batch, chunk], DType::U8, dev)?;
         let sd = self.policy.state_dim;
         let state = (sd > 0)

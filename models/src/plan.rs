@@ -25,7 +25,7 @@
 
 use crate::common::backbone::{layer_index, ParamGroup};
 use crate::registry::{group_digits, ModelConfig};
-use crate::vla::{LatentCombine, PolicyConfig, ARM_DIMS};
+use crate::vla::{LatentCombine, PolicyConfig};
 use std::collections::BTreeMap;
 use vlm4vla_engine::{DType, Error, Result};
 
@@ -244,8 +244,8 @@ pub fn head_params(hidden: usize, policy: &PolicyConfig) -> usize {
         + state
         + linear(input, mid)
         + linear(mid, h.trunk_out)
-        + branch(ARM_DIMS * policy.chunk)
-        + branch(policy.chunk)
+        + branch(policy.arm_dims() * policy.chunk)
+        + policy.gripper.dims() * branch(policy.chunk)
 }
 
 fn hidden_size(cfg: &ModelConfig) -> usize {
@@ -336,8 +336,11 @@ fn activations(input: &PlanInput, hidden: usize) -> Result<Activations> {
         LatentCombine::Mean => hidden,
     };
     let mid = p.head.trunk_hidden.unwrap_or((input_width / 2).max(1));
-    let branches: usize = p.head.branch_hidden.iter().map(|w| 2 * w).sum::<usize>() * 2;
-    let head = input_width + 2 * mid + p.head.trunk_out + branches + 2 * ARM_DIMS * p.chunk + p.chunk;
+    // Per branch (the arm's, and the gripper's when there is one): each hidden Linear's output
+    // and ReLU; the arm's last Linear and tanh, the gripper's logits.
+    let branches: usize = p.head.branch_hidden.iter().map(|w| 2 * w).sum::<usize>() * (1 + p.gripper.dims());
+    let head =
+        input_width + 2 * mid + p.head.trunk_out + branches + 2 * p.arm_dims() * p.chunk + p.gripper.dims() * p.chunk;
     per_sample = per_sample.plus(Kept::new(head, 0));
     kept = kept.plus(per_sample.times(b));
 

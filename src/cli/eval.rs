@@ -85,6 +85,8 @@ fn run_offline(a: &EvalArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mae: Vec<String> = r.arm_mae.iter().map(|e| format!("{e:.4}")).collect();
     outln!("arm MAE per dim  [{}]", mae.join(", "))?;
     outln!("arm RMSE         {:.4}", r.arm_rmse)?;
-    outln!("gripper accuracy {:.1}%", 100.0 * r.gripper_accuracy)?;
+    if let Some(acc) = r.gripper_accuracy {
+        outln!("gripper accuracy {:.1}%", 100.0 * acc)?;
+    }
     Ok(())
 }

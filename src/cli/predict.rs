@@ -5,7 +5,8 @@ use vlm4vla::demo::LoadedPolicy;
 
 /// The long help of the subcommand.
 pub const LONG_ABOUT: &str = "Load a checkpoint, read an RGB image and an instruction, and print the \
-predicted action chunk as JSON: {\"chunk\": [[a0, ..., a5, gripper], ...]} in raw action units. \
+predicted action chunk as JSON: {\"chunk\": [[a0, a1, ...], ...]} in raw action units, one row of \
+the policy's action_dim values per chunk step (with policy.gripper = \"last\", the gripper state last). \
 A fine-tuned checkpoint takes a PNG of any size (the backbone's processor \
 resizes it) and, when it was trained with a state input, --state in raw units. A tabletop \
 checkpoint takes a PNG at the policy's image size; its gripper is +1 (open) or -1 (closed).";

@@ -87,7 +87,7 @@ pub fn run(a: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         spec.family,
         spec.step,
         spec.horizon,
-        vlm4vla::models::vla::ACTION_DIMS,
+        spec.action_dim,
         keys.join(", ")
     );
     outln!("listening on ws://{}", server.local_addr())?;

@@ -9,10 +9,10 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::invalid;
+use super::ACTION_DIMS;
 use crate::data::LeRobotWriter;
 use crate::engine::Result;
 use crate::env::{Action, EnvConfig, EpisodeSpec, Observation, TabletopEnv, TaskFamily};
-use crate::models::vla::ACTION_DIMS;
 
 /// The `robot_type` of datasets written by [`collect`].
 pub const ROBOT_TYPE: &str = "vlm4vla-tabletop";

@@ -42,6 +42,12 @@ pub use vocab::{Vocab, UNK_ID, VOCAB_NAME};
 
 use crate::engine::Error;
 
+/// Values per tabletop action: 6 arm values (x, y, z deltas and three rotations the world
+/// ignores), then the gripper (±1): the policy's `action_dim`, with `gripper = "last"`.
+pub const ACTION_DIMS: usize = 7;
+/// The arm values of a tabletop action.
+pub const ARM_DIMS: usize = ACTION_DIMS - 1;
+
 fn invalid(msg: impl Into<String>) -> Error {
     Error::Invalid { op: "demo", msg: msg.into() }
 }

@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::{invalid, Vocab};
+use super::{ACTION_DIMS, ARM_DIMS};
 use crate::engine::{DType, Device, Result, Tensor};
 use crate::models::paligemma::{PaliGemma, PaliGemmaConfig, PaliGemmaProcessor};
-use crate::models::vla::{ActionNormalizer, VlaPolicy, ARM_DIMS};
+use crate::models::vla::{ActionNormalizer, GripperMode, VlaPolicy};
 use crate::train::TrainConfig;
 
 /// The backbone `vlm4vla demo` trains: a narrower, shallower `paligemma-tiny` (see
@@ -90,6 +91,12 @@ pub fn image_size(encoder: &Encoder) -> usize {
 /// A fresh (untrained) policy for `cfg` at `image_size`: backbone weights from `cfg.seed`, head
 /// weights from `cfg.seed + 1`.
 pub fn build_policy(cfg: &TrainConfig, image_size: usize) -> Result<(VlaPolicy, Encoder)> {
+    if cfg.policy.action_dim != ACTION_DIMS || cfg.policy.gripper != GripperMode::Last {
+        return Err(invalid(format!(
+            "tabletop actions are {ACTION_DIMS}-D with the gripper last: policy.action_dim = {} and policy.gripper = {:?} do not fit",
+            cfg.policy.action_dim, cfg.policy.gripper
+        )));
+    }
     let bb_cfg = backbone_config(&cfg.backbone, image_size)?;
     let encoder = tabletop_encoder(&bb_cfg);
     let mut backbone = PaliGemma::random(bb_cfg, cfg.seed, DType::F32)?;

@@ -6,10 +6,11 @@ use std::path::Path;
 use super::{
     backbone_config, build_policy, invalid, normalizer, train::check_family, Encoder, PipelineExtra, VOCAB_NAME,
 };
+use super::{ACTION_DIMS, ARM_DIMS};
 use crate::data::RgbImage;
 use crate::engine::{Device, Error, Result, Tensor};
 use crate::env::{evaluate, Action, EnvConfig, EpisodeSpec, EvalOptions, EvalReport, Observation, TaskFamily};
-use crate::models::vla::{ActionNormalizer, VlaPolicy, ACTION_DIMS, ARM_DIMS};
+use crate::models::vla::{ActionNormalizer, VlaPolicy};
 use crate::train::{Checkpoint, TrainConfig};
 
 /// First seed of held-out evaluation episodes (training data is collected from seed 0 up).
@@ -42,13 +43,13 @@ impl LoadedPolicy {
             .normalizer
             .validate("checkpoint")
             .map_err(|e| Error::file(&state_path, format!("`extra.normalizer`: {e}")))?;
-        if extra.normalizer.arm_dims != crate::models::vla::ARM_DIMS {
+        if extra.normalizer.arm_dims != super::ARM_DIMS {
             return Err(Error::file(
                 &state_path,
                 format!(
                     "`extra.normalizer.arm_dims` is {}, the policy predicts {}",
                     extra.normalizer.arm_dims,
-                    crate::models::vla::ARM_DIMS
+                    super::ARM_DIMS
                 ),
             ));
         }

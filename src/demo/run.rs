@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::ACTION_DIMS;
 use super::{
     collect, invalid, train, CollectOptions, CollectSummary, DemoSource, GroundingConfig, LoadedPolicy, PipelineConfig,
     TrainOutcome, DEFAULT_PLAN_STEPS, DEMO_BACKBONE, EVAL_FIRST_SEED,
@@ -13,7 +14,7 @@ use super::{
 use crate::data::LeRobotDataset;
 use crate::engine::{Error, Result};
 use crate::env::{EvalOptions, EvalReport, InstructionMode, TaskFamily};
-use crate::models::vla::{HeadConfig, PolicyConfig, ACTION_DIMS};
+use crate::models::vla::{HeadConfig, PolicyConfig};
 use crate::train::{OptimConfig, RunConfig, TrainConfig};
 
 /// First seed of the held-out demonstrations the demo measures the loss on (clean expert

@@ -7,12 +7,13 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::grounding::GroundingRow;
+use super::ACTION_DIMS;
 use super::{invalid, Encoder, GroundingConfig, GROUNDING_WINDOW};
 use crate::data::LeRobotDataset;
 use crate::data::RgbImage;
 use crate::engine::{Device, Error, Result, Tensor};
 use crate::env::EnvConfig;
-use crate::models::vla::{ActionNormalizer, VlaPolicy, ACTION_DIMS};
+use crate::models::vla::{ActionNormalizer, VlaPolicy};
 use crate::train::{Batch, BatchSource};
 
 /// A resumable [`BatchSource`] over a whole dataset decoded into memory. Batch `k` holds

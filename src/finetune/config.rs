@@ -20,6 +20,8 @@
 //!
 //! [policy]                                  # chunk = the action chunk length
 //! chunk = 10
+//! # action_dim = 7                          # optional: the dataset's action width when left out
+//! gripper = "last"                          # last: the last dim is a binary gripper; none: all continuous
 //! [optim]
 //! lr = 2e-5
 //! [run]
@@ -35,7 +37,8 @@ use crate::train::TrainConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// How actions are scaled into the head's [-1, 1] (the gripper, last, is a binary target).
+/// How actions are scaled into the head's [-1, 1] (a gripper, `policy.gripper = "last"`, is a
+/// binary target instead).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Normalization {
@@ -164,6 +167,11 @@ pub struct FinetuneConfig {
     pub device: String,
     pub data: DataConfig,
     pub train: TrainConfig,
+    /// True when the TOML left `policy.action_dim` out: training then takes the dataset's action
+    /// width ([`resolve_action_dim`](super::train::resolve_action_dim)); a config that sets it
+    /// must match the dataset.
+    #[serde(skip)]
+    pub action_dim_unset: bool,
 }
 
 impl FinetuneConfig {
@@ -194,12 +202,14 @@ impl FinetuneConfig {
             Some(v) => v.try_into().map_err(|e| Error::file(origin, format!("[data]: {e}")))?,
             None => return Err(Error::file(origin, "the [data] table is missing (at least `dataset = \"DIR\"`)")),
         };
+        let action_dim_unset =
+            table.get("policy").and_then(toml::Value::as_table).is_none_or(|p| !p.contains_key("action_dim"));
         let rest = match crate::train::config::blank_keys(text, &["dtype", "device", "data"], &table) {
             Some(rest) => rest,
             None => toml::to_string(&table).map_err(|e| Error::file(origin, format!("invalid config: {e}")))?,
         };
         let train = TrainConfig::from_toml_str(&rest, origin)?;
-        let cfg = FinetuneConfig { dtype, device, data, train };
+        let cfg = FinetuneConfig { dtype, device, data, train, action_dim_unset };
         cfg.validate_at(origin)?;
         Ok(cfg)
     }

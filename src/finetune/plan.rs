@@ -1,7 +1,7 @@
 //! `vlm4vla train --plan`: what a fine-tuning run will hold in memory, before it starts.
 
 use super::model::ModelSource;
-use super::train::{open_dataset, resolve_state_dim};
+use super::train::{open_dataset, resolve_action_dim, resolve_state_dim};
 use super::FinetuneConfig;
 use crate::engine::Result;
 use crate::models::plan::{plan as estimate, PlanInput, TrainPlan};
@@ -22,6 +22,7 @@ pub fn plan(cfg: &FinetuneConfig) -> Result<(TrainPlan, Vec<String>)> {
     let mut cfg = cfg.clone();
     if let Ok(ds) = &dataset {
         resolve_state_dim(&mut cfg, ds)?;
+        resolve_action_dim(&mut cfg, ds)?;
     }
     let cfg = &cfg;
     let spec = cfg.train.backbone.as_str();

@@ -7,7 +7,7 @@ use super::train::{build_policy, open_dataset, read_extra, FinetuneExtra};
 use super::FinetuneConfig;
 use crate::data::{Loader, LoaderPosition, RgbImage};
 use crate::engine::{Device, Error, Result, Tensor};
-use crate::models::vla::{ActionNormalizer, VlaPolicy, ACTION_DIMS, ARM_DIMS};
+use crate::models::vla::{ActionNormalizer, GripperMode, VlaPolicy};
 use crate::train::Checkpoint;
 use serde::Serialize;
 use std::collections::BTreeSet;
@@ -55,6 +55,7 @@ impl FinetunedPolicy {
             device: extra.device.clone(),
             data: extra.data.clone(),
             train,
+            action_dim_unset: false,
         };
         let mut policy = build_policy(&config, &source)?;
         policy.set_trainable(&config.train.trainable())?;
@@ -88,15 +89,15 @@ impl FinetunedPolicy {
         self.policy.config().state_dim
     }
 
-    /// Raw action chunks (`chunk` rows of arm values then the gripper state) for samples of
-    /// camera frames (any size; the processor resizes), instructions and, when the policy takes
-    /// one, raw states.
+    /// Raw action chunks (`chunk` rows of `policy.action_dim` values: the arm values, then with
+    /// `policy.gripper = "last"` the gripper state) for samples of camera frames (any size; the
+    /// processor resizes), instructions and, when the policy takes one, raw states.
     pub fn predict(
         &self,
         cameras: &[Vec<RgbImage>],
         instructions: &[&str],
         states: Option<&[Vec<f32>]>,
-    ) -> Result<Vec<Vec<[f32; ACTION_DIMS]>>> {
+    ) -> Result<Vec<Vec<Vec<f32>>>> {
         let want = self.config.data.cameras.len().max(1);
         if let Some(b) = cameras.iter().position(|c| c.len() != want) {
             return Err(Error::invalid(
@@ -111,16 +112,15 @@ impl FinetunedPolicy {
         let input = super::source::to_device(self.batch.encoder.encode(cameras, instructions)?, self.batch.device)?;
         let state = self.state_tensor(cameras.len(), states)?;
         let chunks = self.policy.predict_with_state(&input, state.as_ref())?;
+        let arm_dims = self.normalizer().arm_dims;
         chunks
             .into_iter()
             .map(|chunk| {
                 chunk
                     .into_iter()
                     .map(|a| {
-                        let raw = self.normalizer().denormalize_actions(&a[..ARM_DIMS], &[a[ARM_DIMS]])?;
-                        let mut out = [0f32; ACTION_DIMS];
-                        out.copy_from_slice(&raw);
-                        Ok(out)
+                        let (arm, gripper) = a.split_at(arm_dims.min(a.len()));
+                        self.normalizer().denormalize_actions(arm, gripper)
                     })
                     .collect()
             })
@@ -159,7 +159,8 @@ impl FinetunedPolicy {
         let loader = Loader::new(ds.clone(), lc)?;
         let n = (batches as u64).min(loader.batches_per_epoch());
         let mut report = OfflineReport { dataset: data.dataset.display().to_string(), ..OfflineReport::default() };
-        let mut abs = [0f64; ARM_DIMS];
+        let (arm_dims, gripper) = (self.normalizer().arm_dims, self.normalizer().gripper);
+        let mut abs = vec![0f64; arm_dims];
         let mut sq = 0f64;
         let (mut grip_ok, mut steps) = (0usize, 0usize);
         for b in 0..n {
@@ -175,14 +176,16 @@ impl FinetunedPolicy {
                         continue;
                     }
                     let truth = &raw.actions[(i * raw.chunk + s) * raw.action_dim..][..raw.action_dim];
-                    for d in 0..ARM_DIMS {
+                    for d in 0..arm_dims {
                         let e = (a[d] - truth[d]) as f64;
                         abs[d] += e.abs();
                         sq += e * e;
                     }
-                    let target = self.normalizer().gripper_target(truth[ARM_DIMS]);
-                    let predicted = self.normalizer().gripper_target(a[ARM_DIMS]);
-                    grip_ok += usize::from(target == predicted);
+                    if gripper == GripperMode::Last {
+                        let target = self.normalizer().gripper_target(truth[arm_dims]);
+                        let predicted = self.normalizer().gripper_target(a[arm_dims]);
+                        grip_ok += usize::from(target == predicted);
+                    }
                     steps += 1;
                 }
             }
@@ -193,8 +196,8 @@ impl FinetunedPolicy {
         }
         report.action_steps = steps;
         report.arm_mae = abs.iter().map(|a| a / steps as f64).collect();
-        report.arm_rmse = (sq / (steps * ARM_DIMS) as f64).sqrt();
-        report.gripper_accuracy = grip_ok as f64 / steps as f64;
+        report.arm_rmse = (sq / (steps * arm_dims) as f64).sqrt();
+        report.gripper_accuracy = (gripper == GripperMode::Last).then(|| grip_ok as f64 / steps as f64);
         Ok(report)
     }
 }
@@ -241,6 +244,8 @@ pub struct OfflineReport {
     pub arm_mae: Vec<f64>,
     /// Root mean squared error over all arm dimensions.
     pub arm_rmse: f64,
-    /// Share of chunk steps whose gripper state is right.
-    pub gripper_accuracy: f64,
+    /// Share of chunk steps whose gripper state is right (None, and left out of the JSON,
+    /// without a gripper).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gripper_accuracy: Option<f64>,
 }

@@ -7,7 +7,7 @@
 use super::encoder::Encoder;
 use crate::data::{LeRobotDataset, Loader, LoaderConfig, LoaderPosition, RandomShift};
 use crate::engine::{Device, Error, Result, Tensor};
-use crate::models::vla::{ActionNormalizer, ACTION_DIMS};
+use crate::models::vla::ActionNormalizer;
 use crate::models::BackboneInput;
 use crate::train::{Batch, BatchSource};
 use serde::{Deserialize, Serialize};
@@ -73,10 +73,11 @@ impl BatchEncoder {
     /// Encode one loader batch.
     pub fn encode(&self, b: &crate::data::Batch) -> Result<Batch> {
         let n = b.len();
-        if b.action_dim != ACTION_DIMS {
+        let width = self.normalizer.action_dim();
+        if b.action_dim != width {
             return Err(Error::invalid(
-                "data",
-                format!("actions are {}-D; the policy head predicts {ACTION_DIMS}-D actions", b.action_dim),
+                "policy.action_dim",
+                format!("the dataset's actions are {}-D; the policy predicts {width}-D actions", b.action_dim),
             ));
         }
         let cameras: Vec<Vec<_>> = (0..n).map(|i| b.frames(i)).collect();
@@ -99,7 +100,7 @@ impl BatchEncoder {
         let dev = self.device;
         Ok(Batch {
             input: to_device(input, dev)?,
-            actions: Tensor::from_vec(targets, &[n, b.chunk, ACTION_DIMS], Device::Cpu)?.to_device(dev)?,
+            actions: Tensor::from_vec(targets, &[n, b.chunk, width], Device::Cpu)?.to_device(dev)?,
             mask: Tensor::from_vec(mask, &[n, b.chunk], Device::Cpu)?.to_device(dev)?,
             state: state.map(|s| s.to_device(dev)).transpose()?,
         })

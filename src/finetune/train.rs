@@ -5,7 +5,7 @@ use super::source::{loader_config, BatchEncoder, LoaderSource, StateNormalizer};
 use super::{DataConfig, FinetuneConfig};
 use crate::data::{DatasetKeys, LeRobotDataset};
 use crate::engine::{Error, Result};
-use crate::models::vla::{ActionNormalizer, VlaPolicy};
+use crate::models::vla::{ActionNormalizer, GripperMode, VlaPolicy};
 use crate::train::{Checkpoint, Trainer};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -82,9 +82,34 @@ pub fn resolve_state_dim(cfg: &mut FinetuneConfig, ds: &LeRobotDataset) -> Resul
     Ok(())
 }
 
-/// The action normaliser of `data` on `ds`'s statistics.
-pub fn normalizer(data: &DataConfig, ds: &LeRobotDataset) -> Result<ActionNormalizer> {
-    ActionNormalizer::from_stats(data.mode(), &ds.action_stats())
+/// `policy.action_dim` is the width of the dataset's action feature: taken from the dataset when
+/// the config leaves it out, an error naming the field and the feature when it differs.
+pub fn resolve_action_dim(cfg: &mut FinetuneConfig, ds: &LeRobotDataset) -> Result<()> {
+    let width = ds.action_dim();
+    let policy = &mut cfg.train.policy;
+    if cfg.action_dim_unset {
+        policy.action_dim = width;
+        cfg.action_dim_unset = false;
+        return policy.validate().map_err(|e| {
+            Error::invalid(
+                "policy.action_dim",
+                format!("from the dataset's `{}` ({width}-D): {e}", cfg.data.action_key),
+            )
+        });
+    }
+    if policy.action_dim != width {
+        return Err(Error::invalid(
+            "policy.action_dim",
+            format!("= {}, but the dataset's `{}` is {width}-D", policy.action_dim, cfg.data.action_key),
+        ));
+    }
+    Ok(())
+}
+
+/// The action normaliser of `data` on `ds`'s statistics, with the gripper of `gripper`
+/// (`policy.gripper`).
+pub fn normalizer(data: &DataConfig, ds: &LeRobotDataset, gripper: GripperMode) -> Result<ActionNormalizer> {
+    ActionNormalizer::from_stats_with_gripper(data.mode(), &ds.action_stats(), gripper)
         .map_err(|e| Error::file(ds.root().join("meta/stats.json"), format!("`{}`: {e}", data.action_key)))
 }
 
@@ -127,9 +152,10 @@ pub fn train(cfg: &FinetuneConfig, resume: Option<&Path>) -> Result<FinetuneOutc
     let mut cfg = cfg.clone();
     let ds = open_dataset(&cfg.data)?;
     resolve_state_dim(&mut cfg, &ds)?;
+    resolve_action_dim(&mut cfg, &ds)?;
     let source = ModelSource::resolve(&cfg.train.backbone)?;
     let encoder = source.encoder(&cfg.data.prompt, cfg.data.image_size)?;
-    let norm = normalizer(&cfg.data, &ds)?;
+    let norm = normalizer(&cfg.data, &ds, cfg.train.policy.gripper)?;
     let state = state_normalizer(&cfg.data, &ds)?;
     let extra = FinetuneExtra {
         kind: EXTRA_KIND.into(),
@@ -186,13 +212,16 @@ pub fn read_extra(ckpt: &Checkpoint) -> Result<FinetuneExtra> {
         return Err(Error::file(&path, format!("`extra.kind` is `{}`, expected `{EXTRA_KIND}`", extra.kind)));
     }
     extra.normalizer.validate("checkpoint").map_err(|e| Error::file(&path, format!("`extra.normalizer`: {e}")))?;
-    if extra.normalizer.arm_dims != crate::models::vla::ARM_DIMS {
+    let policy = &ckpt.config.policy;
+    if extra.normalizer.action_dim() != policy.action_dim || extra.normalizer.gripper != policy.gripper {
         return Err(Error::file(
             &path,
             format!(
-                "`extra.normalizer.arm_dims` is {}, the policy predicts {}",
-                extra.normalizer.arm_dims,
-                crate::models::vla::ARM_DIMS
+                "`extra.normalizer` maps {}-D actions (gripper {:?}), the policy predicts {}-D (gripper {:?})",
+                extra.normalizer.action_dim(),
+                extra.normalizer.gripper,
+                policy.action_dim,
+                policy.gripper
             ),
         ));
     }

@@ -14,7 +14,6 @@ use crate::data::RgbImage;
 use crate::demo::LoadedPolicy;
 use crate::engine::{Error, Result};
 use crate::finetune::{is_finetune_checkpoint, FinetunedPolicy};
-use crate::models::vla::ACTION_DIMS;
 use protocol::{Dtype, Field, NdArray};
 use rmpv::Value;
 use serde::Deserialize;
@@ -50,6 +49,7 @@ impl ServedPolicy {
                 PolicySpec {
                     family: p.extra.family.clone(),
                     horizon: p.policy.config().chunk,
+                    action_dim: p.policy.config().action_dim,
                     cameras: if p.config.data.cameras.is_empty() {
                         vec!["observation.image".into()]
                     } else {
@@ -67,6 +67,7 @@ impl ServedPolicy {
                 PolicySpec {
                     family: "tabletop".into(),
                     horizon: p.policy.config().chunk,
+                    action_dim: crate::demo::ACTION_DIMS,
                     cameras: vec!["observation.image".into()],
                     state_key: Some("observation.state".into()),
                     state_dim: p.policy.config().state_dim,
@@ -84,7 +85,7 @@ impl ServedPolicy {
         cameras: &[Vec<RgbImage>],
         instructions: &[&str],
         states: Option<&[Vec<f32>]>,
-    ) -> Result<Vec<Vec<[f32; ACTION_DIMS]>>> {
+    ) -> Result<Vec<Vec<Vec<f32>>>> {
         match self {
             ServedPolicy::Finetuned(p) => p.predict(cameras, instructions, states),
             ServedPolicy::Tabletop(p, _) => {
@@ -101,7 +102,8 @@ impl ServedPolicy {
                             .collect::<Result<_>>()?,
                     ),
                 };
-                p.predict(&images, instructions, states.as_deref())
+                let chunks = p.predict(&images, instructions, states.as_deref())?;
+                Ok(chunks.into_iter().map(|c| c.into_iter().map(|a| a.to_vec()).collect()).collect())
             }
         }
     }
@@ -114,6 +116,8 @@ pub struct PolicySpec {
     pub family: String,
     /// Action chunk length.
     pub horizon: usize,
+    /// Values per action.
+    pub action_dim: usize,
     /// The checkpoint's camera features, in the order the policy reads them.
     pub cameras: Vec<String>,
     pub state_key: Option<String>,
@@ -328,7 +332,7 @@ pub fn metadata(spec: &PolicySpec, map: &InputMap) -> Value {
     protocol::map(vec![
         ("family", Value::from(spec.family.as_str())),
         ("action_horizon", Value::from(spec.horizon as u64)),
-        ("action_dim", Value::from(ACTION_DIMS as u64)),
+        ("action_dim", Value::from(spec.action_dim as u64)),
         (
             "image_size",
             match spec.image_size {

@@ -12,7 +12,6 @@
 use super::protocol::{self, NdArray};
 use super::{metadata, InputMap, PolicySpec, Sample, ServedPolicy};
 use crate::engine::{Error, Result};
-use crate::models::vla::ACTION_DIMS;
 use rmpv::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -56,7 +55,7 @@ struct Job {
 }
 
 struct Outcome {
-    actions: std::result::Result<Vec<[f32; ACTION_DIMS]>, String>,
+    actions: std::result::Result<Vec<Vec<f32>>, String>,
     queue_ms: f64,
     infer_ms: f64,
     batch_size: usize,
@@ -159,7 +158,7 @@ fn infer_loop(policy: &ServedPolicy, queue: &mpsc::Receiver<Job>, max_batch: usi
     }
 }
 
-type Answer = std::result::Result<Vec<[f32; ACTION_DIMS]>, String>;
+type Answer = std::result::Result<Vec<Vec<f32>>, String>;
 
 /// One answer per job: the batch in one forward, or, when that fails, each job on its own (one
 /// sample, e.g. a frame the processor rejects, must not fail the others).
@@ -292,7 +291,7 @@ fn request(bytes: &[u8], shared: &Shared, prev_total_ms: Option<f64>) -> std::re
     let outcome = outcome.recv().map_err(|_| "the inference thread has stopped".to_string())?;
     let actions = outcome.actions?;
     let flat: Vec<f32> = actions.iter().flatten().copied().collect();
-    let array = NdArray::from_f32(vec![actions.len(), ACTION_DIMS], &flat);
+    let array = NdArray::from_f32(vec![actions.len(), shared.spec.action_dim], &flat);
     let mut timing = vec![
         ("infer_ms", Value::F64(outcome.infer_ms)),
         ("queue_ms", Value::F64(outcome.queue_ms)),

@@ -6,10 +6,14 @@
 //! ```text
 //! x [B, in]  ── trunk:   Linear(in → in/2) · ReLU · Linear(in/2 → 1024)
 //!            ├─ arm:     Linear(1024 → 1024) · ReLU · Linear(→ 512) · ReLU · Linear(→ 256) · ReLU
-//!            │           · Linear(256 → 6·chunk) · tanh           → [B, chunk, 6]
+//!            │           · Linear(256 → A·chunk) · tanh           → [B, chunk, A]
 //!            └─ gripper: Linear(1024 → 1024) · ReLU · Linear(→ 512) · ReLU · Linear(→ 256) · ReLU
 //!                        · Linear(256 → chunk)                     → [B, chunk] logits
 //! ```
+//!
+//! `A`, the arm width, is the action width less the gripper: 6 for the paper's 7-D actions with
+//! [`GripperMode::Last`]; with [`GripperMode::None`] every action dimension is an arm dimension and
+//! the gripper branch does not exist.
 //!
 //! Weights are stored `[out, in]` (PyTorch's `nn.Linear`), Xavier-uniform initialised
 //! (`U(−a, a)`, `a = √(6 / (in + out))`); biases start at zero. Parameter names:
@@ -19,10 +23,31 @@
 use serde::{Deserialize, Serialize};
 use vlm4vla_engine::{nn, DType, Device, Error, ParamStore, Result, Tensor};
 
-/// The arm degrees of freedom per action (end-effector translation + rotation deltas).
-pub const ARM_DIMS: usize = 6;
 /// The prefix of every head parameter name.
 pub const HEAD_PREFIX: &str = "vla.head.";
+
+/// Whether the last action dimension is a binary gripper.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GripperMode {
+    /// The last dimension is a binary gripper: its own head branch (logits), BCE-with-logits in
+    /// the loss, gripper accuracy reported (the paper's CALVIN setting).
+    #[default]
+    Last,
+    /// No binary gripper: every dimension is continuous (tanh, Huber), e.g. joint positions with
+    /// the gripper's position among them (ALOHA).
+    None,
+}
+
+impl GripperMode {
+    /// How many action dimensions the gripper takes (1 or 0).
+    pub fn dims(self) -> usize {
+        match self {
+            GripperMode::Last => 1,
+            GripperMode::None => 0,
+        }
+    }
+}
 
 /// Widths of the FCDecoder. The defaults are the paper's.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,28 +107,34 @@ impl Linear {
 pub struct FcDecoder {
     in_features: usize,
     chunk: usize,
+    arm_dims: usize,
     trunk: Vec<Linear>,
     arm: Vec<Linear>,
+    /// Empty without a gripper.
     gripper: Vec<Linear>,
 }
 
 /// The head's raw outputs.
 #[derive(Clone, Debug)]
 pub struct HeadOutput {
-    /// `[B, chunk, 6]`, after tanh: normalised arm actions in (−1, 1).
+    /// `[B, chunk, arm_dims]`, after tanh: normalised arm actions in (−1, 1).
     pub arm: Tensor,
-    /// `[B, chunk]` gripper logits (open when > 0).
-    pub gripper_logits: Tensor,
+    /// `[B, chunk]` gripper logits (open when > 0); None without a gripper.
+    pub gripper_logits: Option<Tensor>,
 }
 
 impl FcDecoder {
     /// Create the head's parameters in `ps` (Xavier-uniform weights drawn from `seed`, zero
-    /// biases) for inputs of width `in_features` and chunks of `chunk` actions.
+    /// biases) for inputs of width `in_features` and chunks of `chunk` actions of `action_dim`
+    /// values, the last of them a binary gripper with [`GripperMode::Last`].
+    #[allow(clippy::too_many_arguments)]
     pub fn init(
         ps: &mut ParamStore,
         cfg: &HeadConfig,
         in_features: usize,
         chunk: usize,
+        action_dim: usize,
+        gripper: GripperMode,
         dtype: DType,
         device: Device,
         seed: u64,
@@ -111,6 +142,12 @@ impl FcDecoder {
         cfg.validate()?;
         if in_features == 0 || chunk == 0 {
             return Err(invalid(format!("head input width {in_features} and chunk {chunk} must be at least 1")));
+        }
+        let arm_dims = action_dim.saturating_sub(gripper.dims());
+        if arm_dims == 0 {
+            return Err(invalid(format!(
+                "policy.action_dim = {action_dim} leaves no arm dimension with policy.gripper = {gripper:?}"
+            )));
         }
         let mid = cfg.trunk_hidden.unwrap_or((in_features / 2).max(1));
         let mut counter = 0u64;
@@ -139,16 +176,30 @@ impl FcDecoder {
                 .map(|(i, w)| layer(ps, format!("{HEAD_PREFIX}{name}.{i}"), w[0], w[1]))
                 .collect()
         };
-        let arm = branch(ps, "arm", ARM_DIMS * chunk)?;
-        let gripper = branch(ps, "gripper", chunk)?;
-        Ok(FcDecoder { in_features, chunk, trunk, arm, gripper })
+        let arm = branch(ps, "arm", arm_dims * chunk)?;
+        let gripper = match gripper {
+            GripperMode::Last => branch(ps, "gripper", chunk)?,
+            GripperMode::None => Vec::new(),
+        };
+        Ok(FcDecoder { in_features, chunk, arm_dims, trunk, arm, gripper })
     }
 
     pub fn in_features(&self) -> usize {
         self.in_features
     }
 
-    /// `x [B, in_features]` → arm `[B, chunk, 6]` (tanh) and gripper logits `[B, chunk]`.
+    /// The continuous dimensions per action (the arm branch's width per chunk step).
+    pub fn arm_dims(&self) -> usize {
+        self.arm_dims
+    }
+
+    /// Whether the head has a gripper branch.
+    pub fn has_gripper(&self) -> bool {
+        !self.gripper.is_empty()
+    }
+
+    /// `x [B, in_features]` → arm `[B, chunk, arm_dims]` (tanh) and, with a gripper, its logits
+    /// `[B, chunk]`.
     pub fn forward(&self, ps: &ParamStore, x: &Tensor) -> Result<HeadOutput> {
         if x.rank() != 2 || x.dim(1)? != self.in_features {
             return Err(Error::ShapeMismatch {
@@ -169,8 +220,8 @@ impl FcDecoder {
             }
             Ok(h)
         };
-        let arm = mlp(&self.arm)?.tanh()?.reshape(&[b, self.chunk, ARM_DIMS])?;
-        let gripper_logits = mlp(&self.gripper)?;
+        let arm = mlp(&self.arm)?.tanh()?.reshape(&[b, self.chunk, self.arm_dims])?;
+        let gripper_logits = if self.has_gripper() { Some(mlp(&self.gripper)?) } else { None };
         Ok(HeadOutput { arm, gripper_logits })
     }
 

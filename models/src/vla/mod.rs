@@ -5,8 +5,8 @@ pub mod head;
 pub mod normalize;
 pub mod policy;
 
-pub use head::{FcDecoder, HeadConfig, HeadOutput, ARM_DIMS};
+pub use head::{FcDecoder, GripperMode, HeadConfig, HeadOutput};
 pub use normalize::{ActionNormalizer, ActionStats, NormalizationMode};
 pub use policy::{
-    LatentCombine, LossValues, PolicyConfig, PolicyLoss, TrainableParts, VlaPolicy, ACTION_DIMS, ACTION_QUERY,
+    LatentCombine, LossValues, PolicyConfig, PolicyLoss, TrainableParts, VlaPolicy, ACTION_QUERY, DEFAULT_ACTION_DIM,
 };

@@ -13,21 +13,29 @@
 //!
 //! In the statistics modes a dimension whose range is below `eps` (a constant dimension) maps to
 //! 0 and de-normalises to its mean. De-normalisation is the exact inverse on the unclipped range.
-//! The gripper (the last action dimension) is not scaled: in training the target is 1 when the
-//! recorded value is above the midpoint of its two states and 0 otherwise; at inference a logit
-//! above 0 (probability above 0.5) gives the high state, otherwise the low one (±1 by default,
-//! CALVIN's open/close convention).
+//! With [`GripperMode::Last`] (the default) the gripper (the last action dimension) is not
+//! scaled: in training the target is 1 when the recorded value is above the midpoint of its two
+//! states and 0 otherwise; at inference a logit above 0 (probability above 0.5) gives the high
+//! state, otherwise the low one (±1 by default, CALVIN's open/close convention). With
+//! [`GripperMode::None`] every dimension is an arm dimension and scaled as above.
 //!
 //! ```
-//! use vlm4vla_models::vla::ActionNormalizer;
+//! use vlm4vla_models::vla::{ActionNormalizer, GripperMode};
 //! let n = ActionNormalizer::fixed_bounds(0.65, 6).unwrap();
 //! let norm = n.normalize_actions(&[0.65, -0.13, 0.0, 0.0, 1.0, 0.0, 1.0]).unwrap();
 //! assert!((norm[0] - 1.0).abs() < 1e-6 && (norm[1] + 0.2).abs() < 1e-6 && norm[4] == 1.0);
 //! assert_eq!(norm[6], 1.0); // gripper target
 //! let back = n.denormalize_actions(&norm[..6], &[3.2]).unwrap();
 //! assert!((back[1] + 0.13).abs() < 1e-6 && back[6] == 1.0);
+//!
+//! // Without a gripper all 6 dims are scaled and there are no gripper logits.
+//! let n = n.with_gripper(GripperMode::None);
+//! assert_eq!(n.action_dim(), 6);
+//! assert_eq!(n.normalize_actions(&[0.65, -0.13, 0.0, 0.0, 1.0, 0.0]).unwrap()[5], 0.0);
+//! assert!((n.denormalize_actions(&[1.0; 6], &[]).unwrap()[5] - 0.65).abs() < 1e-6);
 //! ```
 
+use super::head::GripperMode;
 use serde::{Deserialize, Serialize};
 use vlm4vla_engine::{Error, Result};
 
@@ -114,8 +122,8 @@ impl ActionStats {
     }
 }
 
-/// Maps raw actions (`arm_dims` arm values, then the gripper) to training targets and policy
-/// outputs back to raw actions. Serialisable, so a checkpoint stores exactly the mapping it was
+/// Maps raw actions (`arm_dims` arm values, then with [`GripperMode::Last`] the gripper) to
+/// training targets and policy outputs back to raw actions. Serialisable, so a checkpoint stores exactly the mapping it was
 /// trained with.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ActionNormalizer {
@@ -129,8 +137,13 @@ pub struct ActionNormalizer {
     /// Ranges `high - low` below this count as constant.
     pub eps: f32,
     /// The gripper's two raw states (closed, open); the training threshold is their midpoint.
+    /// Unused without a gripper.
     pub gripper_low: f32,
     pub gripper_high: f32,
+    /// Whether a gripper follows the arm dims (absent in normalisers saved before it existed:
+    /// `last`).
+    #[serde(default)]
+    pub gripper: GripperMode,
 }
 
 /// Default guard for near-constant dimensions.
@@ -154,20 +167,37 @@ impl ActionNormalizer {
             eps: DEFAULT_EPS,
             gripper_low: -1.0,
             gripper_high: 1.0,
+            gripper: GripperMode::Last,
         })
+    }
+
+    /// The same mapping of the arm dims with `gripper` after them (or none).
+    pub fn with_gripper(self, gripper: GripperMode) -> Self {
+        ActionNormalizer { gripper, ..self }
     }
 
     /// Build a normaliser for `mode` from dataset statistics of the whole action (arm dims, then
     /// the gripper). The gripper's two states are the statistics' min and max of its dimension
     /// (±1 if they coincide).
     pub fn from_stats(mode: NormalizationMode, stats: &ActionStats) -> Result<Self> {
+        Self::from_stats_with_gripper(mode, stats, GripperMode::Last)
+    }
+
+    /// [`from_stats`](Self::from_stats) for actions with a gripper last ([`GripperMode::Last`])
+    /// or without one ([`GripperMode::None`]: every dimension is scaled).
+    pub fn from_stats_with_gripper(mode: NormalizationMode, stats: &ActionStats, gripper: GripperMode) -> Result<Self> {
         let op = "ActionNormalizer::from_stats";
         stats.validate(op)?;
         let dims = stats.dim();
-        if dims < 2 {
-            return Err(Error::Invalid { op, msg: format!("actions need arm dims and a gripper, got {dims} dims") });
+        let least = 1 + gripper.dims();
+        if dims < least {
+            let what = match gripper {
+                GripperMode::Last => "arm dims and a gripper",
+                GripperMode::None => "at least one dim",
+            };
+            return Err(Error::Invalid { op, msg: format!("actions need {what}, got {dims} dims") });
         }
-        let arm = dims - 1;
+        let arm = dims - gripper.dims();
         let (low, high) = match mode {
             NormalizationMode::FixedBounds { .. } => (Vec::new(), Vec::new()),
             NormalizationMode::MinMax => (stats.min[..arm].to_vec(), stats.max[..arm].to_vec()),
@@ -180,7 +210,10 @@ impl ActionNormalizer {
                 (band(-1.0), band(1.0))
             }
         };
-        let (gl, gh) = (stats.min[arm], stats.max[arm]);
+        let (gl, gh) = match gripper {
+            GripperMode::Last => (stats.min[arm], stats.max[arm]),
+            GripperMode::None => (-1.0, 1.0),
+        };
         let (gripper_low, gripper_high) = if gh > gl { (gl, gh) } else { (-1.0, 1.0) };
         let n = match mode {
             NormalizationMode::FixedBounds { clip } => {
@@ -197,14 +230,15 @@ impl ActionNormalizer {
                 eps: DEFAULT_EPS,
                 gripper_low,
                 gripper_high,
+                gripper,
             },
         };
-        Ok(ActionNormalizer { gripper_low, gripper_high, ..n })
+        Ok(ActionNormalizer { gripper_low, gripper_high, gripper, ..n })
     }
 
-    /// Length of a full action: the arm dims and the gripper.
+    /// Length of a full action: the arm dims and the gripper, if any.
     pub fn action_dim(&self) -> usize {
-        self.arm_dims + 1
+        self.arm_dims + self.gripper.dims()
     }
 
     fn is_constant(&self, d: usize) -> bool {
@@ -257,8 +291,8 @@ impl ActionNormalizer {
         }
     }
 
-    /// Raw actions (rows of `action_dim()`: arm, gripper) → training targets (rows of the same
-    /// length: normalised arm, gripper target in {0, 1}).
+    /// Raw actions (rows of `action_dim()`: arm, gripper if any) → training targets (rows of the
+    /// same length: normalised arm, gripper target in {0, 1}).
     pub fn normalize_actions(&self, actions: &[f32]) -> Result<Vec<f32>> {
         let a = self.action_dim();
         if !actions.len().is_multiple_of(a) {
@@ -270,7 +304,9 @@ impl ActionNormalizer {
         let mut out = Vec::with_capacity(actions.len());
         for row in actions.chunks_exact(a) {
             out.extend(row[..self.arm_dims].iter().enumerate().map(|(d, &x)| self.normalize_arm_value(d, x)));
-            out.push(self.gripper_target(row[self.arm_dims]));
+            if self.gripper == GripperMode::Last {
+                out.push(self.gripper_target(row[self.arm_dims]));
+            }
         }
         Ok(out)
     }
@@ -288,11 +324,25 @@ impl ActionNormalizer {
     }
 
     /// Policy outputs → raw actions: `arm` holds rows of `arm_dims` normalised values and
-    /// `gripper_logits` one logit per row; the result has rows of `action_dim()`.
+    /// `gripper_logits` one logit per row (none without a gripper); the result has rows of
+    /// `action_dim()`.
     pub fn denormalize_actions(&self, arm: &[f32], gripper_logits: &[f32]) -> Result<Vec<f32>> {
         let op = "ActionNormalizer::denormalize_actions";
         self.check_arm(op, arm)?;
         let rows = arm.len() / self.arm_dims.max(1);
+        if self.gripper == GripperMode::None {
+            if !gripper_logits.is_empty() {
+                return Err(Error::Invalid {
+                    op,
+                    msg: format!("{} gripper logits for actions without a gripper", gripper_logits.len()),
+                });
+            }
+            return Ok(arm
+                .iter()
+                .enumerate()
+                .map(|(i, &y)| self.denormalize_arm_value(i % self.arm_dims, y))
+                .collect());
+        }
         if gripper_logits.len() != rows {
             return Err(Error::Invalid {
                 op,

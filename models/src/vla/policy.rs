@@ -7,18 +7,21 @@
 //! ```text
 //! vla.action_query [Q, H] ──broadcast──► extra [B, Q, H]
 //! Backbone::forward(input, Some(extra)) ─► hidden [B, L + Q, H] ─► rows L..L+Q: [B, Q, H]
-//! combine (flatten → [B, Q·H], or mean → [B, H]) ─► FcDecoder ─► arm [B, C, 6] (tanh),
+//! combine (flatten → [B, Q·H], or mean → [B, H]) ─► FcDecoder ─► arm [B, C, A] (tanh),
 //!                                                                gripper logits [B, C]
 //! ```
 //!
-//! Loss: `Huber(arm, targets[..., :6]) + ratio · BCE-with-logits(gripper, targets[..., 6])`, each
-//! averaged over the chunk steps the mask marks valid (steps past an episode's end count for
-//! nothing). Arm targets are the *normalised* actions (in [−1, 1]); gripper targets are 0
-//! (closed) or 1 (open). [`VlaPolicy::predict`] returns normalised arm actions and the gripper
-//! as −1 / +1 (open when the predicted probability is at least 0.5); de-normalising the arm is
-//! the caller's job.
+//! Actions are `D = policy.action_dim` wide (7 by default). With `policy.gripper = "last"` (the
+//! default) the last dimension is a binary gripper and `A = D − 1`; the loss is
+//! `Huber(arm, targets[..., :A]) + ratio · BCE-with-logits(gripper, targets[..., A])`. With
+//! `policy.gripper = "none"` every dimension is continuous, `A = D`, and the loss is the Huber term
+//! alone. Each term is averaged over the chunk steps the mask marks valid (steps past an episode's
+//! end count for nothing). Arm targets are the *normalised* actions (in [−1, 1]); gripper targets
+//! are 0 (closed) or 1 (open). [`VlaPolicy::predict`] returns normalised arm actions and the
+//! gripper as −1 / +1 (open when the predicted probability is at least 0.5); de-normalising the
+//! arm is the caller's job.
 
-use super::head::{FcDecoder, HeadConfig, HeadOutput, ARM_DIMS};
+use super::head::{FcDecoder, GripperMode, HeadConfig, HeadOutput};
 use crate::common::backbone::{Backbone, BackboneInput, ParamGroup};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -31,8 +34,12 @@ pub const ACTION_QUERY: &str = "vla.action_query";
 pub const STATE_PROJ: &str = "vla.state_proj";
 /// The prefix of every parameter the policy adds to its backbone's.
 pub const POLICY_PREFIX: &str = "vla.";
-/// Dimensions of one action: 6 arm deltas + the gripper.
-pub const ACTION_DIMS: usize = ARM_DIMS + 1;
+/// The default width of one action: 6 arm deltas + the gripper (the paper's CALVIN actions).
+pub const DEFAULT_ACTION_DIM: usize = 7;
+
+fn default_action_dim() -> usize {
+    DEFAULT_ACTION_DIM
+}
 
 /// How the hidden states of `latent > 1` action queries become the head's input.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +59,13 @@ pub enum LatentCombine {
 pub struct PolicyConfig {
     /// Actions predicted per step (the action chunk).
     pub chunk: usize,
+    /// Values per action (7: 6 arm deltas and the gripper). A fine-tuning config that leaves it
+    /// out takes the dataset's action width.
+    #[serde(default = "default_action_dim")]
+    pub action_dim: usize,
+    /// Whether the last action dimension is a binary gripper (`"last"`, the default) or every
+    /// dimension is continuous (`"none"`).
+    pub gripper: GripperMode,
     /// Number of learnable action-query rows appended after the prompt.
     pub latent: usize,
     /// How `latent > 1` rows are combined.
@@ -71,6 +85,8 @@ impl Default for PolicyConfig {
     fn default() -> Self {
         PolicyConfig {
             chunk: 10,
+            action_dim: DEFAULT_ACTION_DIM,
+            gripper: GripperMode::Last,
             latent: 1,
             latent_combine: LatentCombine::Flatten,
             gripper_loss_ratio: 0.01,
@@ -90,6 +106,16 @@ impl PolicyConfig {
         if self.latent == 0 {
             return Err(invalid("policy.latent must be at least 1"));
         }
+        let least = 1 + self.gripper.dims();
+        if self.action_dim < least {
+            return Err(invalid(match self.gripper {
+                GripperMode::Last => format!(
+                    "policy.action_dim = {} must be at least 2 with policy.gripper = \"last\" (an arm dimension and the gripper)",
+                    self.action_dim
+                ),
+                GripperMode::None => format!("policy.action_dim = {} must be at least 1", self.action_dim),
+            }));
+        }
         if !(self.gripper_loss_ratio.is_finite() && self.gripper_loss_ratio >= 0.0) {
             return Err(invalid(format!(
                 "policy.gripper_loss_ratio {} must be finite and non-negative",
@@ -100,6 +126,11 @@ impl PolicyConfig {
             return Err(invalid(format!("policy.huber_delta {} must be finite and positive", self.huber_delta)));
         }
         self.head.validate()
+    }
+
+    /// The continuous (tanh, Huber) dimensions per action: `action_dim` less the gripper.
+    pub fn arm_dims(&self) -> usize {
+        self.action_dim.saturating_sub(self.gripper.dims())
     }
 }
 
@@ -114,12 +145,12 @@ fn invalid(msg: impl Into<String>) -> Error {
 pub struct PolicyLoss {
     /// `arm + ratio · gripper`, a differentiable scalar.
     pub loss: Tensor,
-    /// The Huber term (mean over valid steps and the 6 arm dims), a scalar.
+    /// The Huber term (mean over valid steps and the arm dims), a scalar.
     pub arm: Tensor,
-    /// The BCE term before weighting (mean over valid steps), a scalar.
+    /// The BCE term before weighting (mean over valid steps), a scalar; 0 without a gripper.
     pub gripper: Tensor,
     /// How many valid steps have the right gripper state (logit ≥ 0 ⇔ target ≥ 0.5): a scalar
-    /// count, f32 (f64 for an f64 model).
+    /// count, f32 (f64 for an f64 model); 0 without a gripper.
     pub gripper_correct: Tensor,
     /// How many chunk steps the mask marked valid.
     pub valid_steps: usize,
@@ -131,7 +162,8 @@ pub struct LossValues {
     pub loss: f64,
     pub arm: f64,
     pub gripper: f64,
-    /// Fraction of valid steps whose gripper state is right; 0 when no step is valid.
+    /// Fraction of valid steps whose gripper state is right; 0 when no step is valid or the
+    /// policy has no gripper.
     pub gripper_accuracy: f64,
     pub valid_steps: usize,
 }
@@ -230,7 +262,17 @@ impl VlaPolicy {
             LatentCombine::Flatten => config.latent * hidden,
             LatentCombine::Mean => hidden,
         };
-        let head = FcDecoder::init(&mut params, &config.head, in_features, config.chunk, dtype, device, seed)?;
+        let head = FcDecoder::init(
+            &mut params,
+            &config.head,
+            in_features,
+            config.chunk,
+            config.action_dim,
+            config.gripper,
+            dtype,
+            device,
+            seed,
+        )?;
         if config.state_dim > 0 {
             let bound = 1.0 / (config.state_dim as f64).sqrt();
             let w = Tensor::rand_uniform(
@@ -405,7 +447,8 @@ impl VlaPolicy {
         }
     }
 
-    /// Run backbone and head: arm `[B, chunk, 6]` (tanh) and gripper logits `[B, chunk]`.
+    /// Run backbone and head: arm `[B, chunk, arm_dims]` (tanh) and, with a gripper, its logits
+    /// `[B, chunk]`.
     pub fn forward(&self, input: &BackboneInput) -> Result<HeadOutput> {
         self.forward_with_state(input, None)
     }
@@ -437,62 +480,77 @@ impl VlaPolicy {
         self.head.forward(&self.params, &x)
     }
 
-    /// The loss of `out` against `actions [B, chunk, 7]` (normalised arm dims, gripper in
-    /// {0, 1}) where `mask [B, chunk]` (any dtype, nonzero = valid) marks the chunk steps inside
-    /// the episode. Values at masked steps are ignored entirely (they may be anything, NaN
-    /// included). A gripper target outside [0, 1] at a valid step is an error naming it.
+    /// The loss of `out` against `actions [B, chunk, action_dim]` (normalised arm dims, then
+    /// with a gripper its target in {0, 1}) where `mask [B, chunk]` (any dtype, nonzero = valid)
+    /// marks the chunk steps inside the episode. Values at masked steps are ignored entirely
+    /// (they may be anything, NaN included). A gripper target outside [0, 1] at a valid step is
+    /// an error naming it.
     ///
     /// `actions` and `mask` are the batch's host data (made on the CPU by the data pipeline):
     /// the mask and the gripper targets are checked there, where reading them waits for no
     /// device; the loss, its parts and the accuracy stay on the model's device.
     pub fn loss(&self, out: &HeadOutput, actions: &Tensor, mask: &Tensor) -> Result<PolicyLoss> {
-        let (b, chunk) = (out.gripper_logits.dim(0)?, self.config.chunk);
-        if actions.shape() != [b, chunk, ACTION_DIMS] || mask.shape() != [b, chunk] {
+        let (b, chunk) = (out.arm.dim(0)?, self.config.chunk);
+        let (width, arm_dims) = (self.config.action_dim, self.config.arm_dims());
+        if actions.shape() != [b, chunk, width] || mask.shape() != [b, chunk] {
             return Err(Error::ShapeMismatch {
                 op: "VlaPolicy::loss",
                 shapes: vec![actions.shape().to_vec(), mask.shape().to_vec()],
-                note: format!("expected actions [{b}, {chunk}, {ACTION_DIMS}] and mask [{b}, {chunk}]"),
+                note: format!("expected actions [{b}, {chunk}, {width}] (policy.action_dim) and mask [{b}, {chunk}]"),
             });
+        }
+        if out.gripper_logits.is_some() != (self.config.gripper == GripperMode::Last) {
+            return Err(invalid(format!(
+                "the head output {} gripper logits but policy.gripper = {:?}",
+                if out.gripper_logits.is_some() { "has" } else { "has no" },
+                self.config.gripper
+            )));
         }
         let dtype = out.arm.dtype();
         let device = out.arm.device();
         let valid: Vec<u8> = mask.to_vec::<f64>()?.into_iter().map(|m| u8::from(m != 0.0)).collect();
         let n = valid.iter().filter(|&&v| v == 1).count();
-        let host_actions = actions.to_vec::<f64>()?;
-        for (i, &v) in valid.iter().enumerate() {
-            let t = host_actions[i * ACTION_DIMS + ARM_DIMS];
-            if v == 1 && !(0.0..=1.0).contains(&t) {
-                return Err(invalid(format!(
-                    "gripper target {t} at batch row {} chunk step {} is not in [0, 1] (0 = closed, 1 = open)",
-                    i / chunk,
-                    i % chunk
-                )));
+        if out.gripper_logits.is_some() {
+            let host_actions = actions.to_vec::<f64>()?;
+            for (i, &v) in valid.iter().enumerate() {
+                let t = host_actions[i * width + arm_dims];
+                if v == 1 && !(0.0..=1.0).contains(&t) {
+                    return Err(invalid(format!(
+                        "gripper target {t} at batch row {} chunk step {} is not in [0, 1] (0 = closed, 1 = open)",
+                        i / chunk,
+                        i % chunk
+                    )));
+                }
             }
         }
         let actions = actions.detach().to_dtype(dtype)?.to_device(device)?;
-        let grip_targets = actions.narrow(2, ARM_DIMS, 1)?.reshape(&[b, chunk])?;
         let keep = Tensor::from_vec(valid, &[b, chunk], device)?;
         let keep_f = keep.to_dtype(dtype)?;
         let zero = Tensor::zeros(&[1], dtype, device)?;
         let denom = n.max(1) as f64;
 
-        let arm_targets = Tensor::where_cond(&keep.unsqueeze(2)?, &actions.narrow(2, 0, ARM_DIMS)?, &zero)?;
+        let arm_targets = Tensor::where_cond(&keep.unsqueeze(2)?, &actions.narrow(2, 0, arm_dims)?, &zero)?;
         let arm = huber(&out.arm, &arm_targets, self.config.huber_delta, Reduction::None)?
             .mul(&keep_f.unsqueeze(2)?)?
             .sum_all()?
-            .scale(1.0 / (denom * ARM_DIMS as f64))?;
+            .scale(1.0 / (denom * arm_dims as f64))?;
+        // Counts in a dtype that holds them exactly.
+        let count = if dtype == DType::F64 { DType::F64 } else { DType::F32 };
+        let Some(logits) = &out.gripper_logits else {
+            let gripper = zero.sum_all()?;
+            let gripper_correct = Tensor::zeros(&[1], count, device)?.sum_all()?;
+            return Ok(PolicyLoss { loss: arm.clone(), arm, gripper, gripper_correct, valid_steps: n });
+        };
+        let grip_targets = actions.narrow(2, arm_dims, 1)?.reshape(&[b, chunk])?;
         let grip_targets = Tensor::where_cond(&keep, &grip_targets, &zero)?;
-        let gripper = bce_with_logits(&out.gripper_logits, &grip_targets, Reduction::None)?
-            .mul(&keep_f)?
-            .sum_all()?
-            .scale(1.0 / denom)?;
+        let gripper =
+            bce_with_logits(logits, &grip_targets, Reduction::None)?.mul(&keep_f)?.sum_all()?.scale(1.0 / denom)?;
         let loss = arm.add(&gripper.scale(self.config.gripper_loss_ratio)?)?;
 
         // Right where the predicted state (logit ≥ 0: open) is the target's (≥ 0.5: open),
-        // counted over the valid steps in a dtype that holds the count exactly.
-        let count = if dtype == DType::F64 { DType::F64 } else { DType::F32 };
+        // counted over the valid steps.
         let right = vlm4vla_engine::no_grad(|| {
-            out.gripper_logits.detach().cmp_scalar(0.0, CmpKind::Ge)?.eq(&grip_targets.cmp_scalar(0.5, CmpKind::Ge)?)
+            logits.detach().cmp_scalar(0.0, CmpKind::Ge)?.eq(&grip_targets.cmp_scalar(0.5, CmpKind::Ge)?)
         })?;
         let keep_c = if count == dtype { keep_f.clone() } else { keep.to_dtype(count)? };
         let gripper_correct = right.to_dtype(count)?.mul(&keep_c)?.sum_all()?;
@@ -516,31 +574,28 @@ impl VlaPolicy {
         self.loss(&out, actions, mask)
     }
 
-    /// Action chunks for a batch, without recording gradients: per row, `chunk` actions of 6
-    /// normalised arm values (tanh outputs) and the gripper as +1 (open, probability ≥ 0.5) or
-    /// −1 (closed).
-    pub fn predict(&self, input: &BackboneInput) -> Result<Vec<Vec<[f32; ACTION_DIMS]>>> {
+    /// Action chunks for a batch, without recording gradients: per row, `chunk` actions of
+    /// `action_dim` values: the normalised arm values (tanh outputs), then with a gripper +1
+    /// (open, probability ≥ 0.5) or −1 (closed).
+    pub fn predict(&self, input: &BackboneInput) -> Result<Vec<Vec<Vec<f32>>>> {
         self.predict_with_state(input, None)
     }
 
     /// [`predict`](Self::predict) with the proprioceptive state `[B, state_dim]`.
-    pub fn predict_with_state(
-        &self,
-        input: &BackboneInput,
-        state: Option<&Tensor>,
-    ) -> Result<Vec<Vec<[f32; ACTION_DIMS]>>> {
+    pub fn predict_with_state(&self, input: &BackboneInput, state: Option<&Tensor>) -> Result<Vec<Vec<Vec<f32>>>> {
         let out = vlm4vla_engine::no_grad(|| self.forward_with_state(input, state))?;
-        let (b, chunk) = (out.gripper_logits.dim(0)?, self.config.chunk);
+        let (b, chunk, arm_dims) = (out.arm.dim(0)?, self.config.chunk, self.head.arm_dims());
         let arm = out.arm.to_vec::<f32>()?;
-        let grip = out.gripper_logits.to_vec::<f32>()?;
+        let grip = out.gripper_logits.as_ref().map(|g| g.to_vec::<f32>()).transpose()?;
         Ok((0..b)
             .map(|r| {
                 (0..chunk)
                     .map(|s| {
                         let i = r * chunk + s;
-                        let mut a = [0f32; ACTION_DIMS];
-                        a[..ARM_DIMS].copy_from_slice(&arm[i * ARM_DIMS..(i + 1) * ARM_DIMS]);
-                        a[ARM_DIMS] = if grip[i] >= 0.0 { 1.0 } else { -1.0 };
+                        let mut a = arm[i * arm_dims..(i + 1) * arm_dims].to_vec();
+                        if let Some(g) = &grip {
+                            a.push(if g[i] >= 0.0 { 1.0 } else { -1.0 });
+                        }
                         a
                     })
                     .collect()
