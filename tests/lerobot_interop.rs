@@ -152,18 +152,33 @@ fn our_statistics_are_lerobots() {
     }
 }
 
-/// A dataset LeRobot wrote (JPEG frames) trains through `vlm4vla train` and predicts.
+/// Datasets LeRobot wrote train through `vlm4vla train`, the head sized from the dataset: JPEG
+/// frames with 7-D actions (gripper last), two cameras with 6-D actions and 14-D actions (every
+/// dimension continuous).
 #[test]
-fn a_lerobot_dataset_trains_through_the_cli() {
+fn lerobot_datasets_train_through_the_cli() {
+    for (name, cameras, gripper, width) in [
+        ("jpeg_7d", "[\"observation.image\"]", "last", 7),
+        ("png_2cam_6d", "[\"observation.images.front\", \"observation.images.wrist\"]", "none", 6),
+        ("png_14d", "[\"observation.images.top\"]", "none", 14),
+    ] {
+        train_on(name, cameras, gripper, width);
+    }
+}
+
+fn train_on(name: &str, cameras: &str, gripper: &str, width: usize) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let dir = std::env::temp_dir().join(format!("vlm4vla-interop-train-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let text = std::fs::read_to_string(root.join("configs/paligemma-tiny.toml"))
         .unwrap()
-        .replace("tests/fixtures/tiny/lerobot", "tests/fixtures/lerobot/jpeg_7d")
+        .replace("tests/fixtures/tiny/lerobot", &format!("tests/fixtures/lerobot/{name}"))
+        .replace("cameras = [\"observation.image\"]", &format!("cameras = {cameras}"))
+        .replace("[policy]\n", &format!("[policy]\ngripper = \"{gripper}\"\n"))
         .replace("steps = 30", "steps = 4")
         .replace("checkpoint_every = 15", "checkpoint_every = 0");
+    assert!(text.contains(&format!("gripper = \"{gripper}\"")), "{text}");
     std::fs::write(dir.join("config.toml"), text).unwrap();
     let run = |args: &[&str]| {
         let out =
@@ -175,6 +190,10 @@ fn a_lerobot_dataset_trains_through_the_cli() {
     run(&["train", "--config", dir.join("config.toml").to_str().unwrap(), "--output-dir", out_dir.to_str().unwrap()]);
     let eval = run(&["eval", "--checkpoint", out_dir.to_str().unwrap(), "--batches", "1", "--json"]);
     let r: serde_json::Value = serde_json::from_str(&eval).unwrap();
-    assert_eq!(r["frames"], 8);
+    let frames = r["frames"].as_u64().unwrap();
+    assert!((7..=8).contains(&frames), "{name}: one batch of up to 8 frames, got {frames}");
+    assert_eq!(r["arm_mae"].as_array().unwrap().len(), if gripper == "last" { width - 1 } else { width }, "{name}");
+    let p = vlm4vla::finetune::FinetunedPolicy::open(&out_dir).unwrap();
+    assert_eq!(p.policy.config().action_dim, width, "{name}: the head is sized from the dataset");
     std::fs::remove_dir_all(&dir).unwrap();
 }
