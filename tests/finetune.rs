@@ -347,3 +347,19 @@ fn the_papers_224_frames_give_each_backbone_its_token_count() {
         assert_eq!(marked, image_id_count, "{name}: image positions for a 224² frame");
     }
 }
+
+#[test]
+fn oversized_head_widths_and_prompts_are_errors_naming_the_field() {
+    for (edit, want) in [
+        (("trunk_out = 64", "trunk_out = 1000000000"), "trunk_out"),
+        (("branch_hidden = [64, 32]", "branch_hidden = [64, 4000000000]"), "branch_hidden"),
+        (("prompt = \"What action should the robot take to {instruction}?\"", "PROMPT"), "prompt"),
+    ] {
+        let long = format!("prompt = \"{}{{instruction}}\"", "x".repeat(5000));
+        let (dir, cfg) = with_config("bounds", |t| t.replace(edit.0, &edit.1.replace("PROMPT", &long)));
+        let err =
+            fails(&["train", "--config", cfg.to_str().unwrap(), "--output-dir", dir.join("run").to_str().unwrap()]);
+        assert!(err.contains(want), "`{}`: {err}", edit.0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

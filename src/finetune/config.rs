@@ -136,6 +136,9 @@ impl DataConfig {
         if !(self.sigmas.is_finite() && self.sigmas > 0.0) {
             return Err(bad("sigmas", format!("= {} must be a positive number", self.sigmas)));
         }
+        if self.prompt.chars().count() > 4096 {
+            return Err(bad("prompt", format!("has {} characters; at most 4096", self.prompt.chars().count())));
+        }
         if !self.prompt.contains("{instruction}") {
             return Err(bad("prompt", format!("= {:?} must contain `{{instruction}}`", self.prompt)));
         }

@@ -79,9 +79,27 @@ impl HeadConfig {
         if self.branch_hidden.contains(&0) {
             return Err(invalid(format!("head.branch_hidden {:?} must not contain 0", self.branch_hidden)));
         }
+        // Bounded before anything is allocated: a typo such as 1e9 is an error naming the field,
+        // not an allocation failure.
+        let widths = self.trunk_hidden.iter().chain(std::iter::once(&self.trunk_out)).chain(&self.branch_hidden);
+        if let Some(w) = widths.copied().find(|&w| w > MAX_HEAD_WIDTH) {
+            return Err(invalid(format!(
+                "head width {w} is above {MAX_HEAD_WIDTH} (head.trunk_hidden / trunk_out / branch_hidden)"
+            )));
+        }
+        if self.branch_hidden.len() > MAX_HEAD_LAYERS {
+            return Err(invalid(format!(
+                "head.branch_hidden has {} layers; at most {MAX_HEAD_LAYERS}",
+                self.branch_hidden.len()
+            )));
+        }
         Ok(())
     }
 }
+
+/// The widest head layer a config may ask for, and the most branch layers.
+pub const MAX_HEAD_WIDTH: usize = 65_536;
+pub const MAX_HEAD_LAYERS: usize = 32;
 
 fn invalid(msg: impl Into<String>) -> Error {
     Error::Invalid { op: "vla policy", msg: msg.into() }
