@@ -202,8 +202,9 @@ fn flash_attention_at_real_shapes() {
         return;
     }
     let windows = |l: usize, w: usize| -> Vec<usize> { (0..l).step_by(w).chain(std::iter::once(l)).collect() };
-    // (batch, lq, lk, hq, hkv, head dim, mask, padded keys)
-    let cases: Vec<(usize, usize, usize, usize, usize, usize, AttentionMask, bool)> = vec![
+    /// (batch, lq, lk, hq, hkv, head dim, mask, padded keys)
+    type Case = (usize, usize, usize, usize, usize, usize, AttentionMask, bool);
+    let cases: Vec<Case> = vec![
         (2, 1, 1, 2, 1, 64, AttentionMask::Full, false),
         (1, 1, 300, 4, 2, 128, AttentionMask::Full, true),
         (2, 256, 256, 2, 2, 80, AttentionMask::Segments(windows(256, 64)), false),
