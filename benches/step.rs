@@ -6,7 +6,10 @@
 //! prints). Knobs: `BENCH_ONLY=<substrings of case names, comma-separated>` (a `gpu_only` case
 //! runs on the CPU only when an entry is its exact name), `BENCH_REPS=<n>` (paired repeats, default 3), `BENCH_NO_TORCH=1`,
 //! `BENCH_PYTHON=<interpreter>` (default `python3`), `BENCH_PEAK_TFLOPS=<peak>` (adds MFU),
-//! `BENCH_MIN_STEPS` / `BENCH_MIN_SECONDS` / `BENCH_WARMUP` (the timing rule of every block).
+//! `BENCH_MIN_STEPS` / `BENCH_MIN_SECONDS` / `BENCH_WARMUP` (the timing rule of every block),
+//! `BENCH_TORCH_MODES=eager` (the PyTorch modes to run; `eager,compile` by default). The case file,
+//! the baseline script and the results folder are found under the checkout it was built from or,
+//! for a staged binary on another machine, relative to the current directory (the repo root).
 //!
 //! The step is the trainer's (`src/train/trainer.rs`, `Trainer::train_step` for one micro-batch):
 //! `trainable_params`, `forward_loss_with_state`, `backward_into` a fresh `GradStore`,
@@ -35,8 +38,20 @@ use vlm4vla::engine::{counters, Device, Error, Result};
 mod case;
 use case::{Case, Measured};
 
-const CASES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/baseline/step_cases.json");
-const BASELINE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/baseline/train_step.py");
+const CASES: &str = "benches/baseline/step_cases.json";
+const BASELINE: &str = "benches/baseline/train_step.py";
+
+/// A repository path: under the checkout this binary was built from or, for a binary staged on
+/// another machine (`tools/gpu-prepare`) and run from the repo root, relative to the current
+/// directory.
+fn repo_path(rel: &str) -> String {
+    let built = format!("{}/{rel}", env!("CARGO_MANIFEST_DIR"));
+    if Path::new(&built).exists() {
+        built
+    } else {
+        rel.to_string()
+    }
+}
 const CHILD_ENV: &str = "BENCH_STEP_CHILD";
 const BATCH_ENV: &str = "BENCH_STEP_BATCH_OUT";
 
@@ -130,7 +145,7 @@ fn peak_memory(dev: Device) -> Result<(Option<u64>, &'static str)> {
 
 fn child(name: &str, rule: Rule) -> Result<Value> {
     let dev = device();
-    let case = Case::by_name(CASES, name)?;
+    let case = Case::by_name(&repo_path(CASES), name)?;
     let mut run = case.build(dev, 7)?;
     if let Ok(path) = std::env::var(BATCH_ENV) {
         run.save_batch(Path::new(&path))?;
@@ -212,8 +227,8 @@ fn ours_block(name: &str, batch_out: Option<&Path>) -> std::result::Result<Value
 fn torch_block(name: &str, mode: &str, batch: &Path, params: u64, threads: usize, rule: Rule, dev: Device) -> Value {
     let python = std::env::var("BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
     let mut cmd = std::process::Command::new(&python);
-    cmd.arg(BASELINE)
-        .args(["--cases", CASES, "--case", name, "--mode", mode])
+    cmd.arg(repo_path(BASELINE))
+        .args(["--cases", &repo_path(CASES), "--case", name, "--mode", mode])
         .arg("--batch")
         .arg(batch)
         .args(["--params", &params.to_string(), "--threads", &threads.to_string()])
@@ -299,7 +314,7 @@ fn commit() -> String {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
             .args(args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .current_dir(repo_path("."))
             .output()
             .ok()
             .filter(|o| o.status.success())
@@ -404,6 +419,13 @@ fn parent() -> Result<()> {
     let no_torch = env_flag("BENCH_NO_TORCH");
     let peak_tflops = std::env::var("BENCH_PEAK_TFLOPS").ok().and_then(|v| v.parse::<f64>().ok());
     let only = std::env::var("BENCH_ONLY").ok();
+    // BENCH_TORCH_MODES: which PyTorch modes run (comma-separated; `eager,compile` by default).
+    let torch_modes: Vec<String> = std::env::var("BENCH_TORCH_MODES")
+        .unwrap_or_else(|_| "eager,compile".into())
+        .split(',')
+        .map(|m| m.trim().to_string())
+        .filter(|m| m == "eager" || m == "compile")
+        .collect();
     let threads = rayon::current_num_threads();
     let (slug, device_name) = device_label(dev);
     let commit = commit();
@@ -416,7 +438,7 @@ fn parent() -> Result<()> {
         .unwrap_or_default();
     // BENCH_ONLY: comma-separated substrings; a `gpu_only` case runs on the CPU only when named.
     let wanted: Vec<&str> = only.as_deref().map(|o| o.split(',').map(str::trim).collect()).unwrap_or_default();
-    let cases: Vec<Case> = Case::all(CASES)?
+    let cases: Vec<Case> = Case::all(&repo_path(CASES))?
         .into_iter()
         .filter(|c| {
             let picked = wanted.is_empty() || wanted.iter().any(|w| c.name.contains(w));
@@ -444,7 +466,7 @@ fn parent() -> Result<()> {
             if no_torch || !batch.exists() {
                 continue;
             }
-            for mode in ["eager", "compile"] {
+            for mode in torch_modes.iter().map(String::as_str) {
                 let v = torch_block(&name, mode, &batch, params, threads, rule, dev);
                 eprintln!("{name} block {}: torch {mode} {} ms", rep + 1, fmt_ms(&v["ms"]));
                 if mode == "eager" {
@@ -480,7 +502,7 @@ fn parent() -> Result<()> {
     let md = markdown(&rows, &header);
     println!("{md}");
     if !env_flag("BENCH_NO_WRITE") {
-        let base = format!("{}/benches/results/step-{slug}", env!("CARGO_MANIFEST_DIR"));
+        let base = format!("{}/step-{slug}", repo_path("benches/results"));
         let jsonl: String = rows.iter().map(|r| format!("{r}\n")).collect();
         vlm4vla::engine::io::write_atomic(format!("{base}.md"), md.as_bytes())?;
         vlm4vla::engine::io::write_atomic(format!("{base}.jsonl"), jsonl.as_bytes())?;

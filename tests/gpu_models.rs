@@ -3,7 +3,8 @@
 //! on real tokens, the probe loss within 1e-4, every parameter gradient within 1e-4 × the global
 //! gradient norm); tiny backbones (the built-in tiny configs, random weights) with appended
 //! action-query rows match the CPU forward and backward in f32, and in bf16 stay within twice the
-//! CPU's own bf16 error.
+//! CPU's own bf16 error; one VLA training step over each tiny backbone (losses and every
+//! trainable gradient) matches the CPU in f32 and stays within twice the CPU's bf16 error in bf16.
 //!
 //! Fixtures are found next to the crate (`CARGO_MANIFEST_DIR`) or, on a machine that runs staged
 //! binaries, under `tests/fixtures` relative to the current directory.
@@ -15,11 +16,13 @@ use gpu_common::{gpu, on_device};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use vlm4vla::engine::io::{self, LoadOptions};
-use vlm4vla::engine::{DType, Device, GradStore, ParamStore, Tensor};
+use vlm4vla::engine::{AdamW, DType, Device, GradNorm, GradStore, ParamStore, Tensor};
 use vlm4vla::models::kosmos2::{Kosmos2, Kosmos2Config};
 use vlm4vla::models::paligemma::{PaliGemma, PaliGemmaConfig};
 use vlm4vla::models::qwen2_5_vl::{Qwen25Vl, Qwen25VlConfig};
+use vlm4vla::models::vla::{HeadConfig, PolicyConfig, TrainableParts, VlaPolicy, ACTION_DIMS};
 use vlm4vla::models::{Backbone, BackboneInput};
+use vlm4vla::train::{read_step, OptimConfig};
 
 fn fixtures(family: &str) -> PathBuf {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(family);
@@ -321,5 +324,166 @@ fn tiny_backbones_in_bf16_stay_within_twice_the_cpu_bf16_error() {
             fam.name
         );
         common::count("gpu", "tiny_backbone_bf16", 1);
+    }
+}
+
+/// A tiny backbone of `family` with random weights (seeded per family), on the CPU and moved to
+/// `dev`, as the backbone of a policy.
+fn random_backbones(family: &str, dtype: DType, dev: Device) -> (Box<dyn Backbone>, Box<dyn Backbone>) {
+    match family {
+        "qwen2_5_vl" => {
+            let cpu = Qwen25Vl::random(qwen_cfg(), 21, dtype).unwrap();
+            let gpu = Qwen25Vl::from_params(qwen_cfg(), moved(cpu.params(), dev)).unwrap();
+            (Box::new(cpu), Box::new(gpu))
+        }
+        "paligemma" => {
+            let cpu = PaliGemma::random(pali_cfg(), 22, dtype).unwrap();
+            let gpu = PaliGemma::from_params(pali_cfg(), moved(cpu.params(), dev)).unwrap();
+            (Box::new(cpu), Box::new(gpu))
+        }
+        "kosmos2" => {
+            let cpu = Kosmos2::random(kosmos_cfg(), 23, dtype).unwrap();
+            let gpu = Kosmos2::from_params(kosmos_cfg(), moved(cpu.params(), dev)).unwrap();
+            (Box::new(cpu), Box::new(gpu))
+        }
+        other => panic!("no tiny backbone `{other}`"),
+    }
+}
+
+/// One training step's loss parts and every trainable parameter's gradient, by name.
+struct StepResult {
+    loss: f64,
+    arm: f64,
+    gripper: f64,
+    grads: Vec<(String, Tensor)>,
+}
+
+/// The trainer's step up to the optimizer: forward with the state row, the policy loss, backward
+/// into a fresh store (`Trainer::train_step` for one micro-batch).
+fn policy_step(
+    policy: &VlaPolicy,
+    input: &BackboneInput,
+    state: &Tensor,
+    actions: &Tensor,
+    mask: &Tensor,
+) -> StepResult {
+    let params = policy.trainable_params();
+    let pl = policy.forward_loss_with_state(input, Some(state), actions, mask).unwrap();
+    let mut store = GradStore::new();
+    pl.loss.backward_into(&mut store).unwrap();
+    let scalar = |t: &Tensor| t.to_vec::<f64>().unwrap()[0];
+    let grads = params
+        .iter()
+        .map(|(n, p)| (n.clone(), store.get(p).unwrap_or_else(|| panic!("{n} gets no gradient")).clone()))
+        .collect();
+    StepResult { loss: scalar(&pl.loss), arm: scalar(&pl.arm), gripper: scalar(&pl.gripper), grads }
+}
+
+/// A policy over each tiny backbone (the paper's head at small widths, a state row, chunk 3):
+/// one training step's losses and every trainable gradient on the GPU against the CPU, in f32
+/// (within 1e-4 of the loss and of the global gradient norm) and in bf16 (each within twice the
+/// CPU bf16 run's error against the f32 step, plus one bf16 ulp of the largest value and, for
+/// gradients, 1e-3 of the f32 global norm for tensors whose gradients are near zero). Then the
+/// optimizer step (clip inside AdamW) runs on the device and the next loss stays finite.
+#[test]
+fn vla_training_step_matches_the_cpu() {
+    let Some(dev) = gpu() else { return };
+    let config = PolicyConfig {
+        chunk: 3,
+        state_dim: 5,
+        head: HeadConfig { trunk_hidden: None, trunk_out: 16, branch_hidden: vec![16, 8] },
+        ..PolicyConfig::default()
+    };
+    for fam in families() {
+        let t = load_map(fam.name, fam.cases[fam.cases.len() - 1]);
+        let input = (fam.input)(&t);
+        let b = input.input_ids.shape()[0];
+        let actions: Vec<f32> = (0..b * config.chunk * ACTION_DIMS)
+            .map(|i| {
+                if i % ACTION_DIMS == ACTION_DIMS - 1 {
+                    (i / ACTION_DIMS % 2) as f32
+                } else {
+                    ((i * 37 % 19) as f32 / 9.5) - 1.0
+                }
+            })
+            .collect();
+        let actions = Tensor::from_vec(actions, &[b, config.chunk, ACTION_DIMS], Device::Cpu).unwrap();
+        // The last step of the first row is padding.
+        let mask: Vec<u8> = (0..b * config.chunk).map(|i| u8::from(i != config.chunk - 1)).collect();
+        let mask = Tensor::from_vec(mask, &[b, config.chunk], Device::Cpu).unwrap();
+        let state = Tensor::rand_uniform(-1.0, 1.0, &[b, config.state_dim], DType::F32, Device::Cpu, 9).unwrap();
+        let on = |t: &Tensor| t.to_device(dev).unwrap();
+        let policies = |dtype: DType| {
+            let (c, g) = random_backbones(fam.name, dtype, dev);
+            let mut pc = VlaPolicy::new(c, config.clone(), 5).unwrap();
+            let mut pg = VlaPolicy::new(g, config.clone(), 5).unwrap();
+            pc.set_trainable(&TrainableParts::all()).unwrap();
+            pg.set_trainable(&TrainableParts::all()).unwrap();
+            (pc, pg)
+        };
+
+        // f32: the GPU step equals the CPU step.
+        let (pc, pg) = policies(DType::F32);
+        let c32 = policy_step(&pc, &input, &state, &actions, &mask);
+        let g32 = policy_step(&pg, &moved_input(&input, dev), &on(&state), &actions, &mask);
+        let what = format!("VLA step on tiny {} (f32)", fam.name);
+        for (part, g, c) in
+            [("loss", g32.loss, c32.loss), ("arm", g32.arm, c32.arm), ("gripper", g32.gripper, c32.gripper)]
+        {
+            assert!((g - c).abs() <= 1e-4 * c.abs().max(1e-3), "{what}: {part} {g} on the GPU, {c} on the CPU");
+        }
+        let global: f64 = c32.grads.iter().map(|(_, g)| common::sq_norm(g)).sum::<f64>().sqrt();
+        assert!(global > 0.0 && global.is_finite(), "{what}: global gradient norm {global}");
+        assert_eq!(c32.grads.len(), g32.grads.len(), "{what}: the same parameters train");
+        for ((n, c), (m, g)) in c32.grads.iter().zip(&g32.grads) {
+            assert_eq!(n, m);
+            assert!(on_device(g), "{what}: the gradient of {n} is on {}", g.device());
+            let e = max_abs_diff(g, c);
+            assert!(e <= 1e-4 * global, "{what}: gradient of {n} differs by {e:e} (global norm {global:e})");
+        }
+
+        // bf16: the GPU's error against the f32 step is at most twice the CPU bf16 run's.
+        let (pc16, pg16) = policies(DType::BF16);
+        let c16 = policy_step(&pc16, &input, &state, &actions, &mask);
+        let g16 = policy_step(&pg16, &moved_input(&input, dev), &on(&state), &actions, &mask);
+        let what = format!("VLA step on tiny {} (bf16)", fam.name);
+        for (part, g, c, r) in [
+            ("loss", g16.loss, c16.loss, c32.loss),
+            ("arm", g16.arm, c16.arm, c32.arm),
+            ("gripper", g16.gripper, c16.gripper, c32.gripper),
+        ] {
+            let bound = 2.0 * (c - r).abs() + r.abs() / 256.0;
+            assert!(
+                (g - r).abs() <= bound,
+                "{what}: {part} {g} on the GPU, {c} on the CPU, {r} in f32 (bound {bound:e})"
+            );
+        }
+        for (((n, r), (_, c)), (_, g)) in c32.grads.iter().zip(&c16.grads).zip(&g16.grads) {
+            assert_eq!(g.dtype(), DType::BF16, "{what}: the gradient of {n}");
+            let (eg, ec) = (max_abs_diff(g, r), max_abs_diff(c, r));
+            let bound = 2.0 * ec + max_abs(r) / 256.0 + 1e-3 * global;
+            assert!(eg <= bound, "{what}: gradient of {n}: GPU error {eg:e} exceeds 2 × CPU bf16 error {ec:e} + ulp");
+        }
+
+        // The optimizer step on the device (the clip reads the norm there), then the next loss.
+        let params = pg16.trainable_params();
+        let tensors: Vec<Tensor> = params.iter().map(|(_, t)| t.clone()).collect();
+        let pl = pg16.forward_loss_with_state(&moved_input(&input, dev), Some(&on(&state)), &actions, &mask).unwrap();
+        let mut store = GradStore::new();
+        pl.loss.backward_into(&mut store).unwrap();
+        let norm = GradNorm::of(&store, &tensors).unwrap();
+        let (values, grad_norm) = read_step(std::slice::from_ref(&pl), &norm).unwrap();
+        assert!(
+            values[0].loss.is_finite() && grad_norm.is_finite(),
+            "{what}: loss {} norm {grad_norm}",
+            values[0].loss
+        );
+        drop(pl);
+        let mut opt =
+            AdamW::new(OptimConfig { lr: 1e-3, clip_grad_norm: 1.0, ..OptimConfig::default() }.adamw()).unwrap();
+        opt.step_clipped(&params, &store, 1e-3, &norm, 1.0).unwrap();
+        let next = policy_step(&pg16, &moved_input(&input, dev), &on(&state), &actions, &mask);
+        assert!(next.loss.is_finite(), "{what}: loss after the optimizer step is {}", next.loss);
+        common::count("gpu", "vla_step", 1);
     }
 }

@@ -191,3 +191,59 @@ fn wide_rows_and_extremes() {
     let e = x.rms_norm(None, 1e-6, RmsNormKind::Plain).unwrap_err().to_string();
     assert!(e.contains("rms_norm") && e.contains("8192"), "{e}");
 }
+
+/// Flash attention at the shapes the backbones and the long reference point run (the proptest
+/// above stays below 34 tokens): head dims 64, 72, 80, 128 and 256; lengths from 1 to 2,048;
+/// every mask kind, key padding, GQA and MQA. Forward and the q / k / v gradients against the
+/// CPU in f32 and bf16 (bf16 contiguous inputs take the tensor-core kernels).
+#[test]
+fn flash_attention_at_real_shapes() {
+    if gpu().is_none() {
+        return;
+    }
+    let windows = |l: usize, w: usize| -> Vec<usize> { (0..l).step_by(w).chain(std::iter::once(l)).collect() };
+    /// (batch, lq, lk, hq, hkv, head dim, mask, padded keys)
+    type Case = (usize, usize, usize, usize, usize, usize, AttentionMask, bool);
+    let cases: Vec<Case> = vec![
+        (2, 1, 1, 2, 1, 64, AttentionMask::Full, false),
+        (1, 1, 300, 4, 2, 128, AttentionMask::Full, true),
+        (2, 256, 256, 2, 2, 80, AttentionMask::Segments(windows(256, 64)), false),
+        (1, 256, 256, 2, 2, 80, AttentionMask::Full, false),
+        (2, 256, 256, 2, 2, 72, AttentionMask::Full, true),
+        (2, 257, 257, 2, 2, 64, AttentionMask::Full, false),
+        (2, 100, 100, 4, 2, 128, AttentionMask::Causal, true),
+        (2, 270, 270, 2, 1, 256, AttentionMask::PrefixLm(vec![262, 17]), false),
+        (1, 513, 513, 2, 1, 256, AttentionMask::Causal, false),
+        (2, 100, 100, 2, 2, 64, AttentionMask::Causal, false),
+        (1, 2048, 2048, 2, 1, 128, AttentionMask::Causal, false),
+        (1, 2048, 2048, 1, 1, 128, AttentionMask::Full, false),
+        (1, 2048, 2048, 2, 2, 80, AttentionMask::Segments(windows(2048, 512)), false),
+    ];
+    for (i, (b, lq, lk, hq, hkv, d, mask, padded)) in cases.into_iter().enumerate() {
+        let seed = 100 + i as u64;
+        let scale = (d as f64).powf(-0.5);
+        for dtype in DTYPES {
+            check(
+                &format!("flash_attention[b{b} lq{lq} lk{lk} h{hq}/{hkv} d{d} {mask:?}]"),
+                dtype,
+                true,
+                |dev| {
+                    let mut v = vec![
+                        Tensor::rand_uniform(-1.0, 1.0, &[b, lq, hq, d], DType::F32, dev, seed).unwrap(),
+                        Tensor::rand_uniform(-1.0, 1.0, &[b, lk, hkv, d], DType::F32, dev, seed ^ 1).unwrap(),
+                        Tensor::rand_uniform(-1.0, 1.0, &[b, lk, hkv, d], DType::F32, dev, seed ^ 2).unwrap(),
+                    ];
+                    if padded {
+                        // Every row keeps its first key; the last quarter of the keys is padding.
+                        let keep: Vec<u8> =
+                            (0..b * lk).map(|j| u8::from(j % lk == 0 || j % lk < lk - lk / 4)).collect();
+                        v.push(Tensor::from_vec(keep, &[b, lk], dev).unwrap());
+                    }
+                    v
+                },
+                |t| attention(&t[0], &t[1], &t[2], &mask, t.get(3), scale).map(|o| o.out),
+            );
+        }
+        count("gpu", "attention", 1);
+    }
+}

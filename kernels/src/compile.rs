@@ -1,6 +1,8 @@
 //! Compiling a kernel family with NVRTC, once per process: results are cached in memory by a hash
 //! of the sources, the options and the architecture (NVRTC's version included), and on disk in
-//! `$VLM4VLA_KERNEL_CACHE` when that variable names a folder.
+//! `$VLM4VLA_KERNEL_CACHE` when that variable names a folder. The key leaves out the machine's
+//! paths (`--include-path=`), so kernels compiled on one machine are found on another
+//! (`tools/gpu-prepare` ships them with the staged binaries).
 
 use crate::{paths, Error, Kernel, Nvrtc, COMMON};
 use std::collections::HashMap;
@@ -139,19 +141,7 @@ impl Compiler {
 
     /// The NVRTC options for `kernel` on `arch`.
     pub fn options(&self, kernel: &Kernel, arch: &str, ptxas_verbose: bool) -> Vec<String> {
-        let mut o = vec![
-            format!("--gpu-architecture={arch}"),
-            "-std=c++17".to_string(),
-            "-default-device".to_string(),
-            format!("--include-path={}", self.include.display()),
-        ];
-        if kernel.fast_math {
-            o.push("--use_fast_math".to_string());
-        }
-        if ptxas_verbose {
-            o.push("--ptxas-options=-v".to_string());
-        }
-        o
+        compile_options(kernel, arch, &self.include, ptxas_verbose)
     }
 
     /// `kernel` compiled for `arch` (e.g. `sm_90a`), from the cache when it was compiled before.
@@ -167,8 +157,7 @@ impl Compiler {
         ptxas_verbose: bool,
     ) -> Result<Arc<Compiled>, Error> {
         let options = self.options(kernel, arch, ptxas_verbose);
-        let (major, minor) = self.nvrtc.version();
-        let key = fnv1a(&[kernel.source, COMMON, &options.join("\0"), arch, &format!("nvrtc {major}.{minor}")]);
+        let key = cache_key(kernel, &options, arch, self.nvrtc.version());
         if let Some(c) = self.lock().get(&key) {
             return Ok(c.clone());
         }
@@ -199,7 +188,7 @@ impl Compiler {
 
     fn read_disk(&self, key: u64, kernel: &'static Kernel, arch: &str, options: &[String]) -> Option<Compiled> {
         let dir = self.disk.as_ref()?;
-        let base = dir.join(format!("{}-{arch}-{key:016x}", kernel.family));
+        let base = dir.join(cache_entry_stem(kernel.family, arch, key));
         let ptx = std::fs::read_to_string(base.with_extension("ptx")).ok()?;
         Some(Compiled {
             family: kernel.family,
@@ -217,7 +206,7 @@ impl Compiler {
         if std::fs::create_dir_all(dir).is_err() {
             return;
         }
-        let base = dir.join(format!("{}-{}-{key:016x}", c.family, c.arch));
+        let base = dir.join(cache_entry_stem(c.family, &c.arch, key));
         let write = |ext: &str, bytes: &[u8]| {
             let tmp = base.with_extension(format!("{ext}.{}.tmp", std::process::id()));
             if std::fs::write(&tmp, bytes).is_ok() {
@@ -231,6 +220,38 @@ impl Compiler {
         // Written last: its presence marks the entry complete.
         write("ptx", c.ptx.as_bytes());
     }
+}
+
+/// The NVRTC options for `kernel` on `arch` with the CUDA headers in `include`.
+pub fn compile_options(kernel: &Kernel, arch: &str, include: &std::path::Path, ptxas_verbose: bool) -> Vec<String> {
+    let mut o = vec![
+        format!("--gpu-architecture={arch}"),
+        "-std=c++17".to_string(),
+        "-default-device".to_string(),
+        format!("--include-path={}", include.display()),
+    ];
+    if kernel.fast_math {
+        o.push("--use_fast_math".to_string());
+    }
+    if ptxas_verbose {
+        o.push("--ptxas-options=-v".to_string());
+    }
+    o
+}
+
+/// The cache key of `kernel` compiled for `arch` with `options` by NVRTC `major.minor`: the kernel's
+/// source, the common prelude, the options that change the code (machine paths such as
+/// `--include-path=` left out), the architecture and NVRTC's version. The same on every machine,
+/// so an on-disk cache filled here is valid on the GPU machine.
+pub fn cache_key(kernel: &Kernel, options: &[String], arch: &str, (major, minor): (i32, i32)) -> u64 {
+    let semantic: Vec<&str> =
+        options.iter().map(String::as_str).filter(|o| !o.starts_with("--include-path=")).collect();
+    fnv1a(&[kernel.source, COMMON, &semantic.join("\0"), arch, &format!("nvrtc {major}.{minor}")])
+}
+
+/// The file stem of a cache entry in the on-disk cache: `{family}-{arch}-{key:016x}`.
+pub fn cache_entry_stem(family: &str, arch: &str, key: u64) -> String {
+    format!("{family}-{arch}-{key:016x}")
 }
 
 /// 64-bit FNV-1a over the parts, each followed by a separator byte: stable across Rust releases,

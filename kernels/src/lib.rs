@@ -22,7 +22,9 @@ mod nvrtc;
 pub mod params;
 pub mod paths;
 
-pub use compile::{arch_for_capability, parse_ptxas, Compiled, Compiler, Resources};
+pub use compile::{
+    arch_for_capability, cache_entry_stem, cache_key, compile_options, parse_ptxas, Compiled, Compiler, Resources,
+};
 pub use id::{KernelId, OpId, FAMILY_COUNT, KERNEL_SLOTS};
 pub use nvrtc::Nvrtc;
 
