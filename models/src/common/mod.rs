@@ -7,5 +7,6 @@ pub mod checkpoint;
 pub mod config;
 pub mod fused;
 pub mod image;
+pub mod init;
 pub mod processor_files;
 pub mod tokenizer;

@@ -126,32 +126,30 @@ impl Kosmos2 {
         if !dtype.is_float() {
             return Err(Error::Invalid { op: "Kosmos2::random", msg: format!("dtype {dtype} is not a float dtype") });
         }
-        let mut ps = ParamStore::new();
-        for (i, (name, shape)) in param_shapes(&cfg).into_iter().enumerate() {
+        let ps = crate::common::init::random_store(param_shapes(&cfg), |i, name, shape| {
             let s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i as u64);
             let dev = Device::Cpu;
             let is_norm = name.contains("layer_norm")
                 || name.contains("layrnorm")
                 || name.contains("layernorm")
                 || name.contains("inner_attn_ln");
-            let t = if name.ends_with("latent_query") {
-                Tensor::rand_normal(0.0, 1.0, &shape, dtype, dev, s)?
+            if name.ends_with("latent_query") {
+                Tensor::rand_normal(0.0, 1.0, shape, dtype, dev, s)
             } else if name.ends_with("class_embedding") {
-                Tensor::rand_normal(0.0, (shape[0] as f64).powf(-0.5), &shape, dtype, dev, s)?
+                Tensor::rand_normal(0.0, (shape[0] as f64).powf(-0.5), shape, dtype, dev, s)
             } else if is_norm && name.ends_with(".weight") {
-                Tensor::ones(&shape, dtype, dev)?
+                Tensor::ones(shape, dtype, dev)
             } else if shape.len() == 1 {
-                Tensor::zeros(&shape, dtype, dev)?
+                Tensor::zeros(shape, dtype, dev)
             } else if name == EMBED {
-                let mut v = Tensor::rand_normal(0.0, 0.02, &shape, DType::F32, dev, s)?.to_vec::<f32>()?;
+                let mut v = Tensor::rand_normal(0.0, 0.02, shape, DType::F32, dev, s)?.to_vec::<f32>()?;
                 let pad = cfg.text.pad_token_id as usize;
                 v[pad * shape[1]..(pad + 1) * shape[1]].fill(0.0);
-                Tensor::from_vec(v, &shape, dev)?.to_dtype(dtype)?
+                Tensor::from_vec(v, shape, dev)?.to_dtype(dtype)
             } else {
-                Tensor::rand_normal(0.0, 0.02, &shape, dtype, dev, s)?
-            };
-            ps.insert(name, &t)?;
-        }
+                Tensor::rand_normal(0.0, 0.02, shape, dtype, dev, s)
+            }
+        })?;
         Self::from_params(cfg, ps)
     }
 

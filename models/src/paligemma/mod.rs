@@ -122,17 +122,15 @@ impl PaliGemma {
         if !dtype.is_float() {
             return Err(Error::Invalid { op: "PaliGemma::random", msg: format!("dtype {dtype} is not a float dtype") });
         }
-        let mut store = ParamStore::new();
-        for (i, (name, shape)) in param_shapes(&cfg).into_iter().enumerate() {
-            let t = if shape.len() >= 2 {
-                Tensor::rand_normal(0.0, 0.02, &shape, dtype, Device::Cpu, seed.wrapping_add(i as u64))?
+        let store = crate::common::init::random_store(param_shapes(&cfg), |i, name, shape| {
+            if shape.len() >= 2 {
+                Tensor::rand_normal(0.0, 0.02, shape, dtype, Device::Cpu, seed.wrapping_add(i as u64))
             } else if name.ends_with("bias") || name.starts_with(names::TEXT) {
-                Tensor::zeros(&shape, dtype, Device::Cpu)?
+                Tensor::zeros(shape, dtype, Device::Cpu)
             } else {
-                Tensor::ones(&shape, dtype, Device::Cpu)?
-            };
-            store.insert(name, &t)?;
-        }
+                Tensor::ones(shape, dtype, Device::Cpu)
+            }
+        })?;
         Self::from_params(cfg, store)
     }
 

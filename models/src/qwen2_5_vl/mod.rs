@@ -122,18 +122,16 @@ impl Qwen25Vl {
                 msg: format!("parameters must be float, got {dtype}"),
             });
         }
-        let mut params = ParamStore::new();
-        for (i, (name, shape)) in param_shapes(&cfg).into_iter().enumerate() {
-            let t = if shape.len() >= 2 {
+        let params = crate::common::init::random_store(param_shapes(&cfg), |i, name, shape| {
+            if shape.len() >= 2 {
                 let s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i as u64);
-                Tensor::rand_normal(0.0, 0.02, &shape, dtype, Device::Cpu, s)?
+                Tensor::rand_normal(0.0, 0.02, shape, dtype, Device::Cpu, s)
             } else if name.ends_with(".bias") {
-                Tensor::zeros(&shape, dtype, Device::Cpu)?
+                Tensor::zeros(shape, dtype, Device::Cpu)
             } else {
-                Tensor::ones(&shape, dtype, Device::Cpu)?
-            };
-            params.insert(name, &t)?;
-        }
+                Tensor::ones(shape, dtype, Device::Cpu)
+            }
+        })?;
         Self::from_params(cfg, params)
     }
 
