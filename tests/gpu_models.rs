@@ -20,7 +20,7 @@ use vlm4vla::engine::{AdamW, DType, Device, GradNorm, GradStore, ParamStore, Ten
 use vlm4vla::models::kosmos2::{Kosmos2, Kosmos2Config};
 use vlm4vla::models::paligemma::{PaliGemma, PaliGemmaConfig};
 use vlm4vla::models::qwen2_5_vl::{Qwen25Vl, Qwen25VlConfig};
-use vlm4vla::models::vla::{HeadConfig, PolicyConfig, TrainableParts, VlaPolicy, ACTION_DIMS};
+use vlm4vla::models::vla::{HeadConfig, PolicyConfig, TrainableParts, VlaPolicy, DEFAULT_ACTION_DIM as ACTION_DIMS};
 use vlm4vla::models::{Backbone, BackboneInput};
 use vlm4vla::train::{read_step, OptimConfig};
 
