@@ -197,3 +197,19 @@ fn train_on(name: &str, cameras: &str, gripper: &str, width: usize) {
     assert_eq!(p.policy.config().action_dim, width, "{name}: the head is sized from the dataset");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The metadata-only open (what `train --plan` reads) agrees with a full open and reads no frame.
+#[test]
+fn metadata_only_open_reads_no_frame() {
+    let cams = ["observation.images.front", "observation.images.wrist"];
+    let full = LeRobotDataset::open_with(fixtures().join("png_2cam_6d"), &keys(&cams)).unwrap();
+    let meta = LeRobotDataset::open_metadata(fixtures().join("png_2cam_6d"), &keys(&cams)).unwrap();
+    assert_eq!(meta.len(), 0);
+    assert!(!full.is_empty());
+    assert_eq!(meta.camera_keys(), full.camera_keys());
+    assert_eq!((meta.camera_size(0), meta.camera_size(1)), (full.camera_size(0), full.camera_size(1)));
+    assert_eq!((meta.state_dim(), meta.action_dim()), (full.state_dim(), full.action_dim()));
+    assert_eq!(meta.tasks(), full.tasks());
+    assert_eq!(meta.episodes().len(), full.episodes().len());
+    assert!(LeRobotDataset::open_metadata(fixtures().join("png_2cam_6d"), &keys(&["nope"])).is_err());
+}

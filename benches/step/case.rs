@@ -207,13 +207,7 @@ impl Case {
                 (Box::new(Qwen25Vl::from_params(c, moved(cpu.params(), dev)?)?), input)
             }
         };
-        let input = BackboneInput {
-            pixel_values: input.pixel_values.to_device(dev)?,
-            image_grid_thw: input.image_grid_thw,
-            input_ids: input.input_ids.to_device(dev)?,
-            attention_mask: input.attention_mask.to_device(dev)?,
-            token_type: input.token_type.to_device(dev)?,
-        };
+        let input = input.to_device(dev)?;
         let (chunk, width) = (self.policy.chunk, self.policy.action_dim);
         let gripper = self.policy.gripper == GripperMode::Last;
         let actions: Vec<f32> =

@@ -152,7 +152,7 @@ pub fn plan(input: &PlanInput) -> Result<TrainPlan> {
         return Err(bad(format!("param_dtype {} is not a float dtype", input.param_dtype)));
     }
     let cfg = &input.config;
-    let lm_layers = lm_layer_count(cfg);
+    let lm_layers = cfg.num_lm_layers();
     let frozen_below = match input.llm_last_layers {
         Some(n) if n == 0 || n > lm_layers => {
             return Err(bad(format!("llm_last_layers = {n} must be in 1..={lm_layers} (the LM's decoder layers)")))
@@ -181,7 +181,7 @@ pub fn plan(input: &PlanInput) -> Result<TrainPlan> {
         })
         .collect();
     let backbone_params: usize = groups.iter().map(|g| g.params).sum();
-    let hidden = hidden_size(cfg);
+    let hidden = cfg.hidden_size();
     let head_params = head_params(hidden, &input.policy);
     let trainable_params = groups.iter().map(|g| g.trainable_params).sum::<usize>() + head_params;
     let frozen_params = backbone_params + head_params - trainable_params;
@@ -246,14 +246,6 @@ pub fn head_params(hidden: usize, policy: &PolicyConfig) -> usize {
         + linear(mid, h.trunk_out)
         + branch(policy.arm_dims() * policy.chunk)
         + policy.gripper.dims() * branch(policy.chunk)
-}
-
-fn hidden_size(cfg: &ModelConfig) -> usize {
-    match cfg {
-        ModelConfig::Qwen25Vl(c) => c.text.hidden_size,
-        ModelConfig::PaliGemma(c) => c.text.hidden_size,
-        ModelConfig::Kosmos2(c) => c.text.embed_dim,
-    }
 }
 
 struct Activations {
@@ -383,10 +375,8 @@ fn family_shape(input: &PlanInput, appended: usize) -> Result<Shape> {
             let tokens = imgs * (merged + 2);
             let len = tokens + text + appended;
             let (h, hd) = (t.hidden_size, t.head_dim());
-            let layer = Kept::new(
-                len * (6 * h + 3 * (t.num_attention_heads + t.num_key_value_heads) * hd + 3 * t.intermediate_size),
-                len * (2 + t.num_attention_heads),
-            );
+            let layer =
+                gated_decoder_layer(len, h, t.num_attention_heads, t.num_key_value_heads, hd, t.intermediate_size);
             let prompt = len - appended;
             Shape {
                 vision_block: block,
@@ -418,10 +408,8 @@ fn family_shape(input: &PlanInput, appended: usize) -> Result<Shape> {
             let h = t.hidden_size;
             let len = imgs * n + text + appended;
             let hd = t.head_dim;
-            let layer = Kept::new(
-                len * (6 * h + 3 * (t.num_attention_heads + t.num_key_value_heads) * hd + 3 * t.intermediate_size),
-                len * (2 + t.num_attention_heads),
-            );
+            let layer =
+                gated_decoder_layer(len, h, t.num_attention_heads, t.num_key_value_heads, hd, t.intermediate_size);
             let prompt = len - appended;
             Shape {
                 vision_block: block,
@@ -540,11 +528,9 @@ impl std::fmt::Display for TrainPlan {
     }
 }
 
-/// The language model's decoder layers.
-fn lm_layer_count(cfg: &ModelConfig) -> usize {
-    match cfg {
-        ModelConfig::Qwen25Vl(c) => c.text.num_hidden_layers,
-        ModelConfig::PaliGemma(c) => c.text.num_hidden_layers,
-        ModelConfig::Kosmos2(c) => c.text.layers,
-    }
+/// What one decoder layer of the Qwen2 / Gemma shape (pre-norm, RMSNorm, grouped-query attention
+/// with RoPE, a gated MLP of width `inter`) keeps over `len` rows: the two families run the same
+/// ops per layer, so they keep the same bytes.
+fn gated_decoder_layer(len: usize, h: usize, heads: usize, kv_heads: usize, hd: usize, inter: usize) -> Kept {
+    Kept::new(len * (6 * h + 3 * (heads + kv_heads) * hd + 3 * inter), len * (2 + heads))
 }

@@ -82,6 +82,33 @@ impl ModelConfig {
         }
     }
 
+    /// Width of the language model's hidden states.
+    pub fn hidden_size(&self) -> usize {
+        match self {
+            ModelConfig::Qwen25Vl(c) => c.text.hidden_size,
+            ModelConfig::PaliGemma(c) => c.text.hidden_size,
+            ModelConfig::Kosmos2(c) => c.text.embed_dim,
+        }
+    }
+
+    /// The language model's decoder layers.
+    pub fn num_lm_layers(&self) -> usize {
+        match self {
+            ModelConfig::Qwen25Vl(c) => c.text.num_hidden_layers,
+            ModelConfig::PaliGemma(c) => c.text.num_hidden_layers,
+            ModelConfig::Kosmos2(c) => c.text.layers,
+        }
+    }
+
+    /// The language model's vocabulary size.
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            ModelConfig::Qwen25Vl(c) => c.text.vocab_size,
+            ModelConfig::PaliGemma(c) => c.text.vocab_size,
+            ModelConfig::Kosmos2(c) => c.text.vocab_size,
+        }
+    }
+
     pub fn family(&self) -> &'static str {
         match self {
             ModelConfig::Qwen25Vl(_) => "qwen2_5_vl",

@@ -46,10 +46,6 @@ impl FrameStore {
 
     /// Bytes stored.
     pub(crate) fn bytes(&self) -> usize {
-        self.bytes_len()
-    }
-
-    fn bytes_len(&self) -> usize {
         self.ends.last().copied().unwrap_or(0)
     }
 
@@ -94,7 +90,7 @@ impl FrameStore {
         // written again, so the mapping cannot change under us.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
         let _ = std::fs::remove_file(&path);
-        if map.len() != len || len != self.bytes_len() {
+        if map.len() != len || len != self.bytes() {
             return Err(Error::invalid("FrameStore", format!("spilled {len} bytes, mapped {}", map.len())));
         }
         self.store = Store::Mapped(map);

@@ -213,7 +213,18 @@ impl LeRobotDataset {
     /// state and action features by key. Errors name the key and list the dataset's features of
     /// that kind.
     pub fn open_with(dir: impl AsRef<Path>, keys: &DatasetKeys) -> Result<Self> {
-        let root = dir.as_ref().to_path_buf();
+        Self::open_impl(dir.as_ref(), keys, true)
+    }
+
+    /// The dataset's metadata only (`info.json`, statistics, tasks, episodes), validated as
+    /// [`open_with`](Self::open_with) does, without reading a data file: what a plan needs,
+    /// whatever the dataset's size. No frame is read: [`len`](Self::len) is 0.
+    pub fn open_metadata(dir: impl AsRef<Path>, keys: &DatasetKeys) -> Result<Self> {
+        Self::open_impl(dir.as_ref(), keys, false)
+    }
+
+    fn open_impl(dir: &Path, keys: &DatasetKeys, frames: bool) -> Result<Self> {
+        let root = dir.to_path_buf();
         if !root.is_dir() {
             return Err(Error::file(&root, "no such dataset directory"));
         }
@@ -362,16 +373,18 @@ impl LeRobotDataset {
             episode_of: Vec::new(),
             task_index: Vec::new(),
         };
-        let mut files: Vec<(usize, usize)> = ds.episodes.iter().map(|e| (e.data_chunk, e.data_file)).collect();
-        files.sort_unstable();
-        files.dedup();
-        for (c, f) in files {
-            ds.read_data_file(&root.join(fill_template(&data_template, c, f)))?;
+        if frames {
+            let mut files: Vec<(usize, usize)> = ds.episodes.iter().map(|e| (e.data_chunk, e.data_file)).collect();
+            files.sort_unstable();
+            files.dedup();
+            for (c, f) in files {
+                ds.read_data_file(&root.join(fill_template(&data_template, c, f)))?;
+            }
+            for cam in &mut ds.cameras {
+                cam.frames.finish()?;
+            }
+            ds.check_frames(total_frames)?;
         }
-        for cam in &mut ds.cameras {
-            cam.frames.finish()?;
-        }
-        ds.check_frames(total_frames)?;
         let stats = &ds.stats;
         let stat_keys =
             std::iter::once((keys.action.as_str(), action_dim)).chain(keys.state.as_deref().map(|k| (k, state_dim)));

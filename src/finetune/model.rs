@@ -107,18 +107,9 @@ impl ModelSource {
         };
         let tokenizer = match tokenizer {
             Some(t) => t,
-            None => Arc::new(ByteTokenizer::new(self.vocab_size(), &processor.special_ids())?),
+            None => Arc::new(ByteTokenizer::new(self.config.vocab_size(), &processor.special_ids())?),
         };
         Ok(Encoder { processor, tokenizer, prompt: prompt.to_string(), image_size })
-    }
-
-    /// The language model's vocabulary size.
-    pub fn vocab_size(&self) -> usize {
-        match &self.config {
-            ModelConfig::Qwen25Vl(c) => c.text.vocab_size,
-            ModelConfig::PaliGemma(c) => c.text.vocab_size,
-            ModelConfig::Kosmos2(c) => c.text.vocab_size,
-        }
     }
 }
 

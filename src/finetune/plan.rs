@@ -1,8 +1,9 @@
 //! `vlm4vla train --plan`: what a fine-tuning run will hold in memory, before it starts.
 
 use super::model::ModelSource;
-use super::train::{open_dataset, resolve_action_dim, resolve_state_dim};
+use super::train::{dataset_keys, resolve_action_dim, resolve_state_dim};
 use super::FinetuneConfig;
+use crate::data::{LeRobotDataset, RgbImage};
 use crate::engine::Result;
 use crate::models::plan::{plan as estimate, PlanInput, TrainPlan};
 use crate::models::registry::{ModelConfig, BUILTINS};
@@ -18,7 +19,8 @@ pub const HUB_BUILTINS: &[(&str, &str)] = &[
 /// The plan of `cfg` and notes on what it assumed.
 pub fn plan(cfg: &FinetuneConfig) -> Result<(TrainPlan, Vec<String>)> {
     let mut notes = Vec::new();
-    let dataset = open_dataset(&cfg.data);
+    // Metadata only: a plan reads no frame, whatever the dataset's size.
+    let dataset = LeRobotDataset::open_metadata(&cfg.data.dataset, &dataset_keys(&cfg.data));
     let mut cfg = cfg.clone();
     if let Ok(ds) = &dataset {
         resolve_state_dim(&mut cfg, ds)?;
@@ -26,22 +28,18 @@ pub fn plan(cfg: &FinetuneConfig) -> Result<(TrainPlan, Vec<String>)> {
     }
     let cfg = &cfg;
     let spec = cfg.train.backbone.as_str();
-    let source = match ModelSource::resolve(spec) {
-        Ok(s) => Some(s),
-        Err(e) => match HUB_BUILTINS.iter().find(|(id, _)| *id == spec) {
-            Some((_, builtin)) if BUILTINS.contains(builtin) => {
-                notes.push(format!("`{spec}` is not in the local cache: sizes from the built-in `{builtin}` config"));
-                None
-            }
-            _ => return Err(e),
-        },
-    };
-    let config = match &source {
-        Some(s) => s.config.clone(),
-        None => {
-            let builtin = HUB_BUILTINS.iter().find(|(id, _)| *id == spec).map(|(_, b)| *b).unwrap_or(spec);
-            ModelConfig::builtin(builtin)?
+    let (source, config) = match ModelSource::resolve(spec) {
+        Ok(s) => {
+            let config = s.config.clone();
+            (Some(s), config)
         }
+        Err(e) => match HUB_BUILTINS.iter().find(|(id, b)| *id == spec && BUILTINS.contains(b)) {
+            Some((_, builtin)) => {
+                notes.push(format!("`{spec}` is not in the local cache: sizes from the built-in `{builtin}` config"));
+                (None, ModelConfig::builtin(builtin)?)
+            }
+            None => return Err(e),
+        },
     };
     let dtype = cfg.dtype()?;
     let mut input = PlanInput::new(config.clone(), dtype, cfg.train.run.batch_size);
@@ -72,7 +70,13 @@ pub fn plan(cfg: &FinetuneConfig) -> Result<(TrainPlan, Vec<String>)> {
             // The longest task, laid out by the family's processor, gives the text rows.
             let encoder = src.encoder(&cfg.data.prompt, cfg.data.image_size)?;
             let longest = ds.tasks().iter().max_by_key(|t| t.len()).cloned().unwrap_or_default();
-            let frames: Vec<_> = (0..ds.camera_keys().len()).map(|c| ds.decode_camera(0, c)).collect::<Result<_>>()?;
+            // Blank frames of the cameras' sizes: the layout depends on the size alone.
+            let frames: Vec<RgbImage> = (0..ds.camera_keys().len())
+                .map(|c| {
+                    let (height, width) = ds.camera_size(c);
+                    RgbImage { width, height, data: vec![0; width * height * 3] }
+                })
+                .collect();
             let laid = encoder.encode(&[frames], &[longest.as_str()])?;
             let mut bare = input.clone();
             bare.text_tokens = 0;

@@ -109,7 +109,7 @@ impl FinetunedPolicy {
                 ),
             ));
         }
-        let input = super::source::to_device(self.batch.encoder.encode(cameras, instructions)?, self.batch.device)?;
+        let input = self.batch.encoder.encode(cameras, instructions)?.to_device(self.batch.device)?;
         let state = self.state_tensor(cameras.len(), states)?;
         let chunks = self.policy.predict_with_state(&input, state.as_ref())?;
         let arm_dims = self.normalizer().arm_dims;

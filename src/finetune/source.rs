@@ -8,7 +8,6 @@ use super::encoder::Encoder;
 use crate::data::{LeRobotDataset, Loader, LoaderConfig, LoaderPosition, RandomShift};
 use crate::engine::{Device, Error, Result, Tensor};
 use crate::models::vla::ActionNormalizer;
-use crate::models::BackboneInput;
 use crate::train::{Batch, BatchSource};
 use serde::{Deserialize, Serialize};
 use std::sync::mpsc::{sync_channel, Receiver};
@@ -99,7 +98,7 @@ impl BatchEncoder {
         };
         let dev = self.device;
         Ok(Batch {
-            input: to_device(input, dev)?,
+            input: input.to_device(dev)?,
             actions: Tensor::from_vec(targets, &[n, b.chunk, width], Device::Cpu)?.to_device(dev)?,
             mask: Tensor::from_vec(mask, &[n, b.chunk], Device::Cpu)?.to_device(dev)?,
             state: state.map(|s| s.to_device(dev)).transpose()?,
@@ -109,20 +108,6 @@ impl BatchEncoder {
 
 fn frame_error(b: &crate::data::Batch, e: Error) -> Error {
     Error::invalid("data", format!("frames {:?}: {e}", b.indices))
-}
-
-/// A batch on `device` (the CPU batch itself when it is the CPU).
-pub fn to_device(input: BackboneInput, device: Device) -> Result<BackboneInput> {
-    if device.is_cpu() {
-        return Ok(input);
-    }
-    Ok(BackboneInput {
-        pixel_values: input.pixel_values.to_device(device)?,
-        image_grid_thw: input.image_grid_thw,
-        input_ids: input.input_ids.to_device(device)?,
-        attention_mask: input.attention_mask.to_device(device)?,
-        token_type: input.token_type.to_device(device)?,
-    })
 }
 
 /// The loader settings of a fine-tuning run.

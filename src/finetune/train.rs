@@ -46,15 +46,19 @@ pub struct FinetuneOutcome {
     pub seconds: f64,
 }
 
-/// The dataset of `data`: the cameras, state and action features it names.
-pub fn open_dataset(data: &DataConfig) -> Result<LeRobotDataset> {
-    let keys = DatasetKeys {
+/// The features `data` names.
+pub fn dataset_keys(data: &DataConfig) -> DatasetKeys {
+    DatasetKeys {
         cameras: data.cameras.clone(),
         state: data.state_key.clone(),
         action: data.action_key.clone(),
         ..DatasetKeys::default()
-    };
-    let ds = LeRobotDataset::open_with(&data.dataset, &keys)?;
+    }
+}
+
+/// The dataset of `data`: the cameras, state and action features it names.
+pub fn open_dataset(data: &DataConfig) -> Result<LeRobotDataset> {
+    let ds = LeRobotDataset::open_with(&data.dataset, &dataset_keys(data))?;
     if data.state_key.is_some() && ds.state_dim() == 0 {
         return Err(Error::file(
             &data.dataset,

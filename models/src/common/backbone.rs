@@ -24,6 +24,19 @@ pub struct BackboneInput {
     pub token_type: Tensor,
 }
 
+impl BackboneInput {
+    /// The batch on `device` (itself when every tensor is already there).
+    pub fn to_device(self, device: vlm4vla_engine::Device) -> Result<BackboneInput> {
+        Ok(BackboneInput {
+            pixel_values: self.pixel_values.to_device(device)?,
+            image_grid_thw: self.image_grid_thw,
+            input_ids: self.input_ids.to_device(device)?,
+            attention_mask: self.attention_mask.to_device(device)?,
+            token_type: self.token_type.to_device(device)?,
+        })
+    }
+}
+
 /// Last-layer hidden states and where the appended rows are.
 #[derive(Clone, Debug)]
 pub struct BackboneOutput {
