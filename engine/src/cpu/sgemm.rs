@@ -265,6 +265,10 @@ unsafe fn pack_b(kc: usize, nc: usize, b: Mat, dst: *mut f32) {
         let cols = NR.min(nc - j0);
         let panel = dst.add(p * NR * kc);
         if b.cs == 1 {
+            if cols == NR {
+                pack_b_rows(kc, Mat { ptr: b.ptr.add(j0), ..b }, panel);
+                continue;
+            }
             for l in 0..kc {
                 let src = b.ptr.add(l * b.rs + j0);
                 let row = panel.add(l * NR);
@@ -288,6 +292,23 @@ unsafe fn pack_b(kc: usize, nc: usize, b: Mat, dst: *mut f32) {
             }
         }
     }
+}
+
+/// One full `kc × NR` panel of a row-major B (`b.cs = 1`): each row of the panel is two vector
+/// copies (a `memcpy` call per 128 bytes cost more than the copy).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_b_rows(kc: usize, b: Mat, panel: *mut f32) {
+    for l in 0..kc {
+        let src = b.ptr.add(l * b.rs);
+        _mm512_storeu_ps(panel.add(l * NR), _mm512_loadu_ps(src));
+        _mm512_storeu_ps(panel.add(l * NR + 16), _mm512_loadu_ps(src.add(16)));
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn pack_b_rows(_: usize, _: Mat, _: *mut f32) {
+    unreachable!("sgemm::available() is false off x86_64")
 }
 
 /// One full `kc × NR` panel of a column-major B (`b.rs = 1`): each row of the panel is two
@@ -367,6 +388,11 @@ unsafe fn kernel<const A: u8>(kc: usize, a: Mat, b: *const f32, c: *mut f32, c_r
         ROWS => (a.rs, 1),
         _ => (1, a.cs),
     };
+    // The C tile is read (or written) only after the K loop: ask for its lines now.
+    for i in 0..MR {
+        _mm_prefetch::<_MM_HINT_T0>(c.add(i * c_rs).cast());
+        _mm_prefetch::<_MM_HINT_T0>(c.add(i * c_rs + 16).cast());
+    }
     let mut lo = [_mm512_setzero_ps(); MR];
     let mut hi = [_mm512_setzero_ps(); MR];
     let (mut ap, mut b) = (a.ptr, b);
