@@ -62,8 +62,9 @@ impl VideoFrames {
 }
 
 /// How to enable video features, for error messages.
-pub(crate) const ENABLE_VIDEO: &str = "build with `--features video`; it links the system's FFmpeg libraries \
-     (Debian/Ubuntu: apt-get install libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libclang-dev pkg-config)";
+pub(crate) const ENABLE_VIDEO: &str = "build with `--features video`; it links the system's FFmpeg \
+     libraries (Debian/Ubuntu: apt-get install libavcodec-dev libavformat-dev libavutil-dev libswscale-dev \
+     libclang-dev pkg-config)";
 
 #[cfg(feature = "video")]
 mod ffmpeg {
