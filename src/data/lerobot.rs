@@ -289,15 +289,15 @@ impl LeRobotDataset {
             .and_then(Value::as_object)
             .ok_or_else(|| bad_info("missing object `features`".into()))?;
         let is_camera = |k: &str| matches!(dtype_of(features, k), Some("image" | "video"));
-        let mut image_features: Vec<&String> = features.keys().filter(|k| is_camera(k)).collect();
-        image_features.sort();
+        let mut camera_features: Vec<&String> = features.keys().filter(|k| is_camera(k)).collect();
+        camera_features.sort();
         let listed = |v: &[&String]| v.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
         let camera_keys: Vec<String> = if !keys.cameras.is_empty() {
             keys.cameras.clone()
         } else if features.contains_key(IMAGE_KEY) {
             vec![IMAGE_KEY.to_string()]
         } else {
-            match image_features.as_slice() {
+            match camera_features.as_slice() {
                 [one] => vec![one.to_string()],
                 [] => {
                     return Err(bad_info(format!(
@@ -329,7 +329,7 @@ impl LeRobotDataset {
                 None => {
                     return Err(bad_info(format!(
                         "no feature `{key}` (camera features: {})",
-                        if image_features.is_empty() { "none".to_string() } else { listed(&image_features) }
+                        if camera_features.is_empty() { "none".to_string() } else { listed(&camera_features) }
                     )))
                 }
             };
