@@ -8,16 +8,20 @@
 //! data/chunk-000/file-000.parquet             one row per frame: observation.image {bytes, path}, observation.state,
 //!                                             action, timestamp, frame_index, episode_index, index, task_index
 //!                                             (and, when recorded, action_plan, action_plan_steps)
+//! videos/{key}/chunk-000/file-000.mp4         video features (`dtype: "video"`): a camera's frames of one or more
+//!                                             episodes; the episode rows say which file and from what time
+//!                                             (videos/{key}/chunk_index, file_index, from_timestamp, to_timestamp)
 //! ```
 //! Mirrors `lerobot/datasets/utils.py`, `dataset_metadata.py` and `dataset_writer.py` of
 //! huggingface/lerobot (codebase version v3.0).
 
 use super::frames::FrameStore;
 use super::parquet_io::{
-    column, f32_column, f32_rows, i64_column, image_bytes, read_parquet, require_columns, stream_parquet,
+    column, f32_column, f32_rows, f64_column, i64_column, image_bytes, read_parquet, require_columns, stream_parquet,
     string_column, string_list_column,
 };
 use super::stats::{DatasetStats, FeatureStats};
+use super::video::{EpisodeVideo, VideoFrames, ENABLE_VIDEO};
 use super::{decode_frame, frame_size, RgbImage, Sample};
 use crate::engine::{Error, Result};
 use crate::models::vla::ActionStats;
@@ -97,9 +101,11 @@ pub struct Episode {
 /// A LeRobot v3.0 dataset loaded into memory (encoded frames, states, actions, indices), checked
 /// against its `meta/info.json`.
 ///
-/// Frames stay PNG-encoded until [`sample`](Self::sample) (or the [`Loader`](super::Loader))
-/// decodes them. Video features are not supported; the image feature must be stored as embedded
-/// bytes (LeRobot's `dtype: "image"`).
+/// Cameras are image features (PNG or JPEG bytes embedded in the data files, LeRobot's `dtype:
+/// "image"`) or, with the cargo feature `video`, video features (`dtype: "video"`: mp4 files, AV1
+/// or H.264 or whatever the system's FFmpeg decodes). Encoded frames stay encoded and video
+/// frames stay in their files until [`sample`](Self::sample) (or the [`Loader`](super::Loader))
+/// decodes them.
 #[derive(Debug)]
 pub struct LeRobotDataset {
     root: PathBuf,
@@ -127,26 +133,45 @@ pub struct LeRobotDataset {
     task_index: Vec<u32>,
 }
 
-/// One image feature: its frames' encoded bytes, back to back.
+/// One camera: an image feature's encoded frames, or where a video feature's frames are.
 #[derive(Debug)]
 struct Camera {
     key: String,
     height: usize,
     width: usize,
-    frames: FrameStore,
+    frames: Frames,
+}
+
+#[derive(Debug)]
+enum Frames {
+    /// PNG or JPEG bytes, back to back.
+    Encoded(FrameStore),
+    /// Frames in mp4 files, decoded on demand.
+    Video(VideoFrames),
 }
 
 impl Camera {
+    /// Frame `i`'s encoded bytes (None for a video camera).
     fn bytes(&self, i: usize) -> Option<&[u8]> {
-        self.frames.get(i)
+        match &self.frames {
+            Frames::Encoded(store) => store.get(i),
+            Frames::Video(_) => None,
+        }
+    }
+
+    fn video(&self) -> Option<&VideoFrames> {
+        match &self.frames {
+            Frames::Video(v) => Some(v),
+            Frames::Encoded(_) => None,
+        }
     }
 }
 
 /// Which features [`LeRobotDataset::open_with`] reads.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DatasetKeys {
-    /// Image features, in order; empty: `observation.image`, else the only image feature (an
-    /// error naming them when there are several).
+    /// Camera features (`image` or `video`), in order; empty: `observation.image`, else the only
+    /// camera feature (an error naming them when there are several).
     pub cameras: Vec<String>,
     /// The state feature (`observation.state`); None reads no state (width 0).
     pub state: Option<String>,
@@ -263,29 +288,25 @@ impl LeRobotDataset {
             .get("features")
             .and_then(Value::as_object)
             .ok_or_else(|| bad_info("missing object `features`".into()))?;
-        let mut image_features: Vec<&String> =
-            features.keys().filter(|k| dtype_of(features, k) == Some("image")).collect();
-        image_features.sort();
+        let is_camera = |k: &str| matches!(dtype_of(features, k), Some("image" | "video"));
+        let mut camera_features: Vec<&String> = features.keys().filter(|k| is_camera(k)).collect();
+        camera_features.sort();
         let listed = |v: &[&String]| v.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
         let camera_keys: Vec<String> = if !keys.cameras.is_empty() {
             keys.cameras.clone()
         } else if features.contains_key(IMAGE_KEY) {
             vec![IMAGE_KEY.to_string()]
         } else {
-            match image_features.as_slice() {
+            match camera_features.as_slice() {
                 [one] => vec![one.to_string()],
                 [] => {
-                    let video = features.keys().find(|k| dtype_of(features, k) == Some("video"));
-                    return Err(bad_info(match video {
-                        Some(v) => {
-                            format!("feature `{v}` is stored as video, which is not supported; no `image` feature")
-                        }
-                        None => format!("features: missing feature `{IMAGE_KEY}` (no feature has dtype \"image\")"),
-                    }));
+                    return Err(bad_info(format!(
+                        "features: missing feature `{IMAGE_KEY}` (no feature has dtype \"image\" or \"video\")"
+                    )))
                 }
                 many => {
                     return Err(bad_info(format!(
-                        "the dataset has several image features ({}); choose the cameras by key",
+                        "the dataset has several camera features ({}); choose the cameras by key",
                         listed(many)
                     )))
                 }
@@ -293,25 +314,31 @@ impl LeRobotDataset {
         };
         let mut cameras = Vec::with_capacity(camera_keys.len());
         for key in camera_keys {
-            match dtype_of(features, &key) {
-                Some("image") => {}
+            let frames = match dtype_of(features, &key) {
+                Some("image") => Frames::Encoded(FrameStore::new(keys.memory_limit)),
+                Some("video") if cfg!(feature = "video") => Frames::Video(VideoFrames::default()),
                 Some("video") => {
-                    return Err(bad_info(format!("feature `{key}` is stored as video, which is not supported yet")))
-                }
-                Some(other) => return Err(bad_info(format!("feature `{key}`: dtype {other:?} is not \"image\""))),
-                None => {
                     return Err(bad_info(format!(
-                        "no feature `{key}` (image features: {})",
-                        if image_features.is_empty() { "none".to_string() } else { listed(&image_features) }
+                        "feature `{key}` is stored as video (mp4), which this build of vlm4vla does not decode: \
+                         {ENABLE_VIDEO}"
                     )))
                 }
-            }
+                Some(other) => {
+                    return Err(bad_info(format!("feature `{key}`: dtype {other:?} is not \"image\" or \"video\"")))
+                }
+                None => {
+                    return Err(bad_info(format!(
+                        "no feature `{key}` (camera features: {})",
+                        if camera_features.is_empty() { "none".to_string() } else { listed(&camera_features) }
+                    )))
+                }
+            };
             let (height, width) = match shape_of(&info_path, features, &key)?.as_slice() {
                 [h, w, 3] => (*h, *w),
                 [3, h, w] => (*h, *w),
                 s => return Err(bad_info(format!("feature `{key}`: shape {s:?} is not [height, width, 3]"))),
             };
-            cameras.push(Camera { key, height, width, frames: FrameStore::new(keys.memory_limit) });
+            cameras.push(Camera { key, height, width, frames });
         }
         let vec_dim = |key: &str| -> Result<usize> {
             match shape_of(&info_path, features, key)?.as_slice() {
@@ -348,7 +375,21 @@ impl LeRobotDataset {
             stats.insert(k.clone(), FeatureStats::from_json(v, &stats_path, k)?);
         }
         let tasks = read_tasks(&root.join("meta/tasks.parquet"), total_tasks)?;
-        let episodes = read_episodes(&root, total_episodes)?;
+        let video_keys: Vec<&str> = cameras.iter().filter(|c| c.video().is_some()).map(|c| c.key.as_str()).collect();
+        let (episodes, spans) = read_episodes(&root, total_episodes, &video_keys)?;
+        if !video_keys.is_empty() {
+            let template = obj
+                .get("video_path")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad_info("missing string `video_path` (the dataset has video features)".into()))?;
+            for (cam, spans) in cameras.iter_mut().filter(|c| c.video().is_some()).zip(spans) {
+                let key = cam.key.clone();
+                let path = |(chunk, file): (usize, usize)| {
+                    root.join(fill_template(&template.replace("{video_key}", &key), chunk, file))
+                };
+                cam.frames = Frames::Video(video_frames(spans, path));
+            }
+        }
 
         let mut ds = LeRobotDataset {
             root: root.clone(),
@@ -381,7 +422,9 @@ impl LeRobotDataset {
                 ds.read_data_file(&root.join(fill_template(&data_template, c, f)))?;
             }
             for cam in &mut ds.cameras {
-                cam.frames.finish()?;
+                if let Frames::Encoded(store) = &mut cam.frames {
+                    store.finish()?;
+                }
             }
             ds.check_frames(total_frames)?;
         }
@@ -405,7 +448,8 @@ impl LeRobotDataset {
 
     fn read_data_file(&mut self, path: &Path) -> Result<()> {
         let (schema, batches) = stream_parquet(path, 256)?;
-        let camera_keys: Vec<String> = self.cameras.iter().map(|c| c.key.clone()).collect();
+        let camera_keys: Vec<String> =
+            self.cameras.iter().filter(|c| c.video().is_none()).map(|c| c.key.clone()).collect();
         let (state_key, action_key) = (self.state_key.clone(), self.action_key.clone());
         let mut names: Vec<&str> = camera_keys.iter().map(String::as_str).collect();
         names.extend(state_key.as_deref());
@@ -420,6 +464,7 @@ impl LeRobotDataset {
             let first = self.timestamps.len();
             for cam in &mut self.cameras {
                 let (key, (width, height)) = (cam.key.clone(), (cam.width, cam.height));
+                let Frames::Encoded(store) = &mut cam.frames else { continue };
                 image_bytes(path, &key, column(path, b, &key)?, |row, bytes| {
                     let row = first + row;
                     let (w, h) = frame_size(bytes)
@@ -432,7 +477,7 @@ impl LeRobotDataset {
                             ),
                         ));
                     }
-                    cam.frames.push(bytes)
+                    store.push(bytes)
                 })?;
             }
             if let Some(k) = &state_key {
@@ -504,11 +549,15 @@ impl LeRobotDataset {
 
     fn check_frames(&self, total_frames: usize) -> Result<()> {
         let n = self.len();
-        if let Some(c) = self.cameras.iter().find(|c| c.frames.len() != n) {
-            return Err(Error::file(
-                self.root.join("data"),
-                format!("column `{}` holds {} frames, the data files {n}", c.key, c.frames.len()),
-            ));
+        for c in &self.cameras {
+            if let Frames::Encoded(store) = &c.frames {
+                if store.len() != n {
+                    return Err(Error::file(
+                        self.root.join("data"),
+                        format!("column `{}` holds {} frames, the data files {n}", c.key, store.len()),
+                    ));
+                }
+            }
         }
         let last = self.episodes.last().map(|e| e.to).unwrap_or(0);
         if n != total_frames || n != last {
@@ -569,12 +618,18 @@ impl LeRobotDataset {
     /// Whether some camera's frames live in a memory-mapped spill file (the dataset's encoded
     /// frames exceeded [`DatasetKeys::memory_limit`]) rather than on the heap.
     pub fn frames_mapped(&self) -> bool {
-        self.cameras.iter().any(|c| c.frames.is_mapped())
+        self.cameras.iter().any(|c| matches!(&c.frames, Frames::Encoded(s) if s.is_mapped()))
     }
 
-    /// Bytes of encoded frames, over every camera read.
+    /// Bytes of encoded frames held, over every camera read (video cameras hold none: their
+    /// frames stay in their files).
     pub fn frame_bytes(&self) -> usize {
-        self.cameras.iter().map(|c| c.frames.bytes()).sum()
+        self.cameras.iter().map(|c| if let Frames::Encoded(s) = &c.frames { s.bytes() } else { 0 }).sum()
+    }
+
+    /// Whether camera `c` is a video feature.
+    pub fn is_video(&self, c: usize) -> bool {
+        self.cameras.get(c).is_some_and(|c| c.video().is_some())
     }
 
     /// The state feature read, if any.
@@ -629,7 +684,7 @@ impl LeRobotDataset {
         self.episode_of.get(i).map(|&e| &self.episodes[e as usize])
     }
 
-    /// The encoded PNG of frame `i` of the first camera.
+    /// The encoded PNG of frame `i` of the first camera (None for a video camera).
     pub fn png(&self, i: usize) -> Option<&[u8]> {
         self.cameras[0].bytes(i)
     }
@@ -746,6 +801,13 @@ impl LeRobotDataset {
             op: "LeRobotDataset::decode_camera",
             msg: format!("camera {c} out of range: {} cameras are read", self.cameras.len()),
         })?;
+        if let Some(video) = cam.video() {
+            let e = self.episode_of[i] as usize;
+            let (path, time) = video.locate(e, self.timestamps[i]).ok_or_else(|| {
+                Error::file(&self.root, format!("camera `{}`: frame {i}: episode {e} has no video", cam.key))
+            })?;
+            return VideoFrames::decode(path, time, &cam.key, i, (cam.width, cam.height));
+        }
         let bytes = cam.bytes(i).unwrap_or_default();
         let where_ = || self.root.join("data");
         let img =
@@ -814,7 +876,11 @@ fn read_tasks(path: &Path, total_tasks: usize) -> Result<Vec<String>> {
     Ok(tasks.into_iter().flatten().collect())
 }
 
-fn read_episodes(root: &Path, total_episodes: usize) -> Result<Vec<Episode>> {
+/// Per video camera (in `video_keys` order), per episode: its file `(chunk, file)` and times.
+type VideoSpans = Vec<Vec<((usize, usize), f64, f64)>>;
+
+/// The episodes, and where each lies in the video files of the cameras `video_keys`.
+fn read_episodes(root: &Path, total_episodes: usize, video_keys: &[&str]) -> Result<(Vec<Episode>, VideoSpans)> {
     let dir = root.join("meta/episodes");
     let mut files = Vec::new();
     let list = |d: &Path| -> Result<Vec<PathBuf>> {
@@ -840,16 +906,28 @@ fn read_episodes(root: &Path, total_episodes: usize) -> Result<Vec<Episode>> {
         "data/chunk_index",
         "data/file_index",
     ];
+    let video_cols: Vec<[String; 4]> = video_keys
+        .iter()
+        .map(|k| ["chunk_index", "file_index", "from_timestamp", "to_timestamp"].map(|c| format!("videos/{k}/{c}")))
+        .collect();
     let mut eps = Vec::new();
     for path in &files {
         let (schema, batches) = read_parquet(path)?;
         require_columns(path, &schema, &cols)?;
+        for names in &video_cols {
+            require_columns(path, &schema, &names.iter().map(String::as_str).collect::<Vec<_>>())?;
+        }
         for b in &batches {
             let int = |name: &str| -> Result<Vec<i64>> { i64_column(path, name, column(path, b, name)?) };
             let (idx, len, from, to) =
                 (int("episode_index")?, int("length")?, int("dataset_from_index")?, int("dataset_to_index")?);
             let (chunk, file) = (int("data/chunk_index")?, int("data/file_index")?);
             let tasks = string_list_column(path, "tasks", column(path, b, "tasks")?)?;
+            let mut videos = Vec::with_capacity(video_cols.len());
+            for [chunk, file, from, to] in &video_cols {
+                let float = |name: &str| -> Result<Vec<f64>> { f64_column(path, name, column(path, b, name)?) };
+                videos.push((int(chunk)?, int(file)?, float(from)?, float(to)?));
+            }
             for r in 0..idx.len() {
                 let vals = [idx[r], len[r], from[r], to[r], chunk[r], file[r]];
                 if vals.iter().any(|&v| v < 0) || to[r] - from[r] != len[r] || len[r] == 0 {
@@ -861,8 +939,24 @@ fn read_episodes(root: &Path, total_episodes: usize) -> Result<Vec<Episode>> {
                         ),
                     ));
                 }
+                let mut spans = Vec::with_capacity(videos.len());
+                for ((chunk, file, from, to), key) in videos.iter().zip(video_keys) {
+                    let ok = chunk[r] >= 0 && file[r] >= 0 && from[r].is_finite() && to[r].is_finite();
+                    if !ok || from[r] < 0.0 || from[r] > to[r] {
+                        return Err(Error::file(
+                            path,
+                            format!(
+                                "episode {}: camera `{key}`: video chunk {} file {} from {} s to {} s is not a \
+                                 place in a video file",
+                                idx[r], chunk[r], file[r], from[r], to[r]
+                            ),
+                        ));
+                    }
+                    spans.push(((chunk[r] as usize, file[r] as usize), from[r], to[r]));
+                }
                 eps.push((
                     path.clone(),
+                    spans,
                     Episode {
                         index: idx[r] as usize,
                         tasks: tasks[r].clone(),
@@ -876,9 +970,9 @@ fn read_episodes(root: &Path, total_episodes: usize) -> Result<Vec<Episode>> {
             }
         }
     }
-    eps.sort_by_key(|(_, e)| e.index);
+    eps.sort_by_key(|(_, _, e)| e.index);
     let mut next_frame = 0;
-    for (i, (path, e)) in eps.iter().enumerate() {
+    for (i, (path, _, e)) in eps.iter().enumerate() {
         if e.index != i || e.from != next_frame {
             return Err(Error::file(
                 path,
@@ -893,5 +987,25 @@ fn read_episodes(root: &Path, total_episodes: usize) -> Result<Vec<Episode>> {
             format!("total_episodes is {total_episodes}, but meta/episodes lists {}", eps.len()),
         ));
     }
-    Ok(eps.into_iter().map(|(_, e)| e).collect())
+    let mut spans: VideoSpans = vec![Vec::with_capacity(eps.len()); video_keys.len()];
+    for (_, s, _) in &eps {
+        for (c, span) in s.iter().enumerate() {
+            spans[c].push(*span);
+        }
+    }
+    Ok((eps.into_iter().map(|(_, _, e)| e).collect(), spans))
+}
+
+/// A video camera's frames from its per-episode spans; `path` names a `(chunk, file)`'s file.
+fn video_frames(spans: Vec<((usize, usize), f64, f64)>, path: impl Fn((usize, usize)) -> PathBuf) -> VideoFrames {
+    let mut frames = VideoFrames::default();
+    let mut ids = std::collections::HashMap::new();
+    for (at, from, _) in spans {
+        let file = *ids.entry(at).or_insert_with(|| {
+            frames.files.push(path(at));
+            frames.files.len() - 1
+        });
+        frames.episodes.push(EpisodeVideo { file, from });
+    }
+    frames
 }

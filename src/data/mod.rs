@@ -6,7 +6,9 @@
 //!   `meta/episodes/chunk-000/file-000.parquet` and `data/chunk-000/file-000.parquet` with PNG
 //!   frames embedded in an image column.
 //! - [`LeRobotDataset`] opens such a dataset, validates it against `info.json`, and hands out
-//!   [`Sample`]s: one frame, its instruction and the action chunk that starts there.
+//!   [`Sample`]s: one frame, its instruction and the action chunk that starts there. Its cameras
+//!   are image features (PNG or JPEG frames in the data files) or, with the cargo feature `video`,
+//!   video features (mp4 files under `videos/`, decoded on demand through FFmpeg; see `video.rs`).
 //! - [`Loader`] turns a dataset into seeded, resumable batches built by worker threads.
 //!
 //! ```
@@ -30,11 +32,13 @@ mod lerobot;
 pub mod loader;
 mod parquet_io;
 mod stats;
+mod video;
 mod writer;
 
 pub use lerobot::{DatasetKeys, Episode, LeRobotDataset, CODEBASE_VERSION, IMAGE_KEY};
 pub use loader::{Batch, CameraImages, Loader, LoaderConfig, LoaderIter, LoaderPosition, RandomShift};
 pub use stats::{DatasetStats, FeatureStats, QUANTILES};
+pub use video::TOLERANCE_S as VIDEO_TOLERANCE_S;
 pub use writer::LeRobotWriter;
 
 use crate::engine::{Error, Result};

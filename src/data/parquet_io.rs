@@ -101,6 +101,16 @@ pub(crate) fn i64_column(path: &Path, name: &str, a: &ArrayRef) -> Result<Vec<i6
     }
 }
 
+/// A float column (float64 or float32) as f64.
+pub(crate) fn f64_column(path: &Path, name: &str, a: &ArrayRef) -> Result<Vec<f64>> {
+    no_nulls(path, name, a.as_ref())?;
+    match a.data_type() {
+        DataType::Float64 => Ok(a.as_primitive::<Float64Type>().values().to_vec()),
+        DataType::Float32 => Ok(a.as_primitive::<Float32Type>().values().iter().map(|&v| f64::from(v)).collect()),
+        t => Err(col_err(path, name, format!("expected float64, found {t}"))),
+    }
+}
+
 /// A float column (float32 or float64) as f32.
 pub(crate) fn f32_column(path: &Path, name: &str, a: &ArrayRef) -> Result<Vec<f32>> {
     no_nulls(path, name, a.as_ref())?;

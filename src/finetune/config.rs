@@ -9,7 +9,8 @@
 //!
 //! [data]
 //! dataset = "data/libero_10"                # a LeRobot v3 dataset
-//! cameras = ["observation.images.image"]    # image features, in order (default: the dataset's one)
+//! cameras = ["observation.images.image"]    # camera features in order (default: the dataset's one);
+//!                                           # video features need a build with --features video
 //! state_key = "observation.state"           # optional: the state as an input row (policy.state_dim)
 //! action_key = "action"
 //! normalization = "fixed"                   # fixed (± clip, the paper's), q01_q99, min_max, mean_std

@@ -9,7 +9,13 @@ tests/fixtures/lerobot/ so CI (no Python) checks both directions (tests/lerobot_
    - `png_2cam_6d`: two PNG cameras of different, non-square sizes, 6-D state and actions;
    - `png_14d`: one camera, 14-D state and actions (an ALOHA-like width);
    - `jpeg_7d`: one camera, 7-D actions; the frames LeRobot wrote re-encoded as JPEG in place (as
-     datasets converted from JPEG sources store them).
+     datasets converted from JPEG sources store them);
+   - `av1_2cam_7d`: two video cameras (mp4, AV1 through libsvtav1: LeRobot's default), non-square
+     sides that are multiples of neither 14 nor 16, three episodes in one video file per camera,
+     7-D actions;
+   - `h264_6d`: one video camera (mp4, H.264 through libx264), 6-D actions; `h264_6d_late` is a
+     copy whose last episode claims to start 5 s later in the video than it does (its frames'
+     times fall beyond the end of the file).
 2. Written by vlm4vla (`vlm4vla collect`), read by LeRobot's `LeRobotDataset`: `ours`.
 
 For `ours`, `ours.lerobot_stats.json` also holds the statistics LeRobot's own functions compute
@@ -34,14 +40,22 @@ from lerobot.datasets.lerobot_dataset import LeRobotDataset
 OUT = "tests/fixtures/lerobot"
 
 
-def write(name, cameras, state_dim, action_dim, episodes, seed):
+def write(name, cameras, state_dim, action_dim, episodes, seed, vcodec=None):
+    """A dataset written by LeRobot's own writer; `vcodec` set: the cameras as video features
+    (mp4) encoded with that codec, else as embedded PNG images."""
     root = os.path.join(OUT, name)
     if os.path.exists(root):
         shutil.rmtree(root)
-    features = {k: {"dtype": "image", "shape": (h, w, 3), "names": ["height", "width", "channels"]} for k, (h, w) in cameras.items()}
+    dtype = "video" if vcodec else "image"
+    features = {k: {"dtype": dtype, "shape": (h, w, 3), "names": ["height", "width", "channels"]} for k, (h, w) in cameras.items()}
     features["observation.state"] = {"dtype": "float32", "shape": (state_dim,), "names": None}
     features["action"] = {"dtype": "float32", "shape": (action_dim,), "names": None}
-    ds = LeRobotDataset.create(repo_id=f"vlm4vla/{name}", fps=10, root=root, features=features, use_videos=False)
+    video = {"use_videos": False}
+    if vcodec:
+        from lerobot.configs.video import RGBEncoderConfig
+
+        video = {"use_videos": True, "rgb_encoder": RGBEncoderConfig(vcodec=vcodec)}
+    ds = LeRobotDataset.create(repo_id=f"vlm4vla/{name}", fps=10, root=root, features=features, **video)
     rng = np.random.default_rng(seed)
     for ep, length in enumerate(episodes):
         for t in range(length):
@@ -78,7 +92,9 @@ def to_jpeg(root, key):
 
 
 def expected(root, name):
-    ds = LeRobotDataset(repo_id=f"vlm4vla/{name}", root=root)
+    # Video frames: pyav (torchcodec, LeRobot's first choice, has no build for this platform's
+    # FFmpeg here); both seek to the key frame before the time and decode forward with FFmpeg.
+    ds = LeRobotDataset(repo_id=f"vlm4vla/{name}", root=root, video_backend="pyav")
     cams = list(ds.meta.camera_keys)
     frames = []
     rgb = {k: bytearray() for k in cams}
@@ -102,6 +118,7 @@ def expected(root, name):
             f.write(rgb[k])
     meta = {
         "lerobot_version": "0.6.1",
+        "video_keys": list(ds.meta.video_keys),
         "cameras": {k: list(ds.meta.features[k]["shape"]) for k in cams},
         "fps": ds.meta.fps,
         "total_episodes": ds.meta.total_episodes,
@@ -130,6 +147,22 @@ def lerobot_stats(root, name):
         json.dump(out, f, indent=1)
 
 
+def late_video(src, name):
+    """A copy of dataset `src` whose last episode claims to lie 5 s later in its video file than it
+    does: its frames' times fall beyond the end of the video."""
+    root = os.path.join(OUT, name)
+    if os.path.exists(root):
+        shutil.rmtree(root)
+    shutil.copytree(src, root)
+    path = os.path.join(root, "meta/episodes/chunk-000/file-000.parquet")
+    table = pq.read_table(path)
+    for col in [c for c in table.column_names if c.endswith(("/from_timestamp", "/to_timestamp"))]:
+        vals = table.column(col).to_pylist()
+        vals[-1] += 5.0
+        table = table.set_column(table.schema.get_field_index(col), col, pa.array(vals, type=table.schema.field(col).type))
+    pq.write_table(table, path)
+
+
 def main():
     binary = sys.argv[1]
     os.makedirs(OUT, exist_ok=True)
@@ -140,6 +173,13 @@ def main():
     root = write("jpeg_7d", {"observation.image": (24, 24)}, 7, 7, [4, 4], 3)
     to_jpeg(root, "observation.image")
     expected(root, "jpeg_7d")
+    # Video features, written by LeRobot's video encoder: AV1 (its default, libsvtav1) with two
+    # non-square cameras whose sides are multiples of neither 14 nor 16, and H.264 (libx264).
+    root = write("av1_2cam_7d", {"observation.images.front": (50, 66), "observation.images.wrist": (34, 46)}, 7, 7, [10, 12, 8], 4, vcodec="libsvtav1")
+    expected(root, "av1_2cam_7d")
+    root = write("h264_6d", {"observation.images.top": (38, 50)}, 6, 6, [12, 10], 5, vcodec="h264")
+    expected(root, "h264_6d")
+    late_video(root, "h264_6d_late")
     ours = os.path.join(OUT, "ours")
     if os.path.exists(ours):
         shutil.rmtree(ours)
