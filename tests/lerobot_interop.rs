@@ -333,9 +333,17 @@ mod video {
         let dir = copy_of("h264_6d", "bad");
         let mp4 = dir.join(MP4);
         let good = std::fs::read(&mp4).unwrap();
-        // Missing: the dataset opens (nothing is decoded then), each frame is an error.
+        // Missing: opening the dataset is the error, naming the file and the camera; a
+        // metadata-only open (`train --plan`) reads no frames and still works.
         std::fs::remove_file(&mp4).unwrap();
+        let err = LeRobotDataset::open(&dir).unwrap_err().to_string();
+        assert!(err.contains(&mp4.display().to_string()) && err.contains(TOP), "{err}");
+        assert!(err.contains("no such video file"), "{err}");
+        assert!(LeRobotDataset::open_metadata(&dir, &Default::default()).is_ok());
+        // Removed after the open: each frame is an error naming it.
+        std::fs::write(&mp4, &good).unwrap();
         let ds = LeRobotDataset::open(&dir).unwrap();
+        std::fs::remove_file(&mp4).unwrap();
         let err = decode_error(&ds, 3, &mp4);
         assert!(err.contains("no such video file"), "{err}");
         // Garbage.
