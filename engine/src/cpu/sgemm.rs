@@ -245,6 +245,8 @@ unsafe fn pack_a(mc: usize, kc: usize, a: Mat, dst: *mut f32) {
                     *panel.add(l * MR + i) = *src.add(l);
                 }
             }
+        } else if a.rs == 1 && rows == MR {
+            pack_a_columns(kc, Mat { ptr: a.ptr.add(i0), ..a }, panel);
         } else {
             for l in 0..kc {
                 let src = a.ptr.add(l * a.cs + i0 * a.rs);
@@ -259,6 +261,23 @@ unsafe fn pack_a(mc: usize, kc: usize, a: Mat, dst: *mut f32) {
             }
         }
     }
+}
+
+/// One full `MR × kc` panel of a column-major A (`a.rs = 1`): each depth's `MR` floats are
+/// contiguous, one masked vector copy.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_a_columns(kc: usize, a: Mat, panel: *mut f32) {
+    const MASK: __mmask16 = (1 << MR) - 1;
+    for l in 0..kc {
+        let v = _mm512_maskz_loadu_ps(MASK, a.ptr.add(l * a.cs));
+        _mm512_mask_storeu_ps(panel.add(l * MR), MASK, v);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn pack_a_columns(_: usize, _: Mat, _: *mut f32) {
+    unreachable!("sgemm::available() is false off x86_64")
 }
 
 /// Pack `kc × nc` of B into `NR`-column panels: panel `p`, depth `l` holds columns `p·NR..`,
@@ -463,9 +482,16 @@ mod tests {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
         };
-        for &(m, n, k) in
-            &[(1, 1, 1), (13, 33, 7), (12, 32, 256), (25, 70, 300), (200, 65, 513), (3, 2100, 9), (250, 40, 33)]
-        {
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (13, 33, 7),
+            (12, 32, 256),
+            (25, 70, 300),
+            (200, 65, 513),
+            (3, 2100, 9),
+            (250, 40, 33),
+            (602, 70, 20),
+        ] {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                 let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
                 let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
