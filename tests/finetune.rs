@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use vlm4vla::engine::DType;
+mod common;
+use common::copy_dir;
 
 const FAMILIES: [&str; 3] = ["qwen2_5_vl", "paligemma", "kosmos2"];
 
@@ -49,14 +51,6 @@ fn losses(dir: &Path) -> Vec<(u64, String)> {
             (v["step"].as_u64().unwrap(), v["loss"].to_string())
         })
         .collect()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
 }
 
 #[test]

@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use vlm4vla::data::{DatasetKeys, LeRobotDataset};
+mod common;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lerobot")
@@ -300,20 +301,9 @@ mod video {
 
     /// A copy of fixture `name` in a fresh temporary directory.
     fn copy_of(name: &str, tag: &str) -> PathBuf {
-        fn copy(from: &Path, to: &Path) {
-            std::fs::create_dir_all(to).unwrap();
-            for e in std::fs::read_dir(from).unwrap() {
-                let e = e.unwrap();
-                if e.file_type().unwrap().is_dir() {
-                    copy(&e.path(), &to.join(e.file_name()));
-                } else {
-                    std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-                }
-            }
-        }
         let dir = std::env::temp_dir().join(format!("vlm4vla-video-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        copy(&fixtures().join(name), &dir);
+        common::copy_dir(&fixtures().join(name), &dir);
         dir
     }
 

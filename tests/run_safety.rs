@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use vlm4vla::finetune::FinetunedPolicy;
 use vlm4vla::train::rundir::{self, RunLock};
 use vlm4vla::train::Checkpoint;
+mod common;
+use common::copy_dir;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -353,14 +355,6 @@ fn a_replaced_checkpoint_is_swapped_whole_and_leftovers_are_repaired() {
     assert!(stderr(&o).contains("now names checkpoint-2"), "{}", stderr(&o));
     assert_eq!(assert_latest_loads(&out, "after the resume"), 4);
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
 }
 
 #[test]

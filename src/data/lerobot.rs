@@ -249,7 +249,6 @@ impl LeRobotDataset {
     }
 
     fn open_impl(dir: &Path, keys: &DatasetKeys, frames: bool) -> Result<Self> {
-        let open_frames = frames;
         let root = dir.to_path_buf();
         if !root.is_dir() {
             return Err(Error::file(&root, "no such dataset directory"));
@@ -388,13 +387,15 @@ impl LeRobotDataset {
                 let path = |(chunk, file): (usize, usize)| {
                     root.join(fill_template(&template.replace("{video_key}", &key), chunk, file))
                 };
-                let frames = video_frames(spans, path);
+                let video = video_frames(spans, path);
                 // A missing file is found now, not at the first batch that reads it (a
                 // metadata-only open reads no frames and needs no files).
-                if let Some(missing) = frames.files.iter().find(|f| open_frames && !f.is_file()) {
-                    return Err(Error::file(missing, format!("camera `{key}`: no such video file")));
+                if frames {
+                    if let Some(missing) = video.files.iter().find(|f| !f.is_file()) {
+                        return Err(Error::file(missing, format!("camera `{key}`: no such video file")));
+                    }
                 }
-                cam.frames = Frames::Video(frames);
+                cam.frames = Frames::Video(video);
             }
         }
 

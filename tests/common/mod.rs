@@ -6,7 +6,8 @@
 //! - [`Nd`] is a plain row-major f64 array for writing naive references;
 //! - [`assert_close`] compares with abs + rel tolerance and names the op and the worst element;
 //! - [`gradcheck`] compares autograd against central finite differences in f64;
-//! - [`count`] records how many cases ran per op and kind (`.ci/run` prints the totals).
+//! - [`count`] records how many cases ran per op and kind (`.ci/run` prints the totals);
+//! - [`copy_dir`] copies a directory tree (checkpoints, datasets) for tests that damage a copy.
 #![allow(dead_code)]
 
 use proptest::prelude::*;
@@ -269,5 +270,18 @@ pub fn qwen_case_input(t: &std::collections::HashMap<String, Tensor>) -> vlm4vla
         input_ids: t["input_ids"].clone(),
         attention_mask: u8s(&t["attention_mask"]),
         token_type: u8s(&t["mm_token_type_ids"]),
+    }
+}
+
+/// Copy the directory tree `from` to `to` (created; files overwritten).
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
     }
 }

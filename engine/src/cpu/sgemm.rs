@@ -92,12 +92,12 @@ pub(crate) unsafe fn sgemm(
         return;
     }
     let threads = if parallel && m * n * k >= PARALLEL_MIN_MADDS { rayon::current_num_threads() } else { 1 };
-    let c = SendPtr(c);
-    let (a, b) = (SendMat(a), SendMat(b));
     // Splitting M has every thread pack all of B; splitting N has every thread read all of A,
     // which costs nothing more when A is read in place (row-major). So N is split when it is the
     // larger, or when A is row-major and N has at least two panels per thread.
-    let split_n = n >= m || (a.0.cs == 1 && n.div_ceil(NR) >= 2 * threads);
+    let split_n = n >= m || (a.cs == 1 && n.div_ceil(NR) >= 2 * threads);
+    let c = SendPtr(c);
+    let (a, b) = (SendMat(a), SendMat(b));
     let (len, tile) = if split_n { (n, NR) } else { (m, MR) };
     let tiles = len.div_ceil(tile);
     let parts = threads.min(tiles).max(1);
