@@ -229,6 +229,9 @@ impl Case {
         let mut policy = VlaPolicy::new(backbone, self.policy.clone(), seed + 1)?;
         // BENCH_CHECKPOINT=1: activation checkpointing per block (`run.checkpoint_activations`).
         policy.set_checkpoint_activations(std::env::var("BENCH_CHECKPOINT").is_ok_and(|v| v == "1"));
+        // BENCH_FULL_LAST_LAYER=1: the last decoder layer over every row, as PyTorch runs it (by
+        // default it computes the head's rows alone after its keys and values).
+        policy.set_full_last_layer(std::env::var("BENCH_FULL_LAST_LAYER").is_ok_and(|v| v == "1"));
         policy.set_trainable(&TrainableParts::all())?;
         let o = &self.optim;
         let optimizer = AdamW::new(o.adamw())?;

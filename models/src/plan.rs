@@ -296,6 +296,10 @@ struct Shape {
     text_layers: usize,
     text_rest: Kept,
     text_layer_out: Kept,
+    /// The last decoder layer, which computes its keys and values for every row and the rest of
+    /// itself for the action-query rows alone (`Backbone::forward_last_rows`), and its output.
+    last_layer: Kept,
+    last_layer_out: Kept,
     vision_tokens: usize,
     seq_len: usize,
 }
@@ -317,8 +321,10 @@ fn activations(input: &PlanInput, hidden: usize) -> Result<Activations> {
         // The frozen tower records nothing; the connector keeps its input, the tower's output.
         kept = s.connector.plus(s.vision_block_out).times(b * imgs);
     }
-    let layers = if ckpt { s.text_layer_out } else { s.text_layer };
-    let mut per_sample = s.embed_rest.plus(layers.times(s.text_layers)).plus(s.text_rest);
+    let (layer, last) = if ckpt { (s.text_layer_out, s.last_layer_out) } else { (s.text_layer, s.last_layer) };
+    let layers =
+        layer.times(s.text_layers.saturating_sub(1)).plus(if s.text_layers > 0 { last } else { Kept::default() });
+    let mut per_sample = s.embed_rest.plus(layers).plus(s.text_rest);
     if trains(ParamGroup::Embeddings) {
         per_sample = per_sample.plus(s.embed_lookup);
     }
@@ -349,10 +355,13 @@ fn activations(input: &PlanInput, hidden: usize) -> Result<Activations> {
 /// keeps: the norm output (h), q|k|v, q and k after rope, the attention output, the output
 /// projection (h), the residual sum and its norm (2h), gate|up (2I), the gated product (I), the
 /// down projection (h) and the block output (h); f32 statistics: one per row per RMSNorm (two
-/// per LayerNorm) and one log-sum-exp per row and head.
+/// per LayerNorm) and one log-sum-exp per row and head. The last layer keeps its norm output,
+/// q|k|v and k after rope for every row, the rest for the `read` rows the head reads; the final
+/// norm runs over those rows alone.
 fn family_shape(input: &PlanInput, appended: usize) -> Result<Shape> {
     let imgs = input.images_per_sample;
     let text = input.text_tokens;
+    let read = input.policy.latent;
     Ok(match &input.config {
         ModelConfig::Qwen25Vl(c) => {
             let (v, t) = (&c.vision, &c.text);
@@ -375,9 +384,10 @@ fn family_shape(input: &PlanInput, appended: usize) -> Result<Shape> {
             let tokens = imgs * (merged + 2);
             let len = tokens + text + appended;
             let (h, hd) = (t.hidden_size, t.head_dim());
-            let layer =
-                gated_decoder_layer(len, h, t.num_attention_heads, t.num_key_value_heads, hd, t.intermediate_size);
+            let (heads, kv) = (t.num_attention_heads, t.num_key_value_heads);
+            let layer = |rows| gated_decoder_layer(len, rows, h, heads, kv, hd, t.intermediate_size);
             let prompt = len - appended;
+            let read = read.min(len);
             Shape {
                 vision_block: block,
                 vision_blocks: v.depth,
@@ -387,11 +397,13 @@ fn family_shape(input: &PlanInput, appended: usize) -> Result<Shape> {
                 embed_lookup: Kept::new(prompt * h, 0),
                 // The image features scattered in, the appended rows concatenated.
                 embed_rest: Kept::new(prompt * h + len * h, 0),
-                text_layer: layer,
+                text_layer: layer(len),
                 text_layers: t.num_hidden_layers,
                 // The final norm; the M-RoPE cos and sin tables (f32).
-                text_rest: Kept::new(len * h, len + 2 * len * hd),
+                text_rest: Kept::new(read * h, read + 2 * len * hd),
                 text_layer_out: Kept::new(len * h, 0),
+                last_layer: layer(read),
+                last_layer_out: Kept::new(read * h, 0),
                 vision_tokens: n,
                 seq_len: len,
             }
@@ -408,9 +420,10 @@ fn family_shape(input: &PlanInput, appended: usize) -> Result<Shape> {
             let h = t.hidden_size;
             let len = imgs * n + text + appended;
             let hd = t.head_dim;
-            let layer =
-                gated_decoder_layer(len, h, t.num_attention_heads, t.num_key_value_heads, hd, t.intermediate_size);
+            let (heads, kv) = (t.num_attention_heads, t.num_key_value_heads);
+            let layer = |rows| gated_decoder_layer(len, rows, h, heads, kv, hd, t.intermediate_size);
             let prompt = len - appended;
+            let read = read.min(len);
             Shape {
                 vision_block: block,
                 vision_blocks: v.num_hidden_layers,
@@ -421,10 +434,12 @@ fn family_shape(input: &PlanInput, appended: usize) -> Result<Shape> {
                 // The lookup and its √h scaling.
                 embed_lookup: Kept::new(2 * prompt * h, 0),
                 embed_rest: Kept::new(prompt * h + len * h, 0),
-                text_layer: layer,
+                text_layer: layer(len),
                 text_layers: t.num_hidden_layers,
-                text_rest: Kept::new(len * h, len + 2 * len * hd),
+                text_rest: Kept::new(read * h, read + 2 * len * hd),
                 text_layer_out: Kept::new(len * h, 0),
+                last_layer: layer(read),
+                last_layer_out: Kept::new(read * h, 0),
                 vision_tokens: n,
                 seq_len: len,
             }
@@ -441,10 +456,15 @@ fn family_shape(input: &PlanInput, appended: usize) -> Result<Shape> {
             // dense, the [features; queries] cat, q_proj, k|v, attention out, out_proj.
             let connector = Kept::new(n * h + 3 * (n + q) * h + 3 * q * h, q * t.attention_heads);
             let len = imgs * (q + 2) + text + appended;
-            // Layer: LN out, q|k|v, attention out, inner LN, out_proj, residual, final LN, fc2,
-            // output (11h); fc1, GELU, FFN LN (3F); four LayerNorms' statistics.
-            let layer = Kept::new(len * (11 * h + 3 * t.ffn_dim), len * (8 + t.attention_heads));
+            // Layer: LN out, q|k|v (4h, every row); attention out, inner LN, out_proj,
+            // residual, final LN, fc2, output (7h); fc1, GELU, FFN LN (3F); four LayerNorms'
+            // statistics (the first over every row) and the log-sum-exp.
+            let layer = |rows: usize| {
+                Kept::new(len * 4 * h, 2 * len)
+                    .plus(Kept::new(rows * (7 * h + 3 * t.ffn_dim), rows * (6 + t.attention_heads)))
+            };
             let prompt = len - appended;
+            let read = read.min(len);
             Shape {
                 vision_block: block,
                 vision_blocks: v.num_hidden_layers,
@@ -454,10 +474,12 @@ fn family_shape(input: &PlanInput, appended: usize) -> Result<Shape> {
                 embed_lookup: Kept::new(prompt * h, 0),
                 // Scatter, cat, √h scaling, the sinusoid table and the position add.
                 embed_rest: Kept::new(prompt * h + 4 * len * h, 0),
-                text_layer: layer,
+                text_layer: layer(len),
                 text_layers: t.layers,
-                text_rest: Kept::new(len * h, 2 * len),
+                text_rest: Kept::new(read * h, 2 * read),
                 text_layer_out: Kept::new(len * h, 0),
+                last_layer: layer(read),
+                last_layer_out: Kept::new(read * h, 0),
                 vision_tokens: n,
                 seq_len: len,
             }
@@ -529,8 +551,14 @@ impl std::fmt::Display for TrainPlan {
 }
 
 /// What one decoder layer of the Qwen2 / Gemma shape (pre-norm, RMSNorm, grouped-query attention
-/// with RoPE, a gated MLP of width `inter`) keeps over `len` rows: the two families run the same
-/// ops per layer, so they keep the same bytes.
-fn gated_decoder_layer(len: usize, h: usize, heads: usize, kv_heads: usize, hd: usize, inter: usize) -> Kept {
-    Kept::new(len * (6 * h + 3 * (heads + kv_heads) * hd + 3 * inter), len * (2 + heads))
+/// with RoPE, a gated MLP of width `inter`) keeps over `len` rows, computing all of itself after
+/// its keys and values for `rows` of them (all, or the last layer's read rows): the two families
+/// run the same ops per layer, so they keep the same bytes. Every row: the norm output, q|k|v, k
+/// after rope, the norm's statistic; each computed row: q after rope, the attention output, the
+/// output projection, the residual sum and its norm, gate|up, the gated product, the down
+/// projection, the output, the second norm's statistic and the log-sum-exp per head.
+#[allow(clippy::too_many_arguments)]
+fn gated_decoder_layer(len: usize, rows: usize, h: usize, heads: usize, kv: usize, hd: usize, inter: usize) -> Kept {
+    let all = Kept::new(len * (h + (heads + 3 * kv) * hd), len);
+    all.plus(Kept::new(rows * (5 * h + 2 * heads * hd + 3 * inter), rows * (1 + heads)))
 }

@@ -87,6 +87,34 @@ impl AttentionKeys {
     pub fn mask(&self) -> &AttentionMask {
         &self.mask
     }
+
+    /// These keys for the last `rows` query rows of a `len`-long self-attention only: keys for
+    /// a `rows × len` attention (queries bottom-right aligned) giving each of those rows the
+    /// keys it sees here, padding included. What a last layer that computes only the rows read
+    /// after it needs. `None` where no mask kind expresses them: block-diagonal segments, or a
+    /// prefix reaching past the first kept row, or `rows > len`.
+    ///
+    /// ```
+    /// use vlm4vla_engine::{AttentionKeys, AttentionMask, Device, DType, Tensor};
+    /// let pad = Tensor::from_vec(vec![0u8, 1, 1, 1], &[1, 4], Device::Cpu).unwrap();
+    /// let keys = AttentionKeys::new(AttentionMask::PrefixLm(vec![3]), Some(&pad)).unwrap();
+    /// let x = Tensor::rand_normal(0., 1., &[1, 4, 2, 4], DType::F32, Device::Cpu, 0).unwrap();
+    /// let all = x.attention_with(&x, &x, &keys, 0.5).unwrap().out;
+    /// let last = x.narrow(1, 2, 2).unwrap().attention_with(&x, &x, &keys.last_rows(4, 2).unwrap(), 0.5).unwrap().out;
+    /// assert_eq!(last.to_vec::<f32>().unwrap(), all.narrow(1, 2, 2).unwrap().to_vec::<f32>().unwrap());
+    /// assert!(keys.last_rows(4, 3).is_none()); // row 1 sees key 2, inside its prefix
+    /// ```
+    pub fn last_rows(&self, len: usize, rows: usize) -> Option<AttentionKeys> {
+        let first = len.checked_sub(rows)?;
+        let mask = match &self.mask {
+            AttentionMask::Full => AttentionMask::Full,
+            AttentionMask::Causal => AttentionMask::Causal,
+            // Row `g` sees keys `j ≤ g` and `j < p`: the causal range wherever `p ≤ g + 1`.
+            AttentionMask::PrefixLm(prefix) if prefix.iter().all(|&p| p <= first + 1) => AttentionMask::Causal,
+            AttentionMask::PrefixLm(_) | AttentionMask::Segments(_) => return None,
+        };
+        Some(AttentionKeys { mask, padding: self.padding.clone() })
+    }
 }
 
 /// Check shapes and dtypes; resolve the mask into per-row key ranges.

@@ -119,6 +119,16 @@ pub trait Backbone: Send + Sync {
     /// appended after the prompt. The appended rows see every real prompt token and the
     /// appended rows before them (causal among themselves); prompt tokens never see them.
     fn forward(&self, input: &BackboneInput, extra: Option<&Tensor>) -> Result<BackboneOutput>;
+    /// [`forward`](Self::forward)'s last `rows` rows of the final hidden states alone,
+    /// `[B, rows, hidden]` (all of them when `rows` exceeds the length): what the VLA head reads.
+    /// The families compute their last decoder layer's queries, attention, MLP and final norm for
+    /// these rows only (the other rows still give their keys and values): the same values and the
+    /// same gradients, for less work. By default, `forward` narrowed.
+    fn forward_last_rows(&self, input: &BackboneInput, extra: Option<&Tensor>, rows: usize) -> Result<Tensor> {
+        let hidden = self.forward(input, extra)?.hidden;
+        let len = hidden.dim(1)?;
+        hidden.narrow(1, len.saturating_sub(rows), rows.min(len))
+    }
 }
 
 /// The `<i>` of the first `layers.<i>.` segment of a dotted parameter name.

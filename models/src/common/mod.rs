@@ -8,5 +8,6 @@ pub mod config;
 pub mod fused;
 pub mod image;
 pub mod init;
+pub(crate) mod last_rows;
 pub mod processor_files;
 pub mod tokenizer;

@@ -187,13 +187,20 @@ impl Kosmos2 {
 
     /// The full forward pass with every intermediate the parity tests compare.
     pub fn forward_trace(&self, input: &BackboneInput) -> Result<Kosmos2Trace> {
-        let (vision_layers, image_features, layers, last_hidden) = self.run(input, None)?;
+        let (vision_layers, image_features, layers, last_hidden) = self.run(input, None, None)?;
         let logits = text::logits(&self.cfg, &self.params, &last_hidden)?;
         Ok(Kosmos2Trace { vision_layers, image_features, layers, last_hidden, logits })
     }
 
+    /// The model over `input` (+ `extra` rows): vision layers, image features, text layers and
+    /// the final hidden states (their last `rows` rows alone with `rows`: `text::decode`).
     #[allow(clippy::type_complexity)]
-    fn run(&self, input: &BackboneInput, extra: Option<&Tensor>) -> Result<(Vec<Tensor>, Tensor, Vec<Tensor>, Tensor)> {
+    fn run(
+        &self,
+        input: &BackboneInput,
+        extra: Option<&Tensor>,
+        rows: Option<usize>,
+    ) -> Result<(Vec<Tensor>, Tensor, Vec<Tensor>, Tensor)> {
         let ids = &input.input_ids;
         if ids.rank() != 2 || ids.dtype() != DType::I64 {
             return Err(Error::Invalid {
@@ -224,7 +231,7 @@ impl Kosmos2 {
         let padding: Vec<u8> =
             attn.chunks(l.max(1)).flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(1, q))).collect();
         let key_padding = Tensor::from_vec(padding, &[b, l + q], Device::Cpu)?;
-        let (layers, last) = text::decode(&self.cfg.text, &self.params, h, &key_padding, self.recompute)?;
+        let (layers, last) = text::decode(&self.cfg.text, &self.params, h, &key_padding, self.recompute, rows)?;
         Ok((vis.layers, image, layers, last))
     }
 }
@@ -272,7 +279,11 @@ impl Backbone for Kosmos2 {
     fn forward(&self, input: &BackboneInput, extra: Option<&Tensor>) -> Result<BackboneOutput> {
         let l = input.input_ids.shape().get(1).copied().unwrap_or(0);
         let q = extra.map_or(0, |x| x.shape().get(1).copied().unwrap_or(0));
-        let (_, _, _, hidden) = self.run(input, extra)?;
+        let (_, _, _, hidden) = self.run(input, extra, None)?;
         Ok(BackboneOutput { hidden, appended: l..l + q })
+    }
+
+    fn forward_last_rows(&self, input: &BackboneInput, extra: Option<&Tensor>, rows: usize) -> Result<Tensor> {
+        Ok(self.run(input, extra, Some(rows))?.3)
     }
 }

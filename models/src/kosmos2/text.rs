@@ -8,6 +8,7 @@
 use super::config::{Kosmos2Config, TextConfig};
 use super::names::{EMBED, LM_HEAD, TEXT};
 use crate::common::fused;
+use crate::common::last_rows::{keep_last, last_rows, LastRows};
 use std::sync::Arc;
 use vlm4vla_engine::nn::{self, embedding, layer_norm_named, linear, linear_named, merge_heads};
 use vlm4vla_engine::{AttentionKeys, AttentionMask, DType, Device, Error, ParamStore, Result, Tensor};
@@ -114,44 +115,65 @@ pub(crate) fn embed(
 }
 
 /// The decoder blocks and the final LayerNorm over `h` (`[B, T, D]`), causal with `key_padding`
-/// (`[B, T]` u8, 1 = real). Returns every block's output and the final-LN output.
+/// (`[B, T]` u8, 1 = real). Returns every block's output and the final-LN output; with `rows`,
+/// only the last `rows` rows of the latter, the last block computing the rest of itself after
+/// its keys and values for those rows alone (`common::last_rows`).
 pub(crate) fn decode(
     cfg: &TextConfig,
     ps: &ParamStore,
     h: Tensor,
     key_padding: &Tensor,
     recompute: bool,
+    rows: Option<usize>,
 ) -> Result<(Vec<Tensor>, Tensor)> {
     let eps = cfg.layer_norm_eps;
     let mut x = h;
     let mut layers = Vec::with_capacity(cfg.layers);
     let keys = AttentionKeys::new(AttentionMask::Causal, Some(key_padding))?;
-    let ctx = Arc::new((cfg.clone(), ps.clone(), keys));
+    let last = last_rows(&keys, x.shape()[1], rows);
+    let ctx = Arc::new(Layers { cfg: cfg.clone(), ps: ps.clone(), keys, last });
     for i in 0..cfg.layers {
         let c = ctx.clone();
-        x = nn::block(recompute, x, move |x| layer(&c.0, &c.1, &c.2, i, x))?;
+        let tail = i + 1 == cfg.layers;
+        x = nn::block(recompute, x, move |x| c.layer(i, x, tail))?;
         layers.push(x.clone());
     }
-    let last = layer_norm_named(ps, &format!("{TEXT}.layer_norm"), &x, eps)?;
+    let last = layer_norm_named(ps, &format!("{TEXT}.layer_norm"), &keep_last(x, rows)?, eps)?;
     Ok((layers, last))
 }
 
-/// Decoder block `i` over `x` `[B, T, D]`.
-fn layer(cfg: &TextConfig, ps: &ParamStore, keys: &AttentionKeys, i: usize, x: &Tensor) -> Result<Tensor> {
-    let eps = cfg.layer_norm_eps;
-    let heads = cfg.attention_heads;
-    let scale = (cfg.head_dim() as f64).powf(-0.5);
-    let l = format!("{TEXT}.layers.{i}");
-    let a = layer_norm_named(ps, &format!("{l}.self_attn_layer_norm"), x, eps)?;
-    let qkv = linear_named(ps, &format!("{l}.self_attn.qkv_proj"), &a)?;
-    let [q, k, v] = fused::split_heads(&qkv, [heads; 3], cfg.head_dim())?;
-    let o = merge_heads(&q.attention_with(&k, &v, keys, scale)?.out)?;
-    let o = layer_norm_named(ps, &format!("{l}.self_attn.inner_attn_ln"), &o, eps)?;
-    let x = x.add(&linear_named(ps, &format!("{l}.self_attn.out_proj"), &o)?)?;
-    let f = layer_norm_named(ps, &format!("{l}.final_layer_norm"), &x, eps)?;
-    let f = cfg.activation_function.apply(&linear_named(ps, &format!("{l}.ffn.fc1"), &f)?)?;
-    let f = layer_norm_named(ps, &format!("{l}.ffn.ffn_layernorm"), &f, eps)?;
-    x.add(&linear_named(ps, &format!("{l}.ffn.fc2"), &f)?)
+/// What every decoder block of one forward reads besides its input.
+struct Layers {
+    cfg: TextConfig,
+    ps: ParamStore,
+    keys: AttentionKeys,
+    /// The rows the last block computes after its keys and values, when not all.
+    last: Option<LastRows>,
+}
+
+impl Layers {
+    /// Decoder block `i` over `x` `[B, T, D]`; `tail` marks the last block (see [`Self::last`]).
+    fn layer(&self, i: usize, x: &Tensor, tail: bool) -> Result<Tensor> {
+        let (cfg, ps) = (&self.cfg, &self.ps);
+        let eps = cfg.layer_norm_eps;
+        let heads = cfg.attention_heads;
+        let scale = (cfg.head_dim() as f64).powf(-0.5);
+        let l = format!("{TEXT}.layers.{i}");
+        let a = layer_norm_named(ps, &format!("{l}.self_attn_layer_norm"), x, eps)?;
+        let qkv = linear_named(ps, &format!("{l}.self_attn.qkv_proj"), &a)?;
+        let [q, k, v] = fused::split_heads(&qkv, [heads; 3], cfg.head_dim())?;
+        let (q, x, keys) = match self.last.as_ref().filter(|_| tail) {
+            None => (q, x.clone(), &self.keys),
+            Some(r) => (r.of(&q, 1)?, r.of(x, 1)?, &r.keys),
+        };
+        let o = merge_heads(&q.attention_with(&k, &v, keys, scale)?.out)?;
+        let o = layer_norm_named(ps, &format!("{l}.self_attn.inner_attn_ln"), &o, eps)?;
+        let x = x.add(&linear_named(ps, &format!("{l}.self_attn.out_proj"), &o)?)?;
+        let f = layer_norm_named(ps, &format!("{l}.final_layer_norm"), &x, eps)?;
+        let f = cfg.activation_function.apply(&linear_named(ps, &format!("{l}.ffn.fc1"), &f)?)?;
+        let f = layer_norm_named(ps, &format!("{l}.ffn.ffn_layernorm"), &f, eps)?;
+        x.add(&linear_named(ps, &format!("{l}.ffn.fc2"), &f)?)
+    }
 }
 
 /// `lm_head` over the last hidden states: `embed_tokens` when tied.

@@ -11,6 +11,7 @@ use super::config::{Activation, PaliGemmaConfig, TextConfig};
 use super::names::{EMBED, LM_HEAD, TEXT};
 use super::siglip::activation;
 use crate::common::fused;
+use crate::common::last_rows::{keep_last, last_rows, LastRows};
 use std::sync::Arc;
 use vlm4vla_engine::nn::{self, embedding, linear, linear_named, merge_heads, rms_norm_named};
 use vlm4vla_engine::{AttentionKeys, AttentionMask, DType, Device, Error, ParamStore, Result, RmsNormKind, Tensor};
@@ -77,7 +78,10 @@ fn rope_tables(t: &TextConfig, start: usize, len: usize, dtype: DType) -> Result
 
 /// Run the decoder layers over `x` `[B, L, hidden]` (positions 1..=L) and the final norm.
 /// Pushes every layer's output to `trace` when given; `recompute` checkpoints every layer
-/// ([`nn::block`]).
+/// ([`nn::block`]). With `rows`, only the last `rows` rows come out (`[B, rows, hidden]`): the
+/// last layer computes keys and values for every row, the rest of itself and the final norm for
+/// those rows alone (see [`last_rows`]).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn decoder(
     t: &TextConfig,
     ps: &ParamStore,
@@ -86,19 +90,24 @@ pub(crate) fn decoder(
     key_padding: Option<&Tensor>,
     recompute: bool,
     mut trace: Option<&mut Vec<Tensor>>,
+    rows: Option<usize>,
 ) -> Result<Tensor> {
     let l = x.shape()[1];
     let (cos, sin) = rope_tables(t, 1, l, x.dtype())?;
     let (cos, sin) = (cos.to_device(x.device())?, sin.to_device(x.device())?);
     let keys = AttentionKeys::new(mask.clone(), key_padding)?;
-    let ctx = Arc::new(LayerContext { t: t.clone(), ps: ps.clone(), cos, sin, keys });
-    for i in 0..t.num_hidden_layers {
+    let last = last_rows(&keys, l, rows);
+    let ctx = Arc::new(LayerContext { t: t.clone(), ps: ps.clone(), cos, sin, keys, last });
+    let layers = t.num_hidden_layers;
+    for i in 0..layers {
         let c = ctx.clone();
-        x = nn::block(recompute, x, move |x| c.layer(i, x))?;
+        let tail = i + 1 == layers;
+        x = nn::block(recompute, x, move |x| c.layer(i, x, tail))?;
         if let Some(tr) = trace.as_deref_mut() {
             tr.push(x.clone());
         }
     }
+    let x = keep_last(x, rows)?;
     rms_norm_named(ps, &format!("{TEXT}norm"), &x, t.rms_norm_eps, RmsNormKind::Gemma)
 }
 
@@ -109,10 +118,14 @@ struct LayerContext {
     cos: Tensor,
     sin: Tensor,
     keys: AttentionKeys,
+    /// The rows the last layer computes after its keys and values, when not all.
+    last: Option<LastRows>,
 }
 
 impl LayerContext {
-    fn layer(&self, i: usize, x: &Tensor) -> Result<Tensor> {
+    /// Layer `i` over `x`; `tail` marks the last layer, which computes only [`Self::last`]'s
+    /// rows after its keys and values when set.
+    fn layer(&self, i: usize, x: &Tensor, tail: bool) -> Result<Tensor> {
         let (t, ps) = (&self.t, &self.ps);
         let (hq, hkv, hd) = (t.num_attention_heads, t.num_key_value_heads, t.head_dim);
         let scale = (hd as f64).powf(-0.5);
@@ -120,11 +133,15 @@ impl LayerContext {
         let a = rms_norm_named(ps, &format!("{p}input_layernorm"), x, t.rms_norm_eps, RmsNormKind::Gemma)?;
         let qkv = linear_named(ps, &format!("{p}self_attn.qkv_proj"), &a)?;
         let [q, k, v] = fused::split_heads(&qkv, [hq, hkv, hkv], hd)?;
-        let (q, k) = (q.rope(&self.cos, &self.sin)?, k.rope(&self.cos, &self.sin)?);
-        let o = merge_heads(&q.attention_with(&k, &v, &self.keys, scale)?.out)?;
+        let k = k.rope(&self.cos, &self.sin)?;
+        let (q, x, keys) = match self.last.as_ref().filter(|_| tail) {
+            None => (q.rope(&self.cos, &self.sin)?, x.clone(), &self.keys),
+            Some(r) => (r.of(&q, 1)?.rope(&r.of(&self.cos, 0)?, &r.of(&self.sin, 0)?)?, r.of(x, 1)?, &r.keys),
+        };
+        let o = merge_heads(&q.attention_with(&k, &v, keys, scale)?.out)?;
         let o = linear_named(ps, &format!("{p}self_attn.o_proj"), &o)?;
         let w = ps.get(&format!("{p}post_attention_layernorm.weight"))?;
-        let (x, m) = o.rms_norm_residual(x, Some(&w), t.rms_norm_eps, RmsNormKind::Gemma)?;
+        let (x, m) = o.rms_norm_residual(&x, Some(&w), t.rms_norm_eps, RmsNormKind::Gemma)?;
         let h = gated(&linear_named(ps, &format!("{p}mlp.gate_up_proj"), &m)?, t.hidden_act)?;
         x.add(&linear_named(ps, &format!("{p}mlp.down_proj"), &h)?)
     }

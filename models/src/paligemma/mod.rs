@@ -192,6 +192,7 @@ impl PaliGemma {
             Some(&padding),
             self.recompute,
             Some(&mut text_layers),
+            None,
         )?;
         let logits = gemma::lm_head(&self.cfg, &self.params, &last_hidden)?;
         Ok(PaliGemmaTrace { vision_layers, vision_hidden, image_features, text_layers, last_hidden, logits })
@@ -344,7 +345,14 @@ impl Backbone for PaliGemma {
         let (x, mask, padding) = self.merge(input, &feats, extra)?;
         let l = input.input_ids.shape()[1];
         let total = x.shape()[1];
-        let hidden = gemma::decoder(&self.cfg.text, &self.params, x, &mask, Some(&padding), self.recompute, None)?;
+        let hidden =
+            gemma::decoder(&self.cfg.text, &self.params, x, &mask, Some(&padding), self.recompute, None, None)?;
         Ok(BackboneOutput { hidden, appended: l..total })
+    }
+
+    fn forward_last_rows(&self, input: &BackboneInput, extra: Option<&Tensor>, rows: usize) -> Result<Tensor> {
+        let feats = self.image_features(&input.pixel_values)?;
+        let (x, mask, padding) = self.merge(input, &feats, extra)?;
+        gemma::decoder(&self.cfg.text, &self.params, x, &mask, Some(&padding), self.recompute, None, Some(rows))
     }
 }

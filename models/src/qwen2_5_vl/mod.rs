@@ -168,7 +168,7 @@ impl Qwen25Vl {
 
     /// The full forward with every intermediate a parity test compares, and the logits.
     pub fn forward_trace(&self, input: &BackboneInput) -> Result<Qwen25VlTrace> {
-        let run = self.run(input, None, true)?;
+        let run = self.run(input, None, true, None)?;
         let logits = self.logits(&run.last_hidden)?;
         Ok(Qwen25VlTrace {
             image_features: run.image_features,
@@ -185,7 +185,9 @@ impl Qwen25Vl {
         nn::linear(hidden, &self.params.get(name)?, None)
     }
 
-    fn run(&self, input: &BackboneInput, extra: Option<&Tensor>, trace: bool) -> Result<Run> {
+    /// The model over `input` (+ `extra` rows); `trace` keeps the intermediates, `rows` keeps
+    /// only the last rows of the final hidden states (`text::forward`).
+    fn run(&self, input: &BackboneInput, extra: Option<&Tensor>, trace: bool, rows: Option<usize>) -> Result<Run> {
         let cfg = &self.cfg;
         let op = "qwen2_5_vl forward";
         let ids = &input.input_ids;
@@ -252,8 +254,8 @@ impl Qwen25Vl {
             vision_blocks = out.blocks;
         }
 
-        let rows = |v: &[u8]| -> Vec<Vec<u8>> { v.chunks(l.max(1)).map(<[u8]>::to_vec).take(b).collect() };
-        let (types, masks) = (rows(&type_vec), rows(&mask_vec));
+        let per_row = |v: &[u8]| -> Vec<Vec<u8>> { v.chunks(l.max(1)).map(<[u8]>::to_vec).take(b).collect() };
+        let (types, masks) = (per_row(&type_vec), per_row(&mask_vec));
         let mut positions = text::rope_index(&types, &masks, &grids, cfg.vision.spatial_merge_size)?;
         let mut key_padding = mask_vec.clone();
         let mut total = l;
@@ -287,7 +289,7 @@ impl Qwen25Vl {
         // Host data: attention resolves the padding on the host, so it is never uploaded.
         let key_padding = Tensor::from_vec(key_padding, &[b, total], Device::Cpu)?;
         let (layers, last_hidden) =
-            text::forward(&cfg.text, &self.params, &x, &key_padding, &cos, &sin, self.recompute, trace)?;
+            text::forward(&cfg.text, &self.params, &x, &key_padding, (&cos, &sin), self.recompute, trace, rows)?;
         Ok(Run { image_features, vision_blocks, layers, last_hidden })
     }
 }
@@ -371,7 +373,11 @@ impl Backbone for Qwen25Vl {
     fn forward(&self, input: &BackboneInput, extra: Option<&Tensor>) -> Result<BackboneOutput> {
         let l = input.input_ids.dim(1)?;
         let q = extra.map_or(0, |e| e.shape().get(1).copied().unwrap_or(0));
-        let run = self.run(input, extra, false)?;
+        let run = self.run(input, extra, false, None)?;
         Ok(BackboneOutput { hidden: run.last_hidden, appended: l..l + q })
+    }
+
+    fn forward_last_rows(&self, input: &BackboneInput, extra: Option<&Tensor>, rows: usize) -> Result<Tensor> {
+        Ok(self.run(input, extra, false, Some(rows))?.last_hidden)
     }
 }

@@ -4,6 +4,7 @@
 
 use super::config::TextConfig;
 use crate::common::fused;
+use crate::common::last_rows::{keep_last, last_rows, LastRows};
 use std::sync::Arc;
 use vlm4vla_engine::nn::{self, linear_named, merge_heads, rms_norm_named};
 use vlm4vla_engine::{AttentionKeys, AttentionMask, Device, Error, ParamStore, Result, RmsNormKind, Tensor};
@@ -104,33 +105,45 @@ pub fn mrope_tables(cfg: &TextConfig, positions: &[Vec<[i64; 3]>]) -> Result<(Te
 }
 
 /// Run the decoder over embeddings `[B, L, hidden]`: causal attention with key padding
-/// (`[B, L]` u8), rope tables `[B, L, head_dim]`. Returns every layer's output and the final
-/// normed hidden state; `recompute` checkpoints every layer ([`nn::block`]).
+/// (`[B, L]` u8), rope tables `[B, L, head_dim]`. Returns every layer's output (with
+/// `keep_layers`) and the final normed hidden state; `recompute` checkpoints every layer
+/// ([`nn::block`]). With `rows`, only the last `rows` rows of the final hidden state come out:
+/// the last layer computes the rest of itself after its keys and values for those rows alone
+/// (`common::last_rows`).
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
     cfg: &TextConfig,
     params: &ParamStore,
     embeds: &Tensor,
     key_padding: &Tensor,
-    cos: &Tensor,
-    sin: &Tensor,
+    (cos, sin): (&Tensor, &Tensor),
     recompute: bool,
     keep_layers: bool,
+    rows: Option<usize>,
 ) -> Result<(Vec<Tensor>, Tensor)> {
     let eps = cfg.rms_norm_eps;
     let mut x = embeds.clone();
     let mut layers = Vec::new();
     let keys = AttentionKeys::new(AttentionMask::Causal, Some(key_padding))?;
-    let ctx =
-        Arc::new(LayerContext { cfg: cfg.clone(), params: params.clone(), cos: cos.clone(), sin: sin.clone(), keys });
-    for i in 0..cfg.num_hidden_layers {
+    let last = last_rows(&keys, x.shape()[1], rows);
+    let ctx = Arc::new(LayerContext {
+        cfg: cfg.clone(),
+        params: params.clone(),
+        cos: cos.clone(),
+        sin: sin.clone(),
+        keys,
+        last,
+    });
+    let n = cfg.num_hidden_layers;
+    for i in 0..n {
         let c = ctx.clone();
-        x = nn::block(recompute, x, move |x| c.layer(i, x))?;
+        let tail = i + 1 == n;
+        x = nn::block(recompute, x, move |x| c.layer(i, x, tail))?;
         if keep_layers {
             layers.push(x.clone());
         }
     }
-    let last = rms_norm_named(params, "model.norm", &x, eps, RmsNormKind::Plain)?;
+    let last = rms_norm_named(params, "model.norm", &keep_last(x, rows)?, eps, RmsNormKind::Plain)?;
     Ok((layers, last))
 }
 
@@ -141,10 +154,13 @@ struct LayerContext {
     cos: Tensor,
     sin: Tensor,
     keys: AttentionKeys,
+    /// The rows the last layer computes after its keys and values, when not all.
+    last: Option<LastRows>,
 }
 
 impl LayerContext {
-    fn layer(&self, i: usize, x: &Tensor) -> Result<Tensor> {
+    /// Layer `i` over `x`; `tail` marks the last layer (see [`Self::last`]).
+    fn layer(&self, i: usize, x: &Tensor, tail: bool) -> Result<Tensor> {
         let (cfg, params) = (&self.cfg, &self.params);
         let (cos, sin) = (&self.cos, &self.sin);
         let (hq, hkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim());
@@ -154,11 +170,15 @@ impl LayerContext {
         let n = rms_norm_named(params, &p("input_layernorm"), x, eps, RmsNormKind::Plain)?;
         let qkv = linear_named(params, &p("self_attn.qkv_proj"), &n)?;
         let [q, k, v] = fused::split_heads(&qkv, [hq, hkv, hkv], hd)?;
-        let (q, k) = (q.rope(cos, sin)?, k.rope(cos, sin)?);
-        let a = merge_heads(&q.attention_with(&k, &v, &self.keys, scale)?.out)?;
+        let k = k.rope(cos, sin)?;
+        let (q, x, keys) = match self.last.as_ref().filter(|_| tail) {
+            None => (q.rope(cos, sin)?, x.clone(), &self.keys),
+            Some(r) => (r.of(&q, 1)?.rope(&r.of(cos, 1)?, &r.of(sin, 1)?)?, r.of(x, 1)?, &r.keys),
+        };
+        let a = merge_heads(&q.attention_with(&k, &v, keys, scale)?.out)?;
         let o = linear_named(params, &p("self_attn.o_proj"), &a)?;
         let w = params.get(&p("post_attention_layernorm.weight"))?;
-        let (x, n) = o.rms_norm_residual(x, Some(&w), eps, RmsNormKind::Plain)?;
+        let (x, n) = o.rms_norm_residual(&x, Some(&w), eps, RmsNormKind::Plain)?;
         let g = linear_named(params, &p("mlp.gate_up_proj"), &n)?.swiglu()?;
         x.add(&linear_named(params, &p("mlp.down_proj"), &g)?)
     }

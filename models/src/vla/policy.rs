@@ -236,6 +236,8 @@ pub struct VlaPolicy {
     /// The policy's own parameters (`vla.*`): action queries and head.
     params: ParamStore,
     head: FcDecoder,
+    /// Whether the backbone's last layer runs over every row ([`Self::set_full_last_layer`]).
+    full_last_layer: bool,
 }
 
 impl VlaPolicy {
@@ -286,7 +288,7 @@ impl VlaPolicy {
             params.insert(format!("{STATE_PROJ}.weight"), &w)?;
             params.insert(format!("{STATE_PROJ}.bias"), &Tensor::zeros(&[hidden], dtype, device)?)?;
         }
-        Ok(VlaPolicy { backbone, config, params, head })
+        Ok(VlaPolicy { backbone, config, params, head, full_last_layer: false })
     }
 
     pub fn config(&self) -> &PolicyConfig {
@@ -301,6 +303,14 @@ impl VlaPolicy {
     /// [`Backbone::set_checkpoint_activations`]).
     pub fn set_checkpoint_activations(&mut self, on: bool) {
         self.backbone.set_checkpoint_activations(on);
+    }
+
+    /// Run the backbone's last decoder layer over every row (`on`), or, the default, compute
+    /// its queries, attention, MLP and final norm for the action-query rows the head reads alone
+    /// ([`Backbone::forward_last_rows`]): the same loss and gradients, less work by about
+    /// `1 / layers` of the language model. Turning it on is for comparisons.
+    pub fn set_full_last_layer(&mut self, on: bool) {
+        self.full_last_layer = on;
     }
 
     /// The policy's own parameters (`vla.action_query`, `vla.head.*`).
@@ -459,20 +469,37 @@ impl VlaPolicy {
         let batch = input.input_ids.dim(0)?;
         let extra = self.extra_rows(batch, state)?;
         let extra_len = extra.dim(1)?;
-        let out = self.backbone.forward(input, Some(&extra))?;
         let latent = self.config.latent;
-        if out.appended.len() != extra_len || out.hidden.rank() != 3 || out.hidden.dim(1)? < out.appended.end {
-            return Err(Error::ShapeMismatch {
-                op: "VlaPolicy::forward",
-                shapes: vec![out.hidden.shape().to_vec()],
-                note: format!(
-                    "backbone `{}` returned appended rows {:?} for {extra_len} appended rows",
-                    self.backbone.family(),
-                    out.appended
-                ),
-            });
-        }
-        let rows = out.hidden.narrow(1, out.appended.end - latent, latent)?;
+        let rows = if self.full_last_layer {
+            let out = self.backbone.forward(input, Some(&extra))?;
+            if out.appended.len() != extra_len || out.hidden.rank() != 3 || out.hidden.dim(1)? < out.appended.end {
+                return Err(Error::ShapeMismatch {
+                    op: "VlaPolicy::forward",
+                    shapes: vec![out.hidden.shape().to_vec()],
+                    note: format!(
+                        "backbone `{}` returned appended rows {:?} for {extra_len} appended rows",
+                        self.backbone.family(),
+                        out.appended
+                    ),
+                });
+            }
+            out.hidden.narrow(1, out.appended.end - latent, latent)?
+        } else {
+            // The action queries are the last appended rows.
+            let rows = self.backbone.forward_last_rows(input, Some(&extra), latent)?;
+            let hidden = self.backbone.hidden_size();
+            if rows.shape() != [batch, latent, hidden] {
+                return Err(Error::ShapeMismatch {
+                    op: "VlaPolicy::forward",
+                    shapes: vec![rows.shape().to_vec()],
+                    note: format!(
+                        "backbone `{}` returned these last rows; expected [{batch}, {latent}, {hidden}]",
+                        self.backbone.family()
+                    ),
+                });
+            }
+            rows
+        };
         let x = match self.config.latent_combine {
             LatentCombine::Flatten => rows.reshape(&[batch, latent * self.backbone.hidden_size()])?,
             LatentCombine::Mean => rows.mean(1)?,
