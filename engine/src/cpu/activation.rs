@@ -94,9 +94,8 @@ unsafe fn backward_row_avx2<T: Float>(kind: GateKind, dgate: &mut [T], dup: &mut
 /// `out[r, j] = act(x[r, j]) · x[r, f + j]` for contiguous `x` of rows `2f` wide.
 fn forward<T: Float>(kind: GateKind, x: &[T], f: usize) -> Vec<T> {
     let rows = if f == 0 { 0 } else { x.len() / (2 * f) };
-    let mut out = vec![T::ZERO; rows * f];
     let simd = super::has_avx2();
-    super::par_rows(&mut out, f, |r, o| {
+    super::new_rows(rows * f, f, T::ZERO, |r, o| {
         let (gate, up) = x[r * 2 * f..(r + 1) * 2 * f].split_at(f);
         if let (Some(gf), Some(uf)) = (vmath::f32s(gate), vmath::f32s(up)) {
             let of = vmath::f32s_mut(o).expect("same dtype as x");
@@ -104,16 +103,14 @@ fn forward<T: Float>(kind: GateKind, x: &[T], f: usize) -> Vec<T> {
             return unsafe { vmath::gate_forward(kind, of, gf, uf) };
         }
         super::dispatch_avx2!(simd, forward_row_avx2, forward_row(kind, o, gate, up))
-    });
-    out
+    })
 }
 
 /// `dgate = g · up · act'(gate)`, `dup = g · act(gate)`, written side by side as the `2f`-wide
 /// gradient of `x`.
 fn backward<T: Float>(kind: GateKind, x: &[T], g: &[T], f: usize) -> Vec<T> {
-    let mut dx = vec![T::ZERO; x.len()];
     let simd = super::has_avx2();
-    super::par_rows(&mut dx, 2 * f, |r, d| {
+    super::new_rows(x.len(), 2 * f, T::ZERO, |r, d| {
         let (gate, up) = x[r * 2 * f..(r + 1) * 2 * f].split_at(f);
         let g = &g[r * f..(r + 1) * f];
         let (dgate, dup) = d.split_at_mut(f);
@@ -123,6 +120,5 @@ fn backward<T: Float>(kind: GateKind, x: &[T], g: &[T], f: usize) -> Vec<T> {
             return unsafe { vmath::gate_backward(kind, dg, du, xf, uf, gf) };
         }
         super::dispatch_avx2!(simd, backward_row_avx2, backward_row(kind, dgate, dup, gate, up, g))
-    });
-    dx
+    })
 }

@@ -239,8 +239,8 @@ fn forward<T: Float>(q: &[T], k: &[T], v: &[T], dims: &AttnDims, keys: &KeyMask,
     let AttnDims { lq, lk, hq, hkv, d, dv, .. } = *dims;
     let group = hq / hkv;
     let scale = T::c(scale);
-    let mut out = vec![T::ZERO; dims.b * hq * lq * dv];
-    let mut lse = vec![T::NEG_INFINITY; dims.b * hq * lq];
+    let mut out = super::filled(dims.b * hq * lq * dv, T::ZERO);
+    let mut lse = super::filled(dims.b * hq * lq, T::NEG_INFINITY);
     for_each_head(dims, vec![(&mut out, lq * dv), (&mut lse, lq)], |bh, bufs| {
         let (b, h) = (bh / hq, bh % hq);
         let kvh = b * hkv + h / group;
@@ -296,10 +296,10 @@ fn backward<T: Float>(
     let AttnDims { b: nb, lq, lk, hq, hkv, d, dv } = *dims;
     let group = hq / hkv;
     let scale = T::c(scale);
-    let mut dq = vec![T::ZERO; nb * hq * lq * d];
+    let mut dq = super::filled(nb * hq * lq * d, T::ZERO);
     // Per query head dK/dV, summed over each group afterwards (every task owns its own slice).
-    let mut dk_h = vec![T::ZERO; nb * hq * lk * d];
-    let mut dv_h = vec![T::ZERO; nb * hq * lk * dv];
+    let mut dk_h = super::filled(nb * hq * lk * d, T::ZERO);
+    let mut dv_h = super::filled(nb * hq * lk * dv, T::ZERO);
     for_each_head(dims, vec![(&mut dq, lq * d), (&mut dk_h, lk * d), (&mut dv_h, lk * dv)], |bh, bufs| {
         let (b, h) = (bh / hq, bh % hq);
         let kvh = b * hkv + h / group;
@@ -355,7 +355,7 @@ fn backward<T: Float>(
             return seq_first(&x, nb, hkv, lk, w);
         }
         let per = lk * w;
-        let mut acc = vec![T::ZERO; nb * hkv * per];
+        let mut acc = super::filled(nb * hkv * per, T::ZERO);
         for (bh, chunk) in x.chunks(per.max(1)).enumerate().take(nb * hq) {
             let (b, h) = (bh / hq, bh % hq);
             let dst = &mut acc[(b * hkv + h / group) * per..][..per];

@@ -222,7 +222,7 @@ fn index_select(
 /// (repeated indices accumulate).
 fn index_add<T: Float>(g: &[T], (outer, d, inner): (usize, usize, usize), idx: &[usize]) -> Vec<T> {
     let n = idx.len();
-    let mut out = vec![T::ZERO; outer * d * inner];
+    let mut out = super::filled(outer * d * inner, T::ZERO);
     super::par_rows(&mut out, d * inner, |o, block| {
         for (j, &k) in idx.iter().enumerate() {
             let src = &g[(o * n + j) * inner..(o * n + j + 1) * inner];
@@ -270,7 +270,7 @@ fn scatter_add<T: Float>(x: &[T], xshape: &[usize], src: &[T], idx: &[usize], is
 
 /// Backward of gather: `g` (of `ishape`) scattered-added into zeros of `xshape`.
 fn gather_backward<T: Float>(g: &[T], xshape: &[usize], idx: &[usize], ishape: &[usize], dim: usize) -> Vec<T> {
-    let mut out = vec![T::ZERO; xshape.iter().product()];
+    let mut out = super::filled(xshape.iter().product(), T::ZERO);
     scatter_add_into(&mut out, xshape, g, idx, ishape, dim);
     out
 }

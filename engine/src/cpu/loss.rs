@@ -166,7 +166,7 @@ fn cross_entropy_backward<T: Float>(
     ignore: i64,
     scale: f64,
 ) -> Vec<T> {
-    let mut dx = vec![T::ZERO; x.len()];
+    let mut dx = super::filled(x.len(), T::ZERO);
     let scale = T::c(scale);
     super::par_rows(&mut dx, c, |i, d| {
         if t[i] == ignore {

@@ -134,7 +134,7 @@ fn batched_sgemm<T: crate::dtype::Float>(
     let nb: usize = la.shape()[..r - 2].iter().product();
     let len = nb * m * n;
     let mut out = match bias {
-        Some(b) => b.repeat(nb * m),
+        Some(b) => super::repeat_rows(b, nb * m),
         None => Vec::with_capacity(len),
     };
     let (oa, ob) = (batch_offsets(la), batch_offsets(lb));

@@ -7,12 +7,12 @@ impl backend::Memory for Cpu {
     fn zeros(&self, _device: Device, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let n = shape.iter().product();
         let s = match dtype {
-            DType::U8 => CpuStorage::U8(vec![0; n]),
-            DType::I64 => CpuStorage::I64(vec![0; n]),
-            DType::F16 => CpuStorage::F16(vec![half::f16::ZERO; n]),
-            DType::BF16 => CpuStorage::BF16(vec![half::bf16::ZERO; n]),
-            DType::F32 => CpuStorage::F32(vec![0.0; n]),
-            DType::F64 => CpuStorage::F64(vec![0.0; n]),
+            DType::U8 => CpuStorage::U8(super::filled(n, 0)),
+            DType::I64 => CpuStorage::I64(super::filled(n, 0)),
+            DType::F16 => CpuStorage::F16(super::filled(n, half::f16::ZERO)),
+            DType::BF16 => CpuStorage::BF16(super::filled(n, half::bf16::ZERO)),
+            DType::F32 => CpuStorage::F32(super::filled(n, 0.0)),
+            DType::F64 => CpuStorage::F64(super::filled(n, 0.0)),
         };
         Ok(Tensor::from_cpu(s, shape, None))
     }

@@ -6,7 +6,7 @@
 //! parameter gradients summed per block of rows and the block partials added in a fixed order
 //! (deterministic whatever the thread count).
 
-use super::{out, par_rows, Cpu, FloatVec, Floats, Reads};
+use super::{new_rows, out, Cpu, FloatVec, Floats, Reads};
 use crate::dtype::Float;
 use crate::kinds::RmsNormKind;
 use crate::shape::rows_of;
@@ -111,8 +111,7 @@ fn rows_with_acc<T: Float>(
 
 /// `y = exp(x − max) / Σ exp(x − max)` per row (`log`: `y = (x − max) − ln Σ exp(x − max)`).
 fn softmax_forward<T: Float>(x: &[T], width: usize, log: bool) -> Vec<T> {
-    let mut y = vec![T::ZERO; x.len()];
-    par_rows(&mut y, width, |r, yr| {
+    let y = new_rows(x.len(), width, T::ZERO, |r, yr| {
         let xr = &x[r * width..(r + 1) * width];
         let m = xr.iter().fold(T::NEG_INFINITY, |a, &v| a.max(v));
         let mut sum = T::ZERO;
@@ -139,8 +138,7 @@ fn softmax_forward<T: Float>(x: &[T], width: usize, log: bool) -> Vec<T> {
 
 /// Softmax: `dx = y·(g − Σ g·y)`; log_softmax: `dx = g − exp(y)·Σ g`. `y` is the forward output.
 fn softmax_backward<T: Float>(y: &[T], g: &[T], width: usize, log: bool) -> Vec<T> {
-    let mut dx = vec![T::ZERO; y.len()];
-    par_rows(&mut dx, width, |r, dr| {
+    let dx = new_rows(y.len(), width, T::ZERO, |r, dr| {
         let yr = &y[r * width..(r + 1) * width];
         let gr = &g[r * width..(r + 1) * width];
         if log {
@@ -172,7 +170,7 @@ fn scale_of<T: Float>(w: Option<&[T]>, j: usize, kind: RmsNormKind) -> T {
 
 /// `y = x·rstd·w'` with `rstd = 1/sqrt(mean(x²) + eps)` per row; returns `(y, rstd)`.
 fn rms_norm_forward<T: Float>(x: &[T], w: Option<&[T]>, width: usize, eps: f64, kind: RmsNormKind) -> (Vec<T>, Vec<T>) {
-    let mut y = vec![T::ZERO; x.len()];
+    let mut y = super::filled(x.len(), T::ZERO);
     let inv_d = T::c(1.0 / width.max(1) as f64);
     let rstd = map_rows(&mut y, width, |r, yr| {
         let xr = &x[r * width..(r + 1) * width];
@@ -200,7 +198,7 @@ fn rms_norm_backward<T: Float>(
     want_dw: bool,
 ) -> (Vec<T>, Vec<T>) {
     let rows = rstd.len();
-    let mut dx = if want_dx { vec![T::ZERO; x.len()] } else { Vec::new() };
+    let mut dx = if want_dx { super::filled(x.len(), T::ZERO) } else { Vec::new() };
     let inv_d = T::c(1.0 / width.max(1) as f64);
     let dw = rows_with_acc(rows, width, &mut dx, if want_dw { width } else { 0 }, |r, dr, acc| {
         let xr = &x[r * width..(r + 1) * width];
@@ -233,7 +231,7 @@ fn layer_norm_forward<T: Float>(
     width: usize,
     eps: f64,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
-    let mut y = vec![T::ZERO; x.len()];
+    let mut y = super::filled(x.len(), T::ZERO);
     let inv_d = T::c(1.0 / width.max(1) as f64);
     let stats = map_rows(&mut y, width, |r, yr| {
         let xr = &x[r * width..(r + 1) * width];
@@ -271,7 +269,7 @@ fn layer_norm_backward<T: Float>(
     want_params: bool,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let rows = rstd.len();
-    let mut dx = if want_dx { vec![T::ZERO; x.len()] } else { Vec::new() };
+    let mut dx = if want_dx { super::filled(x.len(), T::ZERO) } else { Vec::new() };
     let inv_d = T::c(1.0 / width.max(1) as f64);
     // One accumulator holds dw then db.
     let acc_len = if want_params { 2 * width } else { 0 };
@@ -313,7 +311,7 @@ fn layer_norm_backward<T: Float>(
 
 /// `y = x / max(‖x‖₂, eps)` per row; returns `(y, ‖x‖₂)`.
 fn l2_normalize_forward<T: Float>(x: &[T], width: usize, eps: f64) -> (Vec<T>, Vec<T>) {
-    let mut y = vec![T::ZERO; x.len()];
+    let mut y = super::filled(x.len(), T::ZERO);
     let norms = map_rows(&mut y, width, |r, yr| {
         let xr = &x[r * width..(r + 1) * width];
         let n = xr.iter().map(|&v| v * v).sum::<T>().sqrt();
@@ -331,9 +329,8 @@ fn l2_normalize_forward<T: Float>(x: &[T], width: usize, eps: f64) -> (Vec<T>, V
 /// Gradient of l2_normalize: `dx = (g − y·Σ g·y) / ‖x‖` where `‖x‖ ≥ eps`, and `dx = g / eps` in
 /// the clamped region (the norm is then a constant), matching torch's `clamp_min`.
 fn l2_normalize_backward<T: Float>(y: &[T], norms: &[T], g: &[T], width: usize, eps: f64) -> Vec<T> {
-    let mut dx = vec![T::ZERO; y.len()];
     let eps = T::c(eps);
-    par_rows(&mut dx, width, |r, dr| {
+    let dx = new_rows(y.len(), width, T::ZERO, |r, dr| {
         let yr = &y[r * width..(r + 1) * width];
         let gr = &g[r * width..(r + 1) * width];
         let n = norms[r];

@@ -68,7 +68,7 @@ impl backend::Reduce for Cpu {
 /// Sum over `dim` of a contiguous tensor of `shape`.
 fn sum_dim<T: Float>(x: &[T], shape: &[usize], dim: usize) -> Vec<T> {
     let (outer, d, inner) = crate::shape::split_at_dim(shape, dim);
-    let mut out = vec![T::ZERO; outer * inner];
+    let mut out = super::filled(outer * inner, T::ZERO);
     if outer == 1 && d * inner >= 1 << 17 && inner >= 64 {
         // A leading-dim sum (a bias gradient): column blocks on rayon's threads.
         use rayon::prelude::*;
@@ -126,7 +126,7 @@ fn select_dim<T: Float>(x: &[T], shape: &[usize], dim: usize, is_max: bool) -> (
 
 fn select_backward<T: Float>(g: &[T], idx: &[i64], shape: &[usize], dim: usize) -> Vec<T> {
     let (outer, d, inner) = crate::shape::split_at_dim(shape, dim);
-    let mut out = vec![T::ZERO; outer * d * inner];
+    let mut out = super::filled(outer * d * inner, T::ZERO);
     for o in 0..outer {
         for i in 0..inner {
             let k = idx[o * inner + i] as usize;

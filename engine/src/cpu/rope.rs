@@ -34,13 +34,11 @@ struct RopeDims {
 /// Apply `f(row, table_offset, out_row)` to every `[D]` row, in parallel when big.
 fn rows<T: Float>(dims: RopeDims, f: impl Fn(usize, usize, &mut [T]) + Sync + Send) -> Vec<T> {
     let RopeDims { b, l, h, d, batched } = dims;
-    let mut out = vec![T::ZERO; b * l * h * d];
-    super::par_rows(&mut out, d, |r, row| {
+    super::new_rows(b * l * h * d, d, T::ZERO, |r, row| {
         let pos = r / h; // (batch, position) index
         let t = if batched { pos } else { pos % l };
         f(r * d, t * d, row)
-    });
-    out
+    })
 }
 
 /// `out = x·cos + rotate_half(x)·sin`: for `j < D/2`, `out[j] = x[j]c[j] − x[j+D/2]s[j]` and

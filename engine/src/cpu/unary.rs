@@ -4,7 +4,6 @@ use super::{out, vmath, Cpu, Reads};
 use crate::dtype::Float;
 use crate::kinds::{GateKind, UnaryKind};
 use crate::{backend, Result, Tensor};
-use rayon::prelude::*;
 
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 const GELU_C: f64 = 0.044_715;
@@ -107,8 +106,6 @@ fn df<T: Float>(kind: UnaryKind, x: T, y: T) -> T {
     }
 }
 
-const PAR_MIN: usize = 1 << 16;
-
 /// `body` with `$k` bound to `kind` as a constant in one arm per unit kind, so every loop the
 /// body holds is compiled for one kind (the per-element `match` folds away and the loop can
 /// vectorise); kinds with parameters share one generic arm.
@@ -168,13 +165,7 @@ const CHUNK: usize = 1 << 14;
 
 /// `out` computed chunk by chunk by `fill(out_chunk, start)`, over rayon's threads when large.
 fn build<T: Float>(n: usize, fill: impl Fn(&mut [T], usize) + Sync) -> Vec<T> {
-    let mut out = vec![T::ZERO; n];
-    if n >= PAR_MIN {
-        out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, o)| fill(o, i * CHUNK));
-    } else {
-        fill(&mut out, 0);
-    }
-    out
+    super::new_rows(n, CHUNK, T::ZERO, |i, o| fill(o, i * CHUNK))
 }
 
 #[inline(always)]
