@@ -219,6 +219,21 @@ fn one_vla_training_step_stays_within_its_launch_and_read_budget() {
     }
 }
 
+/// One forward, loss and backward of `policy` on `batch`: the loss, every trainable parameter's
+/// gradient by name (empty where it got none) and what the pass cost.
+fn loss_and_gradients(policy: &VlaPolicy, batch: &Batch) -> (Vec<f32>, Vec<(String, Vec<f32>)>, Counts) {
+    let before = counters::snapshot();
+    let loss = policy.forward_loss(&batch.input, &batch.actions, &batch.mask).unwrap();
+    let grads = loss.loss.backward().unwrap();
+    let used = counters::snapshot().since(&before);
+    let grads = policy
+        .trainable_params()
+        .iter()
+        .map(|(n, t)| (n.clone(), grads.get(t).map(|g| g.to_vec::<f32>().unwrap()).unwrap_or_default()))
+        .collect();
+    (loss.loss.to_vec::<f32>().unwrap(), grads, used)
+}
+
 /// Activation checkpointing per block (`run.checkpoint_activations`) changes what is kept, not
 /// what is computed: the loss and every gradient equal the plain step's bit for bit, and the
 /// recomputation shows as more primitive calls (each block's forward runs again in the backward).
@@ -230,17 +245,7 @@ fn checkpointed_blocks_give_the_same_gradients() {
             backbone.set_checkpoint_activations(recompute);
             assert_eq!(backbone.checkpoint_activations(), recompute);
             let policy = VlaPolicy::new(backbone, policy_config(), 7).unwrap();
-            let batch = batch(&fam.input);
-            let before = counters::snapshot();
-            let loss = policy.forward_loss(&batch.input, &batch.actions, &batch.mask).unwrap();
-            let grads = loss.loss.backward().unwrap();
-            let used = counters::snapshot().since(&before);
-            let loss = loss.loss.to_vec::<f32>().unwrap();
-            let grads: Vec<(String, Vec<f32>)> = policy
-                .trainable_params()
-                .iter()
-                .map(|(n, t)| (n.clone(), grads.get(t).map(|g| g.to_vec::<f32>().unwrap()).unwrap_or_default()))
-                .collect();
+            let (loss, grads, used) = loss_and_gradients(&policy, &batch(&fam.input));
             (loss, grads, used.primitives)
         };
         let (plain_loss, plain, plain_calls) = run(false);
@@ -275,17 +280,7 @@ fn the_last_layer_computing_only_the_read_rows_gives_the_same_gradients() {
                 let new = Tensor::rand_normal(0.0, 0.5, &[latent, h], DType::F32, Device::Cpu, 5).unwrap();
                 q.assign(&new).unwrap();
                 policy.set_full_last_layer(full);
-                let batch = batch(&fam.input);
-                let before = counters::snapshot();
-                let loss = policy.forward_loss(&batch.input, &batch.actions, &batch.mask).unwrap();
-                let grads = loss.loss.backward().unwrap();
-                let used = counters::snapshot().since(&before);
-                let loss = loss.loss.to_vec::<f32>().unwrap();
-                let grads: Vec<(String, Vec<f32>)> = policy
-                    .trainable_params()
-                    .iter()
-                    .map(|(n, t)| (n.clone(), grads.get(t).map(|g| g.to_vec::<f32>().unwrap()).unwrap_or_default()))
-                    .collect();
+                let (loss, grads, used) = loss_and_gradients(&policy, &batch(&fam.input));
                 (loss, grads, used.flops)
             };
             let (full_loss, full, full_flops) = run(true);
