@@ -219,9 +219,12 @@ fn one_vla_training_step_stays_within_its_launch_and_read_budget() {
     }
 }
 
-/// One forward, loss and backward of `policy` on `batch`: the loss, every trainable parameter's
-/// gradient by name (empty where it got none) and what the pass cost.
-fn loss_and_gradients(policy: &VlaPolicy, batch: &Batch) -> (Vec<f32>, Vec<(String, Vec<f32>)>, Counts) {
+/// Every trainable parameter's gradient by name (empty where it got none).
+type Gradients = Vec<(String, Vec<f32>)>;
+
+/// One forward, loss and backward of `policy` on `batch`: the loss, the gradients and what the
+/// pass cost.
+fn loss_and_gradients(policy: &VlaPolicy, batch: &Batch) -> (Vec<f32>, Gradients, Counts) {
     let before = counters::snapshot();
     let loss = policy.forward_loss(&batch.input, &batch.actions, &batch.mask).unwrap();
     let grads = loss.loss.backward().unwrap();

@@ -159,11 +159,10 @@ pub(crate) fn gather_runs<S: Copy + Sync, T: Copy + Send>(
     let mut out = Vec::with_capacity(n);
     let dst = &mut out.spare_capacity_mut()[..n];
     if n >= PAR_GATHER_MIN {
-        use rayon::prelude::*;
         let starts: Vec<usize> = outer.offsets().collect();
         let per_task = (PAR_GATHER_MIN / 4).div_ceil(len);
-        dst.par_chunks_mut(per_task * len).zip(starts.par_chunks(per_task)).for_each(|(dst, starts)| {
-            for (d, &o) in dst.chunks_mut(len).zip(starts) {
+        crate::cpu::threads::for_chunks_mut(dst, per_task * len, |t, dst| {
+            for (d, &o) in dst.chunks_mut(len).zip(&starts[t * per_task..]) {
                 copy(o, d);
             }
         });

@@ -11,7 +11,6 @@ use crate::backend::{self, BackendState};
 use crate::dtype::Float;
 use crate::kinds::{AttentionMask, AttnDims, KeyMask};
 use crate::{CpuStorage, Error, Layout, Result, Tensor};
-use rayon::prelude::*;
 
 const OP: &str = "attention";
 
@@ -214,7 +213,7 @@ fn for_each_head<T: Float>(dims: &AttnDims, chunks: Vec<(&mut [T], usize)>, f: i
     }
     let flops = n * dims.lq * dims.lk * (dims.d + dims.dv);
     if flops >= PAR_MIN_FLOPS {
-        per_task.par_iter_mut().enumerate().for_each(|(bh, c)| f(bh, c));
+        super::threads::map_mut(&mut per_task, |bh, c| f(bh, c));
     } else {
         per_task.iter_mut().enumerate().for_each(|(bh, c)| f(bh, c));
     }

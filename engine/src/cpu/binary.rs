@@ -4,13 +4,18 @@ use super::{out, out_storage, Cpu, Reads};
 use crate::dtype::Float;
 use crate::kinds::{BinaryKind, CmpKind};
 use crate::{backend, CpuStorage, Result, Tensor};
-use rayon::prelude::*;
 
 /// `f` over `a` and `b` elementwise, on several threads when the tensors are large.
 #[inline(always)]
 fn zip_map<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync + Send) -> Vec<T> {
     if a.len() >= 1 << 16 {
-        a.par_iter().zip(b.par_iter()).map(|(&x, &y)| f(x, y)).collect()
+        const CHUNK: usize = 1 << 14;
+        super::new_rows(a.len(), CHUNK, T::ZERO, |c, out| {
+            let (a, b) = (&a[c * CHUNK..], &b[c * CHUNK..]);
+            for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+                *o = f(x, y);
+            }
+        })
     } else {
         a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
     }

@@ -14,6 +14,7 @@ pub(crate) mod optim;
 pub(crate) mod reduce;
 pub(crate) mod rope;
 pub(crate) mod sgemm;
+pub(crate) mod threads;
 pub(crate) mod unary;
 pub(crate) mod view;
 pub(crate) mod vmath;
@@ -187,17 +188,21 @@ pub(crate) fn copy_into_view(dst: &mut CpuStorage, dst_layout: &Layout, src: &Cp
     Ok(())
 }
 
-/// At least this many elements: a loop over rows runs on the rayon pool.
+/// At least this many elements: a loop over rows runs on the backend's threads.
 const PAR_MIN_ELEMS: usize = 1 << 15;
+/// Elements per task of a parallel loop over rows (whole rows, at least one).
+const TASK_ELEMS: usize = 1 << 13;
 
 /// Run `f` over row chunks in parallel when the work is big enough to pay for the threads.
 pub(crate) fn par_rows<T: Send>(out: &mut [T], width: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
-    use rayon::prelude::*;
     if width == 0 {
         return;
     }
     if out.len() >= PAR_MIN_ELEMS {
-        out.par_chunks_mut(width).enumerate().for_each(|(i, row)| f(i, row));
+        let per = (TASK_ELEMS / width).max(1);
+        threads::for_chunks_mut(out, per * width, |t, rows| {
+            rows.chunks_mut(width).enumerate().for_each(|(j, row)| f(t * per + j, row))
+        });
     } else {
         out.chunks_mut(width).enumerate().for_each(|(i, row)| f(i, row));
     }

@@ -11,7 +11,6 @@ use crate::dtype::Float;
 use crate::kinds::RmsNormKind;
 use crate::shape::rows_of;
 use crate::{backend, DType, Error, Result, Tensor};
-use rayon::prelude::*;
 
 /// Below this many elements rows run on the calling thread.
 const PAR_MIN: usize = 1 << 15;
@@ -55,7 +54,8 @@ fn map_rows<T: Send, S: Send>(out: &mut [T], width: usize, f: impl Fn(usize, &mu
         return Vec::new();
     }
     if out.len() >= PAR_MIN {
-        out.par_chunks_mut(width).enumerate().map(|(i, row)| f(i, row)).collect()
+        let mut rows: Vec<&mut [T]> = out.chunks_mut(width).collect();
+        super::threads::map_mut(&mut rows, |i, row| f(i, row))
     } else {
         out.chunks_mut(width).enumerate().map(|(i, row)| f(i, row)).collect()
     }
@@ -95,7 +95,8 @@ fn rows_with_acc<T: Float>(
         acc
     };
     let partials: Vec<Vec<T>> = if rows * width >= PAR_MIN {
-        chunks.into_par_iter().enumerate().map(run).collect()
+        let mut chunks = chunks;
+        super::threads::map_mut(&mut chunks, |b, chunk| run((b, &mut **chunk)))
     } else {
         chunks.into_iter().enumerate().map(run).collect()
     };

@@ -14,7 +14,6 @@ use crate::dtype::Float;
 use crate::kinds::OptimRule;
 use crate::{CpuStorage, DType, Device, Error, Result, Storage, Tensor, WithDType};
 use half::{bf16, f16};
-use rayon::prelude::*;
 use std::borrow::Cow;
 use std::sync::RwLockWriteGuard;
 
@@ -88,7 +87,8 @@ fn fused_update<T: Float>(
         lc.write(pc);
     };
     if n >= PAR_MIN {
-        jobs.into_par_iter().for_each(run);
+        let mut jobs: Vec<Option<_>> = jobs.into_iter().map(Some).collect();
+        super::threads::map_mut(&mut jobs, |_, job| run(job.take().expect("each job runs once")));
     } else {
         jobs.into_iter().for_each(run);
     }
@@ -149,7 +149,8 @@ fn apply<T: Float>(rule: &OptimRule, p: &mut [T], g: &[T], clip: Option<T>, bufs
 /// `Σ x²` accumulated in f64.
 fn sum_sq<T: Float>(x: &[T]) -> f64 {
     if x.len() >= PAR_MIN {
-        x.par_chunks(CHUNK).map(|c| c.iter().map(|&v| v.to_f64() * v.to_f64()).sum::<f64>()).sum()
+        let chunk = |c: usize| x[c * CHUNK..((c + 1) * CHUNK).min(x.len())].iter().map(|&v| v.to_f64() * v.to_f64());
+        super::threads::map(x.len().div_ceil(CHUNK), |c| chunk(c).sum::<f64>()).into_iter().sum()
     } else {
         x.iter().map(|&v| v.to_f64() * v.to_f64()).sum()
     }

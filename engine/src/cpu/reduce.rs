@@ -70,10 +70,9 @@ fn sum_dim<T: Float>(x: &[T], shape: &[usize], dim: usize) -> Vec<T> {
     let (outer, d, inner) = crate::shape::split_at_dim(shape, dim);
     let mut out = super::filled(outer * inner, T::ZERO);
     if outer == 1 && d * inner >= 1 << 17 && inner >= 64 {
-        // A leading-dim sum (a bias gradient): column blocks on rayon's threads.
-        use rayon::prelude::*;
-        let block = inner.div_ceil(rayon::current_num_threads() * 4).next_multiple_of(16);
-        out.par_chunks_mut(block).enumerate().for_each(|(b, dst)| {
+        // A leading-dim sum (a bias gradient): column blocks on the backend's threads.
+        let block = inner.div_ceil(super::threads::count() * 4).next_multiple_of(16);
+        super::threads::for_chunks_mut(&mut out, block, |b, dst| {
             let c0 = b * block;
             for k in 0..d {
                 let src = &x[k * inner + c0..k * inner + c0 + dst.len()];

@@ -91,7 +91,7 @@ pub(crate) unsafe fn sgemm(
         }
         return;
     }
-    let threads = if parallel && m * n * k >= PARALLEL_MIN_MADDS { rayon::current_num_threads() } else { 1 };
+    let threads = if parallel && m * n * k >= PARALLEL_MIN_MADDS { super::threads::count() } else { 1 };
     // Splitting M has every thread pack all of B; splitting N has every thread read all of A,
     // which costs nothing more when A is read in place (row-major). So N is split when it is the
     // larger, or when A is row-major and N has at least two panels per thread.
@@ -105,7 +105,7 @@ pub(crate) unsafe fn sgemm(
         serial((m, n, k), a.0, b.0, c.0, c_rs, accumulate, scale);
         return;
     }
-    // One part per thread, split in halves with `rayon::join` (no job allocations).
+    // One part per thread.
     let part = |t0: usize, t1: usize| {
         let (lo, hi) = (t0 * tile, (t1 * tile).min(len));
         let (a, b, c) = (a.get(), b.get(), c.get());
@@ -120,17 +120,7 @@ pub(crate) unsafe fn sgemm(
             }
         }
     };
-    split(0, parts, &|p| part(tiles * p / parts, tiles * (p + 1) / parts));
-}
-
-/// Run `f(p)` for every `p` in `lo..hi`, halving the range across the rayon pool.
-fn split(lo: usize, hi: usize, f: &(dyn Fn(usize) + Sync)) {
-    if hi - lo == 1 {
-        f(lo);
-    } else {
-        let mid = (lo + hi) / 2;
-        rayon::join(|| split(lo, mid, f), || split(mid, hi, f));
-    }
+    super::threads::run(parts, &|p| part(tiles * p / parts, tiles * (p + 1) / parts));
 }
 
 #[derive(Clone, Copy)]
