@@ -515,7 +515,7 @@ fn nan_in_a_dataset_is_found_at_load_naming_file_and_frame() {
     use std::sync::Arc;
     let dir = tmp("nan");
     let data = dir.join("lerobot");
-    copy_tree(&root().join("tests/fixtures/tiny/lerobot"), &data);
+    copy_dir(&root().join("tests/fixtures/tiny/lerobot"), &data);
     let file = data.join("data/chunk-000/file-000.parquet");
     let b = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&file).unwrap())
         .unwrap();
@@ -548,18 +548,6 @@ fn nan_in_a_dataset_is_found_at_load_naming_file_and_frame() {
         "{e}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 mod fuzz {
@@ -664,7 +652,7 @@ mod fuzz {
     fn damaged_dataset_metadata_never_panics() {
         let dir = tmp("fuzz-info");
         let data = dir.join("lerobot");
-        copy_tree(&root().join("tests/fixtures/tiny/lerobot"), &data);
+        copy_dir(&root().join("tests/fixtures/tiny/lerobot"), &data);
         let info = data.join("meta/info.json");
         let base: Value = serde_json::from_str(&std::fs::read_to_string(&info).unwrap()).unwrap();
         let errors = std::cell::Cell::new(0);

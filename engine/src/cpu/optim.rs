@@ -73,7 +73,7 @@ fn fused_update<T: Float>(
         LowCopy::Bf16(v) => Box::new(v.chunks_mut(CHUNK).map(LowChunk::Bf16)),
         LowCopy::F16(v) => Box::new(v.chunks_mut(CHUNK).map(LowChunk::F16)),
     };
-    let jobs: Vec<_> = p
+    let mut jobs: Vec<_> = p
         .chunks_mut(CHUNK)
         .zip(g.chunks(CHUNK))
         .map(|(pc, gc)| {
@@ -82,15 +82,14 @@ fn fused_update<T: Float>(
             (pc, gc, bc, lc)
         })
         .collect();
-    let run = |(pc, gc, mut bc, mut lc): (&mut [T], &[T], Vec<&mut [T]>, LowChunk<'_>)| {
-        apply(rule, pc, gc, clip, &mut bc);
+    let run = |(pc, gc, bc, lc): &mut (&mut [T], &[T], Vec<&mut [T]>, LowChunk<'_>)| {
+        apply(rule, pc, gc, clip, bc);
         lc.write(pc);
     };
     if n >= PAR_MIN {
-        let mut jobs: Vec<Option<_>> = jobs.into_iter().map(Some).collect();
-        super::threads::map_mut(&mut jobs, |_, job| run(job.take().expect("each job runs once")));
+        super::threads::map_mut(&mut jobs, |_, job| run(job));
     } else {
-        jobs.into_iter().for_each(run);
+        jobs.iter_mut().for_each(run);
     }
 }
 
@@ -149,8 +148,9 @@ fn apply<T: Float>(rule: &OptimRule, p: &mut [T], g: &[T], clip: Option<T>, bufs
 /// `Σ x²` accumulated in f64.
 fn sum_sq<T: Float>(x: &[T]) -> f64 {
     if x.len() >= PAR_MIN {
-        let chunk = |c: usize| x[c * CHUNK..((c + 1) * CHUNK).min(x.len())].iter().map(|&v| v.to_f64() * v.to_f64());
-        super::threads::map(x.len().div_ceil(CHUNK), |c| chunk(c).sum::<f64>()).into_iter().sum()
+        let chunks: Vec<&[T]> = x.chunks(CHUNK).collect();
+        let partial = |c: usize| chunks[c].iter().map(|&v| v.to_f64() * v.to_f64()).sum::<f64>();
+        super::threads::map(chunks.len(), partial).into_iter().sum()
     } else {
         x.iter().map(|&v| v.to_f64() * v.to_f64()).sum()
     }

@@ -134,8 +134,7 @@ pub(crate) fn decode(
     let ctx = Arc::new(Layers { cfg: cfg.clone(), ps: ps.clone(), keys, last });
     for i in 0..cfg.layers {
         let c = ctx.clone();
-        let tail = i + 1 == cfg.layers;
-        x = nn::block(recompute, x, move |x| c.layer(i, x, tail))?;
+        x = nn::block(recompute, x, move |x| c.layer(i, x))?;
         layers.push(x.clone());
     }
     let last = layer_norm_named(ps, &format!("{TEXT}.layer_norm"), &keep_last(x, rows)?, eps)?;
@@ -152,8 +151,8 @@ struct Layers {
 }
 
 impl Layers {
-    /// Decoder block `i` over `x` `[B, T, D]`; `tail` marks the last block (see [`Self::last`]).
-    fn layer(&self, i: usize, x: &Tensor, tail: bool) -> Result<Tensor> {
+    /// Decoder block `i` over `x` `[B, T, D]` (the last one: see [`Self::last`]).
+    fn layer(&self, i: usize, x: &Tensor) -> Result<Tensor> {
         let (cfg, ps) = (&self.cfg, &self.ps);
         let eps = cfg.layer_norm_eps;
         let heads = cfg.attention_heads;
@@ -162,7 +161,7 @@ impl Layers {
         let a = layer_norm_named(ps, &format!("{l}.self_attn_layer_norm"), x, eps)?;
         let qkv = linear_named(ps, &format!("{l}.self_attn.qkv_proj"), &a)?;
         let [q, k, v] = fused::split_heads(&qkv, [heads; 3], cfg.head_dim())?;
-        let (q, x, keys) = match self.last.as_ref().filter(|_| tail) {
+        let (q, x, keys) = match self.last.as_ref().filter(|_| i + 1 == cfg.layers) {
             None => (q, x.clone(), &self.keys),
             Some(r) => (r.of(&q, 1)?, r.of(x, 1)?, &r.keys),
         };

@@ -98,11 +98,9 @@ pub(crate) fn decoder(
     let keys = AttentionKeys::new(mask.clone(), key_padding)?;
     let last = last_rows(&keys, l, rows);
     let ctx = Arc::new(LayerContext { t: t.clone(), ps: ps.clone(), cos, sin, keys, last });
-    let layers = t.num_hidden_layers;
-    for i in 0..layers {
+    for i in 0..t.num_hidden_layers {
         let c = ctx.clone();
-        let tail = i + 1 == layers;
-        x = nn::block(recompute, x, move |x| c.layer(i, x, tail))?;
+        x = nn::block(recompute, x, move |x| c.layer(i, x))?;
         if let Some(tr) = trace.as_deref_mut() {
             tr.push(x.clone());
         }
@@ -123,9 +121,9 @@ struct LayerContext {
 }
 
 impl LayerContext {
-    /// Layer `i` over `x`; `tail` marks the last layer, which computes only [`Self::last`]'s
-    /// rows after its keys and values when set.
-    fn layer(&self, i: usize, x: &Tensor, tail: bool) -> Result<Tensor> {
+    /// Layer `i` over `x`; the last layer computes only [`Self::last`]'s rows after its keys
+    /// and values when set.
+    fn layer(&self, i: usize, x: &Tensor) -> Result<Tensor> {
         let (t, ps) = (&self.t, &self.ps);
         let (hq, hkv, hd) = (t.num_attention_heads, t.num_key_value_heads, t.head_dim);
         let scale = (hd as f64).powf(-0.5);
@@ -134,7 +132,7 @@ impl LayerContext {
         let qkv = linear_named(ps, &format!("{p}self_attn.qkv_proj"), &a)?;
         let [q, k, v] = fused::split_heads(&qkv, [hq, hkv, hkv], hd)?;
         let k = k.rope(&self.cos, &self.sin)?;
-        let (q, x, keys) = match self.last.as_ref().filter(|_| tail) {
+        let (q, x, keys) = match self.last.as_ref().filter(|_| i + 1 == t.num_hidden_layers) {
             None => (q.rope(&self.cos, &self.sin)?, x.clone(), &self.keys),
             Some(r) => (r.of(&q, 1)?.rope(&r.of(&self.cos, 0)?, &r.of(&self.sin, 0)?)?, r.of(x, 1)?, &r.keys),
         };

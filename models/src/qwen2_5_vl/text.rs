@@ -134,11 +134,9 @@ pub fn forward(
         keys,
         last,
     });
-    let n = cfg.num_hidden_layers;
-    for i in 0..n {
+    for i in 0..cfg.num_hidden_layers {
         let c = ctx.clone();
-        let tail = i + 1 == n;
-        x = nn::block(recompute, x, move |x| c.layer(i, x, tail))?;
+        x = nn::block(recompute, x, move |x| c.layer(i, x))?;
         if keep_layers {
             layers.push(x.clone());
         }
@@ -159,8 +157,8 @@ struct LayerContext {
 }
 
 impl LayerContext {
-    /// Layer `i` over `x`; `tail` marks the last layer (see [`Self::last`]).
-    fn layer(&self, i: usize, x: &Tensor, tail: bool) -> Result<Tensor> {
+    /// Layer `i` over `x` (the last one: see [`Self::last`]).
+    fn layer(&self, i: usize, x: &Tensor) -> Result<Tensor> {
         let (cfg, params) = (&self.cfg, &self.params);
         let (cos, sin) = (&self.cos, &self.sin);
         let (hq, hkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim());
@@ -171,7 +169,7 @@ impl LayerContext {
         let qkv = linear_named(params, &p("self_attn.qkv_proj"), &n)?;
         let [q, k, v] = fused::split_heads(&qkv, [hq, hkv, hkv], hd)?;
         let k = k.rope(cos, sin)?;
-        let (q, x, keys) = match self.last.as_ref().filter(|_| tail) {
+        let (q, x, keys) = match self.last.as_ref().filter(|_| i + 1 == cfg.num_hidden_layers) {
             None => (q.rope(cos, sin)?, x.clone(), &self.keys),
             Some(r) => (r.of(&q, 1)?.rope(&r.of(cos, 1)?, &r.of(sin, 1)?)?, r.of(x, 1)?, &r.keys),
         };
